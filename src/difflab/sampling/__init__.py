@@ -1,0 +1,25 @@
+"""Samplers: one function each, all of ``(denoise, x, sigmas, **options)``, behind :func:`sample`."""
+
+from .common import NoiseSource, Step
+from .ddim import ddim, ddim_invert
+from .ddpm import ddpm
+from .dpm_solver import dpmpp_multistep
+from .euler import euler, heun
+from .sample import (
+    DEFAULT_METHOD,
+    DEFAULT_SPACING,
+    DEFAULT_STEPS,
+    SAMPLERS,
+    get_sampler,
+    invert,
+    model_calls,
+    sample,
+)
+from .spacing import SPACINGS, get_sigmas, karras, leading, linspace, log_snr, trailing
+from .unipc import unipc
+
+__all__ = [
+    "DEFAULT_METHOD", "DEFAULT_SPACING", "DEFAULT_STEPS", "NoiseSource", "SAMPLERS", "SPACINGS", "Step",
+    "ddim", "ddim_invert", "ddpm", "dpmpp_multistep", "euler", "get_sampler", "get_sigmas", "heun",
+    "invert", "karras", "leading", "linspace", "log_snr", "model_calls", "sample", "trailing", "unipc",
+]

@@ -1,0 +1,226 @@
+"""One entry point for every sampler: :func:`sample`, and :func:`invert` for DDIM inversion."""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from ..denoiser import BoundDenoiser, Denoiser
+from .common import NoiseSource, Step
+from .ddim import ddim, ddim_invert
+from .ddpm import ddpm
+from .dpm_solver import dpmpp_multistep
+from .euler import euler, heun
+from .spacing import get_sigmas
+from .unipc import unipc
+
+
+@dataclass(frozen=True)
+class SamplerSpec:
+    fn: Callable
+    defaults: dict = field(default_factory=dict)
+    calls_per_step: int = 1  # model calls per step (Heun: 2, but 1 on the step to σ = 0)
+    about: str = ""
+
+
+SAMPLERS: dict[str, SamplerSpec] = {
+    "ddpm": SamplerSpec(ddpm, {}, about="DDPM ancestral (variance=fixed_small|fixed_large|learned)"),
+    "ddim": SamplerSpec(ddim, {}, about="DDIM (eta=0 deterministic)"),
+    "euler": SamplerSpec(euler, {}, about="Euler on the probability-flow ODE (EDM churn optional)"),
+    "euler_ancestral": SamplerSpec(ddim, {"eta": 1.0}, about="Euler ancestral (= DDIM with eta=1)"),
+    "heun": SamplerSpec(heun, {}, calls_per_step=2, about="Heun, EDM's second-order sampler"),
+    "dpmpp_2m": SamplerSpec(dpmpp_multistep, {"order": 2}, about="DPM-Solver++ 2M"),
+    "dpmpp_3m": SamplerSpec(dpmpp_multistep, {"order": 3}, about="DPM-Solver++ 3M"),
+    "dpmpp_2m_sde": SamplerSpec(dpmpp_multistep, {"order": 2, "sde": True}, about="SDE-DPM-Solver++ 2M"),
+    "dpmpp_3m_sde": SamplerSpec(dpmpp_multistep, {"order": 3, "sde": True}, about="SDE-DPM-Solver++ 3M"),
+    "unipc": SamplerSpec(unipc, {"order": 2}, about="UniPC (bh2, order 2, with corrector)"),
+    "unipc_3": SamplerSpec(unipc, {"order": 3}, about="UniPC (bh2, order 3, with corrector)"),
+}
+
+# The defaults: the best configuration of benchmarks/sampler_accuracy.py (see docs/benchmarks.md).
+DEFAULT_METHOD = "unipc_3"
+DEFAULT_SPACING = "log_snr"
+DEFAULT_STEPS = 20
+
+
+def get_sampler(method: str) -> SamplerSpec:
+    if method not in SAMPLERS:
+        raise ValueError(f"unknown sampler {method!r}; choose one of: {', '.join(SAMPLERS)}")
+    return SAMPLERS[method]
+
+
+def model_calls(method: str, steps: int, final_denoise: bool = True) -> int:
+    """How many times ``method`` calls the model for ``steps`` steps."""
+    spec = get_sampler(method)
+    return steps * spec.calls_per_step - (spec.calls_per_step - 1) * int(final_denoise)
+
+
+class _FiniteCheck:
+    """Wraps a bound denoiser and records, without waiting on the device, whether any output was
+    NaN or inf; :meth:`check` raises one clear error naming the first bad noise level."""
+
+    def __init__(self, denoise: BoundDenoiser):
+        self.denoise = denoise
+        self.flags: list[tuple[float, Tensor]] = []
+
+    def _record(self, sigma, x0: Tensor) -> Tensor:
+        self.flags.append((float(torch.as_tensor(sigma).max()), torch.isfinite(x0).all()))
+        return x0
+
+    def __call__(self, x: Tensor, sigma) -> Tensor:
+        return self._record(sigma, self.denoise(x, sigma))
+
+    def predict(self, x: Tensor, sigma):
+        out = self.denoise.predict(x, sigma)
+        self._record(sigma, out.x0)
+        return out
+
+    def check(self) -> None:
+        if not self.flags:
+            return
+        ok = torch.stack([f for _, f in self.flags]).cpu()
+        if not bool(ok.all()):
+            first = int((~ok).nonzero()[0])
+            raise FloatingPointError(
+                f"the model returned NaN or inf at model call {first + 1} of {len(self.flags)} "
+                f"(sigma={self.flags[first][0]:.4g}); check the model's weights and inputs, "
+                "and that `prediction` matches how it was trained"
+            )
+
+
+def _as_denoiser(model, schedule, prediction, learned_variance, clip_x0, threshold) -> Denoiser:
+    if isinstance(model, Denoiser):
+        return model
+    if schedule is None:
+        raise ValueError("pass the schedule the model was trained with (or a Denoiser, which carries it)")
+    return Denoiser(model, schedule, prediction, learned_variance, clip_x0, threshold)
+
+
+def _check_options(spec: SamplerSpec, method: str, options: dict) -> None:
+    params = inspect.signature(spec.fn).parameters
+    allowed = [p for p in params if p not in ("denoise", "x", "sigmas", "noise_source", "callback")]
+    unknown = [k for k in options if k not in allowed]
+    if unknown:
+        raise ValueError(
+            f"sampler {method!r} has no option {', '.join(map(repr, unknown))}; "
+            f"its options are: {', '.join(allowed) or 'none'}"
+        )
+
+
+def _check_sigmas(sigmas) -> Tensor:
+    sigmas = torch.as_tensor(sigmas, dtype=torch.float64).cpu()
+    if sigmas.ndim != 1 or len(sigmas) < 2:
+        raise ValueError("sigmas must be a 1-D sequence of at least 2 noise levels (start … end)")
+    if not (sigmas[:-1] > sigmas[1:]).all() or sigmas[-1] < 0:
+        raise ValueError("sigmas must be strictly decreasing and end at a level >= 0")
+    return sigmas
+
+
+def _with_progress(callback, total: int, progress: bool, desc: str):
+    if not progress:
+        return callback, None
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=total, desc=desc, unit="step", leave=False)
+
+    def both(step: Step):
+        bar.update(1)
+        if callback is not None:
+            callback(step)
+
+    return both, bar
+
+
+def sample(
+    model,
+    noise: Tensor,
+    schedule=None,
+    *,
+    method: str = DEFAULT_METHOD,
+    steps: int = DEFAULT_STEPS,
+    spacing=DEFAULT_SPACING,
+    sigmas=None,
+    prediction: str = "epsilon",
+    cond: dict | None = None,
+    generator: torch.Generator | int | None = None,
+    seeds=None,
+    callback=None,
+    progress: bool = False,
+    final_denoise: bool = True,
+    learned_variance: bool = False,
+    clip_x0: float | None = None,
+    threshold: float | None = None,
+    **options,
+) -> Tensor:
+    """Generate samples: start from ``noise`` at the highest noise level and solve down to data.
+
+    Args:
+        model: a model function ``model(x_t, t, **cond)`` (see :mod:`difflab.denoiser`) of type
+            ``prediction``, or a :class:`~difflab.denoiser.Denoiser` (then ``schedule`` and the
+            prediction options come from it).
+        noise: standard normal noise of the output's shape; it is scaled to the prior at the
+            first sigma (std √(1 + σ²) for variance-preserving schedules, σ otherwise).
+        schedule: the model's noise schedule.
+        method: a sampler name from :data:`SAMPLERS`.
+        steps: number of steps (model calls: :func:`model_calls`).
+        spacing: a name from :data:`~difflab.sampling.spacing.SPACINGS` or ``f(schedule, steps)``.
+        sigmas: an explicit descending noise-level sequence (overrides steps/spacing).
+        cond: keyword arguments passed to every model call (class labels, text context …).
+        generator: a ``torch.Generator`` or int seed for the stochastic samplers' noise;
+            ``seeds`` instead gives every sample its own seed (batch-independent results).
+        callback: called with a :class:`~difflab.sampling.common.Step` after every step.
+        progress: show a progress bar.
+        final_denoise: end with σ = 0 (the last x̂₀) rather than at the schedule's σ_min.
+        **options: sampler options, e.g. ``eta`` for DDIM, ``variance`` for DDPM, ``order``.
+    Returns:
+        The samples, in data space.
+    """
+    spec = get_sampler(method)
+    _check_options(spec, method, options)
+    denoiser = _as_denoiser(model, schedule, prediction, learned_variance, clip_x0, threshold)
+    if sigmas is None:
+        sigmas = get_sigmas(denoiser.schedule, steps, spacing, final_denoise)
+    sigmas = _check_sigmas(sigmas)
+    if isinstance(generator, int):
+        generator = torch.Generator(noise.device).manual_seed(generator)
+    kwargs = {**spec.defaults, **options}
+    if "noise_source" in inspect.signature(spec.fn).parameters:
+        kwargs["noise_source"] = NoiseSource(generator, seeds)
+    denoise = _FiniteCheck(denoiser.bind(**(cond or {})))
+    callback, bar = _with_progress(callback, len(sigmas) - 1, progress, method)
+    x = noise * float(denoiser.schedule.prior_std(sigmas[0]))
+    try:
+        x = spec.fn(denoise, x, sigmas, callback=callback, **kwargs)
+    finally:
+        if bar is not None:
+            bar.close()
+    denoise.check()
+    return x
+
+
+def invert(
+    model,
+    x0: Tensor,
+    schedule=None,
+    *,
+    steps: int = 50,
+    spacing=DEFAULT_SPACING,
+    sigmas=None,
+    prediction: str = "epsilon",
+    cond: dict | None = None,
+    callback=None,
+) -> Tensor:
+    """DDIM inversion (image → noise): the inverse of ``sample(..., method="ddim")`` with the same
+    steps and spacing. Returns noise in :func:`sample`'s convention (unit scale)."""
+    denoiser = _as_denoiser(model, schedule, prediction, False, None, None)
+    if sigmas is None:
+        sigmas = get_sigmas(denoiser.schedule, steps, spacing, final_denoise=True)
+    sigmas = _check_sigmas(sigmas)
+    denoise = _FiniteCheck(denoiser.bind(**(cond or {})))
+    x = ddim_invert(denoise, x0, sigmas.flip(0), callback=callback)
+    denoise.check()
+    return x / float(denoiser.schedule.prior_std(sigmas[0]))

@@ -1,0 +1,101 @@
+"""Step spacings: which noise levels a sampler visits. Each returns a descending float64 tensor
+of ``steps`` sigmas (the points where the model is called); :func:`get_sigmas` appends the end.
+
+Solvers take any spacing, and img2img-style partial sampling is a slice of the result.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+
+def _check_steps(steps) -> int:
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+    return steps
+
+
+def _span(schedule) -> float:
+    """Length of the time axis: T for a discrete schedule (steps 0..T−1), t_max − t_min otherwise."""
+    return float(schedule.num_steps) if schedule.is_discrete else schedule.t_max - schedule.t_min
+
+
+def leading(schedule, steps: int, offset: int = 0) -> Tensor:
+    """DDIM's original spacing: t = i·⌊T/n⌋ + offset, i = n−1…0 (Song et al. 2021; diffusers'
+    ``"leading"``). Starts below t_max, so the first step is not pure noise (Lin et al. 2023)."""
+    steps = _check_steps(steps)
+    i = torch.arange(steps - 1, -1, -1, dtype=torch.float64)
+    if schedule.is_discrete:
+        t = i * (schedule.num_steps // steps) + offset
+    else:
+        t = schedule.t_min + i * _span(schedule) / steps
+    return schedule.sigma(t)
+
+
+def trailing(schedule, steps: int) -> Tensor:
+    """t = t_max − i·T/n, i = 0…n−1 (rounded for discrete schedules; Lin et al. 2023, Table 2):
+    starts exactly at t_max."""
+    steps = _check_steps(steps)
+    i = torch.arange(steps, dtype=torch.float64)
+    if schedule.is_discrete:
+        t = torch.round(schedule.num_steps - i * schedule.num_steps / steps) - 1
+    else:
+        t = schedule.t_max - i * _span(schedule) / steps
+    return schedule.sigma(t)
+
+
+def linspace(schedule, steps: int) -> Tensor:
+    """t evenly spaced from t_max down to t_min, both included (fractional t allowed)."""
+    steps = _check_steps(steps)
+    return schedule.sigma(torch.linspace(schedule.t_max, schedule.t_min, steps, dtype=torch.float64))
+
+
+def log_snr(schedule, steps: int, sigma_min: float | None = None, sigma_max: float | None = None) -> Tensor:
+    """Uniform in log-SNR λ = −2 log σ between σ_max and σ_min (the DPM-Solver paper's
+    "logSNR" spacing, Lu et al. 2022, §3.3)."""
+    steps = _check_steps(steps)
+    lo, hi = _range(schedule, sigma_min, sigma_max)
+    return torch.exp(torch.linspace(math.log(hi), math.log(lo), steps, dtype=torch.float64))
+
+
+def karras(
+    schedule, steps: int, rho: float = 7.0, sigma_min: float | None = None, sigma_max: float | None = None
+) -> Tensor:
+    """σᵢ = (σ_max^{1/ρ} + i/(n−1)·(σ_min^{1/ρ} − σ_max^{1/ρ}))^ρ (Karras et al. 2022, eq. 5)."""
+    steps = _check_steps(steps)
+    lo, hi = _range(schedule, sigma_min, sigma_max)
+    ramp = torch.linspace(0, 1, steps, dtype=torch.float64)
+    return (hi ** (1 / rho) + ramp * (lo ** (1 / rho) - hi ** (1 / rho))) ** rho
+
+
+def _range(schedule, sigma_min, sigma_max) -> tuple[float, float]:
+    lo = schedule.sigma_min if sigma_min is None else sigma_min
+    hi = schedule.sigma_max if sigma_max is None else sigma_max
+    if not 0 < lo < hi:
+        raise ValueError(f"need 0 < sigma_min < sigma_max, got sigma_min={lo}, sigma_max={hi}")
+    return lo, hi
+
+
+SPACINGS = {"leading": leading, "trailing": trailing, "linspace": linspace, "log_snr": log_snr, "karras": karras}
+
+
+def get_sigmas(schedule, steps: int, spacing="log_snr", final_denoise: bool = True) -> Tensor:
+    """The full sigma sequence a sampler walks: the spacing's ``steps`` levels, then 0 (a final
+    denoise: the result is the last x̂₀) or, with ``final_denoise=False``, σ_min of the schedule
+    (the result keeps that little noise; skipped if the spacing already ends there)."""
+    if callable(spacing):
+        sigmas = torch.as_tensor(spacing(schedule, steps), dtype=torch.float64)
+    elif spacing in SPACINGS:
+        sigmas = SPACINGS[spacing](schedule, steps)
+    else:
+        raise ValueError(f"unknown step spacing {spacing!r}; choose one of: {', '.join(SPACINGS)}")
+    if final_denoise:
+        end = 0.0
+    else:
+        end = schedule.sigma_min
+        if float(sigmas[-1]) <= end * (1 + 1e-9):
+            return sigmas
+    return torch.cat([sigmas, sigmas.new_tensor([end])])
