@@ -12,7 +12,11 @@ import importlib
 import sys
 
 # Sub-command modules, in the order ``--help`` lists them.
-COMMANDS: list[str] = []
+COMMANDS = [
+    "difflab.commands.demo",
+    "difflab.commands.train",
+    "difflab.commands.sample",
+]
 
 
 class UserError(Exception):

@@ -1,0 +1,187 @@
+"""Training configuration: typed dataclasses loaded from a YAML file and overridden from the CLI.
+
+A config file has one mapping per section below; every key is optional and defaults as shown.
+``--set optim.lr=3e-4`` (values parsed as YAML, so numbers, booleans and lists work) overrides a
+key. An unknown section or key, or a value of the wrong type, is one clear error that names it.
+The resolved config is saved in every checkpoint's ``config.json``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config file or override is wrong; the message says which key and how to fix it."""
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "digits"  # a built-in name (digits, fashion-mnist) or a folder of images
+    split: str = "train"
+    resolution: int | None = None  # square side in pixels; None keeps the dataset's
+    channels: int | None = None  # 1 or 3; None keeps the dataset's
+    hflip: bool = False  # random horizontal flips
+    class_conditional: bool = False  # condition on the dataset's class labels
+
+
+@dataclass
+class ModelConfig:
+    name: str = "unet"
+    preset: str | None = None  # a preset of the model; options override its fields
+    options: dict = field(default_factory=dict)
+
+
+@dataclass
+class DiffusionConfig:
+    schedule: str = "cosine"
+    schedule_options: dict = field(default_factory=dict)
+    prediction: str = "epsilon"  # epsilon | x0 | v
+    weighting: str = "uniform"  # uniform | min_snr | p2
+    min_snr_gamma: float = 5.0
+    learned_variance: bool = False  # improved DDPM's hybrid loss
+    vlb_weight: float = 0.001
+    cond_drop_prob: float = 0.0  # classifier-free guidance: drop the class this often
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 2e-4
+    weight_decay: float = 0.0
+    betas: tuple = (0.9, 0.999)
+    warmup_steps: int = 0
+    grad_clip: float | None = 1.0
+    batch_size: int = 128  # global batch per optimizer step, over all processes
+    grad_accum: int = 1  # micro-batches per step (memory, not maths)
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 1000
+    seed: int = 0
+    ema_decay: float = 0.9999
+    ema_warmup: bool = True  # decay min(ema_decay, (1 + step)/(10 + step))
+    bf16: bool = True  # bf16 autocast (GPU only)
+    compile: bool = False  # torch.compile the model
+    channels_last: bool = True  # memory format on GPU
+    log_every: int = 50
+    sample_every: int = 1000  # preview grids from the EMA weights; 0 disables
+    checkpoint_every: int = 1000
+    num_preview: int = 64
+    out_dir: str = "runs/run"
+    device: str = "auto"  # auto | cpu | cuda
+
+
+@dataclass
+class SampleConfig:
+    """How previews (and, by default, ``difflab sample``) draw samples."""
+
+    method: str = "unipc_3"
+    steps: int = 20
+    spacing: str = "log_snr"
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _accepts(annotation, value) -> tuple[bool, object]:
+    """Whether ``value`` fits the annotation. Ints are accepted for floats, and so are strings
+    like ``1e-3`` (YAML 1.1 reads a float without a dot as a string)."""
+    hint = eval(annotation, vars(typing), {}) if isinstance(annotation, str) else annotation  # noqa: S307
+    options = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    for option in options:
+        if option is type(None) and value is None:
+            return True, value
+        if option is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return True, float(value)
+        if option is float and isinstance(value, str):
+            try:
+                return True, float(value)
+            except ValueError:
+                pass
+        if option is tuple and isinstance(value, (list, tuple)):
+            return True, tuple(value)
+        if option in (int, str, bool, dict) and type(value) is option:
+            return True, value
+    return False, value
+
+
+def _build(cls, values: dict, where: str):
+    if not isinstance(values, dict):
+        raise ConfigError(f"config section {where!r} must be a mapping, got {type(values).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in values.items():
+        if key not in fields:
+            raise ConfigError(f"unknown config key '{where}.{key}'; valid keys in {where}: {', '.join(fields)}")
+        ok, value = _accepts(fields[key].type, value)
+        if not ok:
+            raise ConfigError(f"config key '{where}.{key}' must be of type {fields[key].type}, got {value!r}")
+        kwargs[key] = value
+    return cls(**kwargs)
+
+
+SECTIONS = {f.name: f.type for f in dataclasses.fields(Config)}
+
+
+def config_from_dict(raw: dict) -> Config:
+    raw = raw or {}
+    if not isinstance(raw, dict):
+        raise ConfigError("a config file must hold a mapping of sections (data, model, diffusion, optim, train, sample)")
+    unknown = [k for k in raw if k not in SECTIONS]
+    if unknown:
+        raise ConfigError(f"unknown config section {unknown[0]!r}; valid sections: {', '.join(SECTIONS)}")
+    classes = {name: globals()[t] if isinstance(t, str) else t for name, t in SECTIONS.items()}
+    return Config(**{name: _build(classes[name], raw.get(name) or {}, name) for name in SECTIONS})
+
+
+def apply_override(raw: dict, assignment: str) -> None:
+    """Apply one ``section.key[.subkey]=value`` override to a raw config dict, in place."""
+    key, sep, text = assignment.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override {assignment!r} must look like section.key=value (e.g. optim.lr=3e-4)")
+    path = key.strip().split(".")
+    if len(path) < 2:
+        raise ConfigError(f"override {assignment!r} must name a section and a key, e.g. train.steps=500")
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"override {assignment!r}: cannot parse the value: {err}") from None
+    node = raw
+    for part in path[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {assignment!r}: {part!r} is not a section")
+    node[path[-1]] = value
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:
+    """Read a YAML config (None: all defaults) and apply ``--set`` overrides."""
+    raw: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"config file {path} does not exist (see configs/ for examples)")
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"config file {path} is not valid YAML: {err}") from None
+    for assignment in overrides or []:
+        apply_override(raw, assignment)
+    return config_from_dict(raw)

@@ -1,0 +1,40 @@
+"""Diffusion checkpoints: what a trained model needs to sample, and what a run needs to resume.
+
+A checkpoint folder (written atomically by :mod:`difflab.checkpoint`) holds
+
+* ``config.json``: ``kind: "diffusion"``, the model config, the schedule, the prediction type,
+  the data shape and class names, the step, and the whole training config;
+* ``model.safetensors`` and ``ema.safetensors``: the raw and the averaged weights;
+* ``extra.pt``: optimizer and learning-rate-scheduler state and the step (tensors and plain
+  values only; read back with ``torch.load(weights_only=True)``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .. import checkpoint
+
+KIND = "diffusion"
+
+
+def save_training_state(path, *, config: dict, model, ema, optimizer, lr_scheduler, step: int) -> Path:
+    return checkpoint.save_checkpoint(
+        path,
+        {**config, "kind": KIND, "step": step},
+        {"model": model.state_dict(), "ema": ema.state_dict()},
+        {"optimizer": optimizer.state_dict(), "lr_scheduler": lr_scheduler.state_dict(), "step": step},
+    )
+
+
+def find_checkpoint(path: str | Path) -> Path:
+    """A checkpoint folder, or a run folder holding one in ``checkpoint/``."""
+    path = Path(path)
+    if (path / "checkpoint" / checkpoint.CONFIG_FILE).exists():
+        return path / "checkpoint"
+    return path
+
+
+def load_state(path: str | Path):
+    """(config, tensors, extra) of a diffusion checkpoint; a clear error for anything else."""
+    return checkpoint.load_checkpoint(find_checkpoint(path), kind=KIND)

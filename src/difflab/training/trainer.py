@@ -1,0 +1,266 @@
+"""The training loop, top to bottom: data → noise → loss → optimizer, EMA, logs, previews,
+checkpoints. Runs as one process or under ``torchrun`` (DDP).
+
+Determinism: everything random in step s — the batch, t, ε, flips, label dropout, dropout —
+comes from generators seeded by (seed, s), and every process draws the *global* batch's
+randomness and keeps its own slice. So a resumed run repeats the uninterrupted run's losses
+exactly, and N processes compute the same update as one process with the same global batch.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+
+from .. import losses
+from ..data.convert import random_hflip, to_float, to_uint8
+from ..data.load import load_dataset
+from ..denoiser import Denoiser
+from ..images import save_grid
+from ..models import build_model, model_config_dict
+from ..sampling import sample
+from ..schedules import get_schedule
+from . import distributed
+from .config import Config, ConfigError
+from .ema import EMA
+from .state import load_state, save_training_state
+
+
+class TrainingDiverged(FloatingPointError):
+    """The loss became NaN or inf."""
+
+
+def model_spec(config: Config, dataset) -> dict:
+    """The model's config: the preset and options of ``config.model``, completed from the data."""
+    num_classes = len(dataset.class_names) if config.data.class_conditional else 0
+    if config.data.class_conditional and not num_classes:
+        raise ConfigError(f"data.class_conditional is true but dataset {dataset.name!r} has no class labels")
+    return {
+        "name": config.model.name,
+        "preset": config.model.preset,
+        **config.model.options,
+        "in_channels": dataset.channels,
+        "image_size": dataset.resolution,
+        "learned_sigma": config.diffusion.learned_variance,
+        "num_classes": num_classes,
+    }
+
+
+def batch_indices(n: int, batch: int, step: int, seed: int) -> torch.Tensor:
+    """Indices of the global batch of ``step``: consecutive slices of a per-epoch permutation
+    (seeded by the epoch), so every image is seen once per epoch and any step can be recomputed."""
+    per_epoch = max(1, n // batch)
+    epoch, position = divmod(step, per_epoch)
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+    return perm[position * batch : (position + 1) * batch]
+
+
+def _step_generator(seed: int, step: int, device: torch.device) -> torch.Generator:
+    return torch.Generator(device).manual_seed((seed * 7_919 + step) % (2**63 - 1))
+
+
+def _lr_lambda(warmup: int):
+    return lambda step: min(1.0, (step + 1) / warmup) if warmup > 0 else 1.0
+
+
+class _Logger:
+    """JSONL metrics (and TensorBoard when installed), written by the main process only."""
+
+    def __init__(self, out: Path, enabled: bool):
+        self.enabled = enabled
+        self.file = open(out / "metrics.jsonl", "a") if enabled else None
+        self.tb = None
+        if enabled:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(str(out / "tensorboard"))
+            except ImportError:  # tensorboard is optional: pip install tensorboard
+                self.tb = None
+
+    def log(self, step: int, values: dict) -> None:
+        if not self.enabled:
+            return
+        self.file.write(json.dumps({"step": step, **values}) + "\n")
+        self.file.flush()
+        if self.tb is not None:
+            for key, value in values.items():
+                self.tb.add_scalar(key, value, step)
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+        if self.tb is not None:
+            self.tb.close()
+
+
+@torch.no_grad()
+def preview(model, schedule, config: Config, spec: dict, device, path: Path) -> Path:
+    """A grid of samples from ``model`` (the EMA weights), fixed noise so grids are comparable."""
+    n = config.train.num_preview
+    g = torch.Generator().manual_seed(config.train.seed)
+    noise = torch.randn(n, spec["in_channels"], spec["image_size"], spec["image_size"], generator=g).to(device)
+    cond = {}
+    if spec.get("num_classes"):
+        cond["class_labels"] = (torch.arange(n) % spec["num_classes"]).to(device)
+    denoiser = Denoiser(model, schedule, config.diffusion.prediction, config.diffusion.learned_variance, clip_x0=1.0)
+    x = sample(denoiser, noise, method=config.sample.method, steps=config.sample.steps,
+               spacing=config.sample.spacing, cond=cond, generator=config.train.seed)
+    nrow = spec["num_classes"] if spec.get("num_classes") else None
+    return save_grid(to_uint8(x), path, nrow=nrow, upscale=max(1, 64 // spec["image_size"]))
+
+
+def train(config: Config, resume: str | Path | None = None, progress: bool = True) -> Path:
+    """Train a diffusion model as ``config`` says; returns the checkpoint folder."""
+    rt = distributed.setup(config.train.device)
+    device, cfg = rt.device, config
+    out = Path(cfg.train.out_dir)
+    if rt.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+    if cfg.optim.batch_size % (rt.world_size * cfg.optim.grad_accum):
+        raise ConfigError(
+            f"optim.batch_size={cfg.optim.batch_size} must divide evenly over {rt.world_size} processes "
+            f"x {cfg.optim.grad_accum} accumulation steps"
+        )
+
+    # -- data: decoded once into a uint8 tensor that lives on the device --------------------
+    dataset = load_dataset(cfg.data.dataset, cfg.data.split, cfg.data.resolution, cfg.data.channels)
+    images = dataset.images.to(device)
+    labels = dataset.labels.to(device) if cfg.data.class_conditional else None
+
+    # -- the noise process and the model --------------------------------------------------
+    schedule = get_schedule(cfg.diffusion.schedule, **cfg.diffusion.schedule_options)
+    torch.manual_seed(cfg.train.seed)  # the same initial weights in every run and process
+    model = build_model(model_spec(cfg, dataset)).to(device)
+    spec = model_config_dict(model)  # every field spelled out: what the checkpoint records
+    ema = EMA(model, cfg.train.ema_decay, cfg.train.ema_warmup)
+    fused = device.type == "cuda"
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
+                                  weight_decay=cfg.optim.weight_decay, fused=fused)
+    lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg.optim.warmup_steps))
+    start = 0
+    if resume is not None:
+        saved, tensors, extra = load_state(resume)
+        model.load_state_dict(tensors["model"])
+        ema.load_state_dict(tensors["ema"])
+        optimizer.load_state_dict(extra["optimizer"])
+        lr_scheduler.load_state_dict(extra["lr_scheduler"])
+        start = int(extra["step"])
+    if rt.is_main:
+        summary = model.summary() if hasattr(model, "summary") else type(model).__name__
+        print(f"difflab train: {summary}; {len(dataset)} images of {dataset.name}; device {device}"
+              + (f" x{rt.world_size}" if rt.distributed else "") + (f"; resuming at step {start}" if start else ""))
+
+    use_cuda = device.type == "cuda"
+    if use_cuda and cfg.train.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    net = DistributedDataParallel(model, device_ids=[device] if use_cuda else None) if rt.distributed else model
+    if cfg.train.compile:
+        net = torch.compile(net)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if (use_cuda and cfg.train.bf16) else nullcontext()
+    null_class = spec["num_classes"]  # index of the "no class" embedding for guidance dropout
+
+    ckpt_config = {"model": spec, "schedule": schedule.to_config(), "prediction": cfg.diffusion.prediction,
+                   "learned_variance": cfg.diffusion.learned_variance, "image_shape": list(images.shape[1:]),
+                   "class_names": dataset.class_names if labels is not None else [], "train_config": cfg.to_dict()}
+    ckpt_path = out / "checkpoint"
+    logger = _Logger(out, rt.is_main)
+    bar = None
+    if progress and rt.is_main:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=cfg.train.steps, initial=start, desc="train", unit="step", dynamic_ncols=True)
+
+    global_batch = cfg.optim.batch_size
+    local_batch = global_batch // rt.world_size
+    micro = local_batch // cfg.optim.grad_accum
+    running_loss = torch.zeros((), device=device)
+    window_start, window_steps = time.perf_counter(), 0
+
+    def check_loss(step):
+        value = running_loss.item() / max(1, window_steps)
+        if not math.isfinite(value):
+            raise TrainingDiverged(
+                f"the loss became {value} by step {step}: training diverged. Lower optim.lr, set "
+                f"optim.grad_clip, or check the data; the last good checkpoint ({ckpt_path}) is kept"
+            )
+        return value
+
+    net.train()
+    for step in range(start, cfg.train.steps):
+        # -- the global batch of this step and all its randomness, sliced to this process --
+        g = _step_generator(cfg.train.seed, step, device)
+        torch.manual_seed(cfg.train.seed * 7_919 + step)  # dropout
+        idx = batch_indices(len(images), global_batch, step, cfg.train.seed).to(device)
+        x0 = to_float(images[idx])
+        if cfg.data.hflip:
+            x0 = random_hflip(x0, g)
+        t = losses.sample_training_t(schedule, global_batch, torch.Generator().manual_seed(cfg.train.seed + step))
+        noise = torch.randn(x0.shape, generator=g, device=device)
+        y = labels[idx] if labels is not None else None
+        if y is not None and cfg.diffusion.cond_drop_prob > 0:
+            drop = torch.rand(global_batch, generator=g, device=device) < cfg.diffusion.cond_drop_prob
+            y = torch.where(drop, torch.full_like(y, null_class), y)
+        mine = slice(rt.rank * local_batch, (rt.rank + 1) * local_batch)
+        x0, t, noise = x0[mine], t[mine], noise[mine]
+        y = y[mine] if y is not None else None
+
+        # -- forward / backward over micro-batches -----------------------------------------
+        for k in range(cfg.optim.grad_accum):
+            part = slice(k * micro, (k + 1) * micro)
+            last = k == cfg.optim.grad_accum - 1
+            sync = nullcontext() if (last or not rt.distributed) else net.no_sync()
+            with sync, autocast:
+                cond = {"class_labels": y[part]} if y is not None else {}
+                out_k = losses.diffusion_loss(
+                    net, x0[part], schedule, prediction=cfg.diffusion.prediction,
+                    weighting=cfg.diffusion.weighting, min_snr_gamma=cfg.diffusion.min_snr_gamma,
+                    learned_variance=cfg.diffusion.learned_variance, vlb_weight=cfg.diffusion.vlb_weight,
+                    cond=cond, t=t[part], noise=noise[part],
+                )
+                (out_k.loss / cfg.optim.grad_accum).backward()
+            running_loss += out_k.loss.detach().float() / cfg.optim.grad_accum
+        grad_norm = None
+        if cfg.optim.grad_clip:
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        lr_scheduler.step()
+        ema.update(model, step)
+        window_steps += 1
+        done = step + 1
+
+        # -- logs, previews, checkpoints ---------------------------------------------------
+        if done % cfg.train.log_every == 0 or done == cfg.train.steps:
+            loss_value = check_loss(done)
+            elapsed = time.perf_counter() - window_start
+            values = {"loss": loss_value, "lr": lr_scheduler.get_last_lr()[0],
+                      "images_per_s": window_steps * global_batch / max(elapsed, 1e-9)}
+            if grad_norm is not None:
+                values["grad_norm"] = float(grad_norm)
+            logger.log(done, values)
+            if bar is not None:
+                bar.set_postfix(loss=f"{loss_value:.4f}", img_s=f"{values['images_per_s']:.0f}")
+            running_loss.zero_()
+            window_start, window_steps = time.perf_counter(), 0
+        if bar is not None:
+            bar.update(1)
+        if rt.is_main and cfg.train.sample_every and (done % cfg.train.sample_every == 0 or done == cfg.train.steps):
+            preview(ema.shadow, schedule, cfg, spec, device, out / "samples" / f"step-{done:07d}.png")
+        if done % cfg.train.checkpoint_every == 0 or done == cfg.train.steps:
+            if window_steps:
+                check_loss(done)  # never checkpoint weights that a NaN has touched
+            if rt.is_main:
+                save_training_state(ckpt_path, config=ckpt_config, model=model, ema=ema.shadow,
+                                    optimizer=optimizer, lr_scheduler=lr_scheduler, step=done)
+    if bar is not None:
+        bar.close()
+    logger.close()
+    distributed.teardown(rt)
+    return ckpt_path

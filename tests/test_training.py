@@ -1,0 +1,168 @@
+"""The trainer: config errors, a tiny train-then-sample run, exact resume, atomic checkpoints,
+a NaN stop and DDP equivalence (two CPU processes = one process with the same global batch)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from difflab.cli import main as cli
+from difflab.pipelines import DiffusionModel, generate
+from difflab.training import trainer as trainer_module
+from difflab.training.config import ConfigError, load_config
+from difflab.training.state import load_state
+from difflab.training.trainer import TrainingDiverged, train
+
+TINY = [
+    "data.dataset=digits",
+    "data.class_conditional=true",
+    "model.name=unet",
+    "model.options={model_channels: 8, channel_mult: [1, 2], num_res_blocks: 1, attention_resolutions: [4], "
+    "num_heads: 1, norm_groups: 4}",
+    "diffusion.schedule=linear",
+    "diffusion.schedule_options={num_steps: 100}",
+    "optim.batch_size=16",
+    "optim.lr=1e-3",
+    "train.log_every=1",
+    "train.sample_every=0",
+    "train.num_preview=4",
+    "sample.steps=4",
+]
+
+
+def tiny_config(tmp_path, *extra):
+    return load_config(None, TINY + [f"train.out_dir={tmp_path}"] + list(extra))
+
+
+def losses_of(run_dir):
+    return [json.loads(line)["loss"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_config_errors_name_the_key(tmp_path):
+    with pytest.raises(ConfigError, match="unknown config key 'optim.lrr'.*valid keys in optim: lr"):
+        load_config(None, ["optim.lrr=1"])
+    with pytest.raises(ConfigError, match="'train.steps' must be of type int"):
+        load_config(None, ["train.steps=ten"])
+    with pytest.raises(ConfigError, match="must look like section.key=value"):
+        load_config(None, ["optim.lr"])
+    with pytest.raises(FileNotFoundError, match="config file .*nope.yaml does not exist"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("data: [1, 2\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+    assert load_config(None, ["optim.lr=3e-4"]).optim.lr == pytest.approx(3e-4)
+
+
+def test_shipped_configs_parse():
+    for name in ["demo-digits", "fashion-mnist-32", "image-folder"]:
+        load_config(f"configs/{name}.yaml")
+
+
+def test_train_then_sample_end_to_end(tmp_path):
+    ckpt = train(tiny_config(tmp_path, "train.steps=6", "train.sample_every=6"), progress=False)
+    assert (tmp_path / "samples" / "step-0000006.png").exists()
+    model = DiffusionModel.load(ckpt)
+    assert model.num_classes == 10 and model.image_shape == (1, 8, 8)
+    images, labels = generate(model, 5, class_index=3)
+    assert images.shape == (5, 1, 8, 8) and images.dtype == torch.uint8 and labels.tolist() == [3] * 5
+    # the same through the CLI: grid, PNGs and an npz
+    out = tmp_path / "cli-samples"
+    assert cli(["sample", str(tmp_path), "--n", "7", "--steps", "3", "--out", str(out)]) == 0
+    assert (out / "grid.png").exists() and len(list((out / "images").glob("*.png"))) == 7
+    import numpy as np
+
+    npz = np.load(out / "samples.npz")
+    assert npz["samples"].shape == (7, 8, 8, 1) and npz["labels"].shape == (7,)
+
+
+def test_generate_does_not_depend_on_batch_size(tmp_path):
+    ckpt = train(tiny_config(tmp_path, "train.steps=2"), progress=False)
+    model = DiffusionModel.load(ckpt)
+    a, _ = generate(model, 6, steps=3, batch_size=6)
+    b, _ = generate(model, 6, steps=3, batch_size=4)
+    assert torch.equal(a, b)
+
+
+def test_resume_repeats_the_uninterrupted_run(tmp_path):
+    full, part = tmp_path / "full", tmp_path / "part"
+    train(tiny_config(full, "train.steps=8", "train.checkpoint_every=4"), progress=False)
+    train(tiny_config(part, "train.steps=4", "train.checkpoint_every=4"), progress=False)
+    # "killed" after step 4: resume with the full run's step count
+    train(tiny_config(part, "train.steps=8", "train.checkpoint_every=4"), resume=part, progress=False)
+    assert losses_of(part) == pytest.approx(losses_of(full), rel=1e-6, abs=1e-7)
+    _, full_w, _ = load_state(full)
+    _, part_w, extra = load_state(part)
+    assert extra["step"] == 8
+    for group in ["model", "ema"]:
+        for key, value in full_w[group].items():
+            torch.testing.assert_close(part_w[group][key], value, rtol=1e-5, atol=1e-6)
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    real_loss = trainer_module.losses.diffusion_loss
+    calls = {"n": 0}
+
+    def poisoned(*args, **kwargs):
+        calls["n"] += 1
+        out = real_loss(*args, **kwargs)
+        if calls["n"] > 5:
+            out.loss = out.loss * float("nan")
+        return out
+
+    monkeypatch.setattr(trainer_module.losses, "diffusion_loss", poisoned)
+    with pytest.raises(TrainingDiverged, match="loss became nan by step 6.*last good checkpoint"):
+        train(tiny_config(tmp_path, "train.steps=10", "train.checkpoint_every=4"), progress=False)
+    config, tensors, extra = load_state(tmp_path)
+    assert extra["step"] == 4
+    assert all(torch.isfinite(v).all() for v in tensors["model"].values())
+
+
+def test_a_crash_while_writing_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    train(tiny_config(tmp_path, "train.steps=2", "train.checkpoint_every=2"), progress=False)
+    import difflab.checkpoint as checkpoint
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt("killed mid-write")
+
+    monkeypatch.setattr(checkpoint, "save_file", crash)
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny_config(tmp_path, "train.steps=4", "train.checkpoint_every=2"), resume=tmp_path, progress=False)
+    _, _, extra = load_state(tmp_path)
+    assert extra["step"] == 2
+
+
+def test_wrong_checkpoint_and_bad_batch_are_clear_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        DiffusionModel.load(tmp_path / "missing")
+    with pytest.raises(ConfigError, match="must divide evenly"):
+        train(tiny_config(tmp_path, "optim.batch_size=15", "optim.grad_accum=2"), progress=False)
+
+
+def test_gradient_accumulation_matches_one_big_batch(tmp_path):
+    a = train(tiny_config(tmp_path / "a", "train.steps=2"), progress=False)
+    b = train(tiny_config(tmp_path / "b", "train.steps=2", "optim.grad_accum=4"), progress=False)
+    for key, value in load_state(a)[1]["model"].items():
+        torch.testing.assert_close(load_state(b)[1]["model"][key], value, rtol=1e-4, atol=1e-5)
+
+
+def test_two_processes_match_one(tmp_path):
+    """torchrun with 2 CPU processes (gloo) gives the weights of 1 process with the same global batch."""
+    args = [f"--set={s}" for s in TINY + ["train.steps=3", "train.log_every=3"]]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    one = tmp_path / "one"
+    two = tmp_path / "two"
+    subprocess.run([sys.executable, "-m", "difflab.cli", "train", *args, "--out", str(one), "--no-progress"],
+                   check=True, env=env, capture_output=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517",
+         "-m", "difflab.cli", "train", *args, "--out", str(two), "--no-progress"],
+        env=env, capture_output=True, text=True,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    w1, w2 = load_state(one)[1]["model"], load_state(two)[1]["model"]
+    for key, value in w1.items():
+        torch.testing.assert_close(w2[key], value, rtol=1e-4, atol=1e-5)
