@@ -166,3 +166,9 @@ def test_two_processes_match_one(tmp_path):
     w1, w2 = load_state(one)[1]["model"], load_state(two)[1]["model"]
     for key, value in w1.items():
         torch.testing.assert_close(w2[key], value, rtol=1e-4, atol=1e-5)
+
+
+def test_time_budget_stops_early_with_a_checkpoint(tmp_path):
+    train(tiny_config(tmp_path, "train.steps=100000", "train.max_seconds=1.5"), progress=False)
+    _, _, extra = load_state(tmp_path)
+    assert 1 < extra["step"] < 100000

@@ -16,6 +16,8 @@ COMMANDS = [
     "difflab.commands.demo",
     "difflab.commands.train",
     "difflab.commands.sample",
+    "difflab.commands.eval",
+    "difflab.commands.train_classifier",
 ]
 
 

@@ -103,6 +103,7 @@ class Denoiser:
                 " (the input's shape; a model with learned variance needs learned_variance=True)"
             )
             raise ValueError(f"the model returned shape {tuple(output.shape)}, expected {expected}{hint}")
+        output = output.to(x.dtype)  # e.g. bf16 under autocast: solver arithmetic stays in x's dtype
         if not self.learned_variance:
             return output, None
         mean, v = output.chunk(2, dim=1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,18 +71,21 @@ def generate(
     class_index: int | None = None,
     batch_size: int = 256,
     progress: bool = False,
+    bf16: bool = True,
     **options,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """n samples as uint8 (N, C, H, W), with their class labels (None if unconditional).
 
     Sample i uses noise seeded by ``seed + i``, so the images do not depend on the batch size.
-    Method, steps and spacing default to the checkpoint's ``sample`` section.
+    Method, steps and spacing default to the checkpoint's ``sample`` section. On a GPU the
+    network runs under bf16 autocast (``bf16=False`` for float32); the solver stays in float32.
     """
     defaults = model.config.get("train_config", {}).get("sample", {})
     method = method or defaults.get("method", "unipc_3")
     steps = steps or defaults.get("steps", 20)
     spacing = spacing or defaults.get("spacing", "log_snr")
     device = next(model.network.parameters()).device
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if (bf16 and device.type == "cuda") else nullcontext()
     labels = class_labels_for(model, n, class_index)
     denoiser = model.denoiser()
     chunks = []
@@ -94,8 +98,9 @@ def generate(
         seeds = list(range(seed + start, seed + min(n, start + batch_size)))
         noise = torch.stack([torch.randn(model.image_shape, generator=torch.Generator().manual_seed(s)) for s in seeds])
         cond = {"class_labels": labels[start : start + len(seeds)].to(device)} if labels is not None else {}
-        x = sample(denoiser, noise.to(device), method=method, steps=steps, spacing=spacing, cond=cond, seeds=seeds,
-                   **options)
+        with autocast:
+            x = sample(denoiser, noise.to(device), method=method, steps=steps, spacing=spacing, cond=cond,
+                       seeds=seeds, **options)
         chunks.append(to_uint8(x).cpu())
     return torch.cat(chunks), labels
 

@@ -64,6 +64,7 @@ class OptimConfig:
 @dataclass
 class TrainConfig:
     steps: int = 1000
+    max_seconds: float | None = None  # stop early after this much training time (clock starts after step 1: compilation excluded)
     seed: int = 0
     ema_decay: float = 0.9999
     ema_warmup: bool = True  # decay min(ema_decay, (1 + step)/(10 + step))

@@ -50,3 +50,10 @@ def setup(preference: str = "auto") -> Runtime:
 def teardown(runtime: Runtime) -> None:
     if runtime.distributed and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def any_process(flag: bool, device: torch.device) -> bool:
+    """True on every process if ``flag`` is true on any (one all-reduce)."""
+    value = torch.tensor([float(flag)], device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())

@@ -182,6 +182,7 @@ def train(config: Config, resume: str | Path | None = None, progress: bool = Tru
     micro = local_batch // cfg.optim.grad_accum
     running_loss = torch.zeros((), device=device)
     window_start, window_steps = time.perf_counter(), 0
+    clock_start = None  # wall clock of the time budget, started after the first (compiling) step
 
     def check_loss(step):
         value = running_loss.item() / max(1, window_steps)
@@ -235,9 +236,15 @@ def train(config: Config, resume: str | Path | None = None, progress: bool = Tru
         ema.update(model, step)
         window_steps += 1
         done = step + 1
+        if clock_start is None:
+            clock_start = time.perf_counter()
+        out_of_time = bool(cfg.train.max_seconds) and time.perf_counter() - clock_start >= cfg.train.max_seconds
+        if cfg.train.max_seconds and rt.distributed:  # every process must stop at the same step
+            out_of_time = distributed.any_process(out_of_time, device)
+        final = done == cfg.train.steps or out_of_time
 
         # -- logs, previews, checkpoints ---------------------------------------------------
-        if done % cfg.train.log_every == 0 or done == cfg.train.steps:
+        if done % cfg.train.log_every == 0 or final:
             loss_value = check_loss(done)
             elapsed = time.perf_counter() - window_start
             values = {"loss": loss_value, "lr": lr_scheduler.get_last_lr()[0],
@@ -251,14 +258,18 @@ def train(config: Config, resume: str | Path | None = None, progress: bool = Tru
             window_start, window_steps = time.perf_counter(), 0
         if bar is not None:
             bar.update(1)
-        if rt.is_main and cfg.train.sample_every and (done % cfg.train.sample_every == 0 or done == cfg.train.steps):
+        if rt.is_main and cfg.train.sample_every and (done % cfg.train.sample_every == 0 or final):
             preview(ema.shadow, schedule, cfg, spec, device, out / "samples" / f"step-{done:07d}.png")
-        if done % cfg.train.checkpoint_every == 0 or done == cfg.train.steps:
+        if done % cfg.train.checkpoint_every == 0 or final:
             if window_steps:
                 check_loss(done)  # never checkpoint weights that a NaN has touched
             if rt.is_main:
                 save_training_state(ckpt_path, config=ckpt_config, model=model, ema=ema.shadow,
                                     optimizer=optimizer, lr_scheduler=lr_scheduler, step=done)
+        if out_of_time:
+            if rt.is_main:
+                print(f"difflab train: time budget of {cfg.train.max_seconds:g} s reached at step {done}")
+            break
     if bar is not None:
         bar.close()
     logger.close()

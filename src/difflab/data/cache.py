@@ -1,0 +1,67 @@
+"""The on-disk cache: decoded datasets (and reference features) keyed by their content.
+
+The cache lives in ``$DIFFLAB_CACHE``, else ``$XDG_CACHE_HOME/difflab``, else
+``~/.cache/difflab``. A key is a SHA-256 over everything that determines the cached value,
+so a changed file or option gives a new entry and never a stale one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from difflab.data.dataset import ImageDataset
+
+
+def cache_dir() -> Path:
+    """The root of difflab's cache (created on demand by the writers)."""
+    if os.environ.get("DIFFLAB_CACHE"):
+        return Path(os.environ["DIFFLAB_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "difflab"
+
+
+def content_key(*parts: object) -> str:
+    """A hex SHA-256 of the parts' JSON form (tensors and bytes are hashed by content)."""
+    digest = hashlib.sha256()
+    for part in parts:
+        if isinstance(part, torch.Tensor):
+            digest.update(str((part.dtype, tuple(part.shape))).encode())
+            digest.update(part.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        elif isinstance(part, bytes):
+            digest.update(part)
+        else:
+            digest.update(json.dumps(part, sort_keys=True, default=str).encode())
+    return digest.hexdigest()
+
+
+def save_dataset(path: Path, dataset: ImageDataset) -> None:
+    """Write a dataset as one safetensors file (written to a temporary name, then renamed)."""
+    tensors = {"images": dataset.images.contiguous()}
+    if dataset.labels is not None:
+        tensors["labels"] = dataset.labels.contiguous()
+    metadata = {"name": dataset.name, "class_names": json.dumps(dataset.class_names),
+                "captions": json.dumps(dataset.captions)}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    save_file(tensors, str(tmp), metadata=metadata)
+    os.replace(tmp, path)
+
+
+def load_dataset_file(path: Path) -> ImageDataset:
+    """Read a dataset written by :func:`save_dataset`."""
+    with safe_open(str(path), framework="pt") as f:
+        metadata = f.metadata() or {}
+        keys = set(f.keys())
+        images = f.get_tensor("images")
+        labels = f.get_tensor("labels") if "labels" in keys else None
+    return ImageDataset(images=images, labels=labels,
+                        class_names=json.loads(metadata.get("class_names", "[]")),
+                        captions=json.loads(metadata.get("captions", "null")),
+                        name=metadata.get("name", str(path)))

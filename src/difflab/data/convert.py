@@ -1,0 +1,58 @@
+"""Pixel conversions shared by the data loaders, the trainer and the metrics.
+
+Images travel as uint8 tensors (N, C, H, W) in 0..255; networks see floats in [-1, 1]
+(DDPM's convention, Ho et al. 2020, section 3.3).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+# ITU-R BT.601 luma weights, the ones Pillow's ``convert("L")`` uses.
+_LUMA = (0.299, 0.587, 0.114)
+
+
+def to_float(images: torch.Tensor) -> torch.Tensor:
+    """uint8 0..255 → float32 in [-1, 1]."""
+    return images.float().div(127.5).sub(1.0)
+
+
+def to_uint8(x: torch.Tensor) -> torch.Tensor:
+    """float in [-1, 1] → uint8 0..255 (clamped, rounded to nearest)."""
+    return x.add(1.0).mul(127.5).round().clamp(0, 255).to(torch.uint8)
+
+
+def to_channels(images: torch.Tensor, channels: int | None) -> torch.Tensor:
+    """Convert uint8 (N, C, H, W) images to 1 (grey) or 3 (RGB) channels; None keeps them.
+
+    Grey → RGB repeats the channel; RGB → grey uses the BT.601 luma weights.
+    """
+    have = images.shape[1]
+    if channels is None or channels == have:
+        return images
+    if channels == 3 and have == 1:
+        return images.expand(-1, 3, -1, -1).contiguous()
+    if channels == 1 and have == 3:
+        weights = torch.tensor(_LUMA, dtype=torch.float32).view(1, 3, 1, 1)
+        return (images.float() * weights).sum(1, keepdim=True).round().clamp(0, 255).to(torch.uint8)
+    raise ValueError(f"cannot convert {have}-channel images to {channels} channels (use 1 or 3)")
+
+
+def resize_square(images: torch.Tensor, resolution: int | None) -> torch.Tensor:
+    """Resize square uint8 images to ``resolution`` pixels a side (antialiased bilinear).
+
+    None or the current size returns the images unchanged.
+    """
+    if resolution is None or images.shape[-1] == resolution == images.shape[-2]:
+        return images
+    resized = F.interpolate(images.float(), size=(resolution, resolution), mode="bilinear",
+                            align_corners=False, antialias=True)
+    return resized.round().clamp(0, 255).to(torch.uint8)
+
+
+def random_hflip(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Flip each image of a batch (N, C, H, W) left-right with probability 1/2."""
+    device = generator.device if generator is not None else x.device
+    flip = (torch.rand(len(x), generator=generator, device=device) < 0.5).to(x.device)
+    return torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)

@@ -1,0 +1,57 @@
+"""One entry point for every dataset: a built-in name, a folder of IDX files or of images."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+from difflab.data.convert import resize_square, to_channels
+from difflab.data.dataset import ImageDataset
+from difflab.data.digits import load_digits
+from difflab.data.fashion_mnist import is_idx_directory, load_fashion_mnist
+from difflab.data.image_folder import load_image_folder
+
+BUILTIN = {"digits": load_digits, "fashion-mnist": load_fashion_mnist}
+
+
+def parse_spec(spec: str, default_split: str = "train") -> tuple[str, str]:
+    """``"digits:test"`` → ("digits", "test"); an existing path or a bare name takes the default."""
+    name, sep, split = spec.rpartition(":")
+    if not sep or Path(spec).exists() or not name:
+        return spec, default_split
+    return name, split
+
+
+def load_dataset(name_or_path: str | Path, split: str = "train", resolution: int | None = None,
+                 channels: int | None = None, use_cache: bool = True) -> ImageDataset:
+    """Load a dataset as uint8 (N, C, H, W) images.
+
+    Args:
+        name_or_path: a built-in name (``digits``, ``fashion-mnist``), a folder holding the
+            Fashion-MNIST/MNIST IDX files, or an image folder (see :mod:`difflab.data.image_folder`).
+        split: ``train`` or ``test``. An image folder uses its sub-folder of that name when it
+            has one; otherwise the whole folder is the ``train`` split.
+        resolution: square side in pixels; None keeps the native size.
+        channels: 1 or 3; None keeps the native channels.
+        use_cache: read/write the decoded-folder cache (image folders only).
+    """
+    name = str(name_or_path)
+    if name in BUILTIN:
+        dataset = BUILTIN[name](split)
+    else:
+        path = Path(name_or_path)
+        if not path.exists():
+            raise FileNotFoundError(f"dataset {name!r} is neither a built-in ({', '.join(BUILTIN)}) "
+                                    f"nor an existing folder")
+        if not path.is_dir():
+            raise ValueError(f"dataset {name!r} must be a folder of images or of IDX files")
+        if is_idx_directory(path):
+            dataset = load_fashion_mnist(split, path)
+        elif (path / split).is_dir() or split == "train":
+            folder = path / split if (path / split).is_dir() else path
+            return load_image_folder(folder, resolution, channels, use_cache)
+        else:
+            raise FileNotFoundError(f"image folder {path} has no {split!r} sub-folder: put the "
+                                    f"{split} images in {path / split}")
+    images = to_channels(resize_square(dataset.images, resolution), channels)
+    return replace(dataset, images=images)

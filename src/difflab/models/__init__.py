@@ -1,0 +1,74 @@
+"""Networks, by name: ``MODELS`` maps a name to its config class, model class and presets.
+
+A model is described by a plain dictionary, the form saved in a checkpoint's ``config.json``
+and written in a training YAML::
+
+    {"name": "unet", "preset": "digits", "num_classes": 10}   # a preset with overrides
+    {"name": "unet", "image_size": 32, "channel_mult": [1, 2, 2], ...}   # every field spelled out
+
+:func:`build_model` turns it into a module; :func:`model_config_dict` gives back the complete
+dictionary (preset expanded) to save next to the weights.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Callable
+
+from torch import nn
+
+from .unet import PRESETS as UNET_PRESETS
+from .unet import UNet, UNetConfig
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    config: type
+    model: Callable[..., nn.Module]
+    presets: dict[str, Callable[..., object]]
+
+
+MODELS: dict[str, ModelSpec] = {
+    "unet": ModelSpec(config=UNetConfig, model=UNet, presets=UNET_PRESETS),
+}
+
+
+def build_config(config_dict: dict):
+    """The typed config of a model dictionary (see the module docstring).
+
+    Raises:
+        ValueError: unknown model name, unknown preset or unknown field, with the valid choices.
+    """
+    options = dict(config_dict)
+    name = options.pop("name", None)
+    if name not in MODELS:
+        raise ValueError(f"model name {name!r} is unknown; set 'name' to one of {sorted(MODELS)}")
+    spec = MODELS[name]
+    valid = {f.name for f in fields(spec.config)}
+    unknown = sorted(set(options) - valid - {"preset"})
+    if unknown:
+        raise ValueError(f"unknown {name} option(s) {unknown}; valid options are 'preset' and {sorted(valid)}")
+    preset = options.pop("preset", None)
+    if preset is None:
+        return spec.config(**options)
+    if preset not in spec.presets:
+        raise ValueError(f"unknown {name} preset {preset!r}; choose one of {sorted(spec.presets)}")
+    return spec.presets[preset](**options)
+
+
+def build_model(config_dict: dict) -> nn.Module:
+    """Build the network a model dictionary describes. Prints nothing; see ``model.summary()``."""
+    name = config_dict.get("name")
+    config = build_config(config_dict)
+    return MODELS[name].model(config)
+
+
+def model_config_dict(model: nn.Module) -> dict:
+    """The complete dictionary (``name`` and every field) that rebuilds ``model``'s architecture."""
+    for name, spec in MODELS.items():
+        if isinstance(model, spec.model):
+            return {"name": name, **asdict(model.config)}
+    raise ValueError(f"{type(model).__name__} is not a registered difflab model; known: {sorted(MODELS)}")
+
+
+__all__ = ["MODELS", "ModelSpec", "UNet", "UNetConfig", "build_config", "build_model", "model_config_dict"]

@@ -1,0 +1,393 @@
+"""The ADM U-Net: "Diffusion Models Beat GANs on Image Synthesis" (Dhariwal & Nichol 2021).
+
+The network is DDPM's U-Net (Ho et al. 2020, appendix B; a PixelCNN++ / Wide-ResNet backbone)
+with the changes ADM's ablation (§3, Tables 1–3) kept:
+
+* several residual blocks per resolution, with channel multipliers per level;
+* self-attention at several resolutions (e.g. 32, 16, 8), with a fixed head count or a fixed
+  head width (``num_head_channels``, 64 in ADM's final models);
+* BigGAN-style residual up/down-sampling (Brock et al. 2019): the resampling happens inside a
+  residual block instead of a strided convolution or nearest-neighbour + convolution;
+* adaptive group normalization, AdaGN(h, y) = y_s · GroupNorm(h) + y_b (§3.1), written as
+  ``(1 + scale) · GroupNorm(h) + shift`` so a zero embedding projection is the plain norm;
+* class conditioning by a label embedding added to the time embedding (§4);
+* a learned-variance output (twice the channels) for Improved DDPM's hybrid loss
+  (Nichol & Dhariwal 2021, eq. 15–16).
+
+Every residual branch and the final convolution are zero-initialized, so at initialization each
+block is the identity and the network outputs exactly zero.
+
+``rescale_skip`` multiplies each residual sum (residual blocks and attention) by 1/√2, which is
+where DDPM++ (Song et al. 2021, appendix H, ``skip_rescale``) applies it; ADM ablated this
+(§3, "rescale resblocks") and its released models do not use it. ``rescale_concat_skip``
+multiplies the encoder features concatenated into the decoder by 1/√2, Imagen's Efficient U-Net
+choice (Saharia et al. 2022, appendix B.1); neither ADM nor DDPM++ does that.
+
+The model function is ``UNet(config)(x, t, class_labels=None)`` with ``t`` the schedule's float
+time of shape (N,), as the rest of difflab expects (see :mod:`difflab.denoiser`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..nn import GroupNorm32, SpatialSelfAttention, TimestepMLP, resolve_num_heads, zero_module
+
+
+@dataclass
+class UNetConfig:
+    """Hyper-parameters of :class:`UNet`; plain values only, so ``asdict`` → JSON → ``UNetConfig(**d)``.
+
+    Attributes:
+        in_channels: image channels (1 grayscale, 3 RGB, 4 for a latent).
+        out_channels: predicted channels before the learned-sigma doubling; ``None`` = in_channels.
+        image_size: height = width of the input in pixels.
+        model_channels: base width; level ``i`` has ``model_channels · channel_mult[i]`` channels.
+        channel_mult: one multiplier per resolution level; level ``i`` works at image_size / 2^i.
+        num_res_blocks: residual blocks per level in the encoder (the decoder has one more).
+        attention_resolutions: resolutions in pixels (e.g. (16, 8)) with self-attention after each
+            residual block; the middle block always has attention.
+        num_heads: attention heads, used when ``num_head_channels == -1``.
+        num_head_channels: fixed channels per head (ADM: 64); -1 = use ``num_heads``.
+        dropout: dropout before the second convolution of each residual block.
+        resblock_updown: BigGAN-style residual resampling; else strided conv / nearest + conv.
+        use_scale_shift_norm: AdaGN, ``(1 + scale) · GroupNorm(h) + shift``; else ``h + emb``.
+        rescale_skip: multiply residual sums by 1/√2 (DDPM++).
+        rescale_concat_skip: multiply the concatenated encoder features by 1/√2 (Imagen).
+        learned_sigma: output ``2 · out_channels`` channels; the second half is the variance.
+        num_classes: class-conditional with this many classes (0 = unconditional); label index
+            ``num_classes`` is the "null" class for classifier-free guidance.
+        norm_groups: groups of every group normalization (32 in DDPM and ADM).
+    """
+
+    in_channels: int = 3
+    out_channels: int | None = None
+    image_size: int = 32
+    model_channels: int = 128
+    channel_mult: tuple[int, ...] = (1, 2, 2, 2)
+    num_res_blocks: int = 2
+    attention_resolutions: tuple[int, ...] = (16,)
+    num_heads: int = 4
+    num_head_channels: int = -1
+    dropout: float = 0.0
+    resblock_updown: bool = False
+    use_scale_shift_norm: bool = True
+    rescale_skip: bool = False
+    rescale_concat_skip: bool = False
+    learned_sigma: bool = False
+    num_classes: int = 0
+    norm_groups: int = 32
+
+    def __post_init__(self):
+        # JSON turns tuples into lists; keep the dataclass hashable and comparable.
+        self.channel_mult = tuple(int(m) for m in self.channel_mult)
+        self.attention_resolutions = tuple(int(r) for r in self.attention_resolutions)
+        if self.out_channels is None:
+            self.out_channels = self.in_channels
+        self.validate()
+
+    @property
+    def resolutions(self) -> tuple[int, ...]:
+        """The side length of the feature maps at each level: image_size, image_size/2, …"""
+        return tuple(self.image_size >> level for level in range(len(self.channel_mult)))
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the field and the fix for an inconsistent configuration."""
+        positive = ("in_channels", "out_channels", "image_size", "model_channels", "num_res_blocks", "norm_groups")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"UNetConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if not self.channel_mult or min(self.channel_mult) < 1:
+            raise ValueError(f"UNetConfig.channel_mult must be a non-empty tuple of positive ints, got {self.channel_mult}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"UNetConfig.dropout must be in [0, 1), got {self.dropout}")
+        if self.num_classes < 0:
+            raise ValueError(f"UNetConfig.num_classes must be >= 0 (0 = unconditional), got {self.num_classes}")
+        factor = 2 ** (len(self.channel_mult) - 1)
+        if self.image_size % factor:
+            raise ValueError(
+                f"UNetConfig.image_size={self.image_size} is not divisible by 2^(levels-1)={factor} for "
+                f"channel_mult={self.channel_mult}; use an image_size that is a multiple of {factor}, "
+                f"or fewer levels in channel_mult"
+            )
+        missing = sorted(set(self.attention_resolutions) - set(self.resolutions), reverse=True)
+        if missing:
+            raise ValueError(
+                f"UNetConfig.attention_resolutions contains {missing}, which the U-Net never reaches; "
+                f"its feature maps are {list(self.resolutions)} pixels wide (image_size={self.image_size}, "
+                f"{len(self.channel_mult)} levels), so pick attention resolutions among those"
+            )
+        widths = {self.model_channels * m for m in self.channel_mult}
+        for width in sorted(widths):
+            if width % self.norm_groups:
+                raise ValueError(
+                    f"UNetConfig.norm_groups={self.norm_groups} does not divide the {width} channels of a level "
+                    f"(model_channels={self.model_channels} × channel_mult); pick norm_groups dividing every "
+                    f"level width, or a model_channels that is a multiple of {self.norm_groups}"
+                )
+        # The middle block has attention too, so check its width with the attention levels.
+        attention_widths = {self.model_channels * self.channel_mult[-1]} | {
+            self.model_channels * m for m, r in zip(self.channel_mult, self.resolutions) if r in self.attention_resolutions
+        }
+        for width in sorted(attention_widths):
+            try:
+                resolve_num_heads(width, self.num_heads, self.num_head_channels)
+            except ValueError as err:
+                raise ValueError(f"UNetConfig.num_heads / num_head_channels: {err}") from None
+
+
+class ResBlock(nn.Module):
+    """Residual block conditioned on the embedding, optionally resampling (ADM §3; BigGAN).
+
+    ::
+
+        h = Conv(resample(SiLU(GroupNorm(x))))
+        h = (1 + scale)·GroupNorm(h) + shift          (AdaGN, use_scale_shift_norm)
+          | GroupNorm(h + Linear(SiLU(emb)))           (DDPM's additive embedding)
+        h = ZeroConv(Dropout(SiLU(h)))
+        out = (skip(resample(x)) + h) · residual_scale
+
+    ``resample`` is a 2× average pool (``down``), 2× nearest upsampling (``up``) or the identity;
+    ``skip`` is the identity, or a 1×1 convolution when the channel count changes.
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        emb_dim: int,
+        out_channels: int,
+        *,
+        dropout: float = 0.0,
+        use_scale_shift_norm: bool = True,
+        norm_groups: int = 32,
+        residual_scale: float = 1.0,
+        resample: str = "none",
+    ):
+        super().__init__()
+        self.use_scale_shift_norm = use_scale_shift_norm
+        self.residual_scale = residual_scale
+        self.norm1 = GroupNorm32(norm_groups, channels)
+        self.resample = {
+            "none": nn.Identity(),
+            "down": nn.AvgPool2d(kernel_size=2, stride=2),
+            "up": nn.Upsample(scale_factor=2, mode="nearest"),
+        }[resample]
+        self.conv1 = nn.Conv2d(channels, out_channels, 3, padding=1)
+        self.emb_proj = nn.Linear(emb_dim, 2 * out_channels if use_scale_shift_norm else out_channels)
+        self.norm2 = GroupNorm32(norm_groups, out_channels)
+        self.dropout = nn.Dropout(dropout)
+        self.conv2 = zero_module(nn.Conv2d(out_channels, out_channels, 3, padding=1))
+        self.skip = nn.Identity() if out_channels == channels else nn.Conv2d(channels, out_channels, 1)
+
+    def forward(self, x: Tensor, emb: Tensor) -> Tensor:
+        h = self.conv1(self.resample(F.silu(self.norm1(x))))  # (N, C_out, H', W')
+        e = self.emb_proj(F.silu(emb))[:, :, None, None].to(h.dtype)  # (N, C_out or 2·C_out, 1, 1)
+        if self.use_scale_shift_norm:
+            scale, shift = e.chunk(2, dim=1)
+            h = self.norm2(h) * (1 + scale) + shift
+        else:
+            h = self.norm2(h + e)
+        h = self.conv2(self.dropout(F.silu(h)))  # (N, C_out, H', W')
+        return (self.skip(self.resample(x)) + h) * self.residual_scale
+
+
+class Downsample(nn.Module):
+    """2× downsampling by a strided 3×3 convolution (DDPM's ``resamp_with_conv``)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.conv(x)  # (N, C, H/2, W/2)
+
+
+class Upsample(nn.Module):
+    """2× nearest-neighbour upsampling followed by a 3×3 convolution (DDPM)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))  # (N, C, 2H, 2W)
+
+
+class EmbedSequential(nn.Sequential):
+    """A sequence of layers; residual blocks also receive the embedding."""
+
+    def forward(self, x: Tensor, emb: Tensor) -> Tensor:
+        for layer in self:
+            x = layer(x, emb) if isinstance(layer, ResBlock) else layer(x)
+        return x
+
+
+class UNet(nn.Module):
+    """ADM's U-Net as a model function ``(x_t, t, class_labels=None) -> prediction``.
+
+    Encoder: a 3×3 stem, then per level ``num_res_blocks`` residual blocks (each followed by
+    attention at the chosen resolutions) and a 2× downsampling except at the last level. Middle:
+    residual block, attention, residual block. Decoder: per level from the coarsest,
+    ``num_res_blocks + 1`` residual blocks, each taking the matching encoder output concatenated
+    on the channels, and a 2× upsampling except at the finest level. Head: GroupNorm, SiLU and
+    a zero-initialized 3×3 convolution.
+    """
+
+    def __init__(self, config: UNetConfig):
+        super().__init__()
+        self.config = cfg = config
+        emb_dim = 4 * cfg.model_channels
+        residual_scale = 1 / math.sqrt(2) if cfg.rescale_skip else 1.0
+        self.concat_scale = 1 / math.sqrt(2) if cfg.rescale_concat_skip else 1.0
+
+        self.time_embed = TimestepMLP(cfg.model_channels, emb_dim)
+        # Index num_classes is the "null" label used when the label is dropped (classifier-free guidance).
+        self.label_embed = nn.Embedding(cfg.num_classes + 1, emb_dim) if cfg.num_classes else None
+
+        def res_block(c_in: int, c_out: int, resample: str = "none") -> ResBlock:
+            return ResBlock(
+                c_in,
+                emb_dim,
+                c_out,
+                dropout=cfg.dropout,
+                use_scale_shift_norm=cfg.use_scale_shift_norm,
+                norm_groups=cfg.norm_groups,
+                residual_scale=residual_scale,
+                resample=resample,
+            )
+
+        def attention(c: int) -> SpatialSelfAttention:
+            return SpatialSelfAttention(c, cfg.num_heads, cfg.num_head_channels, cfg.norm_groups, residual_scale)
+
+        def level_layers(c_in: int, c_out: int, resolution: int) -> list[nn.Module]:
+            layers = [res_block(c_in, c_out)]
+            if resolution in cfg.attention_resolutions:
+                layers.append(attention(c_out))
+            return layers
+
+        widths = [cfg.model_channels * m for m in cfg.channel_mult]
+        last = len(widths) - 1
+        ch = widths[0]
+        self.stem = nn.Conv2d(cfg.in_channels, ch, 3, padding=1)
+        skip_channels = [ch]  # channels of every encoder output, consumed in reverse by the decoder
+        self.encoder = nn.ModuleList()
+        for level, (width, resolution) in enumerate(zip(widths, cfg.resolutions)):
+            for _ in range(cfg.num_res_blocks):
+                self.encoder.append(EmbedSequential(*level_layers(ch, width, resolution)))
+                ch = width
+                skip_channels.append(ch)
+            if level != last:
+                down = res_block(ch, ch, "down") if cfg.resblock_updown else Downsample(ch)
+                self.encoder.append(EmbedSequential(down))
+                skip_channels.append(ch)
+
+        self.middle = EmbedSequential(res_block(ch, ch), attention(ch), res_block(ch, ch))
+
+        self.decoder = nn.ModuleList()
+        for level in reversed(range(len(widths))):
+            width, resolution = widths[level], cfg.resolutions[level]
+            for i in range(cfg.num_res_blocks + 1):
+                layers = level_layers(ch + skip_channels.pop(), width, resolution)
+                ch = width
+                if level != 0 and i == cfg.num_res_blocks:
+                    layers.append(res_block(ch, ch, "up") if cfg.resblock_updown else Upsample(ch))
+                self.decoder.append(EmbedSequential(*layers))
+
+        out_channels = cfg.out_channels * (2 if cfg.learned_sigma else 1)
+        self.head = nn.Sequential(
+            GroupNorm32(cfg.norm_groups, ch),
+            nn.SiLU(),
+            zero_module(nn.Conv2d(ch, out_channels, 3, padding=1)),
+        )
+
+    def forward(self, x: Tensor, t: Tensor, class_labels: Tensor | None = None) -> Tensor:
+        """Predict ε, x₀ or v (and the variance output with ``learned_sigma``).
+
+        Args:
+            x: noisy images (N, in_channels, image_size, image_size).
+            t: the schedule's time, float (N,) (e.g. 0 … 999, fractional allowed).
+            class_labels: int64 (N,) in [0, num_classes]; ``num_classes`` is the null label.
+                ``None`` on a class-conditional model means "unconditional" (the null label).
+
+        Returns:
+            (N, out_channels · (2 if learned_sigma else 1), image_size, image_size) in x's dtype.
+        """
+        emb = self.time_embed(t)  # (N, 4·model_channels)
+        if self.label_embed is not None:
+            if class_labels is None:
+                class_labels = torch.full_like(t, self.config.num_classes, dtype=torch.long)
+            emb = emb + self.label_embed(class_labels)  # (N, 4·model_channels)
+        elif class_labels is not None:
+            raise ValueError("class_labels were given to an unconditional UNet; set UNetConfig.num_classes > 0")
+
+        h = self.stem(x)  # (N, C_0, H, W)
+        skips = [h]
+        for block in self.encoder:
+            h = block(h, emb)
+            skips.append(h)
+        h = self.middle(h, emb)  # (N, C_last, H/2^(L-1), W/2^(L-1))
+        for block in self.decoder:
+            h = block(torch.cat([h, skips.pop() * self.concat_scale], dim=1), emb)
+        return self.head(h).to(x.dtype)  # (N, C_out, H, W)
+
+    def num_parameters(self) -> int:
+        """The number of parameters."""
+        return sum(p.numel() for p in self.parameters())
+
+    def summary(self) -> str:
+        """One line describing the network, for the trainer's log."""
+        cfg = self.config
+        widths = "-".join(str(cfg.model_channels * m) for m in cfg.channel_mult)
+        attention = ",".join(map(str, cfg.attention_resolutions)) or "middle only"
+        heads = f"{cfg.num_head_channels} ch/head" if cfg.num_head_channels != -1 else f"{cfg.num_heads} heads"
+        extras = [
+            name
+            for name, on in (
+                ("AdaGN", cfg.use_scale_shift_norm),
+                ("resblock up/down", cfg.resblock_updown),
+                ("learned sigma", cfg.learned_sigma),
+                (f"{cfg.num_classes} classes", cfg.num_classes),
+            )
+            if on
+        ]
+        return (
+            f"UNet {self.num_parameters() / 1e6:.2f}M params: {cfg.image_size}x{cfg.image_size}x{cfg.in_channels}, "
+            f"channels {widths}, {cfg.num_res_blocks} res blocks/level, attention at {attention} ({heads})"
+            + "".join(f", {e}" for e in extras)
+        )
+
+
+# Presets: one line each. Keyword arguments override any field, e.g. ``PRESETS["digits"](num_classes=10)``.
+
+
+def digits(**kw) -> UNetConfig:
+    """CPU demo on scikit-learn's 8×8 digits at their native size: 0.76M parameters (timings in docs/models.md)."""
+    return UNetConfig(**{**dict(in_channels=1, image_size=8, model_channels=32, channel_mult=(1, 2), num_res_blocks=1, attention_resolutions=(4,), num_heads=2, norm_groups=8), **kw})
+
+
+def fashion_mnist_32(**kw) -> UNetConfig:
+    """Fashion-MNIST padded to 32×32 on a GPU: ADM blocks, attention at 16 and 8 (~27M parameters)."""
+    return UNetConfig(**{**dict(in_channels=1, image_size=32, model_channels=96, channel_mult=(1, 2, 2, 2), num_res_blocks=2, attention_resolutions=(16, 8), num_head_channels=32, dropout=0.1, resblock_updown=True), **kw})
+
+
+def ddpm_cifar10(**kw) -> UNetConfig:
+    """DDPM's CIFAR-10 network (Ho et al. 2020, appendix B): 35.7M parameters, no AdaGN, one head."""
+    return UNetConfig(**{**dict(in_channels=3, image_size=32, model_channels=128, channel_mult=(1, 2, 2, 2), num_res_blocks=2, attention_resolutions=(16,), num_heads=1, dropout=0.1, use_scale_shift_norm=False), **kw})
+
+
+def adm_imagenet64(**kw) -> UNetConfig:
+    """ADM's class-conditional ImageNet 64×64 model (Dhariwal & Nichol 2021, Table 14)."""
+    return UNetConfig(**{**dict(in_channels=3, image_size=64, model_channels=192, channel_mult=(1, 2, 3, 4), num_res_blocks=3, attention_resolutions=(32, 16, 8), num_head_channels=64, dropout=0.1, resblock_updown=True, learned_sigma=True, num_classes=1000), **kw})
+
+
+PRESETS = {
+    "digits": digits,
+    "fashion-mnist-32": fashion_mnist_32,
+    "ddpm-cifar10": ddpm_cifar10,
+    "adm-imagenet64": adm_imagenet64,
+}

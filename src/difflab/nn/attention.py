@@ -1,0 +1,118 @@
+"""Multi-head attention through ``torch.nn.functional.scaled_dot_product_attention``.
+
+Attention(Q, K, V) = softmax(Q Kᵀ / √d) V per head (Vaswani et al. 2017, eq. 1). Calling
+PyTorch's fused kernel lets the GPU use flash / memory-efficient attention; in reduced precision
+the kernel accumulates the softmax in float32 itself, so ADM's trick of scaling Q and K by
+d^(−1/4) before the product is not needed.
+
+:func:`multi_head_attention` works on token sequences (N, L, C) and serves self- and
+cross-attention alike; :class:`SelfAttention` is the projection layer around it (DiT's block
+uses it on patches), and :class:`SpatialSelfAttention` is the U-Net block that lets every pixel
+of a feature map attend to every other (DDPM's and ADM's attention block).
+"""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .init import zero_module
+from .norm import GroupNorm32
+
+
+def resolve_num_heads(channels: int, num_heads: int = 1, num_head_channels: int = -1) -> int:
+    """The number of heads for ``channels`` features: ``num_heads``, or ``channels / num_head_channels``.
+
+    ``num_head_channels = -1`` means "use ``num_heads``" (ADM's convention); otherwise the head
+    width is fixed and wider layers get more heads (ADM's final models use 64 channels a head).
+
+    Raises:
+        ValueError: the channels cannot be split evenly into heads.
+    """
+    if num_head_channels == -1:
+        if num_heads < 1:
+            raise ValueError(f"num_heads must be >= 1 (got {num_heads}); or set num_head_channels > 0")
+        if channels % num_heads:
+            raise ValueError(
+                f"num_heads={num_heads} does not divide the {channels} channels of an attention layer; "
+                f"choose num_heads among the divisors of {channels}, or set num_head_channels"
+            )
+        return num_heads
+    if num_head_channels < 1 or channels % num_head_channels:
+        raise ValueError(
+            f"num_head_channels={num_head_channels} does not divide the {channels} channels of an "
+            f"attention layer; choose a divisor of {channels}, or -1 to use num_heads"
+        )
+    return channels // num_head_channels
+
+
+def multi_head_attention(q: Tensor, k: Tensor, v: Tensor, num_heads: int) -> Tensor:
+    """softmax(Q Kᵀ / √d) V for each of ``num_heads`` heads of width d = C / num_heads.
+
+    Args:
+        q: queries (N, Lq, C); k, v: keys and values (N, Lk, C).
+        num_heads: the channels are split into this many contiguous groups of d channels.
+
+    Returns:
+        (N, Lq, C), the heads concatenated back in channel order.
+    """
+    n, lq, c = q.shape
+    d = c // num_heads
+    q, k, v = (z.reshape(n, -1, num_heads, d).transpose(1, 2) for z in (q, k, v))  # (N, heads, L, d)
+    out = F.scaled_dot_product_attention(q, k, v)  # (N, heads, Lq, d)
+    return out.transpose(1, 2).reshape(n, lq, c)  # (N, Lq, C)
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention over tokens: ``proj(attention(W_q x, W_k x, W_v x))``.
+
+    Args:
+        dim: token width C.
+        num_heads: number of heads; ``dim`` must be divisible by it.
+    """
+
+    def __init__(self, dim: int, num_heads: int = 1):
+        super().__init__()
+        self.num_heads = resolve_num_heads(dim, num_heads)
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        q, k, v = self.qkv(x).chunk(3, dim=-1)  # 3 × (N, L, C)
+        return self.proj(multi_head_attention(q, k, v, self.num_heads))  # (N, L, C)
+
+
+class SpatialSelfAttention(nn.Module):
+    """Self-attention between the H·W positions of a feature map, as a residual block.
+
+    ``out = (x + SelfAttention(GroupNorm(x))) · residual_scale`` with the output projection
+    zero-initialized, so the block starts as the identity (DDPM, Ho et al. 2020, appendix B;
+    ADM, Dhariwal & Nichol 2021, §3). ``residual_scale = 1/√2`` is DDPM++'s ``skip_rescale``
+    (Song et al. 2021, appendix H).
+
+    Args:
+        channels: feature channels C.
+        num_heads, num_head_channels: see :func:`resolve_num_heads`.
+        norm_groups: groups of the group normalization.
+        residual_scale: factor applied to the residual sum.
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        num_heads: int = 1,
+        num_head_channels: int = -1,
+        norm_groups: int = 32,
+        residual_scale: float = 1.0,
+    ):
+        super().__init__()
+        self.norm = GroupNorm32(norm_groups, channels)
+        self.attn = SelfAttention(channels, resolve_num_heads(channels, num_heads, num_head_channels))
+        zero_module(self.attn.proj)
+        self.residual_scale = residual_scale
+
+    def forward(self, x: Tensor) -> Tensor:
+        n, c, h, w = x.shape
+        tokens = self.norm(x).flatten(2).transpose(1, 2)  # (N, H·W, C); a view for channels_last
+        out = self.attn(tokens).transpose(1, 2).reshape(n, c, h, w)  # (N, C, H, W)
+        return (x + out) * self.residual_scale
