@@ -184,3 +184,11 @@ def test_eval_samples_a_checkpoint_first(tmp_path):
     assert cli(["eval", str(tmp_path), "--n", "6", "--steps", "2", "--ref", "digits:test", "--max-ref", "6",
                 "--json", str(report), "--no-cache"]) == 0
     assert "fid" in report.read_text().lower()
+
+
+def test_bpd_command_scores_a_checkpoint(tmp_path, capsys):
+    train(tiny_config(tmp_path, "train.steps=2"), progress=False)
+    out = tmp_path / "bpd.json"
+    assert cli(["bpd", str(tmp_path), "--data", "digits:test", "--n", "3", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["images"] == 3 and 0 < result["bits_per_dim"] < 20

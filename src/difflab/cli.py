@@ -17,6 +17,7 @@ COMMANDS = [
     "difflab.commands.train",
     "difflab.commands.sample",
     "difflab.commands.eval",
+    "difflab.commands.bpd",
     "difflab.commands.train_classifier",
 ]
 
