@@ -140,7 +140,7 @@ def test_eval_cli_input_errors(tmp_path, monkeypatch, capsys):
     (tmp_path / "ckpt").mkdir()
     (tmp_path / "ckpt" / "config.json").write_text("{}")
     assert cli.main(["eval", str(tmp_path / "ckpt"), "--ref", "digits:test"]) == 2
-    assert "checkpoint folder" in capsys.readouterr().err
+    assert "is a checkpoint but not of a diffusion model" in capsys.readouterr().err
     assert cli.main(["eval", str(tmp_path / "missing.npz"), "--ref", "digits:test"]) == 2
     assert "does not exist" in capsys.readouterr().err
     assert cli.main(["eval", str(tmp_path / "ckpt"), "--ref", "digits:test", "--batch-size", "0"]) == 2
