@@ -101,6 +101,14 @@ class Config:
         return asdict(self)
 
 
+def _is_float_text(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 def _accepts(annotation, value) -> tuple[bool, object]:
     """Whether ``value`` fits the annotation. Ints are accepted for floats, and so are strings
     like ``1e-3`` (YAML 1.1 reads a float without a dot as a string)."""
@@ -111,11 +119,8 @@ def _accepts(annotation, value) -> tuple[bool, object]:
             return True, value
         if option is float and isinstance(value, (int, float)) and not isinstance(value, bool):
             return True, float(value)
-        if option is float and isinstance(value, str):
-            try:
-                return True, float(value)
-            except ValueError:
-                pass
+        if option is float and isinstance(value, str) and _is_float_text(value):
+            return True, float(value)
         if option is tuple and isinstance(value, (list, tuple)):
             return True, tuple(value)
         if option in (int, str, bool, dict) and type(value) is option:
