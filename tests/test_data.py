@@ -1,7 +1,6 @@
 """Built-in datasets, pixel conversions, .npz images and the load_dataset entry point."""
 
 import gzip
-import importlib.util
 
 import numpy as np
 import pytest
@@ -11,11 +10,8 @@ from difflab.data import (ImageDataset, images_from_array, load_dataset, load_np
                           random_hflip, resize_square, to_channels, to_float, to_uint8)
 from difflab.data.fashion_mnist import DEFAULT_DIR, load_fashion_mnist, read_idx
 
-needs_sklearn = pytest.mark.skipif(importlib.util.find_spec("sklearn") is None,
-                                   reason="digits need scikit-learn (pip install scikit-learn)")
 
 
-@needs_sklearn
 def test_digits_splits_cover_the_set_stratified_as_uint8():
     train, test = load_dataset("digits", "train"), load_dataset("digits", "test")
     assert train.images.shape == (1442, 1, 8, 8) and test.images.shape == (355, 1, 8, 8)
@@ -24,7 +20,6 @@ def test_digits_splits_cover_the_set_stratified_as_uint8():
     assert len(train) + len(test) == 1797
 
 
-@needs_sklearn
 def test_load_dataset_resizes_and_converts_channels():
     data = load_dataset("digits", "test", resolution=16, channels=3)
     assert data.images.shape == (355, 3, 16, 16)

