@@ -58,7 +58,11 @@ def test_config_errors_name_the_key(tmp_path):
 
 
 def test_shipped_configs_parse():
-    for name in ["demo-digits", "fashion-mnist-32", "image-folder"]:
+    from pathlib import Path
+
+    names = sorted(p.stem for p in Path("configs").glob("*.yaml"))
+    assert {"demo-digits", "fashion-mnist-32", "image-folder", "fashion-mnist-16-cpu", "fashion-mnist-16-classifier"} <= set(names)
+    for name in names:
         load_config(f"configs/{name}.yaml")
 
 

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from . import process
+from .guidance import GuidedOutput
 
 
 @dataclass
@@ -29,6 +30,18 @@ class DenoiserOutput:
     # Improved DDPM's learned-variance output mapped to [0, 1] (None without learned variance):
     # log Σ = frac·log β + (1 − frac)·log β̃ (Nichol & Dhariwal 2021, eq. 15).
     variance_frac: Tensor | None = None
+    # ADM Algorithm 1's classifier gradient s·∇ₓ log p(y | x) in this space (None without
+    # mean-shift guidance, see difflab.guidance); only ancestral samplers can use it.
+    mean_gradient: Tensor | None = None
+
+    def denoised(self) -> Tensor:
+        """x̂₀ alone, for samplers that have no use for the variance or mean-shift outputs."""
+        if self.mean_gradient is not None:
+            raise ValueError(
+                "classifier guidance in mode='mean' (ADM Algorithm 1) only works with the ddpm sampler; "
+                "use mode='epsilon' (Algorithm 2) for the other samplers"
+            )
+        return self.x0
 
 
 class Denoiser:
@@ -78,16 +91,19 @@ class Denoiser:
         t = self.model_time(sigma)
         x_t = process.broadcast_to(scale, x) * x
         output = self.model(x_t, t.to(device=x.device, dtype=x.dtype), **cond)
+        mean_gradient = None
+        if isinstance(output, GuidedOutput):  # x = xₜ/s, so ∇ₓ = s·∇ₓₜ
+            output, mean_gradient = output.output, process.broadcast_to(scale, x) * output.mean_gradient.to(x.dtype)
         output, variance_frac = self._split(output, x)
         x0 = process.to_x0(self.prediction, output, x_t, scale, std)
         if self.threshold is not None:
             x0 = process.dynamic_threshold(x0, self.threshold)
         elif self.clip_x0 is not None:
             x0 = process.clip_x0(x0, self.clip_x0)
-        return DenoiserOutput(x0, variance_frac)
+        return DenoiserOutput(x0, variance_frac, mean_gradient)
 
     def __call__(self, x: Tensor, sigma, **cond) -> Tensor:
-        return self.predict(x, sigma, **cond).x0
+        return self.predict(x, sigma, **cond).denoised()
 
     def bind(self, **cond) -> "BoundDenoiser":
         """This denoiser with its conditioning fixed: what samplers call as ``denoise(x, sigma)``."""
@@ -122,4 +138,4 @@ class BoundDenoiser:
         return self.denoiser.predict(x, sigma, **self.cond)
 
     def __call__(self, x: Tensor, sigma) -> Tensor:
-        return self.denoiser.predict(x, sigma, **self.cond).x0
+        return self.denoiser.predict(x, sigma, **self.cond).denoised()

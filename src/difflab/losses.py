@@ -123,3 +123,28 @@ def diffusion_loss(
         loss = loss + vlb_weight * schedule.num_steps * vlb
     return LossOutput(loss=loss.mean(), mse=mse.detach(), vlb=None if vlb is None else vlb.detach(), t=t)
 
+
+
+@dataclass
+class ClassifierLossOutput:
+    loss: Tensor  # mean cross-entropy
+    accuracy: Tensor  # fraction of the batch classified correctly (detached)
+    t: Tensor
+
+
+def noisy_classifier_loss(
+    classifier, x0: Tensor, labels: Tensor, schedule, *, t: Tensor | None = None, noise: Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> ClassifierLossOutput:
+    """Cross-entropy of ``classifier(x_t, t)`` on xₜ ~ q(xₜ | x₀) at uniformly random t: how ADM
+    trains the noisy classifier behind classifier guidance (Dhariwal & Nichol 2021, §4.1)."""
+    n = x0.shape[0]
+    t = sample_training_t(schedule, n, generator) if t is None else torch.as_tensor(t, dtype=torch.float64).cpu()
+    if noise is None:
+        noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device="cpu" if generator else x0.device)
+        noise = noise.to(x0.device)
+    x_t = process.q_sample(schedule, x0, t, noise)
+    logits = classifier(x_t, t.to(device=x0.device, dtype=x0.dtype)).float()
+    loss = torch.nn.functional.cross_entropy(logits, labels)
+    accuracy = (logits.argmax(dim=1) == labels).float().mean().detach()
+    return ClassifierLossOutput(loss=loss, accuracy=accuracy, t=t)

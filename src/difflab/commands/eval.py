@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 
 from difflab.cli import UserError
+from difflab.commands.sample import add_guidance_arguments
 
 EPILOG = """examples:
   difflab eval samples.npz --ref digits:test --classifier digits
@@ -41,6 +42,7 @@ def register(subparsers) -> None:
     parser.add_argument("--method", help="with a checkpoint: sampler (default: the checkpoint's)")
     parser.add_argument("--steps", type=int, help="with a checkpoint: sampler steps (default: the checkpoint's)")
     parser.add_argument("--seed", type=int, default=0, help="with a checkpoint: sample i uses noise seed SEED+i")
+    add_guidance_arguments(parser, classifier_flag="--guidance-classifier")
     parser.add_argument("--ref", required=True, metavar="REF",
                         help="reference: NAME:SPLIT of a built-in set (digits:test, fashion-mnist:test), "
                              "an image folder, an .npz of images, or an FID statistics .npz with "
@@ -100,14 +102,19 @@ def load_samples(path: Path, limit: int | None, args=None):
 def sample_checkpoint(path: Path, args):
     """Generate ``args.n`` images from a trained checkpoint, as a labelled dataset."""
     from difflab.data.dataset import ImageDataset
+    from difflab.commands.sample import guidance_from_args
     from difflab.pipelines import DiffusionModel, generate
     from difflab.training.distributed import pick_device
 
     if args.n < 1:
         raise UserError("--n must be at least 1")
-    model = DiffusionModel.load(path, device=pick_device(args.device or "auto"))
-    images, labels = generate(model, args.n, method=args.method, steps=args.steps, seed=args.seed, progress=True)
-    return ImageDataset(images=images, labels=labels, class_names=list(model.class_names), name=str(path))
+    device = pick_device(args.device or "auto")
+    model = DiffusionModel.load(path, device=device)
+    guidance = guidance_from_args(args, device)
+    images, labels = generate(model, args.n, method=args.method, steps=args.steps, seed=args.seed,
+                              guidance=guidance, progress=True)
+    class_names = model.class_names or (guidance.classifier.class_names if guidance.classifier else [])
+    return ImageDataset(images=images, labels=labels, class_names=list(class_names), name=str(path))
 
 
 def load_reference(spec: str, limit: int | None, use_cache: bool):

@@ -23,12 +23,45 @@ def register(subparsers) -> None:
     p.add_argument("--spacing", choices=sorted(SPACINGS), help="step spacing (default: the checkpoint's)")
     p.add_argument("--seed", type=int, default=0, help="image i uses noise seed SEED+i")
     p.add_argument("--class", dest="class_index", type=int,
-                   help="class index for a class-conditional model (default: every class in turn)")
+                   help="class index for a class-conditional or classifier-guided model (default: every "
+                        "class in turn, with one grid per class under grids/)")
+    add_guidance_arguments(p)
     p.add_argument("--batch-size", type=int, default=256, help="images per sampler call")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA weights")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--out", default="samples", help="output folder")
     p.set_defaults(func=run)
+
+
+def add_guidance_arguments(p, classifier_flag: str = "--classifier") -> None:
+    """The guidance flags shared by ``sample`` and ``eval`` (see docs/guidance.md)."""
+    p.add_argument("--guidance-scale", type=float, metavar="W",
+                   help="classifier-free guidance weight w: 1 = the conditional model, 0 = the "
+                        "unconditional one, >1 trades diversity for fidelity (default: the checkpoint's "
+                        "sample.guidance_scale); needs a model trained with diffusion.cond_drop_prob > 0")
+    p.add_argument("--guidance-rescale", type=float, default=0.0, metavar="PHI",
+                   help="Lin et al.'s guidance rescale in [0, 1] against over-saturation at large w (0 = off)")
+    p.add_argument("--guidance-interval", type=float, nargs=2, metavar=("SIGMA_LO", "SIGMA_HI"),
+                   help="apply classifier-free guidance only at noise levels SIGMA_LO < sigma <= SIGMA_HI")
+    p.add_argument(classifier_flag, dest="guidance_classifier", metavar="CKPT",
+                   help="a noisy classifier from `difflab train-classifier --noisy` for classifier guidance "
+                        "(ADM); works with unconditional and class-conditional models")
+    p.add_argument("--classifier-scale", type=float, default=1.0, metavar="S",
+                   help="classifier-guidance gradient scale s (0 = no guidance)")
+    p.add_argument("--classifier-mode", choices=["epsilon", "mean"],
+                   help="ADM Algorithm 2 (epsilon: shift the noise prediction, any sampler) or Algorithm 1 "
+                        "(mean: shift the ancestral mean, ddpm only); default: mean for ddpm, else epsilon")
+
+
+def guidance_from_args(args, device):
+    """The :class:`~difflab.pipelines.Guidance` the flags of :func:`add_guidance_arguments` ask for."""
+    from ..pipelines import Guidance, NoisyClassifierModel
+
+    classifier = NoisyClassifierModel.load(args.guidance_classifier, device=device) if args.guidance_classifier else None
+    interval = tuple(args.guidance_interval) if args.guidance_interval else None
+    return Guidance(scale=args.guidance_scale, rescale=args.guidance_rescale, interval=interval,
+                    classifier=classifier, classifier_scale=args.classifier_scale,
+                    classifier_mode=args.classifier_mode)
 
 
 def run(args) -> int:
@@ -40,14 +73,27 @@ def run(args) -> int:
 
     if args.n < 1:
         raise ValueError("--n must be at least 1")
-    model = DiffusionModel.load(args.checkpoint, use_ema=not args.no_ema, device=pick_device(args.device))
+    device = pick_device(args.device)
+    model = DiffusionModel.load(args.checkpoint, use_ema=not args.no_ema, device=device)
+    guidance = guidance_from_args(args, device)
     images, labels = generate(model, args.n, method=args.method, steps=args.steps, spacing=args.spacing,
-                              seed=args.seed, class_index=args.class_index, batch_size=args.batch_size,
-                              progress=True)
+                              seed=args.seed, class_index=args.class_index, guidance=guidance,
+                              batch_size=args.batch_size, progress=True)
     out = Path(args.out)
-    nrow = model.num_classes if (labels is not None and args.class_index is None) else None
-    grid = save_grid(images, out / "grid.png", nrow=nrow, upscale=max(1, 64 // images.shape[-1]))
+    class_names = model.class_names or (guidance.classifier.class_names if guidance.classifier else [])
+    per_class = labels is not None and args.class_index is None
+    upscale = max(1, 64 // images.shape[-1])
+    grid = save_grid(images, out / "grid.png", nrow=len(class_names) if per_class else None, upscale=upscale)
+    if per_class:  # one grid per class as well: grids/CLASS.png
+        for index, name in enumerate(class_names):
+            if (labels == index).any():
+                save_grid(images[labels == index], out / "grids" / f"{index:02d}-{safe_name(name)}.png", upscale=upscale)
     save_images(images, out / "images")
     save_npz(images, out / "samples.npz", labels)
     print(f"difflab sample: {len(images)} images in {out} (grid: {grid})")
     return 0
+
+
+def safe_name(name: str) -> str:
+    """A class name usable in a file name."""
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in name) or "class"

@@ -1,6 +1,10 @@
-"""``difflab train-classifier``: train the small dataset classifier used by ``difflab eval``.
+"""``difflab train-classifier``: train a classifier.
 
     difflab train-classifier --dataset digits|fashion-mnist|FOLDER [--out DIR]
+        the small clean-image classifier behind ``difflab eval --classifier``;
+    difflab train-classifier --noisy CONFIG [--set KEY=VALUE] [--resume DIR]
+        ADM's noisy classifier p(y | xₜ, t) for classifier guidance (``difflab sample --classifier``),
+        trained by the diffusion trainer (checkpoints, resume, DDP) with ``model.name: noisy_classifier``.
 """
 
 from __future__ import annotations
@@ -16,11 +20,21 @@ HOLDOUT_EVERY = 10
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
-        "train-classifier", help="train the dataset classifier behind eval's classifier-based score",
-        description="Train a small CNN on a labeled dataset and save it as a checkpoint folder. "
-        "`difflab eval --classifier` uses it for the classifier-based score (not the Inception "
-        "Score), class accuracy and the confident fraction.")
-    parser.add_argument("--dataset", required=True, metavar="DATASET",
+        "train-classifier", help="train the dataset classifier behind eval, or a noisy classifier for guidance",
+        description="Without --noisy: train a small CNN on a labeled dataset and save it as a checkpoint "
+        "folder; `difflab eval --classifier` uses it for the classifier-based score (not the Inception "
+        "Score), class accuracy and the confident fraction. With --noisy CONFIG: train ADM's noisy "
+        "classifier (U-Net encoder + attention pooling, on noisy images at random t) for "
+        "`difflab sample --classifier`; a diffusion config works too (its data and schedule are kept, "
+        "the model becomes a noisy classifier and the run goes to OUT_DIR-classifier).")
+    parser.add_argument("--noisy", metavar="CONFIG",
+                        help="train ADM's noisy classifier from this YAML training config "
+                             "(e.g. configs/fashion-mnist-16-classifier.yaml)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="with --noisy: override a config key, e.g. --set train.steps=500 (repeatable)")
+    parser.add_argument("--resume", metavar="DIR", help="with --noisy: continue a run from its checkpoint")
+    parser.add_argument("--no-progress", action="store_true", help="with --noisy: no progress bar")
+    parser.add_argument("--dataset", metavar="DATASET",
                         help="digits, fashion-mnist, a folder of IDX files, or an image folder with "
                              "one sub-folder per class (its test/ sub-folder, if any, is the test "
                              f"set; otherwise every {HOLDOUT_EVERY}th image is held out)")
@@ -54,8 +68,30 @@ def load_splits(dataset: str, resolution: int | None):
         return train.subset(~held_out), train.subset(held_out, name=f"{train.name} (held out)")
 
 
+def run_noisy(args: argparse.Namespace) -> int:
+    from difflab.training.config import load_config
+    from difflab.training.trainer import train
+
+    overrides = list(args.overrides) + ([f"train.out_dir={args.out}"] if args.out else [])
+    config = load_config(args.noisy, overrides)
+    if config.model.name != "noisy_classifier":  # a diffusion config: same data and schedule
+        config.model.name = "noisy_classifier"
+        if not args.out:
+            config.train.out_dir = config.train.out_dir.rstrip("/") + "-classifier"
+    config.data.class_conditional = False  # the classifier uses the labels as targets, not as input
+    path = train(config, resume=args.resume, progress=not args.no_progress)
+    print(f"difflab train-classifier: noisy classifier checkpoint in {path}")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
+
+    if args.noisy:
+        return run_noisy(args)
+    if not args.dataset:
+        raise UserError("give --dataset (a clean-image classifier for eval) or --noisy CONFIG (a noisy "
+                        "classifier for guidance)")
 
     from difflab.metrics.classifier import default_classifier_dir, train_classifier
 

@@ -17,6 +17,7 @@ from typing import Callable
 
 from torch import nn
 
+from .classifier import NoisyClassifier
 from .unet import PRESETS as UNET_PRESETS
 from .unet import UNet, UNetConfig
 
@@ -30,6 +31,8 @@ class ModelSpec:
 
 MODELS: dict[str, ModelSpec] = {
     "unet": ModelSpec(config=UNetConfig, model=UNet, presets=UNET_PRESETS),
+    # The encoder half of a U-Net preset, with an attention-pooling classifier head.
+    "noisy_classifier": ModelSpec(config=UNetConfig, model=NoisyClassifier, presets=UNET_PRESETS),
 }
 
 
@@ -71,4 +74,4 @@ def model_config_dict(model: nn.Module) -> dict:
     raise ValueError(f"{type(model).__name__} is not a registered difflab model; known: {sorted(MODELS)}")
 
 
-__all__ = ["MODELS", "ModelSpec", "UNet", "UNetConfig", "build_config", "build_model", "model_config_dict"]
+__all__ = ["MODELS", "ModelSpec", "NoisyClassifier", "UNet", "UNetConfig", "build_config", "build_model", "model_config_dict"]

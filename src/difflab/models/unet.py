@@ -227,6 +227,67 @@ class EmbedSequential(nn.Sequential):
         return x
 
 
+class UNetBlocks:
+    """Factories for the U-Net's blocks, configured once from a :class:`UNetConfig`."""
+
+    def __init__(self, cfg: UNetConfig, emb_dim: int):
+        self.cfg, self.emb_dim = cfg, emb_dim
+        self.residual_scale = 1 / math.sqrt(2) if cfg.rescale_skip else 1.0
+        self.widths = [cfg.model_channels * m for m in cfg.channel_mult]
+
+    def res_block(self, c_in: int, c_out: int, resample: str = "none") -> ResBlock:
+        cfg = self.cfg
+        return ResBlock(c_in, self.emb_dim, c_out, dropout=cfg.dropout, use_scale_shift_norm=cfg.use_scale_shift_norm,
+                        norm_groups=cfg.norm_groups, residual_scale=self.residual_scale, resample=resample)
+
+    def attention(self, c: int) -> SpatialSelfAttention:
+        cfg = self.cfg
+        return SpatialSelfAttention(c, cfg.num_heads, cfg.num_head_channels, cfg.norm_groups, self.residual_scale)
+
+    def level_layers(self, c_in: int, c_out: int, resolution: int) -> list[nn.Module]:
+        """A residual block, followed by attention at the configured resolutions."""
+        layers = [self.res_block(c_in, c_out)]
+        if resolution in self.cfg.attention_resolutions:
+            layers.append(self.attention(c_out))
+        return layers
+
+
+def build_encoder(cfg: UNetConfig, blocks: UNetBlocks) -> tuple[nn.Conv2d, nn.ModuleList, EmbedSequential, list[int]]:
+    """The U-Net's first half: (stem, encoder blocks, middle block, channels of every encoder output).
+
+    Per level ``num_res_blocks`` residual blocks (each followed by attention at the chosen
+    resolutions) and a 2× downsampling except at the last level; the middle block is residual
+    block, attention, residual block. The noisy classifier (:mod:`.classifier`) reuses it.
+    """
+    widths = blocks.widths
+    ch = widths[0]
+    stem = nn.Conv2d(cfg.in_channels, ch, 3, padding=1)
+    skip_channels = [ch]  # consumed in reverse by the decoder
+    encoder = nn.ModuleList()
+    for level, (width, resolution) in enumerate(zip(widths, cfg.resolutions)):
+        for _ in range(cfg.num_res_blocks):
+            encoder.append(EmbedSequential(*blocks.level_layers(ch, width, resolution)))
+            ch = width
+            skip_channels.append(ch)
+        if level != len(widths) - 1:
+            down = blocks.res_block(ch, ch, "down") if cfg.resblock_updown else Downsample(ch)
+            encoder.append(EmbedSequential(down))
+            skip_channels.append(ch)
+    middle = EmbedSequential(blocks.res_block(ch, ch), blocks.attention(ch), blocks.res_block(ch, ch))
+    return stem, encoder, middle, skip_channels
+
+
+def run_encoder(net: nn.Module, x: Tensor, emb: Tensor) -> tuple[Tensor, list[Tensor]]:
+    """Apply ``net.stem``, ``net.encoder`` and ``net.middle``; returns the middle block's output
+    and every encoder output (the decoder's skip connections)."""
+    h = net.stem(x)  # (N, C_0, H, W)
+    skips = [h]
+    for block in net.encoder:
+        h = block(h, emb)
+        skips.append(h)
+    return net.middle(h, emb), skips
+
+
 class UNet(nn.Module):
     """ADM's U-Net as a model function ``(x_t, t, class_labels=None) -> prediction``.
 
@@ -242,60 +303,24 @@ class UNet(nn.Module):
         super().__init__()
         self.config = cfg = config
         emb_dim = 4 * cfg.model_channels
-        residual_scale = 1 / math.sqrt(2) if cfg.rescale_skip else 1.0
         self.concat_scale = 1 / math.sqrt(2) if cfg.rescale_concat_skip else 1.0
 
         self.time_embed = TimestepMLP(cfg.model_channels, emb_dim)
         # Index num_classes is the "null" label used when the label is dropped (classifier-free guidance).
         self.label_embed = nn.Embedding(cfg.num_classes + 1, emb_dim) if cfg.num_classes else None
-
-        def res_block(c_in: int, c_out: int, resample: str = "none") -> ResBlock:
-            return ResBlock(
-                c_in,
-                emb_dim,
-                c_out,
-                dropout=cfg.dropout,
-                use_scale_shift_norm=cfg.use_scale_shift_norm,
-                norm_groups=cfg.norm_groups,
-                residual_scale=residual_scale,
-                resample=resample,
-            )
-
-        def attention(c: int) -> SpatialSelfAttention:
-            return SpatialSelfAttention(c, cfg.num_heads, cfg.num_head_channels, cfg.norm_groups, residual_scale)
-
-        def level_layers(c_in: int, c_out: int, resolution: int) -> list[nn.Module]:
-            layers = [res_block(c_in, c_out)]
-            if resolution in cfg.attention_resolutions:
-                layers.append(attention(c_out))
-            return layers
-
-        widths = [cfg.model_channels * m for m in cfg.channel_mult]
-        last = len(widths) - 1
-        ch = widths[0]
-        self.stem = nn.Conv2d(cfg.in_channels, ch, 3, padding=1)
-        skip_channels = [ch]  # channels of every encoder output, consumed in reverse by the decoder
-        self.encoder = nn.ModuleList()
-        for level, (width, resolution) in enumerate(zip(widths, cfg.resolutions)):
-            for _ in range(cfg.num_res_blocks):
-                self.encoder.append(EmbedSequential(*level_layers(ch, width, resolution)))
-                ch = width
-                skip_channels.append(ch)
-            if level != last:
-                down = res_block(ch, ch, "down") if cfg.resblock_updown else Downsample(ch)
-                self.encoder.append(EmbedSequential(down))
-                skip_channels.append(ch)
-
-        self.middle = EmbedSequential(res_block(ch, ch), attention(ch), res_block(ch, ch))
+        blocks = UNetBlocks(cfg, emb_dim)
+        self.stem, self.encoder, self.middle, skip_channels = build_encoder(cfg, blocks)
+        widths = blocks.widths
+        ch = widths[-1]
 
         self.decoder = nn.ModuleList()
         for level in reversed(range(len(widths))):
             width, resolution = widths[level], cfg.resolutions[level]
             for i in range(cfg.num_res_blocks + 1):
-                layers = level_layers(ch + skip_channels.pop(), width, resolution)
+                layers = blocks.level_layers(ch + skip_channels.pop(), width, resolution)
                 ch = width
                 if level != 0 and i == cfg.num_res_blocks:
-                    layers.append(res_block(ch, ch, "up") if cfg.resblock_updown else Upsample(ch))
+                    layers.append(blocks.res_block(ch, ch, "up") if cfg.resblock_updown else Upsample(ch))
                 self.decoder.append(EmbedSequential(*layers))
 
         out_channels = cfg.out_channels * (2 if cfg.learned_sigma else 1)
@@ -325,12 +350,7 @@ class UNet(nn.Module):
         elif class_labels is not None:
             raise ValueError("class_labels were given to an unconditional UNet; set UNetConfig.num_classes > 0")
 
-        h = self.stem(x)  # (N, C_0, H, W)
-        skips = [h]
-        for block in self.encoder:
-            h = block(h, emb)
-            skips.append(h)
-        h = self.middle(h, emb)  # (N, C_last, H/2^(L-1), W/2^(L-1))
+        h, skips = run_encoder(self, x, emb)  # (N, C_last, H/2^(L-1), W/2^(L-1)), encoder outputs
         for block in self.decoder:
             h = block(torch.cat([h, skips.pop() * self.concat_scale], dim=1), emb)
         return self.head(h).to(x.dtype)  # (N, C_out, H, W)

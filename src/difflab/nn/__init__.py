@@ -6,12 +6,13 @@
 * :mod:`.init` — zero initialization of residual branches.
 """
 
-from .attention import SelfAttention, SpatialSelfAttention, multi_head_attention, resolve_num_heads
+from .attention import AttentionPool2d, SelfAttention, SpatialSelfAttention, multi_head_attention, resolve_num_heads
 from .embeddings import TimestepMLP, timestep_embedding
 from .init import zero_module
 from .norm import GroupNorm32
 
 __all__ = [
+    "AttentionPool2d",
     "GroupNorm32",
     "SelfAttention",
     "SpatialSelfAttention",

@@ -13,6 +13,7 @@ of a feature map attend to every other (DDPM's and ADM's attention block).
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -116,3 +117,35 @@ class SpatialSelfAttention(nn.Module):
         tokens = self.norm(x).flatten(2).transpose(1, 2)  # (N, H·W, C); a view for channels_last
         out = self.attn(tokens).transpose(1, 2).reshape(n, c, h, w)  # (N, C, H, W)
         return (x + out) * self.residual_scale
+
+
+class AttentionPool2d(nn.Module):
+    """Pool a feature map to one vector by attention (CLIP's ResNet head; ADM's classifier head).
+
+    The mean over positions is prepended as a query token, learned position embeddings are added
+    to all H·W + 1 tokens, and the output is the mean token's attention over every token,
+    projected to ``out_dim``::
+
+        tokens = [mean(x); x₁ … x_HW] + P          (N, HW + 1, C)
+        out    = W_o · Attention(W_q tokens₀, W_k tokens, W_v tokens)
+
+    Args:
+        spatial_size: H = W of the input feature map (fixes the position embedding's length).
+        channels: C.
+        num_heads, num_head_channels: see :func:`resolve_num_heads`.
+        out_dim: the output width (e.g. the number of classes).
+    """
+
+    def __init__(self, spatial_size: int, channels: int, out_dim: int, num_heads: int = 1, num_head_channels: int = -1):
+        super().__init__()
+        self.num_heads = resolve_num_heads(channels, num_heads, num_head_channels)
+        self.position = nn.Parameter(torch.randn(spatial_size**2 + 1, channels) / channels**0.5)
+        self.qkv = nn.Linear(channels, 3 * channels)
+        self.proj = nn.Linear(channels, out_dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        tokens = x.flatten(2).transpose(1, 2)  # (N, H·W, C)
+        tokens = torch.cat([tokens.mean(dim=1, keepdim=True), tokens], dim=1) + self.position.to(x.dtype)
+        q, k, v = self.qkv(tokens).chunk(3, dim=-1)  # 3 × (N, HW + 1, C)
+        pooled = multi_head_attention(q[:, :1], k, v, self.num_heads)  # (N, 1, C)
+        return self.proj(pooled[:, 0])  # (N, out_dim)

@@ -1,5 +1,5 @@
 """Pipelines: short compositions of a loaded model, a denoiser, guidance and a sampler."""
 
-from .generate import DiffusionModel, generate
+from .generate import DiffusionModel, Guidance, NoisyClassifierModel, generate
 
-__all__ = ["DiffusionModel", "generate"]
+__all__ = ["DiffusionModel", "Guidance", "NoisyClassifierModel", "generate"]

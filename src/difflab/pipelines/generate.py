@@ -1,4 +1,4 @@
-"""Load a trained diffusion checkpoint and generate images from it."""
+"""Load a trained diffusion checkpoint (and a noisy classifier) and generate images from it."""
 
 from __future__ import annotations
 
@@ -10,10 +10,11 @@ import torch
 
 from ..data.convert import to_uint8
 from ..denoiser import Denoiser
+from ..guidance import guide, null_class_labels
 from ..models import build_model
 from ..sampling import sample
 from ..schedules import NoiseSchedule, schedule_from_config
-from ..training.state import find_checkpoint, load_state
+from ..training.state import CLASSIFIER_KIND, find_checkpoint, load_state
 
 
 @dataclass
@@ -42,24 +43,111 @@ class DiffusionModel:
     def num_classes(self) -> int:
         return len(self.class_names)
 
+    @property
+    def trained_with_label_dropout(self) -> bool:
+        """Whether the null label was trained (``diffusion.cond_drop_prob > 0``); CFG needs it."""
+        return self.config.get("train_config", {}).get("diffusion", {}).get("cond_drop_prob", 0.0) > 0
+
+    @property
+    def sample_defaults(self) -> dict:
+        """The checkpoint's ``sample`` section: method, steps, spacing, guidance_scale."""
+        return self.config.get("train_config", {}).get("sample", {})
+
     def denoiser(self, clip_x0: float | None = 1.0) -> Denoiser:
         return Denoiser(self.network, self.schedule, self.prediction, self.learned_variance, clip_x0=clip_x0)
 
 
-def class_labels_for(model: DiffusionModel, n: int, class_index: int | None) -> torch.Tensor | None:
-    """Labels for n samples: one class, or every class in turn; None for unconditional models."""
-    if not model.num_classes:
+@dataclass
+class NoisyClassifierModel:
+    """ADM's noisy classifier p(y | xₜ, t), from a ``difflab train-classifier --noisy`` checkpoint."""
+
+    network: torch.nn.Module
+    schedule: NoiseSchedule
+    image_shape: tuple[int, int, int]
+    class_names: list[str]
+
+    @classmethod
+    def load(cls, path: str | Path, use_ema: bool = True, device: str | torch.device = "cpu") -> "NoisyClassifierModel":
+        config, tensors, _ = load_state(path, kind=CLASSIFIER_KIND)
+        network = build_model(config["model"])
+        network.load_state_dict(tensors["ema" if use_ema else "model"])
+        network.to(device).eval().requires_grad_(False)
+        return cls(network, schedule_from_config(config["schedule"]), tuple(config["image_shape"]),
+                   list(config["class_names"]))
+
+    def check_matches(self, model: DiffusionModel) -> None:
+        """A clear error when this classifier cannot guide ``model``: another noise schedule, image
+        shape or set of classes."""
+        if self.schedule.to_config() != model.schedule.to_config():
+            raise ValueError(f"the classifier was trained with noise schedule {self.schedule} but the diffusion "
+                             f"model uses {model.schedule}; train the classifier with the model's schedule")
+        if self.image_shape != model.image_shape:
+            raise ValueError(f"the classifier takes images of shape {self.image_shape} but the model makes "
+                             f"{model.image_shape}; train the classifier at the model's resolution and channels")
+        if model.class_names and model.class_names != self.class_names:
+            raise ValueError(f"the classifier's classes {self.class_names} differ from the class-conditional "
+                             f"model's {model.class_names}")
+
+
+@dataclass
+class Guidance:
+    """How to guide sampling (see :mod:`difflab.guidance`).
+
+    Attributes:
+        scale: classifier-free guidance weight w (1 = none; None = the checkpoint's default).
+        rescale: Lin et al.'s guidance rescale φ (0 = off).
+        interval: (σ_lo, σ_hi): apply CFG only at noise levels in this range.
+        classifier: a noisy classifier for classifier guidance.
+        classifier_scale: its gradient scale s (0 = none).
+        classifier_mode: ``"epsilon"`` (ADM Algorithm 2) or ``"mean"`` (Algorithm 1, ddpm only);
+            None picks Algorithm 1 for the ddpm sampler and Algorithm 2 otherwise.
+    """
+
+    scale: float | None = None
+    rescale: float = 0.0
+    interval: tuple[float, float] | None = None
+    classifier: NoisyClassifierModel | None = None
+    classifier_scale: float = 0.0
+    classifier_mode: str | None = None
+
+
+def class_labels_for(class_names: list[str], n: int, class_index: int | None) -> torch.Tensor | None:
+    """Labels for n samples: one class, or every class in turn; None without classes (an
+    unconditional model with no classifier to guide it)."""
+    if not class_names:
         if class_index is not None:
-            raise ValueError("this model is unconditional: it was not trained with class labels (drop --class)")
+            raise ValueError("this model is unconditional: it was not trained with class labels (drop --class, "
+                             "or give a noisy classifier with --classifier to guide it)")
         return None
     if class_index is None:
-        return torch.arange(n) % model.num_classes
-    if not 0 <= class_index < model.num_classes:
-        raise ValueError(f"--class must be in 0..{model.num_classes - 1} ({', '.join(model.class_names)})")
+        return torch.arange(n) % len(class_names)
+    if not 0 <= class_index < len(class_names):
+        raise ValueError(f"--class must be in 0..{len(class_names) - 1} ({', '.join(class_names)})")
     return torch.full((n,), class_index)
 
 
-@torch.no_grad()
+def guided_denoiser(model: DiffusionModel, guidance: Guidance, method: str) -> Denoiser:
+    """The checkpoint's denoiser with classifier-free and/or classifier guidance applied."""
+    scale = guidance.scale if guidance.scale is not None else model.sample_defaults.get("guidance_scale", 1.0)
+    if scale != 1.0:
+        if not model.num_classes:
+            raise ValueError("classifier-free guidance needs a class-conditional model; this one is unconditional "
+                             "(use --classifier for classifier guidance instead)")
+        if not model.trained_with_label_dropout:
+            raise ValueError("this model was trained without label dropout (diffusion.cond_drop_prob = 0), so its "
+                             "unconditional prediction is untrained; retrain with diffusion.cond_drop_prob=0.1 "
+                             "or sample with --guidance-scale 1")
+    classifier = guidance.classifier
+    if classifier is not None:
+        classifier.check_matches(model)
+    mode = guidance.classifier_mode or ("mean" if method == "ddpm" else "epsilon")
+    return guide(model.denoiser(), scale=scale, uncond=null_class_labels(model.num_classes),
+                 rescale=guidance.rescale, interval=guidance.interval,
+                 classifier=classifier.network if classifier is not None else None,
+                 classifier_scale=guidance.classifier_scale, classifier_mode=mode,
+                 model_takes_labels=model.num_classes > 0)
+
+
 def generate(
     model: DiffusionModel,
     n: int,
@@ -69,25 +157,30 @@ def generate(
     spacing: str | None = None,
     seed: int = 0,
     class_index: int | None = None,
+    guidance: Guidance | None = None,
     batch_size: int = 256,
     progress: bool = False,
     bf16: bool = True,
     **options,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """n samples as uint8 (N, C, H, W), with their class labels (None if unconditional).
+    """n samples as uint8 (N, C, H, W), with their class labels (None if unconditional and unguided).
 
     Sample i uses noise seeded by ``seed + i``, so the images do not depend on the batch size.
-    Method, steps and spacing default to the checkpoint's ``sample`` section. On a GPU the
+    Method, steps, spacing and the guidance scale default to the checkpoint's ``sample`` section.
+    Classes come from the model, or from the classifier for an unconditional model under
+    classifier guidance; without ``class_index`` every class is drawn in turn. On a GPU the
     network runs under bf16 autocast (``bf16=False`` for float32); the solver stays in float32.
     """
-    defaults = model.config.get("train_config", {}).get("sample", {})
+    defaults = model.sample_defaults
     method = method or defaults.get("method", "unipc_3")
     steps = steps or defaults.get("steps", 20)
     spacing = spacing or defaults.get("spacing", "log_snr")
+    guidance = guidance or Guidance()
     device = next(model.network.parameters()).device
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if (bf16 and device.type == "cuda") else nullcontext()
-    labels = class_labels_for(model, n, class_index)
-    denoiser = model.denoiser()
+    class_names = model.class_names or (guidance.classifier.class_names if guidance.classifier else [])
+    labels = class_labels_for(class_names, n, class_index)
+    denoiser = guided_denoiser(model, guidance, method)
     chunks = []
     batches = range(0, n, batch_size)
     if progress:

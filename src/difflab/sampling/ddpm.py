@@ -28,6 +28,11 @@ def ddpm(
 
     Skipped steps use the step's own β, as improved DDPM's respacing does. No noise is added on
     the step to σ = 0.
+
+    Classifier guidance in ``mode="mean"`` (ADM Algorithm 1, :mod:`difflab.guidance`) shifts the
+    mean by Σ·s∇ₓₜ log p(y | xₜ). With x = xₜ/√ᾱₜ and Σ/ᾱ_prev the variance here, that is
+    std²·√(ᾱ_prev/ᾱₜ)·s∇ₓ log p = std²·√((1 + σ²)/(1 + σₙ²))·``mean_gradient``; like the noise it
+    is skipped on the step to σ = 0, where Σ = 0.
     """
     if variance not in VARIANCES:
         raise ValueError(f"unknown DDPM variance {variance!r}; choose one of: {', '.join(VARIANCES)}")
@@ -37,13 +42,10 @@ def ddpm(
     s = sigmas.tolist()
     for i in range(len(s) - 1):
         sigma, sigma_next = s[i], s[i + 1]
-        if variance == "learned":
-            out = denoise.predict(x, sigma)
-            denoised, frac = out.x0, out.variance_frac
-            if frac is None:
-                raise ValueError("variance='learned' needs a model with learned_variance=True")
-        else:
-            denoised = denoise(x, sigma)
+        out = denoise.predict(x, sigma) if hasattr(denoise, "predict") else None
+        denoised = out.x0 if out is not None else denoise(x, sigma)
+        if variance == "learned" and out.variance_frac is None:
+            raise ValueError("variance='learned' needs a model with learned_variance=True")
         small = ancestral_sigma_up(sigma, sigma_next)
         eps = (x - denoised) / sigma
         x = denoised + math.sqrt(sigma_next**2 - small**2) * eps
@@ -54,8 +56,11 @@ def ddpm(
             elif variance == "fixed_large":
                 std = math.sqrt(large_sq)
             else:
-                log_var = frac * math.log(large_sq) + (1 - frac) * math.log(max(small**2, 1e-20))
+                log_var = out.variance_frac * math.log(large_sq) + (1 - out.variance_frac) * math.log(max(small**2, 1e-20))
                 std = torch.exp(0.5 * log_var)
+            if out is not None and out.mean_gradient is not None:
+                # ADM Algorithm 1: μ + Σ·s∇ log p(y | xₜ), moved into this space (see docstring).
+                x = x + std**2 * math.sqrt((1 + sigma**2) / (1 + sigma_next**2)) * out.mean_gradient
             x = x + std * noise(x)
         report(callback, i, s, x, denoised)
     return x

@@ -86,6 +86,7 @@ class SampleConfig:
     method: str = "unipc_3"
     steps: int = 20
     spacing: str = "log_snr"
+    guidance_scale: float = 1.0  # classifier-free guidance weight (needs diffusion.cond_drop_prob > 0)
 
 
 @dataclass

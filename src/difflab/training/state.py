@@ -2,7 +2,7 @@
 
 A checkpoint folder (written atomically by :mod:`difflab.checkpoint`) holds
 
-* ``config.json``: ``kind: "diffusion"``, the model config, the schedule, the prediction type,
+* ``config.json``: ``kind: "diffusion"`` (``"noisy_classifier"`` for ADM's classifier), the model config, the schedule, the prediction type,
   the data shape and class names, the step, and the whole training config;
 * ``model.safetensors`` and ``ema.safetensors``: the raw and the averaged weights;
 * ``extra.pt``: optimizer and learning-rate-scheduler state and the step (tensors and plain
@@ -16,12 +16,13 @@ from pathlib import Path
 from .. import checkpoint
 
 KIND = "diffusion"
+CLASSIFIER_KIND = "noisy_classifier"  # ADM's noisy classifier, trained by the same loop
 
 
-def save_training_state(path, *, config: dict, model, ema, optimizer, lr_scheduler, step: int) -> Path:
+def save_training_state(path, *, config: dict, model, ema, optimizer, lr_scheduler, step: int, kind: str = KIND) -> Path:
     return checkpoint.save_checkpoint(
         path,
-        {**config, "kind": KIND, "step": step},
+        {**config, "kind": kind, "step": step},
         {"model": model.state_dict(), "ema": ema.state_dict()},
         {"optimizer": optimizer.state_dict(), "lr_scheduler": lr_scheduler.state_dict(), "step": step},
     )
@@ -35,6 +36,6 @@ def find_checkpoint(path: str | Path) -> Path:
     return path
 
 
-def load_state(path: str | Path):
-    """(config, tensors, extra) of a diffusion checkpoint; a clear error for anything else."""
-    return checkpoint.load_checkpoint(find_checkpoint(path), kind=KIND)
+def load_state(path: str | Path, kind: str = KIND):
+    """(config, tensors, extra) of a checkpoint of this kind; a clear error for anything else."""
+    return checkpoint.load_checkpoint(find_checkpoint(path), kind=kind)

@@ -22,6 +22,7 @@ from .. import losses
 from ..data.convert import random_hflip, to_float, to_uint8
 from ..data.load import load_dataset
 from ..denoiser import Denoiser
+from ..guidance import guide, null_class_labels
 from ..images import save_grid
 from ..models import build_model, model_config_dict
 from ..sampling import sample
@@ -29,6 +30,7 @@ from ..schedules import get_schedule
 from . import distributed
 from .config import Config, ConfigError
 from .ema import EMA
+from . import state
 from .state import load_state, save_training_state
 
 
@@ -36,11 +38,20 @@ class TrainingDiverged(FloatingPointError):
     """The loss became NaN or inf."""
 
 
+def is_classifier(config: Config) -> bool:
+    """Whether the run trains ADM's noisy classifier (model.name: noisy_classifier) rather than a
+    diffusion model: the same loop with cross-entropy on xₜ as the loss."""
+    return config.model.name == "noisy_classifier"
+
+
 def model_spec(config: Config, dataset) -> dict:
     """The model's config: the preset and options of ``config.model``, completed from the data."""
-    num_classes = len(dataset.class_names) if config.data.class_conditional else 0
-    if config.data.class_conditional and not num_classes:
-        raise ConfigError(f"data.class_conditional is true but dataset {dataset.name!r} has no class labels")
+    uses_labels = config.data.class_conditional or is_classifier(config)
+    num_classes = len(dataset.class_names) if uses_labels else 0
+    if uses_labels and not num_classes:
+        what = "a noisy classifier needs" if is_classifier(config) else "data.class_conditional is true but"
+        raise ConfigError(f"{what} class labels, and dataset {dataset.name!r} has none; put each class's "
+                          "images in their own sub-folder (FOLDER/CLASS/image.png)")
     return {
         "name": config.model.name,
         "preset": config.model.preset,
@@ -110,6 +121,8 @@ def preview(model, schedule, config: Config, spec: dict, device, path: Path) -> 
     if spec.get("num_classes"):
         cond["class_labels"] = (torch.arange(n) % spec["num_classes"]).to(device)
     denoiser = Denoiser(model, schedule, config.diffusion.prediction, config.diffusion.learned_variance, clip_x0=1.0)
+    if cond and config.diffusion.cond_drop_prob > 0:
+        denoiser = guide(denoiser, scale=config.sample.guidance_scale, uncond=null_class_labels(spec["num_classes"]))
     x = sample(denoiser, noise, method=config.sample.method, steps=config.sample.steps,
                spacing=config.sample.spacing, cond=cond, generator=config.train.seed)
     nrow = spec["num_classes"] if spec.get("num_classes") else None
@@ -117,7 +130,8 @@ def preview(model, schedule, config: Config, spec: dict, device, path: Path) -> 
 
 
 def train(config: Config, resume: str | Path | None = None, progress: bool = True) -> Path:
-    """Train a diffusion model as ``config`` says; returns the checkpoint folder."""
+    """Train a diffusion model (or a noisy classifier, see :func:`is_classifier`) as ``config``
+    says; returns the checkpoint folder."""
     rt = distributed.setup(config.train.device)
     device, cfg = rt.device, config
     out = Path(cfg.train.out_dir)
@@ -132,7 +146,8 @@ def train(config: Config, resume: str | Path | None = None, progress: bool = Tru
     # -- data: decoded once into a uint8 tensor that lives on the device --------------------
     dataset = load_dataset(cfg.data.dataset, cfg.data.split, cfg.data.resolution, cfg.data.channels)
     images = dataset.images.to(device)
-    labels = dataset.labels.to(device) if cfg.data.class_conditional else None
+    classifier = is_classifier(cfg)
+    labels = dataset.labels.to(device) if (cfg.data.class_conditional or classifier) else None
 
     # -- the noise process and the model --------------------------------------------------
     schedule = get_schedule(cfg.diffusion.schedule, **cfg.diffusion.schedule_options)
@@ -146,7 +161,7 @@ def train(config: Config, resume: str | Path | None = None, progress: bool = Tru
     lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg.optim.warmup_steps))
     start = 0
     if resume is not None:
-        saved, tensors, extra = load_state(resume)
+        saved, tensors, extra = load_state(resume, kind=state.CLASSIFIER_KIND if classifier else state.KIND)
         model.load_state_dict(tensors["model"])
         ema.load_state_dict(tensors["ema"])
         optimizer.load_state_dict(extra["optimizer"])
@@ -166,6 +181,7 @@ def train(config: Config, resume: str | Path | None = None, progress: bool = Tru
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if (use_cuda and cfg.train.bf16) else nullcontext()
     null_class = spec["num_classes"]  # index of the "no class" embedding for guidance dropout
 
+    kind = state.CLASSIFIER_KIND if classifier else state.KIND
     ckpt_config = {"model": spec, "schedule": schedule.to_config(), "prediction": cfg.diffusion.prediction,
                    "learned_variance": cfg.diffusion.learned_variance, "image_shape": list(images.shape[1:]),
                    "class_names": dataset.class_names if labels is not None else [], "train_config": cfg.to_dict()}
@@ -181,6 +197,7 @@ def train(config: Config, resume: str | Path | None = None, progress: bool = Tru
     local_batch = global_batch // rt.world_size
     micro = local_batch // cfg.optim.grad_accum
     running_loss = torch.zeros((), device=device)
+    running_accuracy = torch.zeros((), device=device)  # noisy classifier only
     window_start, window_steps = time.perf_counter(), 0
     clock_start = None  # wall clock of the time budget, started after the first (compiling) step
 
@@ -205,7 +222,7 @@ def train(config: Config, resume: str | Path | None = None, progress: bool = Tru
         t = losses.sample_training_t(schedule, global_batch, torch.Generator().manual_seed(cfg.train.seed + step))
         noise = torch.randn(x0.shape, generator=g, device=device)
         y = labels[idx] if labels is not None else None
-        if y is not None and cfg.diffusion.cond_drop_prob > 0:
+        if y is not None and cfg.diffusion.cond_drop_prob > 0 and not classifier:
             drop = torch.rand(global_batch, generator=g, device=device) < cfg.diffusion.cond_drop_prob
             y = torch.where(drop, torch.full_like(y, null_class), y)
         mine = slice(rt.rank * local_batch, (rt.rank + 1) * local_batch)
@@ -218,13 +235,16 @@ def train(config: Config, resume: str | Path | None = None, progress: bool = Tru
             last = k == cfg.optim.grad_accum - 1
             sync = nullcontext() if (last or not rt.distributed) else net.no_sync()
             with sync, autocast:
-                cond = {"class_labels": y[part]} if y is not None else {}
-                out_k = losses.diffusion_loss(
-                    net, x0[part], schedule, prediction=cfg.diffusion.prediction,
-                    weighting=cfg.diffusion.weighting, min_snr_gamma=cfg.diffusion.min_snr_gamma,
-                    learned_variance=cfg.diffusion.learned_variance, vlb_weight=cfg.diffusion.vlb_weight,
-                    cond=cond, t=t[part], noise=noise[part],
-                )
+                if classifier:
+                    out_k = losses.noisy_classifier_loss(net, x0[part], y[part], schedule, t=t[part], noise=noise[part])
+                    running_accuracy += out_k.accuracy / cfg.optim.grad_accum
+                else:
+                    out_k = losses.diffusion_loss(
+                        net, x0[part], schedule, prediction=cfg.diffusion.prediction,
+                        weighting=cfg.diffusion.weighting, min_snr_gamma=cfg.diffusion.min_snr_gamma,
+                        learned_variance=cfg.diffusion.learned_variance, vlb_weight=cfg.diffusion.vlb_weight,
+                        cond={"class_labels": y[part]} if y is not None else {}, t=t[part], noise=noise[part],
+                    )
                 (out_k.loss / cfg.optim.grad_accum).backward()
             running_loss += out_k.loss.detach().float() / cfg.optim.grad_accum
         grad_norm = None
@@ -251,6 +271,9 @@ def train(config: Config, resume: str | Path | None = None, progress: bool = Tru
                       "images_per_s": window_steps * global_batch / max(elapsed, 1e-9)}
             if grad_norm is not None:
                 values["grad_norm"] = float(grad_norm)
+            if classifier:
+                values["accuracy"] = running_accuracy.item() / max(1, window_steps)
+                running_accuracy.zero_()
             logger.log(done, values)
             if bar is not None:
                 bar.set_postfix(loss=f"{loss_value:.4f}", img_s=f"{values['images_per_s']:.0f}")
@@ -258,13 +281,13 @@ def train(config: Config, resume: str | Path | None = None, progress: bool = Tru
             window_start, window_steps = time.perf_counter(), 0
         if bar is not None:
             bar.update(1)
-        if rt.is_main and cfg.train.sample_every and (done % cfg.train.sample_every == 0 or final):
+        if rt.is_main and cfg.train.sample_every and not classifier and (done % cfg.train.sample_every == 0 or final):
             preview(ema.shadow, schedule, cfg, spec, device, out / "samples" / f"step-{done:07d}.png")
         if done % cfg.train.checkpoint_every == 0 or final:
             if window_steps:
                 check_loss(done)  # never checkpoint weights that a NaN has touched
             if rt.is_main:
-                save_training_state(ckpt_path, config=ckpt_config, model=model, ema=ema.shadow,
+                save_training_state(ckpt_path, kind=kind, config=ckpt_config, model=model, ema=ema.shadow,
                                     optimizer=optimizer, lr_scheduler=lr_scheduler, step=done)
         if out_of_time:
             if rt.is_main:
