@@ -8,7 +8,8 @@ import torch
 
 from difflab.data import (ImageDataset, images_from_array, load_dataset, load_npz_images, parse_spec,
                           random_hflip, resize_square, to_channels, to_float, to_uint8)
-from difflab.data.fashion_mnist import DEFAULT_DIR, load_fashion_mnist, read_idx
+from difflab.data.captions import templated_captions
+from difflab.data.fashion_mnist import CLASS_NAMES, DEFAULT_DIR, load_fashion_mnist, read_idx
 
 
 
@@ -45,6 +46,22 @@ def test_fashion_mnist_reads_any_folder_of_idx_files(tmp_path, gz):
     assert len(load_fashion_mnist("train", tmp_path)) == 6
 
 
+def test_fashion_mnist_captions_name_each_image_class(tmp_path):
+    _write_idx(tmp_path / "t10k-images-idx3-ubyte", np.zeros((6, 28, 28)), gz=False)
+    _write_idx(tmp_path / "t10k-labels-idx1-ubyte", np.array([0, 9, 3, 1, 8, 9]), gz=False)
+    data = load_fashion_mnist("test", tmp_path)
+    assert data.captions == ["a photo of a t-shirt/top", "a black and white photo of an ankle boot",
+                             "a low-resolution photo of a dress", "a product photo of a trouser",
+                             "a photo of a bag", "a black and white photo of an ankle boot"]
+    assert data.subset(torch.tensor([5, 2])).captions == [data.captions[5], data.captions[2]]
+
+
+def test_templated_captions_check_the_labels():
+    assert templated_captions(torch.tensor([1, 0]), ["Cat", "Owl"], ["{}!"]) == ["an owl!", "a cat!"]
+    with pytest.raises(ValueError, match="2 class names"):
+        templated_captions(torch.tensor([2]), ["cat", "owl"])
+
+
 def test_fashion_mnist_missing_files_say_how_to_get_them(tmp_path):
     with pytest.raises(FileNotFoundError, match="apt-get install dataset-fashion-mnist"):
         load_fashion_mnist("test", tmp_path)
@@ -62,6 +79,8 @@ def test_fashion_mnist_debian_package():
     test = load_dataset("fashion-mnist", "test")
     assert test.images.shape == (10000, 1, 28, 28)
     assert test.labels.bincount().tolist() == [1000] * 10
+    names = [CLASS_NAMES[label].lower() for label in test.labels.tolist()]
+    assert all(caption.endswith(f" {name}") for caption, name in zip(test.captions, names))
 
 
 def test_unknown_dataset_names_the_builtins():

@@ -108,7 +108,7 @@ def test_guidance_scale_zero_classifier_scale_equals_plain_sampling(runs):
 def test_guidance_errors_say_what_to_do(runs, tmp_path, capsys):
     code = cli(["sample", str(runs / "nodrop"), "--guidance-scale", "3", "--n", "2", "--steps", "2", "--out", str(tmp_path)])
     assert code == 2 and "diffusion.cond_drop_prob=0.1" in capsys.readouterr().err
-    with pytest.raises(ValueError, match="needs a class-conditional model"):
+    with pytest.raises(ValueError, match="needs a class- or text-conditional model"):
         generate(DiffusionModel.load(runs / "uncond"), 2, steps=2, guidance=Guidance(scale=3.0))
     other = NoisyClassifierModel.load(runs / "classifier")
     other.schedule = get_schedule("cosine")  # the models use a 100-step linear schedule

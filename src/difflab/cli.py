@@ -19,6 +19,8 @@ COMMANDS = [
     "difflab.commands.eval",
     "difflab.commands.bpd",
     "difflab.commands.train_classifier",
+    "difflab.commands.train_autoencoder",
+    "difflab.commands.reconstruct",
 ]
 
 

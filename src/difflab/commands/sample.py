@@ -25,6 +25,9 @@ def register(subparsers) -> None:
     p.add_argument("--class", dest="class_index", type=int,
                    help="class index for a class-conditional or classifier-guided model (default: every "
                         "class in turn, with one grid per class under grids/)")
+    p.add_argument("--prompt", action="append", metavar="TEXT",
+                   help="caption for a text-conditioned model (repeatable: images cycle through the prompts)")
+    p.add_argument("--prompts", metavar="FILE", help="a text file with one prompt per line (text-conditioned models)")
     add_guidance_arguments(p)
     p.add_argument("--batch-size", type=int, default=256, help="images per sampler call")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA weights")
@@ -76,8 +79,9 @@ def run(args) -> int:
     device = pick_device(args.device)
     model = DiffusionModel.load(args.checkpoint, use_ema=not args.no_ema, device=device)
     guidance = guidance_from_args(args, device)
+    prompts = read_prompts(args)
     images, labels = generate(model, args.n, method=args.method, steps=args.steps, spacing=args.spacing,
-                              seed=args.seed, class_index=args.class_index, guidance=guidance,
+                              seed=args.seed, class_index=args.class_index, guidance=guidance, prompts=prompts,
                               batch_size=args.batch_size, progress=True)
     out = Path(args.out)
     class_names = model.class_names or (guidance.classifier.class_names if guidance.classifier else [])
@@ -90,6 +94,8 @@ def run(args) -> int:
                 save_grid(images[labels == index], out / "grids" / f"{index:02d}-{safe_name(name)}.png", upscale=upscale)
     save_images(images, out / "images")
     save_npz(images, out / "samples.npz", labels)
+    if prompts:  # which prompt made which image
+        (out / "prompts.txt").write_text("".join(f"{prompts[i % len(prompts)]}\n" for i in range(len(images))))
     print(f"difflab sample: {len(images)} images in {out} (grid: {grid})")
     return 0
 
@@ -97,3 +103,16 @@ def run(args) -> int:
 def safe_name(name: str) -> str:
     """A class name usable in a file name."""
     return "".join(c if c.isalnum() or c in "-_" else "_" for c in name) or "class"
+
+
+def read_prompts(args) -> list[str] | None:
+    """The prompts of ``--prompt`` and ``--prompts FILE`` (one per non-empty line), or None."""
+    from pathlib import Path
+
+    prompts = list(args.prompt or [])
+    if args.prompts:
+        path = Path(args.prompts)
+        if not path.is_file():
+            raise FileNotFoundError(f"--prompts {path} does not exist: give a text file with one prompt per line")
+        prompts += [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    return prompts or None

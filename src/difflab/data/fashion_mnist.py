@@ -2,7 +2,8 @@
 
 The images come from the Debian package ``dataset-fashion-mnist`` (files under
 ``/usr/share/datasets/fashion-mnist/``) or from any folder holding the four IDX files,
-gzipped or not.
+gzipped or not. Every image carries a caption made from its class name ("a photo of a
+t-shirt/top", ...; see :mod:`difflab.data.captions`) for text-conditional training.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from difflab.data.captions import templated_captions
 from difflab.data.dataset import ImageDataset
 
 DEFAULT_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -58,7 +60,7 @@ def _find(directory: Path, stem: str) -> Path:
 
 
 def load_fashion_mnist(split: str = "train", directory: str | Path | None = None) -> ImageDataset:
-    """Fashion-MNIST as uint8 (N, 1, 28, 28) with labels 0..9."""
+    """Fashion-MNIST as uint8 (N, 1, 28, 28) with labels 0..9 and templated captions."""
     if split not in _FILES:
         raise ValueError(f"fashion-mnist has splits 'train' and 'test', not {split!r}")
     directory = Path(directory) if directory is not None else DEFAULT_DIR
@@ -67,9 +69,10 @@ def load_fashion_mnist(split: str = "train", directory: str | Path | None = None
     labels = read_idx(_find(directory, label_stem), ndim=1)
     if len(images) != len(labels):
         raise ValueError(f"{directory}: {len(images)} {split} images but {len(labels)} labels")
-    return ImageDataset(images=torch.from_numpy(images.copy()).unsqueeze(1),
-                        labels=torch.from_numpy(labels.astype(np.int64)),
-                        class_names=list(CLASS_NAMES), name=f"fashion-mnist:{split}")
+    labels = torch.from_numpy(labels.astype(np.int64))
+    return ImageDataset(images=torch.from_numpy(images.copy()).unsqueeze(1), labels=labels,
+                        class_names=list(CLASS_NAMES), captions=templated_captions(labels, CLASS_NAMES),
+                        name=f"fashion-mnist:{split}")
 
 
 def is_idx_directory(path: Path) -> bool:

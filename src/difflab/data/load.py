@@ -8,10 +8,11 @@ from pathlib import Path
 from difflab.data.convert import resize_square, to_channels
 from difflab.data.dataset import ImageDataset
 from difflab.data.digits import load_digits
+from difflab.data.emoji import load_emoji
 from difflab.data.fashion_mnist import is_idx_directory, load_fashion_mnist
 from difflab.data.image_folder import load_image_folder
 
-BUILTIN = {"digits": load_digits, "fashion-mnist": load_fashion_mnist}
+BUILTIN = {"digits": load_digits, "fashion-mnist": load_fashion_mnist, "emoji": load_emoji}
 
 
 def parse_spec(spec: str, default_split: str = "train") -> tuple[str, str]:
@@ -27,16 +28,20 @@ def load_dataset(name_or_path: str | Path, split: str = "train", resolution: int
     """Load a dataset as uint8 (N, C, H, W) images.
 
     Args:
-        name_or_path: a built-in name (``digits``, ``fashion-mnist``), a folder holding the
-            Fashion-MNIST/MNIST IDX files, or an image folder (see :mod:`difflab.data.image_folder`).
-        split: ``train`` or ``test``. An image folder uses its sub-folder of that name when it
-            has one; otherwise the whole folder is the ``train`` split.
-        resolution: square side in pixels; None keeps the native size.
+        name_or_path: a built-in name (``digits``, ``fashion-mnist``, ``emoji``), a folder
+            holding the Fashion-MNIST/MNIST IDX files, or an image folder (see
+            :mod:`difflab.data.image_folder`).
+        split: ``train`` or ``test`` (``emoji`` also has ``all``). An image folder uses its
+            sub-folder of that name when it has one; otherwise the whole folder is the
+            ``train`` split.
+        resolution: square side in pixels; None keeps the native size (emoji: 64).
         channels: 1 or 3; None keeps the native channels.
-        use_cache: read/write the decoded-folder cache (image folders only).
+        use_cache: read/write the decode cache (image folders and emoji).
     """
     name = str(name_or_path)
-    if name in BUILTIN:
+    if name == "emoji":  # drawn at the requested size rather than resized afterwards
+        dataset = load_emoji(split, resolution, use_cache=use_cache)
+    elif name in BUILTIN:
         dataset = BUILTIN[name](split)
     else:
         path = Path(name_or_path)

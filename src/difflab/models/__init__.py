@@ -17,9 +17,13 @@ from typing import Callable
 
 from torch import nn
 
+from .autoencoder import PRESETS as KL_PRESETS
+from .autoencoder import AutoencoderConfig, AutoencoderInfo, AutoencoderKL, DiagonalGaussian, estimate_latent_scale, load_autoencoder
 from .classifier import NoisyClassifier
 from .unet import PRESETS as UNET_PRESETS
 from .unet import UNet, UNetConfig
+from .vq import PRESETS as VQ_PRESETS
+from .vq import AutoencoderVQ, AutoencoderVQConfig
 
 
 @dataclass(frozen=True)
@@ -33,7 +37,12 @@ MODELS: dict[str, ModelSpec] = {
     "unet": ModelSpec(config=UNetConfig, model=UNet, presets=UNET_PRESETS),
     # The encoder half of a U-Net preset, with an attention-pooling classifier head.
     "noisy_classifier": ModelSpec(config=UNetConfig, model=NoisyClassifier, presets=UNET_PRESETS),
+    # Latent diffusion's first stages (Rombach et al. 2022), trained by the same trainer.
+    "autoencoder_kl": ModelSpec(config=AutoencoderConfig, model=AutoencoderKL, presets=KL_PRESETS),
+    "autoencoder_vq": ModelSpec(config=AutoencoderVQConfig, model=AutoencoderVQ, presets=VQ_PRESETS),
 }
+
+AUTOENCODERS = ("autoencoder_kl", "autoencoder_vq")
 
 
 def build_config(config_dict: dict):
@@ -74,4 +83,8 @@ def model_config_dict(model: nn.Module) -> dict:
     raise ValueError(f"{type(model).__name__} is not a registered difflab model; known: {sorted(MODELS)}")
 
 
-__all__ = ["MODELS", "ModelSpec", "NoisyClassifier", "UNet", "UNetConfig", "build_config", "build_model", "model_config_dict"]
+__all__ = [
+    "AUTOENCODERS", "MODELS", "AutoencoderConfig", "AutoencoderInfo", "AutoencoderKL", "AutoencoderVQ",
+    "AutoencoderVQConfig", "DiagonalGaussian", "ModelSpec", "NoisyClassifier", "UNet", "UNetConfig", "build_config",
+    "build_model", "estimate_latent_scale", "load_autoencoder", "model_config_dict",
+]

@@ -29,6 +29,8 @@ class NoisyClassifier(nn.Module):
         if config.num_classes < 2:
             raise ValueError(f"a noisy classifier needs num_classes >= 2, got {config.num_classes}; "
                              "train it on a dataset with class labels")
+        if config.context_dim:
+            raise ValueError("the noisy classifier takes no context: set context_dim=0")
         self.config = cfg = config
         emb_dim = 4 * cfg.model_channels
         self.time_embed = TimestepMLP(cfg.model_channels, emb_dim)

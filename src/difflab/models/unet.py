@@ -37,6 +37,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..nn import GroupNorm32, SpatialSelfAttention, TimestepMLP, resolve_num_heads, zero_module
+from ..nn.transformer import SpatialTransformer
+from ..text.small import SmallTextEncoder
 
 
 @dataclass
@@ -63,6 +65,13 @@ class UNetConfig:
         num_classes: class-conditional with this many classes (0 = unconditional); label index
             ``num_classes`` is the "null" class for classifier-free guidance.
         norm_groups: groups of every group normalization (32 in DDPM and ADM).
+        context_dim: width of a conditioning token sequence (e.g. 384 for MiniLM text states);
+            > 0 turns every attention layer into LDM's spatial transformer (self-attention,
+            cross-attention to the context, feed-forward; :mod:`difflab.nn.transformer`).
+        transformer_depth: transformer blocks in each spatial transformer.
+        text_encoder: a trainable text encoder inside the network (``{"name": "small", "vocab":
+            [...], "dim": context_dim, ...}``, :mod:`difflab.text.small`): the model then takes
+            token ids (``input_ids``, ``token_mask``) instead of ``context``, and trains it.
     """
 
     in_channels: int = 3
@@ -82,6 +91,9 @@ class UNetConfig:
     learned_sigma: bool = False
     num_classes: int = 0
     norm_groups: int = 32
+    context_dim: int = 0
+    transformer_depth: int = 1
+    text_encoder: dict | None = None
 
     def __post_init__(self):
         # JSON turns tuples into lists; keep the dataclass hashable and comparable.
@@ -106,6 +118,16 @@ class UNetConfig:
             raise ValueError(f"UNetConfig.channel_mult must be a non-empty tuple of positive ints, got {self.channel_mult}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"UNetConfig.dropout must be in [0, 1), got {self.dropout}")
+        if self.context_dim < 0 or self.transformer_depth < 1:
+            raise ValueError(f"UNetConfig.context_dim must be >= 0 (0 = no cross-attention) and transformer_depth "
+                             f">= 1, got {self.context_dim} and {self.transformer_depth}")
+        if self.text_encoder is not None:
+            if self.text_encoder.get("name") != "small":
+                raise ValueError("UNetConfig.text_encoder holds a trainable encoder ({'name': 'small', ...}); "
+                                 "a frozen encoder's states are passed as context instead")
+            if self.text_encoder.get("dim", 256) != self.context_dim:
+                raise ValueError(f"UNetConfig.context_dim={self.context_dim} must equal the text encoder's dim "
+                                 f"{self.text_encoder.get('dim', 256)}")
         if self.num_classes < 0:
             raise ValueError(f"UNetConfig.num_classes must be >= 0 (0 = unconditional), got {self.num_classes}")
         factor = 2 ** (len(self.channel_mult) - 1)
@@ -219,11 +241,17 @@ class Upsample(nn.Module):
 
 
 class EmbedSequential(nn.Sequential):
-    """A sequence of layers; residual blocks also receive the embedding."""
+    """A sequence of layers; residual blocks also receive the embedding, spatial transformers
+    the context tokens and their padding mask."""
 
-    def forward(self, x: Tensor, emb: Tensor) -> Tensor:
+    def forward(self, x: Tensor, emb: Tensor, context: Tensor | None = None, context_mask: Tensor | None = None) -> Tensor:
         for layer in self:
-            x = layer(x, emb) if isinstance(layer, ResBlock) else layer(x)
+            if isinstance(layer, ResBlock):
+                x = layer(x, emb)
+            elif isinstance(layer, SpatialTransformer):
+                x = layer(x, context, context_mask)
+            else:
+                x = layer(x)
         return x
 
 
@@ -240,8 +268,12 @@ class UNetBlocks:
         return ResBlock(c_in, self.emb_dim, c_out, dropout=cfg.dropout, use_scale_shift_norm=cfg.use_scale_shift_norm,
                         norm_groups=cfg.norm_groups, residual_scale=self.residual_scale, resample=resample)
 
-    def attention(self, c: int) -> SpatialSelfAttention:
+    def attention(self, c: int) -> nn.Module:
+        """Self-attention, or LDM's spatial transformer when the U-Net takes a context."""
         cfg = self.cfg
+        if cfg.context_dim:
+            return SpatialTransformer(c, cfg.context_dim, cfg.num_heads, cfg.num_head_channels,
+                                      cfg.transformer_depth, cfg.norm_groups)
         return SpatialSelfAttention(c, cfg.num_heads, cfg.num_head_channels, cfg.norm_groups, self.residual_scale)
 
     def level_layers(self, c_in: int, c_out: int, resolution: int) -> list[nn.Module]:
@@ -277,15 +309,16 @@ def build_encoder(cfg: UNetConfig, blocks: UNetBlocks) -> tuple[nn.Conv2d, nn.Mo
     return stem, encoder, middle, skip_channels
 
 
-def run_encoder(net: nn.Module, x: Tensor, emb: Tensor) -> tuple[Tensor, list[Tensor]]:
-    """Apply ``net.stem``, ``net.encoder`` and ``net.middle``; returns the middle block's output
-    and every encoder output (the decoder's skip connections)."""
+def run_encoder(net: nn.Module, x: Tensor, emb: Tensor, *context) -> tuple[Tensor, list[Tensor]]:
+    """Apply ``net.stem``, ``net.encoder`` and ``net.middle`` (``context`` = the context tokens and
+    their mask, if any); returns the middle block's output and every encoder output (the
+    decoder's skip connections)."""
     h = net.stem(x)  # (N, C_0, H, W)
     skips = [h]
     for block in net.encoder:
-        h = block(h, emb)
+        h = block(h, emb, *context)
         skips.append(h)
-    return net.middle(h, emb), skips
+    return net.middle(h, emb, *context), skips
 
 
 class UNet(nn.Module):
@@ -308,6 +341,7 @@ class UNet(nn.Module):
         self.time_embed = TimestepMLP(cfg.model_channels, emb_dim)
         # Index num_classes is the "null" label used when the label is dropped (classifier-free guidance).
         self.label_embed = nn.Embedding(cfg.num_classes + 1, emb_dim) if cfg.num_classes else None
+        self.text_encoder = SmallTextEncoder.from_config(cfg.text_encoder) if cfg.text_encoder else None
         blocks = UNetBlocks(cfg, emb_dim)
         self.stem, self.encoder, self.middle, skip_channels = build_encoder(cfg, blocks)
         widths = blocks.widths
@@ -330,7 +364,9 @@ class UNet(nn.Module):
             zero_module(nn.Conv2d(ch, out_channels, 3, padding=1)),
         )
 
-    def forward(self, x: Tensor, t: Tensor, class_labels: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, t: Tensor, class_labels: Tensor | None = None, context: Tensor | None = None,
+                context_mask: Tensor | None = None, input_ids: Tensor | None = None,
+                token_mask: Tensor | None = None) -> Tensor:
         """Predict ε, x₀ or v (and the variance output with ``learned_sigma``).
 
         Args:
@@ -338,6 +374,11 @@ class UNet(nn.Module):
             t: the schedule's time, float (N,) (e.g. 0 … 999, fractional allowed).
             class_labels: int64 (N,) in [0, num_classes]; ``num_classes`` is the null label.
                 ``None`` on a class-conditional model means "unconditional" (the null label).
+            context: conditioning tokens (N, L, context_dim), e.g. text-encoder states; needed
+                exactly when ``context_dim > 0``.
+            context_mask: bool (N, L), True for real tokens; padding gets no attention.
+            input_ids, token_mask: caption token ids and mask (N, L) for the built-in trainable
+                text encoder (``text_encoder``), which turns them into ``context``.
 
         Returns:
             (N, out_channels · (2 if learned_sigma else 1), image_size, image_size) in x's dtype.
@@ -350,9 +391,18 @@ class UNet(nn.Module):
         elif class_labels is not None:
             raise ValueError("class_labels were given to an unconditional UNet; set UNetConfig.num_classes > 0")
 
-        h, skips = run_encoder(self, x, emb)  # (N, C_last, H/2^(L-1), W/2^(L-1)), encoder outputs
+        if self.text_encoder is not None:
+            if input_ids is None:
+                raise ValueError("this UNet has its own text encoder: pass input_ids and token_mask (caption tokens)")
+            context, context_mask = self.text_encoder(input_ids, token_mask), token_mask
+        if (context is None) != (not self.config.context_dim):
+            raise ValueError(
+                f"this UNet has context_dim={self.config.context_dim}: pass context=(N, L, {self.config.context_dim}) tokens"
+                if self.config.context_dim else "context was given to a UNet without cross-attention; set UNetConfig.context_dim"
+            )
+        h, skips = run_encoder(self, x, emb, context, context_mask)  # (N, C_last, H/2^(L-1), W/2^(L-1)), skips
         for block in self.decoder:
-            h = block(torch.cat([h, skips.pop() * self.concat_scale], dim=1), emb)
+            h = block(torch.cat([h, skips.pop() * self.concat_scale], dim=1), emb, context, context_mask)
         return self.head(h).to(x.dtype)  # (N, C_out, H, W)
 
     def num_parameters(self) -> int:

@@ -47,12 +47,14 @@ def resolve_num_heads(channels: int, num_heads: int = 1, num_head_channels: int 
     return channels // num_head_channels
 
 
-def multi_head_attention(q: Tensor, k: Tensor, v: Tensor, num_heads: int) -> Tensor:
+def multi_head_attention(q: Tensor, k: Tensor, v: Tensor, num_heads: int, key_mask: Tensor | None = None) -> Tensor:
     """softmax(Q Kᵀ / √d) V for each of ``num_heads`` heads of width d = C / num_heads.
 
     Args:
         q: queries (N, Lq, C); k, v: keys and values (N, Lk, C).
         num_heads: the channels are split into this many contiguous groups of d channels.
+        key_mask: optional bool (N, Lk), True for real tokens: padding keys get no attention.
+            A row with no real token attends to all of them (so it stays finite).
 
     Returns:
         (N, Lq, C), the heads concatenated back in channel order.
@@ -60,7 +62,12 @@ def multi_head_attention(q: Tensor, k: Tensor, v: Tensor, num_heads: int) -> Ten
     n, lq, c = q.shape
     d = c // num_heads
     q, k, v = (z.reshape(n, -1, num_heads, d).transpose(1, 2) for z in (q, k, v))  # (N, heads, L, d)
-    out = F.scaled_dot_product_attention(q, k, v)  # (N, heads, Lq, d)
+    attn_mask = None
+    if key_mask is not None:
+        key_mask = key_mask.to(torch.bool)
+        key_mask = key_mask | ~key_mask.any(dim=1, keepdim=True)  # all padding: attend to all
+        attn_mask = key_mask[:, None, None, :]  # (N, 1, 1, Lk), broadcast over heads and queries
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)  # (N, heads, Lq, d)
     return out.transpose(1, 2).reshape(n, lq, c)  # (N, Lq, C)
 
 

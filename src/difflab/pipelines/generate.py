@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from ..conditioning import TextConditioning
 from ..data.convert import to_uint8
 from ..denoiser import Denoiser
 from ..guidance import guide, null_class_labels
@@ -42,6 +43,11 @@ class DiffusionModel:
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+    @property
+    def text_encoder(self) -> dict | None:
+        """The text encoder of a caption-conditioned model (None otherwise)."""
+        return self.config.get("text_encoder")
 
     @property
     def trained_with_label_dropout(self) -> bool:
@@ -126,13 +132,19 @@ def class_labels_for(class_names: list[str], n: int, class_index: int | None) ->
     return torch.full((n,), class_index)
 
 
-def guided_denoiser(model: DiffusionModel, guidance: Guidance, method: str) -> Denoiser:
-    """The checkpoint's denoiser with classifier-free and/or classifier guidance applied."""
-    scale = guidance.scale if guidance.scale is not None else model.sample_defaults.get("guidance_scale", 1.0)
+def guided_denoiser(model: DiffusionModel, guidance: Guidance, method: str, text_null: dict | None = None) -> Denoiser:
+    """The checkpoint's denoiser with classifier-free and/or classifier guidance applied
+    (``text_null``: the empty caption's inputs, the unconditional input of a text model)."""
+    conditional = model.num_classes > 0 or text_null is not None
+    can_guide = conditional and model.trained_with_label_dropout
+    if guidance.scale is None:  # the checkpoint's default, where the model supports CFG
+        scale = model.sample_defaults.get("guidance_scale", 1.0) if can_guide else 1.0
+    else:
+        scale = guidance.scale
     if scale != 1.0:
-        if not model.num_classes:
-            raise ValueError("classifier-free guidance needs a class-conditional model; this one is unconditional "
-                             "(use --classifier for classifier guidance instead)")
+        if not conditional:
+            raise ValueError("classifier-free guidance needs a class- or text-conditional model; this one is "
+                             "unconditional (use --classifier for classifier guidance instead)")
         if not model.trained_with_label_dropout:
             raise ValueError("this model was trained without label dropout (diffusion.cond_drop_prob = 0), so its "
                              "unconditional prediction is untrained; retrain with diffusion.cond_drop_prob=0.1 "
@@ -141,7 +153,8 @@ def guided_denoiser(model: DiffusionModel, guidance: Guidance, method: str) -> D
     if classifier is not None:
         classifier.check_matches(model)
     mode = guidance.classifier_mode or ("mean" if method == "ddpm" else "epsilon")
-    return guide(model.denoiser(), scale=scale, uncond=null_class_labels(model.num_classes),
+    uncond = (lambda cond: text_null) if text_null is not None else null_class_labels(model.num_classes)
+    return guide(model.denoiser(), scale=scale, uncond=uncond,
                  rescale=guidance.rescale, interval=guidance.interval,
                  classifier=classifier.network if classifier is not None else None,
                  classifier_scale=guidance.classifier_scale, classifier_mode=mode,
@@ -158,6 +171,7 @@ def generate(
     seed: int = 0,
     class_index: int | None = None,
     guidance: Guidance | None = None,
+    prompts: list[str] | None = None,
     batch_size: int = 256,
     progress: bool = False,
     bf16: bool = True,
@@ -168,7 +182,8 @@ def generate(
     Sample i uses noise seeded by ``seed + i``, so the images do not depend on the batch size.
     Method, steps, spacing and the guidance scale default to the checkpoint's ``sample`` section.
     Classes come from the model, or from the classifier for an unconditional model under
-    classifier guidance; without ``class_index`` every class is drawn in turn. On a GPU the
+    classifier guidance; without ``class_index`` every class is drawn in turn. A text-conditioned
+    model needs ``prompts``; image i gets prompt i mod len(prompts). On a GPU the
     network runs under bf16 autocast (``bf16=False`` for float32); the solver stays in float32.
     """
     defaults = model.sample_defaults
@@ -180,7 +195,15 @@ def generate(
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if (bf16 and device.type == "cuda") else nullcontext()
     class_names = model.class_names or (guidance.classifier.class_names if guidance.classifier else [])
     labels = class_labels_for(class_names, n, class_index)
-    denoiser = guided_denoiser(model, guidance, method)
+    text = None
+    if model.text_encoder:
+        if not prompts:
+            raise ValueError("this model is text-conditioned: give a prompt (--prompt TEXT or --prompts FILE)")
+        text = TextConditioning(model.text_encoder, device)
+        prompts = [prompts[i % len(prompts)] for i in range(n)]
+    elif prompts:
+        raise ValueError("this model is not text-conditioned: it was trained without captions (drop --prompt)")
+    denoiser = guided_denoiser(model, guidance, method, text.null() if text else None)
     chunks = []
     batches = range(0, n, batch_size)
     if progress:
@@ -191,6 +214,8 @@ def generate(
         seeds = list(range(seed + start, seed + min(n, start + batch_size)))
         noise = torch.stack([torch.randn(model.image_shape, generator=torch.Generator().manual_seed(s)) for s in seeds])
         cond = {"class_labels": labels[start : start + len(seeds)].to(device)} if labels is not None else {}
+        if text is not None:
+            cond.update(text.encode(prompts[start : start + len(seeds)]))
         with autocast:
             x = sample(denoiser, noise.to(device), method=method, steps=steps, spacing=spacing, cond=cond,
                        seeds=seeds, **options)

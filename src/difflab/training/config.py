@@ -23,12 +23,13 @@ class ConfigError(ValueError):
 
 @dataclass
 class DataConfig:
-    dataset: str = "digits"  # a built-in name (digits, fashion-mnist) or a folder of images
+    dataset: str = "digits"  # a built-in name (digits, fashion-mnist, emoji) or a folder of images
     split: str = "train"
     resolution: int | None = None  # square side in pixels; None keeps the dataset's
     channels: int | None = None  # 1 or 3; None keeps the dataset's
     hflip: bool = False  # random horizontal flips
     class_conditional: bool = False  # condition on the dataset's class labels
+    text_conditional: bool = False  # condition on the dataset's captions (model.text_encoder)
 
 
 @dataclass
@@ -36,6 +37,10 @@ class ModelConfig:
     name: str = "unet"
     preset: str | None = None  # a preset of the model; options override its fields
     options: dict = field(default_factory=dict)
+    # For data.text_conditional: {"name": "minilm"} (frozen all-MiniLM-L6-v2) or {"name": "small",
+    # "dim": 256, "layers": 4, "heads": 4, "max_length": 77} (trained with the model; its
+    # vocabulary is built from the training captions). See difflab.conditioning.
+    text_encoder: dict = field(default_factory=lambda: {"name": "minilm", "max_length": 32})
 
 
 @dataclass
@@ -47,7 +52,21 @@ class DiffusionConfig:
     min_snr_gamma: float = 5.0
     learned_variance: bool = False  # improved DDPM's hybrid loss
     vlb_weight: float = 0.001
-    cond_drop_prob: float = 0.0  # classifier-free guidance: drop the class this often
+    cond_drop_prob: float = 0.0  # classifier-free guidance: drop the class / caption this often
+
+
+@dataclass
+class AutoencoderLossConfig:
+    """The autoencoders' objective (model.name autoencoder_kl / autoencoder_vq; docs/autoencoders.md):
+    l1_weight·|x − x̂| + l2_weight·(x − x̂)² averaged over pixels, + kl_weight·KL/(C·H·W) (KL) or
+    + the commitment loss (VQ; β is the model's). Per pixel, so kl_weight means what LDM's does."""
+
+    l1_weight: float = 1.0
+    l2_weight: float = 0.0
+    kl_weight: float = 1e-6  # LDM's KL autoencoders
+    scale_images: int = 1024  # training images for the latent scale 1/std(z), estimated after training
+    eval_split: str = "test"  # held-out images for the final reconstruction PSNR
+    eval_images: int = 1024
 
 
 @dataclass
@@ -94,6 +113,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    autoencoder: AutoencoderLossConfig = field(default_factory=AutoencoderLossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)

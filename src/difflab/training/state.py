@@ -2,7 +2,9 @@
 
 A checkpoint folder (written atomically by :mod:`difflab.checkpoint`) holds
 
-* ``config.json``: ``kind: "diffusion"`` (``"noisy_classifier"`` for ADM's classifier), the model config, the schedule, the prediction type,
+* ``config.json``: ``kind: "diffusion"`` (``"noisy_classifier"`` for ADM's classifier, ``"autoencoder"``
+  for the KL / VQ autoencoders, with the latent shape and scale instead of the noise process;
+  see :mod:`difflab.training.objectives`), the model config, the schedule, the prediction type,
   the data shape and class names, the step, and the whole training config;
 * ``model.safetensors`` and ``ema.safetensors``: the raw and the averaged weights;
 * ``extra.pt``: optimizer and learning-rate-scheduler state and the step (tensors and plain
@@ -17,6 +19,7 @@ from .. import checkpoint
 
 KIND = "diffusion"
 CLASSIFIER_KIND = "noisy_classifier"  # ADM's noisy classifier, trained by the same loop
+AUTOENCODER_KIND = "autoencoder"  # latent diffusion's KL / VQ autoencoders, trained by the same loop
 
 
 def save_training_state(path, *, config: dict, model, ema, optimizer, lr_scheduler, step: int, kind: str = KIND) -> Path:

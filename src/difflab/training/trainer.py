@@ -21,13 +21,14 @@ from torch.nn.parallel import DistributedDataParallel
 from .. import losses
 from ..data.convert import random_hflip, to_float, to_uint8
 from ..data.load import load_dataset
+from ..conditioning import TextConditioning, select
 from ..denoiser import Denoiser
 from ..guidance import guide, null_class_labels
 from ..images import save_grid
 from ..models import build_model, model_config_dict
 from ..sampling import sample
 from ..schedules import get_schedule
-from . import distributed
+from . import distributed, objectives
 from .config import Config, ConfigError
 from .ema import EMA
 from . import state
@@ -44,8 +45,27 @@ def is_classifier(config: Config) -> bool:
     return config.model.name == "noisy_classifier"
 
 
-def model_spec(config: Config, dataset) -> dict:
-    """The model's config: the preset and options of ``config.model``, completed from the data."""
+def text_encoder_config(config: Config, dataset) -> dict | None:
+    """The text encoder of a caption-conditioned run, completed from the data (the trainable
+    encoder's vocabulary is built from the training captions); None without text conditioning."""
+    if not config.data.text_conditional:
+        return None
+    if dataset.captions is None:
+        raise ConfigError(f"data.text_conditional is true but dataset {dataset.name!r} has no captions; use a "
+                          "captioned dataset (emoji, fashion-mnist, an image folder with metadata.jsonl or .txt files)")
+    encoder = dict(config.model.text_encoder)
+    if encoder.get("name") == "small" and "vocab" not in encoder:
+        from ..text import WordTokenizer
+
+        encoder["vocab"] = WordTokenizer.build(dataset.captions).vocab
+    return encoder
+
+
+def model_spec(config: Config, dataset, text: dict | None = None, context_dim: int = 0) -> dict:
+    """The model's config: the preset and options of ``config.model``, completed from the data
+    (and, for text conditioning, the text encoder's width; a trainable encoder goes inside)."""
+    if objectives.is_autoencoder(config):
+        return objectives.autoencoder_spec(config, dataset)
     uses_labels = config.data.class_conditional or is_classifier(config)
     num_classes = len(dataset.class_names) if uses_labels else 0
     if uses_labels and not num_classes:
@@ -60,6 +80,8 @@ def model_spec(config: Config, dataset) -> dict:
         "image_size": dataset.resolution,
         "learned_sigma": config.diffusion.learned_variance,
         "num_classes": num_classes,
+        **({"context_dim": context_dim} if text else {}),
+        **({"text_encoder": text} if text and text.get("name") == "small" else {}),
     }
 
 
@@ -111,18 +133,33 @@ class _Logger:
             self.tb.close()
 
 
+def preview_conditioning(config: Config, spec: dict, text=None, captions=None) -> tuple[dict, object]:
+    """(cond, uncond) of the preview grids: every class in turn, or the first training captions;
+    uncond (for classifier-free guidance) is None when the model was trained without dropout."""
+    n = config.train.num_preview
+    if text is not None:
+        cond = text.encode(list(captions[:n]) * (n // max(1, len(captions[:n])) + 1))
+        cond = {k: v[:n] for k, v in cond.items()}
+        null = text.null()
+        uncond = (lambda c: null) if config.diffusion.cond_drop_prob > 0 else None
+        return cond, uncond
+    if spec.get("num_classes"):
+        uncond = null_class_labels(spec["num_classes"]) if config.diffusion.cond_drop_prob > 0 else None
+        return {"class_labels": torch.arange(n) % spec["num_classes"]}, uncond
+    return {}, None
+
+
 @torch.no_grad()
-def preview(model, schedule, config: Config, spec: dict, device, path: Path) -> Path:
-    """A grid of samples from ``model`` (the EMA weights), fixed noise so grids are comparable."""
+def preview(model, schedule, config: Config, spec: dict, device, path: Path, cond: dict, uncond) -> Path:
+    """A grid of samples from ``model`` (the EMA weights), fixed noise so grids are comparable;
+    with the configured classifier-free guidance scale when the model supports it."""
     n = config.train.num_preview
     g = torch.Generator().manual_seed(config.train.seed)
     noise = torch.randn(n, spec["in_channels"], spec["image_size"], spec["image_size"], generator=g).to(device)
-    cond = {}
-    if spec.get("num_classes"):
-        cond["class_labels"] = (torch.arange(n) % spec["num_classes"]).to(device)
+    cond = {k: v.to(device) for k, v in cond.items()}
     denoiser = Denoiser(model, schedule, config.diffusion.prediction, config.diffusion.learned_variance, clip_x0=1.0)
-    if cond and config.diffusion.cond_drop_prob > 0:
-        denoiser = guide(denoiser, scale=config.sample.guidance_scale, uncond=null_class_labels(spec["num_classes"]))
+    if uncond is not None:
+        denoiser = guide(denoiser, scale=config.sample.guidance_scale, uncond=uncond)
     x = sample(denoiser, noise, method=config.sample.method, steps=config.sample.steps,
                spacing=config.sample.spacing, cond=cond, generator=config.train.seed)
     nrow = spec["num_classes"] if spec.get("num_classes") else None
@@ -130,8 +167,8 @@ def preview(model, schedule, config: Config, spec: dict, device, path: Path) -> 
 
 
 def train(config: Config, resume: str | Path | None = None, progress: bool = True) -> Path:
-    """Train a diffusion model (or a noisy classifier, see :func:`is_classifier`) as ``config``
-    says; returns the checkpoint folder."""
+    """Train a diffusion model (or a noisy classifier, see :func:`is_classifier`, or a KL / VQ
+    autoencoder, see :mod:`.objectives`) as ``config`` says; returns the checkpoint folder."""
     rt = distributed.setup(config.train.device)
     device, cfg = rt.device, config
     out = Path(cfg.train.out_dir)
@@ -147,12 +184,19 @@ def train(config: Config, resume: str | Path | None = None, progress: bool = Tru
     dataset = load_dataset(cfg.data.dataset, cfg.data.split, cfg.data.resolution, cfg.data.channels)
     images = dataset.images.to(device)
     classifier = is_classifier(cfg)
+    autoencoder = objectives.is_autoencoder(cfg)  # KL / VQ autoencoder: reconstruction loss, no noise process
+    kind = state.AUTOENCODER_KIND if autoencoder else state.CLASSIFIER_KIND if classifier else state.KIND
     labels = dataset.labels.to(device) if (cfg.data.class_conditional or classifier) else None
+    text_config = text_encoder_config(cfg, dataset)
+    text = TextConditioning(text_config, device) if text_config else None
+    if text is not None:  # every distinct caption encoded once; rows gathered per step
+        caption_table, caption_rows = text.table(dataset.captions)
+        null_caption = text.null()
 
     # -- the noise process and the model --------------------------------------------------
     schedule = get_schedule(cfg.diffusion.schedule, **cfg.diffusion.schedule_options)
     torch.manual_seed(cfg.train.seed)  # the same initial weights in every run and process
-    model = build_model(model_spec(cfg, dataset)).to(device)
+    model = build_model(model_spec(cfg, dataset, text_config, text.dim if text else 0)).to(device)
     spec = model_config_dict(model)  # every field spelled out: what the checkpoint records
     ema = EMA(model, cfg.train.ema_decay, cfg.train.ema_warmup)
     fused = device.type == "cuda"
@@ -161,7 +205,7 @@ def train(config: Config, resume: str | Path | None = None, progress: bool = Tru
     lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg.optim.warmup_steps))
     start = 0
     if resume is not None:
-        saved, tensors, extra = load_state(resume, kind=state.CLASSIFIER_KIND if classifier else state.KIND)
+        saved, tensors, extra = load_state(resume, kind=kind)
         model.load_state_dict(tensors["model"])
         ema.load_state_dict(tensors["ema"])
         optimizer.load_state_dict(extra["optimizer"])
@@ -179,12 +223,15 @@ def train(config: Config, resume: str | Path | None = None, progress: bool = Tru
     if cfg.train.compile:
         net = torch.compile(net)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if (use_cuda and cfg.train.bf16) else nullcontext()
-    null_class = spec["num_classes"]  # index of the "no class" embedding for guidance dropout
+    null_class = spec.get("num_classes", 0)  # index of the "no class" embedding for guidance dropout
 
-    kind = state.CLASSIFIER_KIND if classifier else state.KIND
     ckpt_config = {"model": spec, "schedule": schedule.to_config(), "prediction": cfg.diffusion.prediction,
                    "learned_variance": cfg.diffusion.learned_variance, "image_shape": list(images.shape[1:]),
-                   "class_names": dataset.class_names if labels is not None else [], "train_config": cfg.to_dict()}
+                   "class_names": dataset.class_names if labels is not None else [], "text_encoder": text_config,
+                   "train_config": cfg.to_dict()}
+    if autoencoder:  # shapes instead of the noise process; the latent scale and PSNR come at the end
+        ckpt_config = objectives.checkpoint_config(spec, model, cfg)
+    preview_cond, preview_uncond = preview_conditioning(cfg, spec, text, dataset.captions)
     ckpt_path = out / "checkpoint"
     logger = _Logger(out, rt.is_main)
     bar = None
@@ -197,7 +244,7 @@ def train(config: Config, resume: str | Path | None = None, progress: bool = Tru
     local_batch = global_batch // rt.world_size
     micro = local_batch // cfg.optim.grad_accum
     running_loss = torch.zeros((), device=device)
-    running_accuracy = torch.zeros((), device=device)  # noisy classifier only
+    running_metrics: dict[str, torch.Tensor] = {}  # besides the loss: classifier accuracy, autoencoder terms
     window_start, window_steps = time.perf_counter(), 0
     clock_start = None  # wall clock of the time budget, started after the first (compiling) step
 
@@ -220,14 +267,21 @@ def train(config: Config, resume: str | Path | None = None, progress: bool = Tru
         if cfg.data.hflip:
             x0 = random_hflip(x0, g)
         t = losses.sample_training_t(schedule, global_batch, torch.Generator().manual_seed(cfg.train.seed + step))
-        noise = torch.randn(x0.shape, generator=g, device=device)
+        # an autoencoder's noise is the ε of its posterior sample z = μ + σ·ε: latent-shaped
+        noise_shape = (global_batch, *model.latent_shape) if autoencoder else x0.shape
+        noise = torch.randn(noise_shape, generator=g, device=device)
         y = labels[idx] if labels is not None else None
         if y is not None and cfg.diffusion.cond_drop_prob > 0 and not classifier:
             drop = torch.rand(global_batch, generator=g, device=device) < cfg.diffusion.cond_drop_prob
             y = torch.where(drop, torch.full_like(y, null_class), y)
+        cond = {"class_labels": y} if y is not None and not classifier else {}
+        if text is not None:  # caption dropout: the empty caption is the null condition
+            drop_text = torch.rand(global_batch, generator=g, device=device) < cfg.diffusion.cond_drop_prob
+            cond.update(select(caption_table, caption_rows[idx], null_caption, drop_text))
         mine = slice(rt.rank * local_batch, (rt.rank + 1) * local_batch)
         x0, t, noise = x0[mine], t[mine], noise[mine]
         y = y[mine] if y is not None else None
+        cond = {k: v[mine] for k, v in cond.items()}
 
         # -- forward / backward over micro-batches -----------------------------------------
         for k in range(cfg.optim.grad_accum):
@@ -235,18 +289,24 @@ def train(config: Config, resume: str | Path | None = None, progress: bool = Tru
             last = k == cfg.optim.grad_accum - 1
             sync = nullcontext() if (last or not rt.distributed) else net.no_sync()
             with sync, autocast:
+                metrics_k = {}  # logged besides the loss
                 if classifier:
                     out_k = losses.noisy_classifier_loss(net, x0[part], y[part], schedule, t=t[part], noise=noise[part])
-                    running_accuracy += out_k.accuracy / cfg.optim.grad_accum
+                    metrics_k = {"accuracy": out_k.accuracy}
+                elif autoencoder:
+                    out_k = objectives.autoencoder_loss(net, x0[part], cfg, noise=noise[part])
+                    metrics_k = out_k.metrics
                 else:
                     out_k = losses.diffusion_loss(
                         net, x0[part], schedule, prediction=cfg.diffusion.prediction,
                         weighting=cfg.diffusion.weighting, min_snr_gamma=cfg.diffusion.min_snr_gamma,
                         learned_variance=cfg.diffusion.learned_variance, vlb_weight=cfg.diffusion.vlb_weight,
-                        cond={"class_labels": y[part]} if y is not None else {}, t=t[part], noise=noise[part],
+                        cond={k: v[part] for k, v in cond.items()}, t=t[part], noise=noise[part],
                     )
                 (out_k.loss / cfg.optim.grad_accum).backward()
             running_loss += out_k.loss.detach().float() / cfg.optim.grad_accum
+            for name, value in metrics_k.items():
+                running_metrics[name] = running_metrics.get(name, 0) + value.float() / cfg.optim.grad_accum
         grad_norm = None
         if cfg.optim.grad_clip:
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
@@ -271,9 +331,8 @@ def train(config: Config, resume: str | Path | None = None, progress: bool = Tru
                       "images_per_s": window_steps * global_batch / max(elapsed, 1e-9)}
             if grad_norm is not None:
                 values["grad_norm"] = float(grad_norm)
-            if classifier:
-                values["accuracy"] = running_accuracy.item() / max(1, window_steps)
-                running_accuracy.zero_()
+            values.update({name: value.item() / max(1, window_steps) for name, value in running_metrics.items()})
+            running_metrics.clear()
             logger.log(done, values)
             if bar is not None:
                 bar.set_postfix(loss=f"{loss_value:.4f}", img_s=f"{values['images_per_s']:.0f}")
@@ -282,10 +341,17 @@ def train(config: Config, resume: str | Path | None = None, progress: bool = Tru
         if bar is not None:
             bar.update(1)
         if rt.is_main and cfg.train.sample_every and not classifier and (done % cfg.train.sample_every == 0 or final):
-            preview(ema.shadow, schedule, cfg, spec, device, out / "samples" / f"step-{done:07d}.png")
+            if autoencoder:  # inputs / reconstructions instead of samples
+                objectives.reconstruction_grid(ema.shadow, objectives.preview_images(images, cfg.train.num_preview),
+                                               out / "samples" / f"step-{done:07d}.png")
+            else:
+                preview(ema.shadow, schedule, cfg, spec, device, out / "samples" / f"step-{done:07d}.png",
+                        preview_cond, preview_uncond)
         if done % cfg.train.checkpoint_every == 0 or final:
             if window_steps:
                 check_loss(done)  # never checkpoint weights that a NaN has touched
+            if autoencoder and final and rt.is_main:  # LDM's latent scale and held-out PSNR, EMA weights
+                ckpt_config.update(objectives.evaluate(ema.shadow, images, cfg))
             if rt.is_main:
                 save_training_state(ckpt_path, kind=kind, config=ckpt_config, model=model, ema=ema.shadow,
                                     optimizer=optimizer, lr_scheduler=lr_scheduler, step=done)

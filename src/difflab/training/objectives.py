@@ -1,0 +1,123 @@
+"""The autoencoders' objective in the shared trainer (``model.name: autoencoder_kl | autoencoder_vq``).
+
+The trainer (:mod:`.trainer`) keeps its loop; for an autoencoder it asks this module for the
+model's config, the step loss and its logged metrics, the reconstruction grids, and, once
+trained, the latent scale and held-out PSNR stored in the checkpoint's ``config.json``.
+
+The loss is LDM's (Rombach et al. 2022, appendix G; ``LPIPSWithDiscriminator`` /
+``VQLPIPSWithDiscriminator`` of the CompVis code) without the perceptual and adversarial terms,
+averaged over the D = C·H·W pixels of an image::
+
+    KL:  L = l1·mean|x − x̂| + l2·mean (x − x̂)² + kl_weight · KL(q(z|x) ‖ N(0, I)) / D
+    VQ:  L = l1·mean|x − x̂| + l2·mean (x − x̂)² + β·mean ‖z_e − sg[z_q]‖²
+
+LDM sums the reconstruction and KL terms over pixels; dividing both by D leaves their ratio, so
+``kl_weight`` = 10⁻⁶ means what it means there, while the loss stays at pixel scale for the
+trainer's gradient clipping. The VQ term is the mean over latent elements, as in taming.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..data.convert import to_float, to_uint8
+from ..data.load import load_dataset
+from ..images import save_grid
+from ..models import AUTOENCODERS
+from ..models.autoencoder import estimate_latent_scale, psnr, reconstruction_psnr
+from .config import Config, ConfigError
+
+
+def is_autoencoder(config: Config) -> bool:
+    """Whether the run trains a KL or VQ autoencoder rather than a diffusion model."""
+    return config.model.name in AUTOENCODERS
+
+
+def autoencoder_spec(config: Config, dataset) -> dict:
+    """The autoencoder's model config: the preset and options of ``config.model``, with the
+    image channels and size taken from the data."""
+    if config.data.class_conditional or getattr(config.data, "text_conditional", False):
+        raise ConfigError("an autoencoder is not conditioned on classes or captions: set "
+                          "data.class_conditional=false and data.text_conditional=false")
+    return {"name": config.model.name, "preset": config.model.preset, **config.model.options,
+            "in_channels": dataset.channels, "image_size": dataset.resolution}
+
+
+def checkpoint_config(spec: dict, model, config: Config) -> dict:
+    """What an autoencoder checkpoint records besides its weights (the latent scale and PSNR are
+    added by :func:`evaluate` at the end of training)."""
+    return {"model": spec, "image_shape": [spec["in_channels"], spec["image_size"], spec["image_size"]],
+            "latent_shape": list(model.latent_shape), "train_config": config.to_dict()}
+
+
+@dataclass
+class AutoencoderLossOutput:
+    loss: Tensor  # scalar to minimize
+    metrics: dict[str, Tensor]  # detached scalars to log (averaged over the logging window)
+
+
+def autoencoder_loss(net, x0: Tensor, config: Config, noise: Tensor | None = None) -> AutoencoderLossOutput:
+    """The step loss of an autoencoder on images x0 in [−1, 1] (see the module docstring).
+
+    ``noise`` is the ε of the KL posterior sample z = μ + σ·ε (drawn by the trainer from the
+    step's generator, so resumed and DDP runs repeat it); the VQ autoencoder ignores it.
+    Logged: ``recon_l1``, ``recon_l2``, ``psnr`` (dB, of the clamped reconstruction), and ``kl``
+    (nats per image) or ``commitment``, ``perplexity`` and ``codebook_usage``.
+    """
+    weights = config.autoencoder
+    out = net(x0, noise)
+    x_hat = out.reconstruction.float()
+    l1 = (x_hat - x0).abs().mean()
+    l2 = (x_hat - x0).square().mean()
+    loss = weights.l1_weight * l1 + weights.l2_weight * l2
+    metrics = {"recon_l1": l1.detach(), "recon_l2": l2.detach(), "psnr": psnr(x_hat.detach(), x0).mean()}
+    if out.kl is not None:
+        kl = out.kl.mean()
+        loss = loss + weights.kl_weight * kl / x0[0].numel()
+        metrics["kl"] = kl.detach()
+    if out.commitment is not None:
+        loss = loss + out.commitment
+        metrics.update(commitment=out.commitment.detach(), perplexity=out.perplexity, codebook_usage=out.usage)
+    return AutoencoderLossOutput(loss=loss, metrics=metrics)
+
+
+def preview_images(images: Tensor, n: int) -> Tensor:
+    """``n`` training images spread evenly over the set: the fixed inputs of the grids."""
+    return images[torch.linspace(0, len(images) - 1, min(n, len(images))).round().long()]
+
+
+@torch.no_grad()
+def reconstruction_grid(model, images: Tensor, path: Path) -> Path:
+    """A grid of uint8 ``images`` and their reconstructions by ``model`` (the EMA weights):
+    rows of up to 8 inputs, each followed by the row of their reconstructions."""
+    x = to_float(images)
+    x_hat = torch.cat([model.reconstruct(x[i : i + 64]) for i in range(0, len(x), 64)])
+    per_row = min(8, len(x))
+    rows = []
+    for start in range(0, len(x), per_row):
+        rows += [x[start : start + per_row], x_hat[start : start + per_row]]
+    grid = torch.cat([F.pad(r, (0, 0, 0, 0, 0, 0, 0, per_row - len(r)), value=-1.0) for r in rows])
+    return save_grid(to_uint8(grid), path, nrow=per_row, upscale=max(1, 64 // images.shape[-1]))
+
+
+@torch.no_grad()
+def evaluate(model, images: Tensor, config: Config) -> dict:
+    """LDM's latent scale 1/std(z) over ``autoencoder.scale_images`` random training images and
+    the mean reconstruction PSNR on ``autoencoder.eval_images`` images of ``autoencoder.eval_split``
+    (the training images when the dataset has no such split), for the checkpoint's config.json."""
+    weights, seed = config.autoencoder, config.train.seed
+    chosen = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[: weights.scale_images]
+    scale = estimate_latent_scale(model, images[chosen.to(images.device)], seed=seed)
+    try:
+        held_out = load_dataset(config.data.dataset, weights.eval_split, images.shape[-1], images.shape[1]).images
+        split = weights.eval_split
+    except FileNotFoundError:
+        held_out, split = images, f"{config.data.split} (no {weights.eval_split} split)"
+    held_out = held_out[: weights.eval_images]
+    return {"latent_scale": scale, "latent_scale_images": len(chosen),
+            "psnr": reconstruction_psnr(model, held_out), "psnr_split": split, "psnr_images": len(held_out)}

