@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from difflab.cli import UserError
+
 import argparse
 
 
@@ -38,6 +40,9 @@ def run(args) -> int:
     if args.n < 1 or args.batch_size < 1:
         raise ValueError("--n and --batch-size must be at least 1")
     model = DiffusionModel.load(args.checkpoint, device=pick_device(args.device))
+    if model.latent is not None:
+        raise UserError("bits/dim is the likelihood of pixels; this model runs in an autoencoder's latent space, "
+                        "so its bound would not be in bits per pixel dimension")
     channels, size, _ = model.image_shape
     name, split = parse_spec(args.data, default_split="test")
     dataset = load_dataset(name, split, resolution=size, channels=channels)

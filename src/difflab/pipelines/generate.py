@@ -12,6 +12,7 @@ from ..conditioning import TextConditioning
 from ..data.convert import to_uint8
 from ..denoiser import Denoiser
 from ..guidance import guide, null_class_labels
+from ..latent import LatentSpace
 from ..models import build_model
 from ..sampling import sample
 from ..schedules import NoiseSchedule, schedule_from_config
@@ -29,16 +30,20 @@ class DiffusionModel:
     image_shape: tuple[int, int, int]
     class_names: list[str]
     config: dict
+    latent: LatentSpace | None = None  # latent diffusion: the autoencoder that decodes samples
 
     @classmethod
     def load(cls, path: str | Path, use_ema: bool = True, device: str | torch.device = "cpu") -> "DiffusionModel":
-        """Load ``path`` (a run folder or its ``checkpoint/``); the EMA weights by default."""
+        """Load ``path`` (a run folder or its ``checkpoint/``); the EMA weights by default. The
+        autoencoder of a latent model is stored in the same checkpoint."""
         config, tensors, _ = load_state(path)
         network = build_model(config["model"])
         network.load_state_dict(tensors["ema" if use_ema else "model"])
         network.to(device).eval().requires_grad_(False)
+        latent = LatentSpace.from_config(config["latent"], tensors["autoencoder"], device) if config.get("latent") else None
         return cls(network, schedule_from_config(config["schedule"]), config["prediction"],
-                   config["learned_variance"], tuple(config["image_shape"]), list(config["class_names"]), config)
+                   config["learned_variance"], tuple(config["image_shape"]), list(config["class_names"]), config,
+                   latent)
 
     @property
     def num_classes(self) -> int:
@@ -60,6 +65,9 @@ class DiffusionModel:
         return self.config.get("train_config", {}).get("sample", {})
 
     def denoiser(self, clip_x0: float | None = 1.0) -> Denoiser:
+        """The model as a denoiser; pixel models clip x̂₀ to [−1, 1], latent models do not (latents
+        are not bounded)."""
+        clip_x0 = None if self.latent is not None else clip_x0
         return Denoiser(self.network, self.schedule, self.prediction, self.learned_variance, clip_x0=clip_x0)
 
 
@@ -177,7 +185,8 @@ def generate(
     bf16: bool = True,
     **options,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """n samples as uint8 (N, C, H, W), with their class labels (None if unconditional and unguided).
+    """n samples as uint8 (N, C, H, W), with their class labels (None if unconditional and unguided);
+    a latent model's samples are decoded by its autoencoder.
 
     Sample i uses noise seeded by ``seed + i``, so the images do not depend on the batch size.
     Method, steps, spacing and the guidance scale default to the checkpoint's ``sample`` section.
@@ -219,6 +228,8 @@ def generate(
         with autocast:
             x = sample(denoiser, noise.to(device), method=method, steps=steps, spacing=spacing, cond=cond,
                        seeds=seeds, **options)
+        if model.latent is not None:
+            x = model.latent.decode(x)
         chunks.append(to_uint8(x).cpu())
     return torch.cat(chunks), labels
 

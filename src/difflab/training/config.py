@@ -30,6 +30,8 @@ class DataConfig:
     hflip: bool = False  # random horizontal flips
     class_conditional: bool = False  # condition on the dataset's class labels
     text_conditional: bool = False  # condition on the dataset's captions (model.text_encoder)
+    autoencoder: str | None = None  # latent diffusion: a `difflab train-autoencoder` run to train in the latents of
+    latent_cache: bool = True  # encode the dataset once (True) or every batch on the fly (False)
 
 
 @dataclass

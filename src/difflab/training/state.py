@@ -22,11 +22,13 @@ CLASSIFIER_KIND = "noisy_classifier"  # ADM's noisy classifier, trained by the s
 AUTOENCODER_KIND = "autoencoder"  # latent diffusion's KL / VQ autoencoders, trained by the same loop
 
 
-def save_training_state(path, *, config: dict, model, ema, optimizer, lr_scheduler, step: int, kind: str = KIND) -> Path:
+def save_training_state(path, *, config: dict, model, ema, optimizer, lr_scheduler, step: int, kind: str = KIND,
+                        extra_tensors: dict | None = None) -> Path:
+    """``extra_tensors``: more weight groups to store (e.g. a latent model's ``autoencoder``)."""
     return checkpoint.save_checkpoint(
         path,
         {**config, "kind": kind, "step": step},
-        {"model": model.state_dict(), "ema": ema.state_dict()},
+        {"model": model.state_dict(), "ema": ema.state_dict(), **(extra_tensors or {})},
         {"optimizer": optimizer.state_dict(), "lr_scheduler": lr_scheduler.state_dict(), "step": step},
     )
 

@@ -23,6 +23,7 @@ from ..data.convert import random_hflip, to_float, to_uint8
 from ..data.load import load_dataset
 from ..conditioning import TextConditioning, select
 from ..denoiser import Denoiser
+from ..latent import LatentSpace
 from ..guidance import guide, null_class_labels
 from ..images import save_grid
 from ..models import build_model, model_config_dict
@@ -61,7 +62,8 @@ def text_encoder_config(config: Config, dataset) -> dict | None:
     return encoder
 
 
-def model_spec(config: Config, dataset, text: dict | None = None, context_dim: int = 0) -> dict:
+def model_spec(config: Config, dataset, text: dict | None = None, context_dim: int = 0,
+               data_shape: tuple[int, int, int] | None = None) -> dict:
     """The model's config: the preset and options of ``config.model``, completed from the data
     (and, for text conditioning, the text encoder's width; a trainable encoder goes inside)."""
     if objectives.is_autoencoder(config):
@@ -76,8 +78,8 @@ def model_spec(config: Config, dataset, text: dict | None = None, context_dim: i
         "name": config.model.name,
         "preset": config.model.preset,
         **config.model.options,
-        "in_channels": dataset.channels,
-        "image_size": dataset.resolution,
+        "in_channels": data_shape[0] if data_shape else dataset.channels,  # a latent's, in latent diffusion
+        "image_size": data_shape[-1] if data_shape else dataset.resolution,
         "learned_sigma": config.diffusion.learned_variance,
         "num_classes": num_classes,
         **({"context_dim": context_dim} if text else {}),
@@ -150,9 +152,11 @@ def preview_conditioning(config: Config, spec: dict, text=None, captions=None) -
 
 
 @torch.no_grad()
-def preview(model, schedule, config: Config, spec: dict, device, path: Path, cond: dict, uncond) -> Path:
+def preview(model, schedule, config: Config, spec: dict, device, path: Path, cond: dict, uncond,
+            latent: LatentSpace | None = None) -> Path:
     """A grid of samples from ``model`` (the EMA weights), fixed noise so grids are comparable;
-    with the configured classifier-free guidance scale when the model supports it."""
+    with the configured classifier-free guidance scale when the model supports it, decoded to
+    pixels for a latent model."""
     n = config.train.num_preview
     g = torch.Generator().manual_seed(config.train.seed)
     noise = torch.randn(n, spec["in_channels"], spec["image_size"], spec["image_size"], generator=g).to(device)
@@ -163,7 +167,9 @@ def preview(model, schedule, config: Config, spec: dict, device, path: Path, con
     x = sample(denoiser, noise, method=config.sample.method, steps=config.sample.steps,
                spacing=config.sample.spacing, cond=cond, generator=config.train.seed)
     nrow = spec["num_classes"] if spec.get("num_classes") else None
-    return save_grid(to_uint8(x), path, nrow=nrow, upscale=max(1, 64 // spec["image_size"]))
+    if latent is not None:
+        x = latent.decode(x)
+    return save_grid(to_uint8(x), path, nrow=nrow, upscale=max(1, 64 // x.shape[-1]))
 
 
 def train(config: Config, resume: str | Path | None = None, progress: bool = True) -> Path:
@@ -187,6 +193,15 @@ def train(config: Config, resume: str | Path | None = None, progress: bool = Tru
     autoencoder = objectives.is_autoencoder(cfg)  # KL / VQ autoencoder: reconstruction loss, no noise process
     kind = state.AUTOENCODER_KIND if autoencoder else state.CLASSIFIER_KIND if classifier else state.KIND
     labels = dataset.labels.to(device) if (cfg.data.class_conditional or classifier) else None
+    latent, latent_cache = None, None
+    if cfg.data.autoencoder:  # latent diffusion: train on scale·E(x) of a frozen autoencoder
+        latent = LatentSpace.from_checkpoint(cfg.data.autoencoder, device)
+        if cfg.data.latent_cache:  # encoded once (and once flipped, for data.hflip)
+            encode_g = torch.Generator(device).manual_seed(cfg.train.seed)
+            latent_cache = [latent.encode_all(images, generator=encode_g, progress=progress and rt.is_main)]
+            if cfg.data.hflip:
+                latent_cache.append(latent.encode_all(images.flip(-1), generator=encode_g))
+    data_shape = latent.latent_shape if latent else tuple(images.shape[1:])
     text_config = text_encoder_config(cfg, dataset)
     text = TextConditioning(text_config, device) if text_config else None
     if text is not None:  # every distinct caption encoded once; rows gathered per step
@@ -196,7 +211,8 @@ def train(config: Config, resume: str | Path | None = None, progress: bool = Tru
     # -- the noise process and the model --------------------------------------------------
     schedule = get_schedule(cfg.diffusion.schedule, **cfg.diffusion.schedule_options)
     torch.manual_seed(cfg.train.seed)  # the same initial weights in every run and process
-    model = build_model(model_spec(cfg, dataset, text_config, text.dim if text else 0)).to(device)
+    model = build_model(model_spec(cfg, dataset, text_config, text.dim if text else 0,
+                                   latent.latent_shape if latent else None)).to(device)
     spec = model_config_dict(model)  # every field spelled out: what the checkpoint records
     ema = EMA(model, cfg.train.ema_decay, cfg.train.ema_warmup)
     fused = device.type == "cuda"
@@ -226,7 +242,8 @@ def train(config: Config, resume: str | Path | None = None, progress: bool = Tru
     null_class = spec.get("num_classes", 0)  # index of the "no class" embedding for guidance dropout
 
     ckpt_config = {"model": spec, "schedule": schedule.to_config(), "prediction": cfg.diffusion.prediction,
-                   "learned_variance": cfg.diffusion.learned_variance, "image_shape": list(images.shape[1:]),
+                   "learned_variance": cfg.diffusion.learned_variance, "image_shape": list(data_shape),
+                   "latent": latent.to_config() if latent else None,
                    "class_names": dataset.class_names if labels is not None else [], "text_encoder": text_config,
                    "train_config": cfg.to_dict()}
     if autoencoder:  # shapes instead of the noise process; the latent scale and PSNR come at the end
@@ -263,9 +280,17 @@ def train(config: Config, resume: str | Path | None = None, progress: bool = Tru
         g = _step_generator(cfg.train.seed, step, device)
         torch.manual_seed(cfg.train.seed * 7_919 + step)  # dropout
         idx = batch_indices(len(images), global_batch, step, cfg.train.seed).to(device)
-        x0 = to_float(images[idx])
-        if cfg.data.hflip:
-            x0 = random_hflip(x0, g)
+        if latent_cache is not None:
+            x0 = latent_cache[0][idx]
+            if cfg.data.hflip:
+                flip = (torch.rand(global_batch, generator=g, device=device) < 0.5).view(-1, 1, 1, 1)
+                x0 = torch.where(flip, latent_cache[1][idx], x0)
+        else:
+            x0 = to_float(images[idx])
+            if cfg.data.hflip:
+                x0 = random_hflip(x0, g)
+            if latent is not None:  # encoded on the fly
+                x0 = latent.encode(x0, generator=g)
         t = losses.sample_training_t(schedule, global_batch, torch.Generator().manual_seed(cfg.train.seed + step))
         # an autoencoder's noise is the ε of its posterior sample z = μ + σ·ε: latent-shaped
         noise_shape = (global_batch, *model.latent_shape) if autoencoder else x0.shape
@@ -346,7 +371,7 @@ def train(config: Config, resume: str | Path | None = None, progress: bool = Tru
                                                out / "samples" / f"step-{done:07d}.png")
             else:
                 preview(ema.shadow, schedule, cfg, spec, device, out / "samples" / f"step-{done:07d}.png",
-                        preview_cond, preview_uncond)
+                        preview_cond, preview_uncond, latent)
         if done % cfg.train.checkpoint_every == 0 or final:
             if window_steps:
                 check_loss(done)  # never checkpoint weights that a NaN has touched
@@ -354,6 +379,7 @@ def train(config: Config, resume: str | Path | None = None, progress: bool = Tru
                 ckpt_config.update(objectives.evaluate(ema.shadow, images, cfg))
             if rt.is_main:
                 save_training_state(ckpt_path, kind=kind, config=ckpt_config, model=model, ema=ema.shadow,
+                                    extra_tensors={"autoencoder": latent.autoencoder.state_dict()} if latent else None,
                                     optimizer=optimizer, lr_scheduler=lr_scheduler, step=done)
         if out_of_time:
             if rt.is_main:

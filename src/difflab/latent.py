@@ -1,0 +1,95 @@
+"""Latent diffusion's first stage: pixels ↔ the scaled latents the diffusion model runs in.
+
+Latent diffusion (Rombach et al. 2022, §3) trains the diffusion model on z = scale · E(x), the
+latents of a frozen autoencoder (a posterior sample for a KL autoencoder, as LDM's
+``get_first_stage_encoding``; the pre-quantization latent for a VQ one, whose quantization is
+part of its decoder), with scale = 1/std(z) estimated when the autoencoder was trained, and
+decodes samples with D(z / scale).
+
+A diffusion checkpoint trained this way stores the autoencoder's config in ``config.json``
+(``latent``) and its weights as ``autoencoder.safetensors``, so sampling needs one path.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from .data.convert import to_float
+
+
+@dataclass
+class LatentSpace:
+    """A frozen autoencoder with its latent scale.
+
+    Attributes:
+        autoencoder: a KL or VQ autoencoder (``encode``, ``decode``), in eval mode.
+        scale: multiplies the latents the diffusion model sees.
+        image_shape: (C, H, W) of the pixels; latent_shape: (c, h, w) of the latents.
+        model_config: the autoencoder's model dictionary (rebuilds it with ``build_model``).
+        source: where it was loaded from (for the record).
+    """
+
+    autoencoder: nn.Module
+    scale: float
+    image_shape: tuple[int, int, int]
+    latent_shape: tuple[int, int, int]
+    model_config: dict
+    source: str = ""
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu") -> "LatentSpace":
+        """The autoencoder of a ``difflab train-autoencoder`` run (its EMA weights)."""
+        from .models import load_autoencoder
+
+        autoencoder, info = load_autoencoder(path, device=device)
+        if info.latent_scale is None:
+            raise ValueError(f"{path} has no latent_scale: the autoencoder run did not finish; resume it with "
+                             "difflab train-autoencoder CONFIG --resume RUN")
+        return cls(autoencoder, float(info.latent_scale), info.image_shape, info.latent_shape,
+                   info.config["model"], str(path))
+
+    @classmethod
+    def from_config(cls, config: dict, tensors: dict[str, Tensor], device: str | torch.device = "cpu") -> "LatentSpace":
+        """Rebuild from a diffusion checkpoint's ``latent`` section and ``autoencoder`` weights."""
+        from .models import build_model
+
+        autoencoder = build_model(config["model"])
+        autoencoder.load_state_dict(tensors)
+        autoencoder.to(device).eval().requires_grad_(False)
+        return cls(autoencoder, float(config["latent_scale"]), tuple(config["image_shape"]),
+                   tuple(config["latent_shape"]), config["model"], config.get("source", ""))
+
+    def to_config(self) -> dict:
+        return {"model": self.model_config, "latent_scale": self.scale, "image_shape": list(self.image_shape),
+                "latent_shape": list(self.latent_shape), "source": self.source}
+
+    @torch.no_grad()
+    def encode(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """scale · E(x) for images (uint8, or float in [−1, 1]) of shape (N, C, H, W)."""
+        from .models.autoencoder import encode_latents
+
+        x = to_float(images) if images.dtype == torch.uint8 else images
+        if tuple(x.shape[1:]) != self.image_shape:
+            raise ValueError(f"the autoencoder takes images of shape {self.image_shape}, got {tuple(x.shape[1:])}; "
+                             "set data.resolution / data.channels to match it")
+        return encode_latents(self.autoencoder, x, generator).float() * self.scale
+
+    @torch.no_grad()
+    def encode_all(self, images: Tensor, batch_size: int = 256, generator: torch.Generator | None = None,
+                   progress: bool = False) -> Tensor:
+        """The latents of a whole uint8 dataset, batch by batch (the latent cache)."""
+        starts = range(0, len(images), batch_size)
+        if progress:
+            from tqdm.auto import tqdm
+
+            starts = tqdm(starts, desc="encode latents", unit="batch")
+        return torch.cat([self.encode(images[s : s + batch_size], generator) for s in starts])
+
+    @torch.no_grad()
+    def decode(self, z: Tensor) -> Tensor:
+        """D(z / scale): images in [−1, 1] (N, C, H, W)."""
+        return self.autoencoder.decode(z / self.scale).float().clamp(-1, 1)
