@@ -94,6 +94,14 @@ def test_sample_cli_with_classifier_guidance_writes_per_class_grids(runs, tmp_pa
     assert list(np.load(tmp_path / "ddpm" / "samples.npz")["labels"]) == [4, 4, 4]
 
 
+def test_classifier_scale_zero_on_an_unconditional_model_is_plain_sampling(runs):
+    model = DiffusionModel.load(runs / "uncond")
+    classifier = NoisyClassifierModel.load(runs / "classifier")
+    plain, none = generate(model, 4, steps=3)
+    unguided, labels = generate(model, 4, steps=3, guidance=Guidance(classifier=classifier, classifier_scale=0.0))
+    assert none is None and labels.tolist() == [0, 1, 2, 3] and torch.equal(plain, unguided)
+
+
 def test_guidance_scale_zero_classifier_scale_equals_plain_sampling(runs):
     model = DiffusionModel.load(runs / "cond")
     classifier = NoisyClassifierModel.load(runs / "classifier")

@@ -213,6 +213,9 @@ def generate(
     elif prompts:
         raise ValueError("this model is not text-conditioned: it was trained without captions (drop --prompt)")
     denoiser = guided_denoiser(model, guidance, method, text.null() if text else None)
+    # An unconditional model sees labels only through an active classifier (s = 0: none at all).
+    classifier_active = guidance.classifier is not None and guidance.classifier_scale != 0
+    labels_used = labels is not None and (model.num_classes > 0 or classifier_active)
     chunks = []
     batches = range(0, n, batch_size)
     if progress:
@@ -222,7 +225,7 @@ def generate(
     for start in batches:
         seeds = list(range(seed + start, seed + min(n, start + batch_size)))
         noise = torch.stack([torch.randn(model.image_shape, generator=torch.Generator().manual_seed(s)) for s in seeds])
-        cond = {"class_labels": labels[start : start + len(seeds)].to(device)} if labels is not None else {}
+        cond = {"class_labels": labels[start : start + len(seeds)].to(device)} if labels_used else {}
         if text is not None:
             cond.update(text.encode(prompts[start : start + len(seeds)]))
         with autocast:
