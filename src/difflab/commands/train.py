@@ -15,21 +15,31 @@ def register(subparsers) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("config", nargs="?", help="YAML config file (see configs/); omitted: all defaults")
+    add_run_arguments(p)
+    p.set_defaults(func=run)
+
+
+def add_run_arguments(p) -> None:
+    """The flags every training command shares: --set, --resume, --out, --no-progress."""
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set optim.lr=3e-4 --set train.steps=500 (repeatable)")
     p.add_argument("--resume", metavar="DIR",
                    help="continue a run from its checkpoint (the run folder or its checkpoint/ folder)")
     p.add_argument("--out", metavar="DIR", help="shorthand for --set train.out_dir=DIR")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (logs still go to metrics.jsonl)")
-    p.set_defaults(func=run)
+
+
+def config_from_args(args, path):
+    """The training config of ``path`` with the command line's --set and --out applied."""
+    from ..training.config import load_config
+
+    return load_config(path, list(args.overrides) + ([f"train.out_dir={args.out}"] if args.out else []))
 
 
 def run(args) -> int:
-    from ..training.config import load_config
     from ..training.trainer import train
 
-    overrides = list(args.overrides) + ([f"train.out_dir={args.out}"] if args.out else [])
-    config = load_config(args.config, overrides)
+    config = config_from_args(args, args.config)
     path = train(config, resume=args.resume, progress=not args.no_progress)
     print(f"difflab train: checkpoint in {path}")
     return 0

@@ -13,6 +13,8 @@ import argparse
 
 from difflab.cli import UserError
 
+from .train import add_run_arguments, config_from_args
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
@@ -24,11 +26,7 @@ def register(subparsers) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("config", help="YAML config file, e.g. configs/autoencoder-kl-emoji64.yaml")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config key, e.g. --set train.steps=500 (repeatable)")
-    p.add_argument("--resume", metavar="DIR", help="continue a run from its checkpoint")
-    p.add_argument("--out", metavar="DIR", help="shorthand for --set train.out_dir=DIR")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar (logs still go to metrics.jsonl)")
+    add_run_arguments(p)
     p.set_defaults(func=run)
 
 
@@ -36,11 +34,9 @@ def run(args) -> int:
     import json
 
     from ..models import AUTOENCODERS
-    from ..training.config import load_config
     from ..training.trainer import train
 
-    overrides = list(args.overrides) + ([f"train.out_dir={args.out}"] if args.out else [])
-    config = load_config(args.config, overrides)
+    config = config_from_args(args, args.config)
     if config.model.name not in AUTOENCODERS:
         raise UserError(f"{args.config} trains a {config.model.name!r} model; set model.name to one of "
                         f"{', '.join(AUTOENCODERS)} (or use `difflab train` for diffusion models)")

@@ -69,11 +69,10 @@ def load_splits(dataset: str, resolution: int | None):
 
 
 def run_noisy(args: argparse.Namespace) -> int:
-    from difflab.training.config import load_config
+    from difflab.commands.train import config_from_args
     from difflab.training.trainer import train
 
-    overrides = list(args.overrides) + ([f"train.out_dir={args.out}"] if args.out else [])
-    config = load_config(args.noisy, overrides)
+    config = config_from_args(args, args.noisy)
     if config.model.name != "noisy_classifier":  # a diffusion config: same data and schedule
         config.model.name = "noisy_classifier"
         if not args.out:
