@@ -155,14 +155,19 @@ def test_gradient_accumulation_matches_one_big_batch(tmp_path):
 
 def test_two_processes_match_one(tmp_path):
     """torchrun with 2 CPU processes (gloo) gives the weights of 1 process with the same global batch."""
-    args = [f"--set={s}" for s in TINY + ["train.steps=3", "train.log_every=3"]]
+    assert_two_processes_match_one(tmp_path, TINY + ["train.steps=3", "train.log_every=3"], port=29517)
+
+
+def assert_two_processes_match_one(tmp_path, overrides, port):
+    """Train with ``overrides`` in one process and under torchrun in two; compare the weights."""
+    args = [f"--set={s}" for s in overrides]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     one = tmp_path / "one"
     two = tmp_path / "two"
     subprocess.run([sys.executable, "-m", "difflab.cli", "train", *args, "--out", str(one), "--no-progress"],
                    check=True, env=env, capture_output=True)
     result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517",
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}",
          "-m", "difflab.cli", "train", *args, "--out", str(two), "--no-progress"],
         env=env, capture_output=True, text=True,
     )

@@ -5,6 +5,7 @@ and written in a training YAML::
 
     {"name": "unet", "preset": "digits", "num_classes": 10}   # a preset with overrides
     {"name": "unet", "image_size": 32, "channel_mult": [1, 2, 2], ...}   # every field spelled out
+    {"name": "dit", "preset": "DiT-S/2", "in_channels": 1}   # a diffusion transformer
 
 :func:`build_model` turns it into a module; :func:`model_config_dict` gives back the complete
 dictionary (preset expanded) to save next to the weights.
@@ -20,6 +21,8 @@ from torch import nn
 from .autoencoder import PRESETS as KL_PRESETS
 from .autoencoder import AutoencoderConfig, AutoencoderInfo, AutoencoderKL, DiagonalGaussian, estimate_latent_scale, load_autoencoder
 from .classifier import NoisyClassifier
+from .dit import PRESETS as DIT_PRESETS
+from .dit import DiT, DiTConfig
 from .unet import PRESETS as UNET_PRESETS
 from .unet import UNet, UNetConfig
 from .vq import PRESETS as VQ_PRESETS
@@ -35,6 +38,8 @@ class ModelSpec:
 
 MODELS: dict[str, ModelSpec] = {
     "unet": ModelSpec(config=UNetConfig, model=UNet, presets=UNET_PRESETS),
+    # The diffusion transformer (Peebles & Xie 2023): patches, adaLN-Zero; same model function.
+    "dit": ModelSpec(config=DiTConfig, model=DiT, presets=DIT_PRESETS),
     # The encoder half of a U-Net preset, with an attention-pooling classifier head.
     "noisy_classifier": ModelSpec(config=UNetConfig, model=NoisyClassifier, presets=UNET_PRESETS),
     # Latent diffusion's first stages (Rombach et al. 2022), trained by the same trainer.
@@ -85,6 +90,6 @@ def model_config_dict(model: nn.Module) -> dict:
 
 __all__ = [
     "AUTOENCODERS", "MODELS", "AutoencoderConfig", "AutoencoderInfo", "AutoencoderKL", "AutoencoderVQ",
-    "AutoencoderVQConfig", "DiagonalGaussian", "ModelSpec", "NoisyClassifier", "UNet", "UNetConfig", "build_config",
+    "AutoencoderVQConfig", "DiT", "DiTConfig", "DiagonalGaussian", "ModelSpec", "NoisyClassifier", "UNet", "UNetConfig", "build_config",
     "build_model", "estimate_latent_scale", "load_autoencoder", "model_config_dict",
 ]

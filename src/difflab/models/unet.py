@@ -39,6 +39,7 @@ from torch import Tensor, nn
 from ..nn import GroupNorm32, SpatialSelfAttention, TimestepMLP, resolve_num_heads, zero_module
 from ..nn.transformer import SpatialTransformer
 from ..text.small import SmallTextEncoder
+from .conditioning import add_label_embedding, context_tokens, validate_conditioning
 
 
 @dataclass
@@ -118,18 +119,9 @@ class UNetConfig:
             raise ValueError(f"UNetConfig.channel_mult must be a non-empty tuple of positive ints, got {self.channel_mult}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"UNetConfig.dropout must be in [0, 1), got {self.dropout}")
-        if self.context_dim < 0 or self.transformer_depth < 1:
-            raise ValueError(f"UNetConfig.context_dim must be >= 0 (0 = no cross-attention) and transformer_depth "
-                             f">= 1, got {self.context_dim} and {self.transformer_depth}")
-        if self.text_encoder is not None:
-            if self.text_encoder.get("name") != "small":
-                raise ValueError("UNetConfig.text_encoder holds a trainable encoder ({'name': 'small', ...}); "
-                                 "a frozen encoder's states are passed as context instead")
-            if self.text_encoder.get("dim", 256) != self.context_dim:
-                raise ValueError(f"UNetConfig.context_dim={self.context_dim} must equal the text encoder's dim "
-                                 f"{self.text_encoder.get('dim', 256)}")
-        if self.num_classes < 0:
-            raise ValueError(f"UNetConfig.num_classes must be >= 0 (0 = unconditional), got {self.num_classes}")
+        if self.transformer_depth < 1:
+            raise ValueError(f"UNetConfig.transformer_depth must be >= 1, got {self.transformer_depth}")
+        validate_conditioning(self)  # num_classes, context_dim, text_encoder
         factor = 2 ** (len(self.channel_mult) - 1)
         if self.image_size % factor:
             raise ValueError(
@@ -384,22 +376,8 @@ class UNet(nn.Module):
             (N, out_channels · (2 if learned_sigma else 1), image_size, image_size) in x's dtype.
         """
         emb = self.time_embed(t)  # (N, 4·model_channels)
-        if self.label_embed is not None:
-            if class_labels is None:
-                class_labels = torch.full_like(t, self.config.num_classes, dtype=torch.long)
-            emb = emb + self.label_embed(class_labels)  # (N, 4·model_channels)
-        elif class_labels is not None:
-            raise ValueError("class_labels were given to an unconditional UNet; set UNetConfig.num_classes > 0")
-
-        if self.text_encoder is not None:
-            if input_ids is None:
-                raise ValueError("this UNet has its own text encoder: pass input_ids and token_mask (caption tokens)")
-            context, context_mask = self.text_encoder(input_ids, token_mask), token_mask
-        if (context is None) != (not self.config.context_dim):
-            raise ValueError(
-                f"this UNet has context_dim={self.config.context_dim}: pass context=(N, L, {self.config.context_dim}) tokens"
-                if self.config.context_dim else "context was given to a UNet without cross-attention; set UNetConfig.context_dim"
-            )
+        emb = add_label_embedding(self, emb, class_labels)  # + the class's (or null label's) embedding
+        context, context_mask = context_tokens(self, context, context_mask, input_ids, token_mask)
         h, skips = run_encoder(self, x, emb, context, context_mask)  # (N, C_last, H/2^(L-1), W/2^(L-1)), skips
         for block in self.decoder:
             h = block(torch.cat([h, skips.pop() * self.concat_scale], dim=1), emb, context, context_mask)

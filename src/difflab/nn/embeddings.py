@@ -3,7 +3,8 @@
 The sinusoidal embedding is the Transformer's positional encoding (Vaswani et al. 2017, §3.5)
 applied to the noise-process time, as DDPM (Ho et al. 2020, appendix B) and ADM (Dhariwal &
 Nichol 2021) do; :class:`TimestepMLP` is the two-layer SiLU network that follows it in both the
-ADM U-Net and DiT (Peebles & Xie 2023, §3.2).
+ADM U-Net and DiT (Peebles & Xie 2023, §3.2). :func:`sincos_position_embedding_2d` is the fixed
+2-D position embedding of ViT-style patch tokens (MAE, He et al. 2022; DiT).
 """
 
 from __future__ import annotations
@@ -66,3 +67,33 @@ class TimestepMLP(nn.Module):
     def forward(self, t: Tensor) -> Tensor:
         freq = timestep_embedding(t, self.frequency_dim, self.max_period)  # (N, frequency_dim)
         return self.mlp(freq)  # (N, embed_dim)
+
+
+def sincos_position_embedding_2d(dim: int, grid_size: int) -> Tensor:
+    """Fixed 2-D sine-cosine embedding of a ``grid_size × grid_size`` grid of tokens (MAE's and DiT's).
+
+    Half of the ``dim`` features encode the column ``x`` of a token, half its row ``y``, each with
+    the 1-D embedding of width D = dim / 2 and frequencies ω_k = 10000^(−k/(D/2)), k < D/2::
+
+        e(p) = [sin(p·ω_0), …, sin(p·ω_{D/2−1}), cos(p·ω_0), …, cos(p·ω_{D/2−1})]
+        E[y·grid_size + x] = [e(x) | e(y)]
+
+    Tokens are in row-major order, as a convolutional patch embedding flattens them. (MAE's code
+    names the halves the other way round but feeds the column coordinate to the first; this is
+    the same tensor, so DiT's and MAE's weights fit.) Computed in float64 and returned as float32
+    on the default device (``torch.device("meta")`` included).
+
+    Raises:
+        ValueError: ``dim`` is not a multiple of 4.
+    """
+    if dim % 4:
+        raise ValueError(f"a 2-D sine-cosine position embedding needs a width divisible by 4, got {dim}")
+    omega = 1.0 / 10000.0 ** (torch.arange(dim // 4, dtype=torch.float64) / (dim // 4))  # (dim/4,)
+    coords = torch.arange(grid_size, dtype=torch.float64)
+    y, x = torch.meshgrid(coords, coords, indexing="ij")  # (G, G) each: row, column
+
+    def embed_1d(pos: Tensor) -> Tensor:
+        angles = pos.reshape(-1, 1) * omega  # (G·G, dim/4)
+        return torch.cat([torch.sin(angles), torch.cos(angles)], dim=1)  # (G·G, dim/2)
+
+    return torch.cat([embed_1d(x), embed_1d(y)], dim=1).float()  # (G·G, dim)

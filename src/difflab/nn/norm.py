@@ -1,4 +1,4 @@
-"""Normalization layers that are safe in reduced precision."""
+"""Normalization layers that are safe in reduced precision, and adaptive normalization."""
 
 from __future__ import annotations
 
@@ -15,3 +15,11 @@ class GroupNorm32(nn.GroupNorm):
 
     def forward(self, x: Tensor) -> Tensor:
         return super().forward(x.float()).to(x.dtype)
+
+
+def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
+    """Adaptive normalization's affine step, ``x·(1 + scale) + shift`` (adaLN in DiT, Peebles &
+    Xie 2023, §3.2; AdaGN in ADM): ``x`` is an already normalized (N, L, C) token sequence and
+    ``shift``, ``scale`` are (N, C) regressed from the conditioning, broadcast over the tokens.
+    Written with ``1 + scale`` so a zero regression leaves the plain normalization."""
+    return x * (1 + scale[:, None]) + shift[:, None]  # (N, L, C)

@@ -1,0 +1,75 @@
+"""The conditioning inputs every diffusion network takes, checked and embedded once for the U-Net
+and DiT alike (the caption side, captions → these inputs, is :mod:`difflab.conditioning`).
+
+* **Class labels**: a label embedding of ``num_classes + 1`` rows; index ``num_classes`` is the
+  *null* label that label dropout trains for classifier-free guidance, and ``class_labels=None``
+  on a class-conditional network means it.
+* **Context tokens**: ``context`` (N, L, context_dim) with its padding mask, e.g. a frozen text
+  encoder's states; or, for a network holding a trainable text encoder (``text_encoder``), the
+  caption's ``input_ids`` and ``token_mask``, which it encodes itself.
+
+A network using these helpers has ``config`` (with ``num_classes``, ``context_dim`` and
+``text_encoder``), ``label_embed`` (``nn.Embedding`` or None) and ``text_encoder`` (a
+:class:`~difflab.text.small.SmallTextEncoder` or None).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+
+def validate_conditioning(config) -> None:
+    """Check a network config's ``num_classes``, ``context_dim`` and ``text_encoder`` fields.
+
+    Raises:
+        ValueError: naming the field (``UNetConfig.context_dim``, ``DiTConfig.num_classes``, …) and the fix.
+    """
+    name = type(config).__name__
+    if config.num_classes < 0:
+        raise ValueError(f"{name}.num_classes must be >= 0 (0 = unconditional), got {config.num_classes}")
+    if config.context_dim < 0:
+        raise ValueError(f"{name}.context_dim must be >= 0 (0 = no cross-attention), got {config.context_dim}")
+    if config.text_encoder is not None:
+        if config.text_encoder.get("name") != "small":
+            raise ValueError(f"{name}.text_encoder holds a trainable encoder ({{'name': 'small', ...}}); "
+                             "a frozen encoder's states are passed as context instead")
+        if config.text_encoder.get("dim", 256) != config.context_dim:
+            raise ValueError(f"{name}.context_dim={config.context_dim} must equal the text encoder's dim "
+                             f"{config.text_encoder.get('dim', 256)}")
+
+
+def add_label_embedding(net: nn.Module, emb: Tensor, class_labels: Tensor | None) -> Tensor:
+    """``emb`` (N, D) plus the label embedding of a class-conditional ``net`` (None labels: the
+    null label); ``emb`` itself for an unconditional one.
+
+    Raises:
+        ValueError: labels were given to an unconditional network.
+    """
+    if net.label_embed is None:
+        if class_labels is not None:
+            raise ValueError(f"class_labels were given to an unconditional {type(net).__name__}; "
+                             f"set {type(net.config).__name__}.num_classes > 0")
+        return emb
+    if class_labels is None:
+        class_labels = torch.full(emb.shape[:1], net.config.num_classes, dtype=torch.long, device=emb.device)
+    return emb + net.label_embed(class_labels)  # (N, D)
+
+
+def context_tokens(net: nn.Module, context: Tensor | None, context_mask: Tensor | None, input_ids: Tensor | None,
+                   token_mask: Tensor | None) -> tuple[Tensor | None, Tensor | None]:
+    """The context tokens and their mask that ``net``'s cross-attention reads (None, None without).
+
+    Raises:
+        ValueError: the built-in text encoder got no token ids, a cross-attention network no
+            context, or a network without cross-attention a context.
+    """
+    name, config_name, dim = type(net).__name__, type(net.config).__name__, net.config.context_dim
+    if net.text_encoder is not None:
+        if input_ids is None:
+            raise ValueError(f"this {name} has its own text encoder: pass input_ids and token_mask (caption tokens)")
+        context, context_mask = net.text_encoder(input_ids, token_mask), token_mask
+    if (context is None) != (not dim):
+        raise ValueError(f"this {name} has context_dim={dim}: pass context=(N, L, {dim}) tokens" if dim else
+                         f"context was given to a {name} without cross-attention; set {config_name}.context_dim")
+    return context, context_mask
