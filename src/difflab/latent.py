@@ -55,11 +55,9 @@ class LatentSpace:
     @classmethod
     def from_config(cls, config: dict, tensors: dict[str, Tensor], device: str | torch.device = "cpu") -> "LatentSpace":
         """Rebuild from a diffusion checkpoint's ``latent`` section and ``autoencoder`` weights."""
-        from .models import build_model
+        from .models import load_frozen
 
-        autoencoder = build_model(config["model"])
-        autoencoder.load_state_dict(tensors)
-        autoencoder.to(device).eval().requires_grad_(False)
+        autoencoder = load_frozen(config["model"], tensors, device)
         return cls(autoencoder, float(config["latent_scale"]), tuple(config["image_shape"]),
                    tuple(config["latent_shape"]), config["model"], config.get("source", ""))
 

@@ -80,6 +80,14 @@ def build_model(config_dict: dict) -> nn.Module:
     return MODELS[name].model(config)
 
 
+def load_frozen(config_dict: dict, state_dict: dict, device="cpu") -> nn.Module:
+    """Build the network ``config_dict`` describes, load ``state_dict`` into it and freeze it
+    (eval mode, no gradients) on ``device``: how checkpoints are loaded for inference."""
+    model = build_model(config_dict)
+    model.load_state_dict(state_dict)
+    return model.to(device).eval().requires_grad_(False)
+
+
 def model_config_dict(model: nn.Module) -> dict:
     """The complete dictionary (``name`` and every field) that rebuilds ``model``'s architecture."""
     for name, spec in MODELS.items():
@@ -91,5 +99,5 @@ def model_config_dict(model: nn.Module) -> dict:
 __all__ = [
     "AUTOENCODERS", "MODELS", "AutoencoderConfig", "AutoencoderInfo", "AutoencoderKL", "AutoencoderVQ",
     "AutoencoderVQConfig", "DiT", "DiTConfig", "DiagonalGaussian", "ModelSpec", "NoisyClassifier", "UNet", "UNetConfig", "build_config",
-    "build_model", "estimate_latent_scale", "load_autoencoder", "model_config_dict",
+    "build_model", "estimate_latent_scale", "load_frozen", "load_autoencoder", "model_config_dict",
 ]

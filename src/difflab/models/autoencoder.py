@@ -415,15 +415,14 @@ def load_autoencoder(path: str | Path, device: str | torch.device = "cpu", use_e
     (the run folder or its ``checkpoint/``); the EMA weights unless ``use_ema=False``."""
     from ..checkpoint import load_checkpoint
     from ..training.state import AUTOENCODER_KIND, find_checkpoint
-    from . import build_model
+    from . import load_frozen
 
     config, tensors, _ = load_checkpoint(find_checkpoint(path), kind=AUTOENCODER_KIND, map_location=device)
-    model = build_model(config["model"]).to(device)
-    model.load_state_dict(tensors["ema" if use_ema else "model"])
+    model = load_frozen(config["model"], tensors["ema" if use_ema else "model"], device)
     info = AutoencoderInfo(latent_scale=config.get("latent_scale"), image_shape=tuple(config["image_shape"]),
                            latent_shape=tuple(config["latent_shape"]), psnr=config.get("psnr"),
                            psnr_split=config.get("psnr_split"), config=config)
-    return model.eval().requires_grad_(False), info
+    return model, info
 
 
 # Presets: one line each. Keyword arguments override any field, e.g. ``PRESETS["kl-f4"](z_channels=4)``.

@@ -13,7 +13,7 @@ from ..data.convert import to_uint8
 from ..denoiser import Denoiser
 from ..guidance import guide, null_class_labels
 from ..latent import LatentSpace
-from ..models import build_model
+from ..models import load_frozen
 from ..sampling import sample
 from ..schedules import NoiseSchedule, schedule_from_config
 from ..training.state import CLASSIFIER_KIND, find_checkpoint, load_state
@@ -37,9 +37,7 @@ class DiffusionModel:
         """Load ``path`` (a run folder or its ``checkpoint/``); the EMA weights by default. The
         autoencoder of a latent model is stored in the same checkpoint."""
         config, tensors, _ = load_state(path)
-        network = build_model(config["model"])
-        network.load_state_dict(tensors["ema" if use_ema else "model"])
-        network.to(device).eval().requires_grad_(False)
+        network = load_frozen(config["model"], tensors["ema" if use_ema else "model"], device)
         latent = LatentSpace.from_config(config["latent"], tensors["autoencoder"], device) if config.get("latent") else None
         return cls(network, schedule_from_config(config["schedule"]), config["prediction"],
                    config["learned_variance"], tuple(config["image_shape"]), list(config["class_names"]), config,
@@ -83,9 +81,7 @@ class NoisyClassifierModel:
     @classmethod
     def load(cls, path: str | Path, use_ema: bool = True, device: str | torch.device = "cpu") -> "NoisyClassifierModel":
         config, tensors, _ = load_state(path, kind=CLASSIFIER_KIND)
-        network = build_model(config["model"])
-        network.load_state_dict(tensors["ema" if use_ema else "model"])
-        network.to(device).eval().requires_grad_(False)
+        network = load_frozen(config["model"], tensors["ema" if use_ema else "model"], device)
         return cls(network, schedule_from_config(config["schedule"]), tuple(config["image_shape"]),
                    list(config["class_names"]))
 
