@@ -14,7 +14,10 @@ Stochastic samplers (DDPM, Euler-ancestral, SDE solvers) are left out: they do n
 the ODE solution.
 
     python benchmarks/sampler_accuracy.py            # full run, a few minutes on 2 CPU cores
-    python benchmarks/sampler_accuracy.py --quick    # smoke run, seconds
+    python benchmarks/sampler_accuracy.py --quick    # smoke run, under a minute
+    python benchmarks/sampler_accuracy.py --checkpoint runs/demo-digits --budgets 10,20 --calibration 128 \
+        --tune-evals 600
+                                                     # a trained network against its 500-step solve
 
 Writes ``sampler_accuracy.json`` (every configuration's error at every budget) and
 ``sampler_accuracy.png`` (log-log error against model calls) into ``--out``.
@@ -40,12 +43,14 @@ from difflab.analytic import GaussianMixture
 from difflab.sampling import SAMPLERS, SPACINGS, model_calls, sample
 from difflab.sampling.sample import DEFAULT_METHOD, DEFAULT_SPACING
 from difflab.sampling.spacing import karras, log_snr
+from difflab.sampling.tuning import tune_sigmas
 
 BUDGETS = (5, 10, 20, 50)
 STOCHASTIC = {"ddpm", "euler_ancestral"}  # and every *_sde
 # The curves drawn by name in the plot besides best-ours / best-diffusers.
 NAMED = (
     "ours:default",
+    "ours:tuned unipc_3",
     "ours:dpmpp_2m/log_snr",
     "ours:ddim/trailing",
     "diffusers:DPMSolverMultistep(order=2)/linspace",
@@ -63,6 +68,7 @@ class Problem:
     data: GaussianMixture
     schedule: schedules.DiscreteSchedule
     noise: torch.Tensor  # (N, dim) standard normal: the VP x_T every sampler starts from
+    seed: int = 0
     _reference: torch.Tensor | None = field(default=None, repr=False)
 
     @property
@@ -74,6 +80,48 @@ class Problem:
             x = self.data.ode_solution(x, sch.sigma_max, sch.sigma_min)
             self._reference = self.data.denoise(x, sch.sigma_min)
         return self._reference
+
+
+class NetworkData:
+    """A trained checkpoint's network in place of closed-form data: no exact solution exists,
+    so the reference is a ``REFERENCE_STEPS``-step UniPC-3 / log-SNR solve of the same network
+    (float64 solver state; the network itself runs in float32)."""
+
+    REFERENCE_STEPS = 500
+
+    def __init__(self, checkpoint: str):
+        from difflab.pipelines import DiffusionModel
+
+        self.loaded = DiffusionModel.load(checkpoint)
+        if self.loaded.prediction != "epsilon" or self.loaded.learned_variance or not self.loaded.schedule.is_discrete:
+            raise SystemExit("--checkpoint needs an ε-prediction model with fixed variance on a discrete schedule")
+        self.shape = self.loaded.image_shape
+        self.labels = None
+
+    def model(self, schedule, prediction: str = "epsilon"):
+        net, labels = self.loaded.network, self.labels
+
+        def model_fn(x_t, t):
+            with torch.no_grad():
+                cond = {"class_labels": labels[: len(x_t)]} if labels is not None else {}
+                return net(x_t.float(), torch.as_tensor(t).float(), **cond).to(x_t.dtype)
+
+        return model_fn
+
+    def reference(self, problem: "Problem") -> torch.Tensor:
+        return sample(self.model(problem.schedule), problem.noise, problem.schedule, method="unipc_3",
+                      steps=self.REFERENCE_STEPS, spacing="log_snr")
+
+
+def make_network_problem(checkpoint: str, batch: int, seed: int, calibration: int) -> Problem:
+    data = NetworkData(checkpoint)
+    g = torch.Generator().manual_seed(seed)
+    noise = torch.randn(batch, *data.shape, generator=g, dtype=torch.float64)
+    if data.loaded.num_classes:  # every class in turn, the same for every configuration
+        data.labels = torch.arange(max(batch, calibration)) % data.loaded.num_classes
+    problem = Problem(f"network/{Path(checkpoint).name}", data, data.loaded.schedule, noise, seed)
+    problem._reference = data.reference(problem)
+    return problem
 
     def error(self, x: torch.Tensor) -> float:
         x = x.to(torch.float64)
@@ -97,7 +145,7 @@ def make_problems(schedule_name: str, batch: int, seed: int, which: list[str]) -
         gm = data[name]
         g = torch.Generator().manual_seed(seed)
         noise = torch.randn(batch, gm.dim, generator=g, dtype=torch.float64)
-        problems.append(Problem(f"{name}/{schedule_name}", gm, sch, noise))
+        problems.append(Problem(f"{name}/{schedule_name}", gm, sch, noise, seed))
     return problems
 
 
@@ -126,6 +174,25 @@ class Ours:
         return x, model_calls(self.method, steps)
 
 
+@dataclass
+class OursTuned(Ours):
+    """``difflab tune-steps``: the levels tuned to the problem's model on separate calibration
+    noise (seed + 1), against a 200-step solve of the model — the exact ODE is never seen."""
+
+    calibration: int = 1024
+    max_evals: int | None = None  # the search's budget (None: tune_sigmas' default)
+
+    def run(self, problem: Problem, budget: int) -> tuple[torch.Tensor, int]:
+        steps = self.steps(budget)
+        model = problem.data.model(problem.schedule, "epsilon")
+        g = torch.Generator().manual_seed(problem.seed + 1)
+        calib = torch.randn(self.calibration, *problem.noise.shape[1:], generator=g, dtype=torch.float64)
+        tuned = tune_sigmas(model, calib, problem.schedule, method=self.method, steps=steps, init=self.spacing,
+                            max_evals=self.max_evals, **self.options)
+        x = sample(model, problem.noise, problem.schedule, method=self.method, sigmas=tuned.tensor(), **self.options)
+        return x, model_calls(self.method, steps)
+
+
 def _named_spacing(name: str, fn: Callable, **kwargs) -> Callable:
     f = functools.partial(fn, **kwargs)
     f.__name__ = name
@@ -151,8 +218,9 @@ def log_snr_clipped(schedule, steps: int, sigma_hi: float = 10.0, sigma_lo: floa
     return torch.cat(ends)
 
 
-def our_configs(extended: bool) -> list[Ours]:
-    """Every deterministic sampler × every spacing (plus Karras ρ = 3, 5); with ``extended``, the
+def our_configs(extended: bool, tuned: bool = True, calibration: int = 1024, tune_evals: int | None = None) -> list[Ours]:
+    """Every deterministic sampler × every spacing (plus Karras ρ = 3, 5); with ``tuned``, the
+    default sampler on levels tuned to the model (``difflab tune-steps``); with ``extended``, the
     solver options and spacings of the investigation (orders, UniPC variants, final orders)."""
     spacings: dict[str, object] = {name: name for name in SPACINGS}
     spacings["karras_rho3"] = _named_spacing("karras_rho3", karras, rho=3.0)
@@ -160,6 +228,9 @@ def our_configs(extended: bool) -> list[Ours]:
     methods = [m for m in SAMPLERS if m not in STOCHASTIC and not m.endswith("_sde")]
     configs = [Ours(f"ours:{m}/{s}", m, sp) for m in methods for s, sp in spacings.items()]
     configs.append(Ours("ours:default", DEFAULT_METHOD, DEFAULT_SPACING))
+    if tuned:
+        configs.append(OursTuned(f"ours:tuned {DEFAULT_METHOD}", DEFAULT_METHOD, DEFAULT_SPACING,
+                                 calibration=calibration, max_evals=tune_evals))
     if extended:
         extra_spacings = {
             "log_snr": "log_snr",
@@ -329,9 +400,13 @@ def _log(message: str) -> None:
 def _worker(args, index: int) -> tuple[str, dict]:
     """One problem in a worker process (configurations are rebuilt there, not pickled)."""
     _setup(args)
-    problem = make_problems(args.schedule, args.batch, args.seed, args.which)[index]
+    if args.checkpoint:
+        problem = make_network_problem(args.checkpoint, args.batch, args.seed, args.calibration)
+    else:
+        problem = make_problems(args.schedule, args.batch, args.seed, args.which)[index]
     theirs = diffusers_configs(full_grid=not args.quick) if args.with_diffusers else []
-    return problem.name, run_problem(problem, our_configs(args.extended), theirs, args.budget_list, _log)
+    ours = our_configs(args.extended, tuned=args.tuned, calibration=args.calibration, tune_evals=args.tune_evals)
+    return problem.name, run_problem(problem, ours, theirs, args.budget_list, _log)
 
 
 def run_all(args) -> dict:
@@ -446,6 +521,17 @@ def main(argv=None) -> None:
     p.add_argument("--no-extended", dest="extended", action="store_false",
                    help="only samplers x spacings for ours, without the solver options of the investigation "
                         "(UniPC bh1, lower_order_final=False, log-SNR clipped to [0.03, 10] after one long first step)")
+    p.add_argument("--no-tuned", dest="tuned", action="store_false",
+                   help="leave out the tuned configuration (UniPC-3 on levels fitted by `difflab tune-steps` to "
+                        "each problem's model on separate calibration noise; the slowest part of the run)")
+    p.add_argument("--calibration", type=int, default=1024,
+                   help="calibration noises of the tuned configuration (default: 1024; with 128 the tuned "
+                        "levels overfit the few samples near component boundaries that dominate the mixture's error)")
+    p.add_argument("--tune-evals", type=int, metavar="N",
+                   help="solver runs the tuned configuration's search may use (default: 150 per step, at most 3000)")
+    p.add_argument("--checkpoint", metavar="RUN",
+                   help="instead of closed-form data: a trained ε-prediction checkpoint (e.g. runs/demo-digits), "
+                        "scored against a 500-step UniPC-3 solve of its own network")
     p.add_argument("--no-diffusers", dest="with_diffusers", action="store_false",
                    help="run only difflab's configurations (no ratio, no diffusers needed)")
     p.add_argument("--jobs", type=int, default=2, help="problems run in parallel processes (default: 2)")
@@ -456,8 +542,8 @@ def main(argv=None) -> None:
     if args.quick:
         args.problems, args.batch, args.budgets, args.extended = "mixture", 32, "5,10", False
     budgets = [int(b) for b in args.budgets.split(",")]
-    which = [w.strip() for w in args.problems.split(",")]
-    unknown = [w for w in which if w not in ("gaussian", "mixture")]
+    which = ["network"] if args.checkpoint else [w.strip() for w in args.problems.split(",")]
+    unknown = [w for w in which if w not in ("gaussian", "mixture", "network")]
     if unknown:
         raise SystemExit(f"unknown problem(s) {unknown}; --problems takes gaussian and/or mixture")
     if args.with_diffusers:

@@ -16,6 +16,7 @@ COMMANDS = [
     "difflab.commands.demo",
     "difflab.commands.train",
     "difflab.commands.sample",
+    "difflab.commands.tune_steps",
     "difflab.commands.eval",
     "difflab.commands.bpd",
     "difflab.commands.train_classifier",

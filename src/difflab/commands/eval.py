@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 
 from difflab.cli import UserError
-from difflab.commands.sample import add_guidance_arguments
+from difflab.commands.sample import add_guidance_arguments, add_schedule_arguments
 
 EPILOG = """examples:
   difflab eval samples.npz --ref digits:test --classifier digits
@@ -42,6 +42,7 @@ def register(subparsers) -> None:
     parser.add_argument("--method", help="with a checkpoint: sampler (default: the checkpoint's)")
     parser.add_argument("--steps", type=int, help="with a checkpoint: sampler steps (default: the checkpoint's)")
     parser.add_argument("--seed", type=int, default=0, help="with a checkpoint: sample i uses noise seed SEED+i")
+    add_schedule_arguments(parser)
     add_guidance_arguments(parser, classifier_flag="--guidance-classifier")
     parser.add_argument("--ref", required=True, metavar="REF",
                         help="reference: NAME:SPLIT of a built-in set (digits:test, fashion-mnist:test), "
@@ -102,7 +103,7 @@ def load_samples(path: Path, limit: int | None, args=None):
 def sample_checkpoint(path: Path, args):
     """Generate ``args.n`` images from a trained checkpoint, as a labelled dataset."""
     from difflab.data.dataset import ImageDataset
-    from difflab.commands.sample import guidance_from_args
+    from difflab.commands.sample import guidance_from_args, schedule_from_args
     from difflab.pipelines import DiffusionModel, generate
     from difflab.training.distributed import pick_device
 
@@ -111,7 +112,7 @@ def sample_checkpoint(path: Path, args):
     device = pick_device(args.device or "auto")
     model = DiffusionModel.load(path, device=device)
     guidance = guidance_from_args(args, device)
-    images, labels = generate(model, args.n, method=args.method, steps=args.steps, seed=args.seed,
+    images, labels = generate(model, args.n, **schedule_from_args(args, model, guidance), seed=args.seed,
                               guidance=guidance, progress=True)
     class_names = model.class_names or (guidance.classifier.class_names if guidance.classifier else [])
     return ImageDataset(images=images, labels=labels, class_names=list(class_names), name=str(path))

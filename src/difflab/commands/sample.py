@@ -21,6 +21,7 @@ def register(subparsers) -> None:
     p.add_argument("--method", choices=sorted(SAMPLERS), help="sampler (default: the checkpoint's)")
     p.add_argument("--steps", type=int, help="sampler steps (default: the checkpoint's)")
     p.add_argument("--spacing", choices=sorted(SPACINGS), help="step spacing (default: the checkpoint's)")
+    add_schedule_arguments(p)
     p.add_argument("--seed", type=int, default=0, help="image i uses noise seed SEED+i")
     p.add_argument("--class", dest="class_index", type=int,
                    help="class index for a class-conditional or classifier-guided model (default: every "
@@ -34,6 +35,38 @@ def register(subparsers) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--out", default="samples", help="output folder")
     p.set_defaults(func=run)
+
+
+def add_schedule_arguments(p) -> None:
+    """``--sigmas`` and ``--no-tuned``, shared by ``sample`` and ``eval``."""
+    p.add_argument("--sigmas", metavar="JSON",
+                   help="a tuned step schedule from `difflab tune-steps --out` (sets the method and steps)")
+    p.add_argument("--no-tuned", action="store_true",
+                   help="ignore the checkpoint's tuned schedule (checkpoint/tuned-steps/), which is otherwise "
+                        "used when the method, steps and guidance scale match and no --spacing is given")
+
+
+def schedule_from_args(args, model, guidance) -> dict:
+    """generate()'s method / steps / spacing / sigmas (+ sampler options) for the flags: an
+    explicit ``--sigmas`` file, else the checkpoint's tuned schedule where one matches."""
+    from ..pipelines import find_tuned
+    from ..sampling.tuning import TunedSigmas
+
+    spacing = getattr(args, "spacing", None)
+    if args.sigmas:
+        tuned = TunedSigmas.load(args.sigmas)
+        for flag, value, have in (("--method", args.method, tuned.method), ("--steps", args.steps, tuned.steps)):
+            if value is not None and value != have:
+                raise ValueError(f"{flag} {value} contradicts the schedule in {args.sigmas} ({have}); drop {flag}")
+        if spacing:
+            raise ValueError("--spacing and --sigmas both set the noise levels: give one of them")
+    else:
+        method, steps, _ = model.sampler_settings(args.method, args.steps, spacing)
+        tuned = None if (spacing or args.no_tuned) else find_tuned(model, method, steps, guidance)
+        if tuned is None:
+            return {"method": args.method, "steps": args.steps, "spacing": spacing}
+        print(f"difflab: using the tuned {steps}-step schedule of the checkpoint (--no-tuned to ignore it)")
+    return {"method": tuned.method, "steps": tuned.steps, "sigmas": tuned.tensor(), **tuned.options}
 
 
 def add_guidance_arguments(p, classifier_flag: str = "--classifier") -> None:
@@ -80,8 +113,8 @@ def run(args) -> int:
     model = DiffusionModel.load(args.checkpoint, use_ema=not args.no_ema, device=device)
     guidance = guidance_from_args(args, device)
     prompts = read_prompts(args)
-    images, labels = generate(model, args.n, method=args.method, steps=args.steps, spacing=args.spacing,
-                              seed=args.seed, class_index=args.class_index, guidance=guidance, prompts=prompts,
+    images, labels = generate(model, args.n, **schedule_from_args(args, model, guidance), seed=args.seed,
+                              class_index=args.class_index, guidance=guidance, prompts=prompts,
                               batch_size=args.batch_size, progress=True)
     out = Path(args.out)
     class_names = model.class_names or (guidance.classifier.class_names if guidance.classifier else [])

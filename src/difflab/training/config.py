@@ -16,6 +16,8 @@ from pathlib import Path
 
 import yaml
 
+from ..sampling.sample import DEFAULT_METHOD, DEFAULT_SPACING, DEFAULT_STEPS
+
 
 class ConfigError(ValueError):
     """A config file or override is wrong; the message says which key and how to fix it."""
@@ -91,7 +93,7 @@ class TrainConfig:
     ema_warmup: bool = True  # decay min(ema_decay, (1 + step)/(10 + step))
     bf16: bool = True  # bf16 autocast (GPU only)
     compile: bool = False  # torch.compile the model
-    channels_last: bool = True  # memory format on GPU
+    channels_last: bool = True  # channels-last (NHWC) memory format (training/fast_paths.py)
     log_every: int = 50
     sample_every: int = 1000  # preview grids from the EMA weights; 0 disables
     checkpoint_every: int = 1000
@@ -104,9 +106,9 @@ class TrainConfig:
 class SampleConfig:
     """How previews (and, by default, ``difflab sample``) draw samples."""
 
-    method: str = "unipc_3"
-    steps: int = 20
-    spacing: str = "log_snr"
+    method: str = DEFAULT_METHOD
+    steps: int = DEFAULT_STEPS
+    spacing: str = DEFAULT_SPACING
     guidance_scale: float = 1.0  # classifier-free guidance weight (needs diffusion.cond_drop_prob > 0)
 
 

@@ -32,6 +32,7 @@ from ..schedules import get_schedule
 from . import distributed, objectives
 from .config import Config, ConfigError
 from .ema import EMA
+from .fast_paths import make_optimizer, memory_format
 from . import state
 from .state import load_state, save_training_state
 
@@ -215,9 +216,7 @@ def train(config: Config, resume: str | Path | None = None, progress: bool = Tru
                                    latent.latent_shape if latent else None)).to(device)
     spec = model_config_dict(model)  # every field spelled out: what the checkpoint records
     ema = EMA(model, cfg.train.ema_decay, cfg.train.ema_warmup)
-    fused = device.type == "cuda"
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
-                                  weight_decay=cfg.optim.weight_decay, fused=fused)
+    optimizer = make_optimizer(model.parameters(), device, cfg.optim.lr, cfg.optim.betas, cfg.optim.weight_decay)
     lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg.optim.warmup_steps))
     start = 0
     if resume is not None:
@@ -233,8 +232,7 @@ def train(config: Config, resume: str | Path | None = None, progress: bool = Tru
               + (f" x{rt.world_size}" if rt.distributed else "") + (f"; resuming at step {start}" if start else ""))
 
     use_cuda = device.type == "cuda"
-    if use_cuda and cfg.train.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    model = memory_format(model, cfg.train.channels_last)
     net = DistributedDataParallel(model, device_ids=[device] if use_cuda else None) if rt.distributed else model
     if cfg.train.compile:
         net = torch.compile(net)

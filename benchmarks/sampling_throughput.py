@@ -1,0 +1,123 @@
+"""Sampling throughput: difflab's samplers against diffusers' scheduler loops on the same network
+architecture, batch and number of model calls, in one process.
+
+    50-step DDIM (η = 0) and 10-step DPM-Solver++ 2M, DDPM's linear schedule, ε-prediction,
+    under torch.inference_mode, bf16 autocast on CUDA.
+
+Ours is ``difflab.sampling.sample`` on our network in the channels-last layout that
+``DiffusionModel.load`` gives it (``training/fast_paths.py``); theirs is the loop of diffusers' pipelines
+(``scheduler.set_timesteps``, ``scale_model_input``, the model, ``scheduler.step``) on diffusers'
+network of the same architecture (``throughput_cases.py``). Sides alternate in rounds; the
+best round counts.
+
+    python benchmarks/sampling_throughput.py --case demo             # CPU, batch 16
+    python benchmarks/sampling_throughput.py --case unet --device cuda --compile
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import time
+
+import torch
+
+from throughput_cases import CASES, call, parameters, sync
+
+RUNS = {"ddim-50": ("ddim", "DDIMScheduler", 50), "dpmpp_2m-10": ("dpmpp_2m", "DPMSolverMultistepScheduler", 10)}
+
+
+class Sampler:
+    def __init__(self, side: str, case, device, batch: int, run: str, compile_model: bool):
+        from difflab.schedules import linear
+
+        torch.manual_seed(0)
+        self.side, self.case, self.device = side, case, device
+        self.method, scheduler_name, self.steps = RUNS[run]
+        model = (case.ours if side == "ours" else case.theirs)().to(device).eval()
+        self.params = parameters(model)
+        if side == "ours":  # as DiffusionModel.load prepares a checkpoint's network for sampling
+            from difflab.training.fast_paths import memory_format
+
+            model = memory_format(model, True)
+        self.net = torch.compile(model) if compile_model else model
+        self.schedule = linear()
+        self.autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
+                         else contextlib.nullcontext())
+        g = torch.Generator().manual_seed(1)
+        self.noise = torch.randn(batch, *case.shape, generator=g).to(device)
+        self.labels = torch.randint(0, case.num_classes, (batch,), generator=g).to(device) if case.num_classes else None
+        if side == "theirs":
+            import diffusers
+
+            cls = getattr(diffusers, scheduler_name)
+            options = {"solver_order": 2} if self.method == "dpmpp_2m" else {}
+            self.scheduler = cls(num_train_timesteps=1000, **options)
+
+    @torch.inference_mode()
+    def __call__(self) -> torch.Tensor:
+        with self.autocast:
+            if self.side == "ours":
+                return self._ours()
+            return self._theirs()
+
+    def _ours(self):
+        from difflab.sampling import sample
+
+        cond = {"class_labels": self.labels} if self.labels is not None else None
+        return sample(self.net, self.noise, self.schedule, method=self.method, steps=self.steps, spacing="leading"
+                      if self.method == "ddim" else "trailing", cond=cond, learned_variance=self.case.learned_sigma)
+
+    def _theirs(self):
+        sched = self.scheduler
+        sched.set_timesteps(self.steps, device=self.device)
+        x = self.noise * sched.init_noise_sigma
+        for t in sched.timesteps:
+            out = call("theirs", self.net, sched.scale_model_input(x, t), t, self.labels)
+            x = sched.step(out, t, x).prev_sample
+        return x
+
+
+def time_runs(sampler: Sampler, n: int) -> float:
+    sync(sampler.device)
+    start = time.perf_counter()
+    for _ in range(n):
+        sampler()
+    sync(sampler.device)
+    return (time.perf_counter() - start) / n
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description="Sampling images/s of difflab vs diffusers at the same architecture.")
+    p.add_argument("--case", choices=sorted(CASES), default="demo", help="network (see throughput_cases.py)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--batch", type=int, help="images per sampler call (default: the case's: 16 on CPU, 512 on CUDA)")
+    p.add_argument("--runs", default="ddim-50,dpmpp_2m-10", help=f"comma-separated, from {', '.join(RUNS)}")
+    p.add_argument("--repeat", type=int, default=2, help="timed sampler calls per round")
+    p.add_argument("--rounds", type=int, default=3, help="rounds, alternating ours and diffusers; the best counts")
+    p.add_argument("--compile", action="store_true", help="torch.compile both networks")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    case = CASES[args.case]
+    batch = args.batch or case.sample_batch[device.type]
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} threads"
+    print(f"{case.name}: batch {batch}, {device} ({where}), {'compiled' if args.compile else 'eager'}, "
+          f"torch {torch.__version__}")
+    print(f"{'run':<12} {'difflab img/s':>14} {'diffusers img/s':>16} {'ratio':>6}")
+    for run in args.runs.split(","):
+        samplers = {side: Sampler(side, case, device, batch, run, args.compile) for side in ("ours", "theirs")}
+        for s in samplers.values():
+            s()  # warm-up (and compilation)
+        best = {side: float("inf") for side in samplers}
+        for _ in range(args.rounds):
+            for side, s in samplers.items():
+                best[side] = min(best[side], time_runs(s, args.repeat))
+        ours, theirs = batch / best["ours"], batch / best["theirs"]
+        print(f"{run:<12} {ours:>14.1f} {theirs:>16.1f} {ours / theirs:>5.2f}x")
+
+
+if __name__ == "__main__":
+    main()

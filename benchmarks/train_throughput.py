@@ -1,0 +1,155 @@
+"""Training throughput: difflab against diffusers at the same architecture and batch, in one process.
+
+Both sides run the same step — ε-prediction MSE at uniform random t of DDPM's linear schedule,
+backward, gradient clipping at 1, AdamW — on a fixed random batch already on the device (data
+loading is not timed), with bf16 autocast on CUDA. Ours goes through
+``difflab.losses.diffusion_loss`` with the trainer's fast paths (``training/fast_paths.py``:
+fused AdamW on CPU and CUDA, channels-last); theirs through ``DDPMScheduler.add_noise`` with
+AdamW as diffusers' training examples create it (fused on CUDA, where we turn it on for them;
+torch's default on CPU) and the default memory format (``--channels-last`` gives it to them too). Each side is
+timed after warm-up steps (which include compilation), and the two alternate in rounds so a
+noisy machine hits both alike; the best round counts.
+
+    python benchmarks/train_throughput.py --case demo                 # CPU: the demo's U-Net
+    python benchmarks/train_throughput.py --case unet --device cuda --compile
+    python benchmarks/train_throughput.py --case dit --device cuda --compile
+
+Prints images/s, model FLOPs utilisation (FLOPs of one step from ``torch.utils.flop_counter``
+over the GPU's dense bf16 peak), peak memory, and ours / diffusers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import time
+
+import torch
+import torch.nn.functional as F
+
+from throughput_cases import CASES, call, parameters, peak_flops, sync
+
+
+class TrainStep:
+    """One optimisation step of one side; ``__call__`` runs it."""
+
+    def __init__(self, side: str, case, device, batch: int, compile_model: bool, channels_last: bool):
+        from difflab.schedules import linear
+        from difflab.training.fast_paths import make_optimizer, memory_format
+
+        torch.manual_seed(0)
+        self.side, self.device = side, device
+        model = (case.ours if side == "ours" else case.theirs)().to(device)
+        self.params = parameters(model)
+        if side == "ours":  # what `difflab train` does (train.channels_last defaults to true)
+            model = memory_format(model, True)
+            self.opt = make_optimizer(model.parameters(), device, lr=1e-4)
+        else:
+            model = memory_format(model, channels_last)
+            self.opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
+        self.model = model
+        self.net = torch.compile(model) if compile_model else model
+        self.autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
+                         else contextlib.nullcontext())
+        g = torch.Generator().manual_seed(1)
+        self.x0 = (torch.rand(batch, *case.shape, generator=g) * 2 - 1).to(device)
+        self.labels = torch.randint(0, case.num_classes, (batch,), generator=g).to(device) if case.num_classes else None
+        self.schedule = linear()
+        if side == "theirs":
+            from diffusers import DDPMScheduler
+
+            self.scheduler = DDPMScheduler(num_train_timesteps=1000)
+            self.scheduler.alphas_cumprod = self.scheduler.alphas_cumprod.to(device)
+
+    def loss(self, net):
+        if self.side == "ours":
+            from difflab.losses import diffusion_loss
+
+            cond = {"class_labels": self.labels} if self.labels is not None else None
+            return diffusion_loss(net, self.x0, self.schedule, cond=cond).loss
+        n = self.x0.shape[0]
+        t = torch.randint(0, 1000, (n,), device=self.device)
+        noise = torch.randn_like(self.x0)
+        x_t = self.scheduler.add_noise(self.x0, noise, t)
+        return F.mse_loss(call("theirs", net, x_t, t, self.labels).float(), noise)
+
+    def __call__(self):
+        with self.autocast:
+            loss = self.loss(self.net)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+
+    def flops(self) -> int:
+        """FLOPs of one forward + backward of the eager model (the optimizer is not counted)."""
+        from torch.utils.flop_counter import FlopCounterMode
+
+        counter = FlopCounterMode(display=False)
+        with counter:
+            with self.autocast:
+                loss = self.loss(self.model)
+            loss.backward()
+        self.opt.zero_grad(set_to_none=True)
+        return counter.get_total_flops()
+
+
+def time_steps(step: TrainStep, n: int) -> float:
+    sync(step.device)
+    start = time.perf_counter()
+    for _ in range(n):
+        step()
+    sync(step.device)
+    return time.perf_counter() - start
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description="Training images/s of difflab vs diffusers at the same architecture.")
+    p.add_argument("--case", choices=sorted(CASES), default="demo", help="network (see throughput_cases.py)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--batch", type=int, help="images per step (default: the case's for the device)")
+    p.add_argument("--steps", type=int, default=20, help="timed steps per round")
+    p.add_argument("--rounds", type=int, default=3, help="rounds, alternating ours and diffusers; the best counts")
+    p.add_argument("--warmup", type=int, default=5, help="untimed steps first (compilation happens here)")
+    p.add_argument("--compile", action="store_true", help="torch.compile both models")
+    p.add_argument("--channels-last", action="store_true",
+                   help="channels-last memory format for diffusers' model too (ours always uses it, as the trainer does)")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    case = CASES[args.case]
+    batch = args.batch or case.train_batch[device.type]
+
+    steps = {side: TrainStep(side, case, device, batch, args.compile, args.channels_last) for side in ("ours", "theirs")}
+    flops = {side: s.flops() for side, s in steps.items()}
+    for s in steps.values():
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        time_steps(s, args.warmup)
+    best = {side: float("inf") for side in steps}
+    memory = {}
+    for _ in range(args.rounds):
+        for side, s in steps.items():
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            best[side] = min(best[side], time_steps(s, args.steps) / args.steps)
+            memory[side] = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+
+    peak = peak_flops(device)
+    mode = "compiled" if args.compile else "eager"
+    print(f"{case.name}: batch {batch}, {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else f'{torch.get_num_threads()} threads'}), "
+          f"{mode}{', diffusers channels-last' if args.channels_last else ''}, torch {torch.__version__}")
+    print(f"{'side':<10} {'params':>8} {'img/s':>9} {'ms/step':>8} {'GFLOP/step':>11} {'MFU':>6} {'peak mem':>9}")
+    for side, s in steps.items():
+        ips = batch / best[side]
+        mfu = f"{flops[side] / best[side] / peak:.1%}" if peak else "-"
+        mem = f"{memory[side]:.2f} GiB" if memory[side] is not None else "-"
+        name = "difflab" if side == "ours" else "diffusers"
+        print(f"{name:<10} {s.params:>7.2f}M {ips:>9.1f} {best[side] * 1e3:>8.1f} {flops[side] / 1e9:>11.1f} {mfu:>6} {mem:>9}")
+    print(f"ours / diffusers: {best['theirs'] / best['ours']:.2f}x images/s")
+
+
+if __name__ == "__main__":
+    main()

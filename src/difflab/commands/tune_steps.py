@@ -1,0 +1,70 @@
+"""``difflab tune-steps CHECKPOINT --steps N``: fit a few-step sampler's noise levels to a model."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers) -> None:
+    from ..sampling import SAMPLERS, SPACINGS
+
+    p = subparsers.add_parser(
+        "tune-steps",
+        help="tune the noise levels of a few-step sampler to a trained model (then `sample` uses them)",
+        description="Choose the N noise levels a deterministic sampler visits so that its samples match "
+        "a many-step solve of the same model (docs/sampling.md, 'Tuned step schedules'). Tunes on "
+        "--n calibration noises, checks on --n fresh ones, and writes the schedule into the checkpoint "
+        "(checkpoint/tuned-steps/METHOD-STEPS.json), where `difflab sample` and `difflab eval` pick it "
+        "up when the method, steps and guidance scale match and no --spacing is given.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("checkpoint", help="a run folder or its checkpoint/ folder")
+    p.add_argument("--steps", type=int, required=True, help="number of sampler steps to tune (>= 2)")
+    deterministic = sorted(m for m in SAMPLERS if m not in ("ddpm", "euler_ancestral") and not m.endswith("_sde"))
+    p.add_argument("--method", choices=deterministic, help="deterministic sampler (default: the checkpoint's)")
+    p.add_argument("--init", choices=sorted(SPACINGS), default="trailing", help="spacing the search starts from")
+    p.add_argument("--n", type=int, default=64, help="calibration images (and as many fresh ones for the check)")
+    p.add_argument("--seed", type=int, default=10_000_000,
+                   help="calibration noise seeds SEED..SEED+n-1 (keep them apart from the seeds you sample with)")
+    p.add_argument("--reference-steps", type=int, default=200,
+                   help="steps of the UniPC-3 / log-SNR solve taken as the exact answer")
+    p.add_argument("--max-evals", type=int, help="solver runs the search may use (default: 150 per step, at most 3000)")
+    p.add_argument("--class", dest="class_index", type=int,
+                   help="tune for one class of a class-conditional model (default: every class in turn)")
+    p.add_argument("--prompt", action="append", metavar="TEXT", help="caption(s) to tune a text-conditioned model with")
+    p.add_argument("--prompts", metavar="FILE", help="a text file with one prompt per line")
+    from .sample import add_guidance_arguments
+
+    add_guidance_arguments(p)
+    p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA weights")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--out", help="where to write the JSON (default: inside the checkpoint, where sample finds it)")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from ..pipelines import DiffusionModel, tune_steps, tuned_path
+    from ..training.distributed import pick_device
+    from .sample import guidance_from_args, read_prompts
+
+    if args.n < 1:
+        raise ValueError("--n must be at least 1")
+    device = pick_device(args.device)
+    model = DiffusionModel.load(args.checkpoint, use_ema=not args.no_ema, device=device)
+    method, steps, _ = model.sampler_settings(args.method, args.steps, None)
+    guidance = guidance_from_args(args, device)
+    tuned = tune_steps(model, method=method, steps=steps, n=args.n, seed=args.seed, init=args.init,
+                       class_index=args.class_index, guidance=guidance, prompts=read_prompts(args),
+                       reference_steps=args.reference_steps, max_evals=args.max_evals, progress=True)
+    levels = ", ".join(f"{s:.4g}" for s in tuned.sigmas)
+    print(f"difflab tune-steps: {method}, {steps} steps, relative error against a {tuned.reference_steps}-step solve:\n"
+          f"  calibration noise: {args.init} {tuned.error_init:.3g} -> tuned {tuned.error_tuned:.3g}\n"
+          f"  fresh noise:       {args.init} {tuned.heldout_error_init:.3g} -> tuned {tuned.heldout_error:.3g}\n"
+          f"  sigmas: {levels}")
+    if tuned.heldout_error >= tuned.heldout_error_init:
+        print(f"difflab tune-steps: not written: the tuned levels are no better than {args.init} spacing on fresh "
+              "noise; tune on more images (--n) or keep the plain spacing")
+        return 1
+    path = tuned.save(args.out or tuned_path(model, method, steps))
+    print(f"written to {path}; `difflab sample {args.checkpoint} --method {method} --steps {steps}` uses it")
+    return 0

@@ -1,0 +1,74 @@
+"""Tune a checkpoint's few-step schedule (:mod:`difflab.sampling.tuning`) and find it again at
+sampling time.
+
+A tuned schedule lives in the checkpoint folder, ``checkpoint/tuned-steps/METHOD-STEPS.json``,
+so it goes wherever the weights go and disappears when training writes new weights (the
+checkpoint folder is replaced as a whole). ``difflab sample`` uses it when the method and
+steps match, no spacing is named, and it was tuned at the same guidance scale.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..sampling.tuning import TunedSigmas, tune_sigmas
+from .generate import DiffusionModel, Guidance, guidance_scale, prepare_conditioning, seeded_noise
+
+TUNED_FOLDER = "tuned-steps"
+HELDOUT_OFFSET = 1_000_000  # held-out check noise: seeds SEED + 10⁶ …
+
+
+def tuned_path(model: DiffusionModel, method: str, steps: int) -> Path:
+    if model.path is None:
+        raise ValueError("this model was not loaded from a checkpoint folder: give the tuned schedule's path")
+    return model.path / TUNED_FOLDER / f"{method}-{steps}.json"
+
+
+def tune_steps(
+    model: DiffusionModel,
+    *,
+    method: str,
+    steps: int,
+    n: int = 64,
+    seed: int = 10_000_000,
+    init: str = "trailing",
+    class_index: int | None = None,
+    guidance: Guidance | None = None,
+    prompts: list[str] | None = None,
+    reference_steps: int = 200,
+    max_evals: int | None = None,
+    progress: bool = False,
+) -> TunedSigmas:
+    """Tune ``steps`` levels of ``method`` on n calibration images (seeds SEED …), then check them
+    on n fresh ones (seeds SEED + 10⁶ …). Conditioning (classes in turn, prompts, guidance) is
+    what :func:`~difflab.pipelines.generate` would use; the levels are tuned in the model's own
+    space (latents for a latent model)."""
+    guidance = guidance or Guidance()
+    plan = prepare_conditioning(model, n, method, class_index=class_index, guidance=guidance, prompts=prompts)
+    cond = plan.cond(0, n)
+    noise = seeded_noise(model.image_shape, range(seed, seed + n)).to(plan.device)
+    tuned = tune_sigmas(plan.denoiser, noise, method=method, steps=steps, init=init, cond=cond,
+                        reference_steps=reference_steps, max_evals=max_evals, progress=progress)
+    heldout = seeded_noise(model.image_shape, range(seed + HELDOUT_OFFSET, seed + HELDOUT_OFFSET + n))
+    tuned.check(plan.denoiser, heldout.to(plan.device), cond=cond)
+    tuned.context = {"guidance_scale": guidance_scale(model, guidance), "checkpoint_step": model.config.get("step"),
+                     "calibration_images": n}
+    return tuned
+
+
+def find_tuned(model: DiffusionModel, method: str, steps: int, guidance: Guidance | None) -> TunedSigmas | None:
+    """The checkpoint's tuned schedule for ``method`` at ``steps`` if there is one for this
+    guidance scale; None (with a note on stdout when one exists for another scale) otherwise."""
+    if model.path is None:
+        return None
+    path = tuned_path(model, method, steps)
+    if not path.is_file():
+        return None
+    tuned = TunedSigmas.load(path)
+    want = guidance_scale(model, guidance or Guidance())
+    have = tuned.context.get("guidance_scale", 1.0)
+    if abs(have - want) > 1e-9:
+        print(f"difflab: not using the tuned schedule {path}: it was tuned at guidance scale {have:g}, "
+              f"this run uses {want:g} (re-run `difflab tune-steps --guidance-scale {want:g}`)")
+        return None
+    return tuned

@@ -1,0 +1,50 @@
+"""The trainer's fast paths compute what the plain paths compute (CPU, float tolerance)."""
+
+import torch
+
+from difflab.losses import diffusion_loss
+from difflab.models.unet import PRESETS, UNet
+from difflab.schedules import linear
+from difflab.training.fast_paths import fused_adamw_supported, make_optimizer, memory_format
+
+
+def _model():
+    torch.manual_seed(0)
+    return UNet(PRESETS["digits"](num_classes=10))
+
+
+def _loss(model, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x0 = torch.rand(8, 1, 8, 8, generator=g) * 2 - 1
+    labels = torch.randint(0, 10, (8,), generator=g)
+    return diffusion_loss(model, x0, linear(), cond={"class_labels": labels},
+                          generator=torch.Generator().manual_seed(seed + 1)).loss
+
+
+def test_channels_last_gives_the_same_loss_and_gradients():
+    plain, fast = _model(), memory_format(_model(), True)
+    assert fast.stem.weight.is_contiguous(memory_format=torch.channels_last)
+    loss_plain, loss_fast = _loss(plain), _loss(fast)
+    torch.testing.assert_close(loss_fast, loss_plain, rtol=1e-5, atol=1e-6)
+    loss_plain.backward()
+    loss_fast.backward()
+    for (name, a), b in zip(plain.named_parameters(), fast.parameters()):
+        torch.testing.assert_close(b.grad, a.grad, rtol=1e-4, atol=1e-6, msg=lambda m: f"{name}: {m}")
+
+
+def test_fused_adamw_takes_the_same_steps_as_the_default():
+    cpu = torch.device("cpu")
+    assert fused_adamw_supported(cpu)  # torch >= 2.4
+    plain, fast = _model(), _model()
+    opt_plain = torch.optim.AdamW(plain.parameters(), lr=1e-3, weight_decay=0.01, foreach=False)
+    opt_fast = make_optimizer(fast.parameters(), cpu, lr=1e-3, weight_decay=0.01)
+    assert opt_fast.defaults["fused"]
+    for step in range(3):
+        _loss(plain, step).backward()
+        for a, b in zip(plain.parameters(), fast.parameters()):  # the very same gradients
+            b.grad = a.grad.clone()
+        opt_plain.step()
+        opt_fast.step()
+        opt_plain.zero_grad()
+    for (name, a), b in zip(plain.named_parameters(), fast.parameters()):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-7, msg=lambda m: f"{name}: {m}")
