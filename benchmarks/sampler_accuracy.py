@@ -15,9 +15,6 @@ the ODE solution.
 
     python benchmarks/sampler_accuracy.py            # full run, a few minutes on 2 CPU cores
     python benchmarks/sampler_accuracy.py --quick    # smoke run, under a minute
-    python benchmarks/sampler_accuracy.py --checkpoint runs/demo-digits --budgets 10,20 --calibration 128 \
-        --tune-evals 600
-                                                     # a trained network against its 500-step solve
 
 Writes ``sampler_accuracy.json`` (every configuration's error at every budget) and
 ``sampler_accuracy.png`` (log-log error against model calls) into ``--out``.
@@ -80,48 +77,6 @@ class Problem:
             x = self.data.ode_solution(x, sch.sigma_max, sch.sigma_min)
             self._reference = self.data.denoise(x, sch.sigma_min)
         return self._reference
-
-
-class NetworkData:
-    """A trained checkpoint's network in place of closed-form data: no exact solution exists,
-    so the reference is a ``REFERENCE_STEPS``-step UniPC-3 / log-SNR solve of the same network
-    (float64 solver state; the network itself runs in float32)."""
-
-    REFERENCE_STEPS = 500
-
-    def __init__(self, checkpoint: str):
-        from difflab.pipelines import DiffusionModel
-
-        self.loaded = DiffusionModel.load(checkpoint)
-        if self.loaded.prediction != "epsilon" or self.loaded.learned_variance or not self.loaded.schedule.is_discrete:
-            raise SystemExit("--checkpoint needs an ε-prediction model with fixed variance on a discrete schedule")
-        self.shape = self.loaded.image_shape
-        self.labels = None
-
-    def model(self, schedule, prediction: str = "epsilon"):
-        net, labels = self.loaded.network, self.labels
-
-        def model_fn(x_t, t):
-            with torch.no_grad():
-                cond = {"class_labels": labels[: len(x_t)]} if labels is not None else {}
-                return net(x_t.float(), torch.as_tensor(t).float(), **cond).to(x_t.dtype)
-
-        return model_fn
-
-    def reference(self, problem: "Problem") -> torch.Tensor:
-        return sample(self.model(problem.schedule), problem.noise, problem.schedule, method="unipc_3",
-                      steps=self.REFERENCE_STEPS, spacing="log_snr")
-
-
-def make_network_problem(checkpoint: str, batch: int, seed: int, calibration: int) -> Problem:
-    data = NetworkData(checkpoint)
-    g = torch.Generator().manual_seed(seed)
-    noise = torch.randn(batch, *data.shape, generator=g, dtype=torch.float64)
-    if data.loaded.num_classes:  # every class in turn, the same for every configuration
-        data.labels = torch.arange(max(batch, calibration)) % data.loaded.num_classes
-    problem = Problem(f"network/{Path(checkpoint).name}", data, data.loaded.schedule, noise, seed)
-    problem._reference = data.reference(problem)
-    return problem
 
     def error(self, x: torch.Tensor) -> float:
         x = x.to(torch.float64)
@@ -400,10 +355,7 @@ def _log(message: str) -> None:
 def _worker(args, index: int) -> tuple[str, dict]:
     """One problem in a worker process (configurations are rebuilt there, not pickled)."""
     _setup(args)
-    if args.checkpoint:
-        problem = make_network_problem(args.checkpoint, args.batch, args.seed, args.calibration)
-    else:
-        problem = make_problems(args.schedule, args.batch, args.seed, args.which)[index]
+    problem = make_problems(args.schedule, args.batch, args.seed, args.which)[index]
     theirs = diffusers_configs(full_grid=not args.quick) if args.with_diffusers else []
     ours = our_configs(args.extended, tuned=args.tuned, calibration=args.calibration, tune_evals=args.tune_evals)
     return problem.name, run_problem(problem, ours, theirs, args.budget_list, _log)
@@ -529,9 +481,6 @@ def main(argv=None) -> None:
                         "levels overfit the few samples near component boundaries that dominate the mixture's error)")
     p.add_argument("--tune-evals", type=int, metavar="N",
                    help="solver runs the tuned configuration's search may use (default: 150 per step, at most 3000)")
-    p.add_argument("--checkpoint", metavar="RUN",
-                   help="instead of closed-form data: a trained ε-prediction checkpoint (e.g. runs/demo-digits), "
-                        "scored against a 500-step UniPC-3 solve of its own network")
     p.add_argument("--no-diffusers", dest="with_diffusers", action="store_false",
                    help="run only difflab's configurations (no ratio, no diffusers needed)")
     p.add_argument("--jobs", type=int, default=2, help="problems run in parallel processes (default: 2)")
@@ -542,8 +491,8 @@ def main(argv=None) -> None:
     if args.quick:
         args.problems, args.batch, args.budgets, args.extended = "mixture", 32, "5,10", False
     budgets = [int(b) for b in args.budgets.split(",")]
-    which = ["network"] if args.checkpoint else [w.strip() for w in args.problems.split(",")]
-    unknown = [w for w in which if w not in ("gaussian", "mixture", "network")]
+    which = [w.strip() for w in args.problems.split(",")]
+    unknown = [w for w in which if w not in ("gaussian", "mixture")]
     if unknown:
         raise SystemExit(f"unknown problem(s) {unknown}; --problems takes gaussian and/or mixture")
     if args.with_diffusers:

@@ -22,7 +22,7 @@ import time
 
 import torch
 
-from throughput_cases import CASES, call, parameters, sync
+from throughput_cases import add_common_arguments, call, machine, parameters, setup, sync
 
 RUNS = {"ddim-50": ("ddim", "DDIMScheduler", 50), "dpmpp_2m-10": ("dpmpp_2m", "DPMSolverMultistepScheduler", 10)}
 
@@ -89,21 +89,12 @@ def time_runs(sampler: Sampler, n: int) -> float:
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description="Sampling images/s of difflab vs diffusers at the same architecture.")
-    p.add_argument("--case", choices=sorted(CASES), default="demo", help="network (see throughput_cases.py)")
-    p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.add_argument("--batch", type=int, help="images per sampler call (default: the case's: 16 on CPU, 512 on CUDA)")
+    add_common_arguments(p)
     p.add_argument("--runs", default="ddim-50,dpmpp_2m-10", help=f"comma-separated, from {', '.join(RUNS)}")
     p.add_argument("--repeat", type=int, default=2, help="timed sampler calls per round")
-    p.add_argument("--rounds", type=int, default=3, help="rounds, alternating ours and diffusers; the best counts")
-    p.add_argument("--compile", action="store_true", help="torch.compile both networks")
-    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     args = p.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    case = CASES[args.case]
-    batch = args.batch or case.sample_batch[device.type]
-    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} threads"
+    device, case, batch = setup(args, "sample_batch")
+    where = machine(device)
     print(f"{case.name}: batch {batch}, {device} ({where}), {'compiled' if args.compile else 'eager'}, "
           f"torch {torch.__version__}")
     print(f"{'run':<12} {'difflab img/s':>14} {'diffusers img/s':>16} {'ratio':>6}")

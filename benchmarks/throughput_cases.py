@@ -84,6 +84,7 @@ def call(side: str, model, x, t, labels):
     if side == "ours":
         out = model(x, t, class_labels=labels) if labels is not None else model(x, t)
     else:
+        t = t.expand(x.shape[0]) if t.dim() == 0 else t  # diffusers' DiT wants one t per sample
         out = model(x, t, class_labels=labels).sample if labels is not None else model(x, t).sample
     return out[:, : x.shape[1]]
 
@@ -102,3 +103,26 @@ def peak_flops(device: torch.device) -> float | None:
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def add_common_arguments(p) -> None:
+    """The flags both throughput scripts take."""
+    p.add_argument("--case", choices=sorted(CASES), default="demo", help="network (see throughput_cases.py)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--batch", type=int, help="images per step / sampler call (default: the case's for the device)")
+    p.add_argument("--rounds", type=int, default=3, help="rounds, alternating ours and diffusers; the best counts")
+    p.add_argument("--compile", action="store_true", help="torch.compile both networks")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+
+
+def setup(args, batches: str) -> tuple[torch.device, Case, int]:
+    """(device, case, batch) for the flags; ``batches``: the case's ``train_batch`` or ``sample_batch``."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    case = CASES[args.case]
+    return device, case, args.batch or getattr(case, batches)[device.type]
+
+
+def machine(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} threads"

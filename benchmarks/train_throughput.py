@@ -4,7 +4,7 @@ Both sides run the same step — ε-prediction MSE at uniform random t of DDPM's
 backward, gradient clipping at 1, AdamW — on a fixed random batch already on the device (data
 loading is not timed), with bf16 autocast on CUDA. Ours goes through
 ``difflab.losses.diffusion_loss`` with the trainer's fast paths (``training/fast_paths.py``:
-fused AdamW on CPU and CUDA, channels-last); theirs through ``DDPMScheduler.add_noise`` with
+fused AdamW on CPU and CUDA, channels-last on CUDA); theirs through ``DDPMScheduler.add_noise`` with
 AdamW as diffusers' training examples create it (fused on CUDA, where we turn it on for them;
 torch's default on CPU) and the default memory format (``--channels-last`` gives it to them too). Each side is
 timed after warm-up steps (which include compilation), and the two alternate in rounds so a
@@ -27,7 +27,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from throughput_cases import CASES, call, parameters, peak_flops, sync
+from throughput_cases import add_common_arguments, call, machine, parameters, peak_flops, setup, sync
 
 
 class TrainStep:
@@ -38,11 +38,11 @@ class TrainStep:
         from difflab.training.fast_paths import make_optimizer, memory_format
 
         torch.manual_seed(0)
-        self.side, self.device = side, device
+        self.side, self.device, self.learned_sigma = side, device, case.learned_sigma
         model = (case.ours if side == "ours" else case.theirs)().to(device)
         self.params = parameters(model)
-        if side == "ours":  # what `difflab train` does (train.channels_last defaults to true)
-            model = memory_format(model, True)
+        if side == "ours":  # what `difflab train` does (train.channels_last: true, applied on GPU)
+            model = memory_format(model, device.type == "cuda")
             self.opt = make_optimizer(model.parameters(), device, lr=1e-4)
         else:
             model = memory_format(model, channels_last)
@@ -66,7 +66,9 @@ class TrainStep:
             from difflab.losses import diffusion_loss
 
             cond = {"class_labels": self.labels} if self.labels is not None else None
-            return diffusion_loss(net, self.x0, self.schedule, cond=cond).loss
+            # learned sigma: improved DDPM's hybrid loss, as the trainer runs it (a little more
+            # work than diffusers' side, which takes the MSE of the ε half only)
+            return diffusion_loss(net, self.x0, self.schedule, cond=cond, learned_variance=self.learned_sigma).loss
         n = self.x0.shape[0]
         t = torch.randint(0, 1000, (n,), device=self.device)
         noise = torch.randn_like(self.x0)
@@ -105,22 +107,13 @@ def time_steps(step: TrainStep, n: int) -> float:
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description="Training images/s of difflab vs diffusers at the same architecture.")
-    p.add_argument("--case", choices=sorted(CASES), default="demo", help="network (see throughput_cases.py)")
-    p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.add_argument("--batch", type=int, help="images per step (default: the case's for the device)")
+    add_common_arguments(p)
     p.add_argument("--steps", type=int, default=20, help="timed steps per round")
-    p.add_argument("--rounds", type=int, default=3, help="rounds, alternating ours and diffusers; the best counts")
     p.add_argument("--warmup", type=int, default=5, help="untimed steps first (compilation happens here)")
-    p.add_argument("--compile", action="store_true", help="torch.compile both models")
     p.add_argument("--channels-last", action="store_true",
-                   help="channels-last memory format for diffusers' model too (ours always uses it, as the trainer does)")
-    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+                   help="channels-last memory format for diffusers' model too (ours uses it on CUDA, as the trainer does)")
     args = p.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    case = CASES[args.case]
-    batch = args.batch or case.train_batch[device.type]
+    device, case, batch = setup(args, "train_batch")
 
     steps = {side: TrainStep(side, case, device, batch, args.compile, args.channels_last) for side in ("ours", "theirs")}
     flops = {side: s.flops() for side, s in steps.items()}
@@ -139,7 +132,7 @@ def main(argv=None) -> None:
 
     peak = peak_flops(device)
     mode = "compiled" if args.compile else "eager"
-    print(f"{case.name}: batch {batch}, {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else f'{torch.get_num_threads()} threads'}), "
+    print(f"{case.name}: batch {batch}, {device} ({machine(device)}), "
           f"{mode}{', diffusers channels-last' if args.channels_last else ''}, torch {torch.__version__}")
     print(f"{'side':<10} {'params':>8} {'img/s':>9} {'ms/step':>8} {'GFLOP/step':>11} {'MFU':>6} {'peak mem':>9}")
     for side, s in steps.items():

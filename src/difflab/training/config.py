@@ -93,7 +93,7 @@ class TrainConfig:
     ema_warmup: bool = True  # decay min(ema_decay, (1 + step)/(10 + step))
     bf16: bool = True  # bf16 autocast (GPU only)
     compile: bool = False  # torch.compile the model
-    channels_last: bool = True  # channels-last (NHWC) memory format (training/fast_paths.py)
+    channels_last: bool = True  # channels-last (NHWC) memory format on GPU (training/fast_paths.py)
     log_every: int = 50
     sample_every: int = 1000  # preview grids from the EMA weights; 0 disables
     checkpoint_every: int = 1000

@@ -29,5 +29,9 @@ def make_optimizer(params, device: torch.device, lr: float, betas=(0.9, 0.999), 
 
 def memory_format(model: nn.Module, channels_last: bool) -> nn.Module:
     """Convolution weights in channels-last (NHWC) layout, which cuDNN's tensor-core and
-    oneDNN's CPU kernels prefer; inputs follow through the first convolution."""
+    oneDNN's CPU kernels prefer; inputs follow through the first convolution.
+
+    Measured on 2 CPU cores with the demo U-Net: sampling ~20% faster; training no faster
+    (torch's channels-last GroupNorm backward is slower there), so the trainer uses it on GPU
+    only and ``DiffusionModel.load`` always."""
     return model.to(memory_format=torch.channels_last) if channels_last else model

@@ -232,7 +232,7 @@ def train(config: Config, resume: str | Path | None = None, progress: bool = Tru
               + (f" x{rt.world_size}" if rt.distributed else "") + (f"; resuming at step {start}" if start else ""))
 
     use_cuda = device.type == "cuda"
-    model = memory_format(model, cfg.train.channels_last)
+    model = memory_format(model, cfg.train.channels_last and use_cuda)  # on CPU: no gain in training
     net = DistributedDataParallel(model, device_ids=[device] if use_cuda else None) if rt.distributed else model
     if cfg.train.compile:
         net = torch.compile(net)
