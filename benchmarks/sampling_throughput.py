@@ -18,11 +18,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import time
 
 import torch
 
-from throughput_cases import add_common_arguments, call, machine, parameters, setup, sync
+from throughput_cases import add_common_arguments, call, machine, mean_seconds, parameters, setup
 
 RUNS = {"ddim-50": ("ddim", "DDIMScheduler", 50), "dpmpp_2m-10": ("dpmpp_2m", "DPMSolverMultistepScheduler", 10)}
 
@@ -78,15 +77,6 @@ class Sampler:
         return x
 
 
-def time_runs(sampler: Sampler, n: int) -> float:
-    sync(sampler.device)
-    start = time.perf_counter()
-    for _ in range(n):
-        sampler()
-    sync(sampler.device)
-    return (time.perf_counter() - start) / n
-
-
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description="Sampling images/s of difflab vs diffusers at the same architecture.")
     add_common_arguments(p)
@@ -105,7 +95,7 @@ def main(argv=None) -> None:
         best = {side: float("inf") for side in samplers}
         for _ in range(args.rounds):
             for side, s in samplers.items():
-                best[side] = min(best[side], time_runs(s, args.repeat))
+                best[side] = min(best[side], mean_seconds(s, device, args.repeat))
         ours, theirs = batch / best["ours"], batch / best["theirs"]
         print(f"{run:<12} {ours:>14.1f} {theirs:>16.1f} {ours / theirs:>5.2f}x")
 

@@ -105,6 +105,18 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def mean_seconds(fn, device: torch.device, n: int) -> float:
+    """Wall seconds per call of ``fn()`` over n calls, the device synchronised at both ends."""
+    import time
+
+    sync(device)
+    start = time.perf_counter()
+    for _ in range(n):
+        fn()
+    sync(device)
+    return (time.perf_counter() - start) / max(n, 1)
+
+
 def add_common_arguments(p) -> None:
     """The flags both throughput scripts take."""
     p.add_argument("--case", choices=sorted(CASES), default="demo", help="network (see throughput_cases.py)")

@@ -22,12 +22,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import time
 
 import torch
 import torch.nn.functional as F
 
-from throughput_cases import add_common_arguments, call, machine, parameters, peak_flops, setup, sync
+from throughput_cases import add_common_arguments, call, machine, mean_seconds, parameters, peak_flops, setup
 
 
 class TrainStep:
@@ -96,15 +95,6 @@ class TrainStep:
         return counter.get_total_flops()
 
 
-def time_steps(step: TrainStep, n: int) -> float:
-    sync(step.device)
-    start = time.perf_counter()
-    for _ in range(n):
-        step()
-    sync(step.device)
-    return time.perf_counter() - start
-
-
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description="Training images/s of difflab vs diffusers at the same architecture.")
     add_common_arguments(p)
@@ -120,14 +110,14 @@ def main(argv=None) -> None:
     for s in steps.values():
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-        time_steps(s, args.warmup)
+        mean_seconds(s, device, args.warmup)
     best = {side: float("inf") for side in steps}
     memory = {}
     for _ in range(args.rounds):
         for side, s in steps.items():
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
-            best[side] = min(best[side], time_steps(s, args.steps) / args.steps)
+            best[side] = min(best[side], mean_seconds(s, device, args.steps))
             memory[side] = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
 
     peak = peak_flops(device)
