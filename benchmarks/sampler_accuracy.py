@@ -37,13 +37,12 @@ import torch
 
 from difflab import schedules
 from difflab.analytic import GaussianMixture
-from difflab.sampling import SAMPLERS, SPACINGS, model_calls, sample
+from difflab.sampling import DETERMINISTIC, SPACINGS, model_calls, sample
 from difflab.sampling.sample import DEFAULT_METHOD, DEFAULT_SPACING
 from difflab.sampling.spacing import karras, log_snr
 from difflab.sampling.tuning import tune_sigmas
 
 BUDGETS = (5, 10, 20, 50)
-STOCHASTIC = {"ddpm", "euler_ancestral"}  # and every *_sde
 # The curves drawn by name in the plot besides best-ours / best-diffusers.
 NAMED = (
     "ours:default",
@@ -180,7 +179,7 @@ def our_configs(extended: bool, tuned: bool = True, calibration: int = 1024, tun
     spacings: dict[str, object] = {name: name for name in SPACINGS}
     spacings["karras_rho3"] = _named_spacing("karras_rho3", karras, rho=3.0)
     spacings["karras_rho5"] = _named_spacing("karras_rho5", karras, rho=5.0)
-    methods = [m for m in SAMPLERS if m not in STOCHASTIC and not m.endswith("_sde")]
+    methods = list(DETERMINISTIC)
     configs = [Ours(f"ours:{m}/{s}", m, sp) for m in methods for s, sp in spacings.items()]
     configs.append(Ours("ours:default", DEFAULT_METHOD, DEFAULT_SPACING))
     if tuned:

@@ -21,6 +21,7 @@ import contextlib
 
 import torch
 
+from difflab.sampling import sample
 from throughput_cases import add_common_arguments, call, machine, mean_seconds, parameters, setup
 
 RUNS = {"ddim-50": ("ddim", "DDIMScheduler", 50), "dpmpp_2m-10": ("dpmpp_2m", "DPMSolverMultistepScheduler", 10)}
@@ -61,8 +62,6 @@ class Sampler:
             return self._theirs()
 
     def _ours(self):
-        from difflab.sampling import sample
-
         cond = {"class_labels": self.labels} if self.labels is not None else None
         return sample(self.net, self.noise, self.schedule, method=self.method, steps=self.steps, spacing="leading"
                       if self.method == "ddim" else "trailing", cond=cond, learned_variance=self.case.learned_sigma)

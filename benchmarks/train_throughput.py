@@ -26,6 +26,7 @@ import contextlib
 import torch
 import torch.nn.functional as F
 
+from difflab.losses import diffusion_loss
 from throughput_cases import add_common_arguments, call, machine, mean_seconds, parameters, peak_flops, setup
 
 
@@ -62,8 +63,6 @@ class TrainStep:
 
     def loss(self, net):
         if self.side == "ours":
-            from difflab.losses import diffusion_loss
-
             cond = {"class_labels": self.labels} if self.labels is not None else None
             # learned sigma: improved DDPM's hybrid loss, as the trainer runs it (a little more
             # work than diffusers' side, which takes the MSE of the ε half only)

@@ -6,7 +6,7 @@ import argparse
 
 
 def register(subparsers) -> None:
-    from ..sampling import SAMPLERS, SPACINGS
+    from ..sampling import DETERMINISTIC, SPACINGS
 
     p = subparsers.add_parser(
         "tune-steps",
@@ -20,8 +20,7 @@ def register(subparsers) -> None:
     )
     p.add_argument("checkpoint", help="a run folder or its checkpoint/ folder")
     p.add_argument("--steps", type=int, required=True, help="number of sampler steps to tune (>= 2)")
-    deterministic = sorted(m for m in SAMPLERS if m not in ("ddpm", "euler_ancestral") and not m.endswith("_sde"))
-    p.add_argument("--method", choices=deterministic, help="deterministic sampler (default: the checkpoint's)")
+    p.add_argument("--method", choices=sorted(DETERMINISTIC), help="deterministic sampler (default: the checkpoint's)")
     p.add_argument("--init", choices=sorted(SPACINGS), default="trailing", help="spacing the search starts from")
     p.add_argument("--n", type=int, default=64, help="calibration images (and as many fresh ones for the check)")
     p.add_argument("--seed", type=int, default=10_000_000,

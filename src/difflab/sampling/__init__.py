@@ -9,6 +9,7 @@ from .sample import (
     DEFAULT_METHOD,
     DEFAULT_SPACING,
     DEFAULT_STEPS,
+    DETERMINISTIC,
     SAMPLERS,
     get_sampler,
     invert,
@@ -19,7 +20,7 @@ from .spacing import SPACINGS, get_sigmas, karras, leading, linspace, log_snr, t
 from .unipc import unipc
 
 __all__ = [
-    "DEFAULT_METHOD", "DEFAULT_SPACING", "DEFAULT_STEPS", "NoiseSource", "SAMPLERS", "SPACINGS", "Step",
+    "DEFAULT_METHOD", "DEFAULT_SPACING", "DEFAULT_STEPS", "DETERMINISTIC", "NoiseSource", "SAMPLERS", "SPACINGS", "Step",
     "ddim", "ddim_invert", "ddpm", "dpmpp_multistep", "euler", "get_sampler", "get_sigmas", "heun",
     "invert", "karras", "leading", "linspace", "log_snr", "model_calls", "sample", "trailing", "unipc",
 ]

@@ -25,21 +25,25 @@ class SamplerSpec:
     defaults: dict = field(default_factory=dict)
     calls_per_step: int = 1  # model calls per step (Heun: 2, but 1 on the step to σ = 0)
     about: str = ""
+    stochastic: bool = False  # draws fresh noise per step: does not solve the probability-flow ODE
 
 
 SAMPLERS: dict[str, SamplerSpec] = {
-    "ddpm": SamplerSpec(ddpm, {}, about="DDPM ancestral (variance=fixed_small|fixed_large|learned)"),
+    "ddpm": SamplerSpec(ddpm, {}, about="DDPM ancestral (variance=fixed_small|fixed_large|learned)", stochastic=True),
     "ddim": SamplerSpec(ddim, {}, about="DDIM (eta=0 deterministic)"),
     "euler": SamplerSpec(euler, {}, about="Euler on the probability-flow ODE (EDM churn optional)"),
-    "euler_ancestral": SamplerSpec(ddim, {"eta": 1.0}, about="Euler ancestral (= DDIM with eta=1)"),
+    "euler_ancestral": SamplerSpec(ddim, {"eta": 1.0}, about="Euler ancestral (= DDIM with eta=1)", stochastic=True),
     "heun": SamplerSpec(heun, {}, calls_per_step=2, about="Heun, EDM's second-order sampler"),
     "dpmpp_2m": SamplerSpec(dpmpp_multistep, {"order": 2}, about="DPM-Solver++ 2M"),
     "dpmpp_3m": SamplerSpec(dpmpp_multistep, {"order": 3}, about="DPM-Solver++ 3M"),
-    "dpmpp_2m_sde": SamplerSpec(dpmpp_multistep, {"order": 2, "sde": True}, about="SDE-DPM-Solver++ 2M"),
-    "dpmpp_3m_sde": SamplerSpec(dpmpp_multistep, {"order": 3, "sde": True}, about="SDE-DPM-Solver++ 3M"),
+    "dpmpp_2m_sde": SamplerSpec(dpmpp_multistep, {"order": 2, "sde": True}, about="SDE-DPM-Solver++ 2M", stochastic=True),
+    "dpmpp_3m_sde": SamplerSpec(dpmpp_multistep, {"order": 3, "sde": True}, about="SDE-DPM-Solver++ 3M", stochastic=True),
     "unipc": SamplerSpec(unipc, {"order": 2}, about="UniPC (bh2, order 2, with corrector)"),
     "unipc_3": SamplerSpec(unipc, {"order": 3}, about="UniPC (bh2, order 3, with corrector)"),
 }
+
+# The samplers whose result is a function of the starting noise alone (ODE solvers, DDIM η = 0).
+DETERMINISTIC = [name for name, spec in SAMPLERS.items() if not spec.stochastic]
 
 # The defaults: the configuration of benchmarks/sampler_accuracy.py that is never far from the
 # best across the linear, scaled-linear and cosine schedules (see docs/benchmarks.md).

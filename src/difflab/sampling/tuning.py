@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .sample import get_sampler, model_calls, sample
+from .sample import get_sampler, sample
 from .spacing import get_sigmas
 
 REFERENCE_METHOD = "unipc_3"
@@ -162,9 +162,7 @@ def tune_sigmas(
     """
     from scipy.optimize import minimize
 
-    get_sampler(method)
-    stochastic = method in ("ddpm", "euler_ancestral") or method.endswith("_sde")
-    if stochastic or options.get("eta", 0) or options.get("churn_amount", 0):
+    if get_sampler(method).stochastic or options.get("eta", 0) or options.get("churn_amount", 0):
         raise ValueError(f"sampler {method!r} is stochastic: tune the levels of a deterministic one (e.g. unipc_3)")
     if steps < 2:
         raise ValueError("tuning needs steps >= 2 (one step has no level to choose)")
