@@ -140,9 +140,9 @@ def test_dead_codes_restart_on_encoder_outputs():
     torch.testing.assert_close(quantizer.embed_sum[1:], quantizer.codebook[1:])
 
 
-@pytest.mark.parametrize("name", ["autoencoder_kl", "autoencoder_vq"])
-def test_trains_through_the_trainer_and_resumes_exactly(tmp_path, name):
-    overrides = [o.replace("autoencoder_kl", name) for o in TINY_AE]
+@pytest.mark.parametrize("name,crop", [("autoencoder_kl", None), ("autoencoder_vq", None), ("autoencoder_kl", 4)])
+def test_trains_through_the_trainer_and_resumes_exactly(tmp_path, name, crop):
+    overrides = [o.replace("autoencoder_kl", name) for o in TINY_AE] + ([f"data.random_crop={crop}"] if crop else [])
     full = train(load_config(None, overrides + [f"train.out_dir={tmp_path / 'full'}", "train.steps=6",
                                                 "train.sample_every=3"]), progress=False)
     assert (tmp_path / "full" / "samples" / "step-0000006.png").exists()  # reconstruction grids
@@ -163,6 +163,20 @@ def test_trains_through_the_trainer_and_resumes_exactly(tmp_path, name):
     assert info.latent_scale == saved["latent_scale"] and info.latent_shape == (2, 4, 4) and info.psnr == saved["psnr"]
     with pytest.raises(ValueError, match="'autoencoder' checkpoint, expected a 'diffusion'"):
         load_state(tmp_path / "full")  # what `difflab train --resume` or sampling would read
+
+
+def test_random_crop_errors(tmp_path):
+    from difflab.training.config import ConfigError
+
+    for crop, message in ((5, "multiple of the autoencoder's factor f=2"), (10, "between 2 and the image side 8")):
+        config = load_config(None, TINY_AE + [f"data.random_crop={crop}", "train.steps=1",
+                                              f"train.out_dir={tmp_path / str(crop)}"])
+        with pytest.raises(ConfigError, match=message):
+            train(config, progress=False)
+    diffusion = load_config(None, ["data.dataset=digits", "data.random_crop=4", "train.steps=1",
+                                   f"train.out_dir={tmp_path / 'unet'}"])
+    with pytest.raises(ConfigError, match="data.random_crop trains autoencoders on crops"):
+        train(diffusion, progress=False)
 
 
 def test_latent_scale_gives_unit_variance():
@@ -213,7 +227,8 @@ def test_shipped_autoencoder_configs_build():
     class Emoji:  # the shape of the emoji set, without rendering it
         channels, resolution = 3, 64
 
-    for name, model_class in (("kl", AutoencoderKL), ("vq", AutoencoderVQ)):
-        config = load_config(f"configs/autoencoder-{name}-emoji64.yaml")
+    for file, model_class in (("kl-emoji64", AutoencoderKL), ("vq-emoji64", AutoencoderVQ),
+                              ("kl-emoji64-cpu", AutoencoderKL)):
+        config = load_config(f"configs/autoencoder-{file}.yaml")
         model = build_model(autoencoder_spec(config, Emoji))
         assert isinstance(model, model_class) and model.latent_shape == (3, 16, 16)

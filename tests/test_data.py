@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from difflab.data import (ImageDataset, images_from_array, load_dataset, load_npz_images, parse_spec,
-                          random_hflip, resize_square, to_channels, to_float, to_uint8)
+                          random_crop, random_hflip, resize_square, to_channels, to_float, to_uint8)
 from difflab.data.captions import templated_captions
 from difflab.data.fashion_mnist import CLASS_NAMES, DEFAULT_DIR, load_fashion_mnist, read_idx
 
@@ -117,6 +117,20 @@ def test_resize_square_and_flip():
     x = torch.arange(8.0).view(8, 1, 1, 1).expand(8, 1, 1, 2).contiguous()
     flipped = random_hflip(x, torch.Generator().manual_seed(0))
     assert all(torch.equal(f, o) or torch.equal(f, o.flip(-1)) for f, o in zip(flipped, x))
+
+
+def test_random_crop_takes_a_window_of_each_image():
+    x = torch.randn(6, 3, 10, 12)
+    crops = random_crop(x, 4, torch.Generator().manual_seed(0))
+    assert crops.shape == (6, 3, 4, 4)
+    windows = [(top, left) for top in range(7) for left in range(9)]
+    found = [[(t, l) for t, l in windows if torch.equal(c, o[:, t : t + 4, l : l + 4])] for c, o in zip(crops, x)]
+    assert all(len(f) == 1 for f in found) and len({f[0] for f in found}) > 1  # independent offsets
+    assert torch.equal(random_crop(x, 4, torch.Generator().manual_seed(0)), crops)
+    full_height = random_crop(x, 10)  # the whole height: only the column offset is random
+    assert all(any(torch.equal(c, o[..., left : left + 10]) for left in range(3)) for c, o in zip(full_height, x))
+    with pytest.raises(ValueError, match="between 1 and 10"):
+        random_crop(x, 11)
 
 
 @pytest.mark.parametrize("layout", ["NHWC", "NCHW", "NHW"])

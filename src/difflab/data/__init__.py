@@ -8,7 +8,7 @@ the stored pixels and the [-1, 1] range networks see.
 from difflab.data.arrays import images_from_array, load_npz_images
 from difflab.data.cache import cache_dir
 from difflab.data.captions import templated_captions
-from difflab.data.convert import random_hflip, resize_square, to_channels, to_float, to_uint8
+from difflab.data.convert import random_crop, random_hflip, resize_square, to_channels, to_float, to_uint8
 from difflab.data.dataset import ImageDataset
 from difflab.data.emoji import load_emoji
 from difflab.data.image_folder import load_image_folder
@@ -16,6 +16,6 @@ from difflab.data.load import BUILTIN, load_dataset, parse_spec
 
 __all__ = [
     "BUILTIN", "ImageDataset", "cache_dir", "images_from_array", "load_dataset", "load_emoji",
-    "load_image_folder", "load_npz_images", "parse_spec", "random_hflip", "resize_square",
+    "load_image_folder", "load_npz_images", "parse_spec", "random_crop", "random_hflip", "resize_square",
     "templated_captions", "to_channels", "to_float", "to_uint8",
 ]

@@ -56,3 +56,21 @@ def random_hflip(x: torch.Tensor, generator: torch.Generator | None = None) -> t
     device = generator.device if generator is not None else x.device
     flip = (torch.rand(len(x), generator=generator, device=device) < 0.5).to(x.device)
     return torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
+
+
+def random_crop(x: torch.Tensor, size: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """A random ``size``×``size`` window of each image of a batch (N, C, H, W), offsets uniform
+    and independent per image (the crops LDM trains its autoencoders on)."""
+    n, _, height, width = x.shape
+    if not 1 <= size <= min(height, width):
+        raise ValueError(f"cannot crop {size}x{size} windows from {height}x{width} images; "
+                         f"pick a crop size between 1 and {min(height, width)}")
+    device = generator.device if generator is not None else x.device
+    top = torch.randint(height - size + 1, (n,), generator=generator, device=device).to(x.device)
+    left = torch.randint(width - size + 1, (n,), generator=generator, device=device).to(x.device)
+    offsets = torch.arange(size, device=x.device)
+    rows = (top[:, None] + offsets)[:, None, :, None]  # (N, 1, size, 1)
+    cols = (left[:, None] + offsets)[:, None, None, :]  # (N, 1, 1, size)
+    batch = torch.arange(n, device=x.device)[:, None, None, None]
+    channel = torch.arange(x.shape[1], device=x.device)[None, :, None, None]
+    return x[batch, channel, rows, cols]

@@ -30,6 +30,7 @@ class DataConfig:
     resolution: int | None = None  # square side in pixels; None keeps the dataset's
     channels: int | None = None  # 1 or 3; None keeps the dataset's
     hflip: bool = False  # random horizontal flips
+    random_crop: int | None = None  # autoencoders: train on random crops of this side (LDM's first stages)
     class_conditional: bool = False  # condition on the dataset's class labels
     text_conditional: bool = False  # condition on the dataset's captions (model.text_encoder)
     autoencoder: str | None = None  # latent diffusion: a `difflab train-autoencoder` run to train in the latents of

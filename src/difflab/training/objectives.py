@@ -55,6 +55,15 @@ def checkpoint_config(spec: dict, model, config: Config) -> dict:
             "latent_shape": list(model.latent_shape), "train_config": config.to_dict()}
 
 
+def check_random_crop(config: Config, model) -> None:
+    """``data.random_crop`` must fit the images and be a multiple of the autoencoder's factor f."""
+    crop = config.data.random_crop
+    side, factor = model.config.image_size, model.config.factor
+    if crop is not None and not (0 < crop <= side and crop % factor == 0):
+        raise ConfigError(f"data.random_crop={crop} must be a multiple of the autoencoder's factor f={factor} "
+                          f"between {factor} and the image side {side}")
+
+
 @dataclass
 class AutoencoderLossOutput:
     loss: Tensor  # scalar to minimize

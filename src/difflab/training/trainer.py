@@ -19,7 +19,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from .. import losses
-from ..data.convert import random_hflip, to_float, to_uint8
+from ..data.convert import random_crop, random_hflip, to_float, to_uint8
 from ..data.load import load_dataset
 from ..conditioning import TextConditioning, select
 from ..denoiser import Denoiser
@@ -192,6 +192,9 @@ def train(config: Config, resume: str | Path | None = None, progress: bool = Tru
     images = dataset.images.to(device)
     classifier = is_classifier(cfg)
     autoencoder = objectives.is_autoencoder(cfg)  # KL / VQ autoencoder: reconstruction loss, no noise process
+    if cfg.data.random_crop and not autoencoder:  # autoencoders are convolutional; the rest see whole images
+        raise ConfigError("data.random_crop trains autoencoders on crops; a diffusion model or classifier "
+                          "sees whole images: remove data.random_crop or set data.resolution instead")
     kind = state.AUTOENCODER_KIND if autoencoder else state.CLASSIFIER_KIND if classifier else state.KIND
     labels = dataset.labels.to(device) if (cfg.data.class_conditional or classifier) else None
     latent, latent_cache = None, None
@@ -215,6 +218,8 @@ def train(config: Config, resume: str | Path | None = None, progress: bool = Tru
     model = build_model(model_spec(cfg, dataset, text_config, text.dim if text else 0,
                                    latent.latent_shape if latent else None)).to(device)
     spec = model_config_dict(model)  # every field spelled out: what the checkpoint records
+    if autoencoder:
+        objectives.check_random_crop(cfg, model)
     ema = EMA(model, cfg.train.ema_decay, cfg.train.ema_warmup)
     optimizer = make_optimizer(model.parameters(), device, cfg.optim.lr, cfg.optim.betas, cfg.optim.weight_decay)
     lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg.optim.warmup_steps))
@@ -287,11 +292,14 @@ def train(config: Config, resume: str | Path | None = None, progress: bool = Tru
             x0 = to_float(images[idx])
             if cfg.data.hflip:
                 x0 = random_hflip(x0, g)
+            if cfg.data.random_crop:
+                x0 = random_crop(x0, cfg.data.random_crop, g)
             if latent is not None:  # encoded on the fly
                 x0 = latent.encode(x0, generator=g)
         t = losses.sample_training_t(schedule, global_batch, torch.Generator().manual_seed(cfg.train.seed + step))
         # an autoencoder's noise is the ε of its posterior sample z = μ + σ·ε: latent-shaped
-        noise_shape = (global_batch, *model.latent_shape) if autoencoder else x0.shape
+        noise_shape = (global_batch, model.latent_shape[0], *(n // model.config.factor for n in x0.shape[-2:])) \
+            if autoencoder else x0.shape
         noise = torch.randn(noise_shape, generator=g, device=device)
         y = labels[idx] if labels is not None else None
         if y is not None and cfg.diffusion.cond_drop_prob > 0 and not classifier:
