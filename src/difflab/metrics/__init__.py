@@ -1,5 +1,6 @@
 """Evaluation metrics: FID, improved precision/recall and KID on the standard Inception-v3
-pool features, and a dataset classifier's score and class accuracy.
+pool features, a dataset classifier's score and class accuracy, and caption retrieval for
+text-to-image models.
 
 The Inception network comes from the optional extra (``pip install 'difflab[metrics]'``);
 everything else needs only torch and numpy. See docs/metrics.md.
@@ -14,11 +15,13 @@ from difflab.metrics.frechet import (feature_statistics, frechet_distance, load_
 from difflab.metrics.inception import InceptionFeatures, load_inception, write_half_weights
 from difflab.metrics.kid import kernel_inception_distance
 from difflab.metrics.precision_recall import precision_recall
+from difflab.metrics.retrieval import CaptionRetrieval, caption_retrieval, nearest_neighbours
 
 __all__ = [
-    "Classifier", "EvalOptions", "InceptionFeatures", "Reference", "cached_features", "class_accuracy",
-    "classifier_score", "confident_fraction", "evaluate", "extract_features", "feature_statistics",
-    "format_table", "frechet_distance", "kernel_inception_distance", "load_classifier",
-    "load_inception", "load_statistics", "precision_recall", "save_statistics", "train_classifier",
-    "write_half_weights",
+    "CaptionRetrieval", "Classifier", "EvalOptions", "InceptionFeatures", "Reference",
+    "cached_features", "caption_retrieval", "class_accuracy", "classifier_score",
+    "confident_fraction", "evaluate", "extract_features", "feature_statistics", "format_table",
+    "frechet_distance", "kernel_inception_distance", "load_classifier", "load_inception",
+    "load_statistics", "nearest_neighbours", "precision_recall", "save_statistics",
+    "train_classifier", "write_half_weights",
 ]
