@@ -62,7 +62,9 @@ def schedule_from_args(args, model, guidance) -> dict:
             raise ValueError("--spacing and --sigmas both set the noise levels: give one of them")
     else:
         method, steps, _ = model.sampler_settings(args.method, args.steps, spacing)
-        tuned = None if (spacing or args.no_tuned) else find_tuned(model, method, steps, guidance)
+        tuned, note = (None, None) if (spacing or args.no_tuned) else find_tuned(model, method, steps, guidance)
+        if note:
+            print(f"difflab: {note}")
         if tuned is None:
             return {"method": args.method, "steps": args.steps, "spacing": spacing}
         print(f"difflab: using the tuned {steps}-step schedule of the checkpoint (--no-tuned to ignore it)")

@@ -56,19 +56,19 @@ def tune_steps(
     return tuned
 
 
-def find_tuned(model: DiffusionModel, method: str, steps: int, guidance: Guidance | None) -> TunedSigmas | None:
+def find_tuned(model: DiffusionModel, method: str, steps: int,
+               guidance: Guidance | None) -> tuple[TunedSigmas | None, str | None]:
     """The checkpoint's tuned schedule for ``method`` at ``steps`` if there is one for this
-    guidance scale; None (with a note on stdout when one exists for another scale) otherwise."""
+    guidance scale, else None; and, when a file exists but does not fit, why it is not used."""
     if model.path is None:
-        return None
+        return None, None
     path = tuned_path(model, method, steps)
     if not path.is_file():
-        return None
+        return None, None
     tuned = TunedSigmas.load(path)
     want = guidance_scale(model, guidance or Guidance())
     have = tuned.context.get("guidance_scale", 1.0)
     if abs(have - want) > 1e-9:
-        print(f"difflab: not using the tuned schedule {path}: it was tuned at guidance scale {have:g}, "
-              f"this run uses {want:g} (re-run `difflab tune-steps --guidance-scale {want:g}`)")
-        return None
-    return tuned
+        return None, (f"not using the tuned schedule {path}: it was tuned at guidance scale {have:g}, "
+                      f"this run uses {want:g} (re-run `difflab tune-steps --guidance-scale {want:g}`)")
+    return tuned, None
