@@ -22,6 +22,7 @@ COMMANDS = [
     "difflab.commands.train_classifier",
     "difflab.commands.train_autoencoder",
     "difflab.commands.reconstruct",
+    "difflab.commands.import_autoencoder",
 ]
 
 

@@ -35,6 +35,7 @@ from torch import Tensor, nn
 from ..nn import GroupNorm32, SpatialSelfAttention, zero_module
 from .unet import Downsample, Upsample
 
+DOWNSAMPLE_PADDINGS = ("symmetric", "ldm")
 LOGVAR_RANGE = (-30.0, 20.0)  # LDM's clamp of log σ²: σ between e^-15 and e^10
 
 
@@ -55,6 +56,10 @@ class AutoencoderConfig:
         num_heads: heads of every attention layer (LDM: 1).
         norm_groups: groups of every group normalization (32 in LDM).
         dropout: dropout before the second convolution of each residual block.
+        downsample_padding: ``symmetric`` (one pixel on every side of the strided 3×3
+            convolution, as the U-Net) or ``ldm`` (one pixel right and bottom only, as LDM's and
+            diffusers' encoders; needed to load their weights, see :mod:`.diffusers_weights`).
+        norm_eps: ε of every group normalization (LDM and diffusers: 10⁻⁶).
     """
 
     in_channels: int = 3
@@ -67,6 +72,8 @@ class AutoencoderConfig:
     num_heads: int = 1
     norm_groups: int = 32
     dropout: float = 0.0
+    downsample_padding: str = "symmetric"
+    norm_eps: float = 1e-5
 
     def __post_init__(self):
         # JSON turns tuples into lists; keep the dataclass hashable and comparable.
@@ -100,6 +107,11 @@ class AutoencoderConfig:
             raise ValueError(f"{name}.channel_mult must be a non-empty tuple of positive ints, got {self.channel_mult}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"{name}.dropout must be in [0, 1), got {self.dropout}")
+        if self.downsample_padding not in DOWNSAMPLE_PADDINGS:
+            raise ValueError(f"{name}.downsample_padding must be one of {', '.join(DOWNSAMPLE_PADDINGS)}, "
+                             f"got {self.downsample_padding!r}")
+        if not self.norm_eps > 0:
+            raise ValueError(f"{name}.norm_eps must be > 0, got {self.norm_eps}")
         if self.image_size % self.factor:
             raise ValueError(
                 f"{name}.image_size={self.image_size} is not divisible by the downsampling factor "
@@ -127,11 +139,12 @@ class ResnetBlock(nn.Module):
     at zero (difflab's convention, as in the U-Net), so the block starts as its skip path.
     """
 
-    def __init__(self, channels: int, out_channels: int, norm_groups: int = 32, dropout: float = 0.0):
+    def __init__(self, channels: int, out_channels: int, norm_groups: int = 32, dropout: float = 0.0,
+                 norm_eps: float = 1e-5):
         super().__init__()
-        self.norm1 = GroupNorm32(norm_groups, channels)
+        self.norm1 = GroupNorm32(norm_groups, channels, eps=norm_eps)
         self.conv1 = nn.Conv2d(channels, out_channels, 3, padding=1)
-        self.norm2 = GroupNorm32(norm_groups, out_channels)
+        self.norm2 = GroupNorm32(norm_groups, out_channels, eps=norm_eps)
         self.dropout = nn.Dropout(dropout)
         self.conv2 = zero_module(nn.Conv2d(out_channels, out_channels, 3, padding=1))
         self.skip = nn.Identity() if out_channels == channels else nn.Conv2d(channels, out_channels, 1)
@@ -142,22 +155,41 @@ class ResnetBlock(nn.Module):
         return self.skip(x) + h
 
 
+class CornerPadDownsample(nn.Module):
+    """LDM's encoder downsampling: pad one pixel right and bottom, then a 3×3 convolution with
+    stride 2 (``downsample_padding: ldm``; the same parameters as :class:`Downsample`)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, stride=2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.conv(F.pad(x, (0, 1, 0, 1)))  # (N, C, H/2, W/2)
+
+
+def _resnet(cfg: AutoencoderConfig, c_in: int, c_out: int) -> ResnetBlock:
+    return ResnetBlock(c_in, c_out, cfg.norm_groups, cfg.dropout, cfg.norm_eps)
+
+
+def _attention(cfg: AutoencoderConfig, ch: int) -> SpatialSelfAttention:
+    return SpatialSelfAttention(ch, cfg.num_heads, norm_groups=cfg.norm_groups, norm_eps=cfg.norm_eps)
+
+
 def _level_layers(cfg: AutoencoderConfig, c_in: int, c_out: int, resolution: int) -> list[nn.Module]:
     """A residual block, followed by self-attention at the configured resolutions."""
-    layers = [ResnetBlock(c_in, c_out, cfg.norm_groups, cfg.dropout)]
+    layers: list[nn.Module] = [_resnet(cfg, c_in, c_out)]
     if resolution in cfg.attention_resolutions:
-        layers.append(SpatialSelfAttention(c_out, cfg.num_heads, norm_groups=cfg.norm_groups))
+        layers.append(_attention(cfg, c_out))
     return layers
 
 
 def _middle(cfg: AutoencoderConfig, ch: int) -> nn.Sequential:
-    return nn.Sequential(ResnetBlock(ch, ch, cfg.norm_groups, cfg.dropout),
-                         SpatialSelfAttention(ch, cfg.num_heads, norm_groups=cfg.norm_groups),
-                         ResnetBlock(ch, ch, cfg.norm_groups, cfg.dropout))
+    return nn.Sequential(_resnet(cfg, ch, ch), _attention(cfg, ch), _resnet(cfg, ch, ch))
 
 
 def _head(cfg: AutoencoderConfig, ch: int, out_channels: int) -> nn.Sequential:
-    return nn.Sequential(GroupNorm32(cfg.norm_groups, ch), nn.SiLU(), nn.Conv2d(ch, out_channels, 3, padding=1))
+    return nn.Sequential(GroupNorm32(cfg.norm_groups, ch, eps=cfg.norm_eps), nn.SiLU(),
+                         nn.Conv2d(ch, out_channels, 3, padding=1))
 
 
 class Encoder(nn.Module):
@@ -174,7 +206,7 @@ class Encoder(nn.Module):
                 layers += _level_layers(cfg, ch, width, resolution)
                 ch = width
             if level != len(widths) - 1:
-                layers.append(Downsample(ch))
+                layers.append(Downsample(ch) if cfg.downsample_padding == "symmetric" else CornerPadDownsample(ch))
         self.down = nn.Sequential(*layers)
         self.middle = _middle(cfg, ch)
         self.head = _head(cfg, ch, out_channels)

@@ -101,7 +101,7 @@ class SpatialSelfAttention(nn.Module):
     Args:
         channels: feature channels C.
         num_heads, num_head_channels: see :func:`resolve_num_heads`.
-        norm_groups: groups of the group normalization.
+        norm_groups: groups of the group normalization; norm_eps: its ε.
         residual_scale: factor applied to the residual sum.
     """
 
@@ -112,9 +112,10 @@ class SpatialSelfAttention(nn.Module):
         num_head_channels: int = -1,
         norm_groups: int = 32,
         residual_scale: float = 1.0,
+        norm_eps: float = 1e-5,
     ):
         super().__init__()
-        self.norm = GroupNorm32(norm_groups, channels)
+        self.norm = GroupNorm32(norm_groups, channels, eps=norm_eps)
         self.attn = SelfAttention(channels, resolve_num_heads(channels, num_heads, num_head_channels))
         zero_module(self.attn.proj)
         self.residual_scale = residual_scale
