@@ -4,7 +4,7 @@ Both sides run the same step — ε-prediction MSE at uniform random t of DDPM's
 backward, gradient clipping at 1, AdamW — on a fixed random batch already on the device (data
 loading is not timed), with bf16 autocast on CUDA. Ours goes through
 ``difflab.losses.diffusion_loss`` with the trainer's fast paths (``training/fast_paths.py``:
-fused AdamW on CPU and CUDA, channels-last on CUDA); theirs through ``DDPMScheduler.add_noise`` with
+fused AdamW on CPU and CUDA, multi-tensor gradient clipping, channels-last on CUDA); theirs through ``DDPMScheduler.add_noise`` with
 AdamW as diffusers' training examples create it (fused on CUDA, where we turn it on for them;
 torch's default on CPU) and the default memory format (``--channels-last`` gives it to them too). Each side is
 timed after warm-up steps (which include compilation), and the two alternate in rounds so a
@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from difflab.losses import diffusion_loss
+from difflab.training.fast_paths import clip_gradients
 from throughput_cases import add_common_arguments, call, machine, mean_seconds, parameters, peak_flops, setup
 
 
@@ -77,7 +78,10 @@ class TrainStep:
         with self.autocast:
             loss = self.loss(self.net)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+        if self.side == "ours":
+            clip_gradients(self.model.parameters(), 1.0)
+        else:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
 

@@ -5,7 +5,7 @@ import torch
 from difflab.losses import diffusion_loss
 from difflab.models.unet import PRESETS, UNet
 from difflab.schedules import linear
-from difflab.training.fast_paths import fused_adamw_supported, make_optimizer, memory_format
+from difflab.training.fast_paths import clip_gradients, fused_adamw_supported, make_optimizer, memory_format
 
 
 def _model():
@@ -48,3 +48,17 @@ def test_fused_adamw_takes_the_same_steps_as_the_default():
         opt_plain.zero_grad()
     for (name, a), b in zip(plain.named_parameters(), fast.parameters()):
         torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-7, msg=lambda m: f"{name}: {m}")
+
+
+def test_multi_tensor_clipping_matches_the_per_tensor_loop():
+    plain, fast = _model(), _model()
+    _loss(plain).backward()
+    for a, b in zip(plain.parameters(), fast.parameters()):
+        b.grad = a.grad.clone() * 100  # far above the limit, so the clip acts
+        a.grad.mul_(100)
+    norm_plain = torch.nn.utils.clip_grad_norm_(plain.parameters(), 1.0, foreach=False)
+    norm_fast = clip_gradients(fast.parameters(), 1.0)
+    torch.testing.assert_close(norm_fast, norm_plain, rtol=1e-6, atol=0)
+    assert norm_plain > 1.0
+    for (name, a), b in zip(plain.named_parameters(), fast.parameters()):
+        torch.testing.assert_close(b.grad, a.grad, rtol=1e-6, atol=1e-9, msg=lambda m: f"{name}: {m}")

@@ -203,11 +203,12 @@ class ResBlock(nn.Module):
         e = self.emb_proj(F.silu(emb))[:, :, None, None].to(h.dtype)  # (N, C_out or 2·C_out, 1, 1)
         if self.use_scale_shift_norm:
             scale, shift = e.chunk(2, dim=1)
-            h = self.norm2(h) * (1 + scale) + shift
+            h = torch.addcmul(shift, self.norm2(h), 1 + scale)  # (1 + scale)·GN(h) + shift in one pass
         else:
             h = self.norm2(h + e)
         h = self.conv2(self.dropout(F.silu(h)))  # (N, C_out, H', W')
-        return (self.skip(self.resample(x)) + h) * self.residual_scale
+        out = self.skip(self.resample(x)) + h
+        return out if self.residual_scale == 1.0 else out * self.residual_scale
 
 
 class Downsample(nn.Module):

@@ -123,8 +123,8 @@ class SpatialSelfAttention(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         n, c, h, w = x.shape
         tokens = self.norm(x).flatten(2).transpose(1, 2)  # (N, H·W, C); a view for channels_last
-        out = self.attn(tokens).transpose(1, 2).reshape(n, c, h, w)  # (N, C, H, W)
-        return (x + out) * self.residual_scale
+        out = x + self.attn(tokens).transpose(1, 2).reshape(n, c, h, w)  # (N, C, H, W)
+        return out if self.residual_scale == 1.0 else out * self.residual_scale
 
 
 class AttentionPool2d(nn.Module):

@@ -32,7 +32,7 @@ from ..schedules import get_schedule
 from . import distributed, objectives
 from .config import Config, ConfigError
 from .ema import EMA
-from .fast_paths import make_optimizer, memory_format
+from .fast_paths import clip_gradients, make_optimizer, memory_format
 from . import state
 from .state import load_state, save_training_state
 
@@ -340,7 +340,7 @@ def train(config: Config, resume: str | Path | None = None, progress: bool = Tru
                 running_metrics[name] = running_metrics.get(name, 0) + value.float() / cfg.optim.grad_accum
         grad_norm = None
         if cfg.optim.grad_clip:
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+            grad_norm = clip_gradients(model.parameters(), cfg.optim.grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         lr_scheduler.step()
