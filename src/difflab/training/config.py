@@ -80,6 +80,8 @@ class OptimConfig:
     weight_decay: float = 0.0
     betas: tuple = (0.9, 0.999)
     warmup_steps: int = 0
+    lr_schedule: str = "constant"  # after warm-up: constant | cosine | linear decay to min_lr_fraction·lr at train.steps
+    min_lr_fraction: float = 0.0
     grad_clip: float | None = 1.0
     batch_size: int = 128  # global batch per optimizer step, over all processes
     grad_accum: int = 1  # micro-batches per step (memory, not maths)

@@ -33,6 +33,7 @@ from . import distributed, objectives
 from .config import Config, ConfigError
 from .ema import EMA
 from .fast_paths import clip_gradients, make_optimizer, memory_format
+from .lr_schedule import lr_lambda
 from . import state
 from .state import load_state, save_training_state
 
@@ -99,10 +100,6 @@ def batch_indices(n: int, batch: int, step: int, seed: int) -> torch.Tensor:
 
 def _step_generator(seed: int, step: int, device: torch.device) -> torch.Generator:
     return torch.Generator(device).manual_seed((seed * 7_919 + step) % (2**63 - 1))
-
-
-def _lr_lambda(warmup: int):
-    return lambda step: min(1.0, (step + 1) / warmup) if warmup > 0 else 1.0
 
 
 class _Logger:
@@ -222,7 +219,11 @@ def train(config: Config, resume: str | Path | None = None, progress: bool = Tru
         objectives.check_random_crop(cfg, model)
     ema = EMA(model, cfg.train.ema_decay, cfg.train.ema_warmup)
     optimizer = make_optimizer(model.parameters(), device, cfg.optim.lr, cfg.optim.betas, cfg.optim.weight_decay)
-    lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg.optim.warmup_steps))
+    try:
+        schedule_lr = lr_lambda(cfg.optim.warmup_steps, cfg.train.steps, cfg.optim.lr_schedule, cfg.optim.min_lr_fraction)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule_lr)
     start = 0
     if resume is not None:
         saved, tensors, extra = load_state(resume, kind=kind)
