@@ -33,10 +33,10 @@ def feature_function(kind: str, model: DiffusionModel, autoencoder: str | None, 
     if kind == "pixels":
         return lambda images: to_float(images).flatten(1)
     if kind == "inception":
-        from difflab.metrics import InceptionFeatures
+        from difflab.metrics import InceptionFeatures, extract_features
 
         extractor = InceptionFeatures(device=device)
-        return lambda images: torch.cat([extractor(images[s : s + 100]).cpu() for s in range(0, len(images), 100)])
+        return lambda images: torch.from_numpy(extract_features(images, extractor, batch_size=100).values)
     if autoencoder:
         from difflab.models import load_autoencoder
 
