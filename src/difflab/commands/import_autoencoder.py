@@ -36,21 +36,15 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    import dataclasses
     from pathlib import Path
 
     from ..checkpoint import save_checkpoint
     from ..models import model_config_dict
-    from ..models.autoencoder import AutoencoderKL
     from ..models.diffusers_weights import load_diffusers_autoencoder_kl
     from ..training.state import AUTOENCODER_KIND
 
     try:
-        model, scale = load_diffusers_autoencoder_kl(args.folder)
-        if args.image_size:
-            resized = AutoencoderKL(dataclasses.replace(model.config, image_size=args.image_size))
-            resized.load_state_dict(model.state_dict())
-            model = resized
+        model, scale = load_diffusers_autoencoder_kl(args.folder, args.image_size)
     except (FileNotFoundError, ValueError) as err:
         raise UserError(str(err)) from None
     scale = args.latent_scale or scale

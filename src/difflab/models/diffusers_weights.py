@@ -26,8 +26,9 @@ from .autoencoder import AutoencoderConfig, AutoencoderKL
 WEIGHTS_FILE = "diffusion_pytorch_model.safetensors"
 
 
-def config_from_diffusers(config: Mapping) -> AutoencoderConfig:
-    """The :class:`AutoencoderConfig` of a diffusers ``AutoencoderKL`` config (its config.json).
+def config_from_diffusers(config: Mapping, image_size: int | None = None) -> AutoencoderConfig:
+    """The :class:`AutoencoderConfig` of a diffusers ``AutoencoderKL`` config (its config.json);
+    ``image_size`` replaces its ``sample_size`` (the weights do not depend on it).
 
     Supported: ``DownEncoderBlock2D`` / ``UpDecoderBlock2D`` blocks (no attention outside the
     middle block), SiLU, the middle attention and both 1×1 quant convolutions, block widths that
@@ -49,7 +50,8 @@ def config_from_diffusers(config: Mapping) -> AutoencoderConfig:
         raise ValueError(f"this diffusers AutoencoderKL has settings difflab's autoencoder does not implement: "
                          f"{', '.join(f'{k}={config.get(k)!r}' for k in unsupported)}")
     return AutoencoderConfig(
-        in_channels=config.get("in_channels", 3), image_size=config.get("sample_size", 32), model_channels=widths[0],
+        in_channels=config.get("in_channels", 3), image_size=image_size or config.get("sample_size", 32),
+        model_channels=widths[0],
         channel_mult=tuple(w // widths[0] for w in widths), num_res_blocks=config.get("layers_per_block", 1),
         z_channels=config.get("latent_channels", 4), num_heads=1, norm_groups=config.get("norm_num_groups", 32),
         downsample_padding="ldm", norm_eps=1e-6,
@@ -120,9 +122,10 @@ def state_dict_from_diffusers(cfg: AutoencoderConfig, theirs: Mapping[str, Tenso
     return ours
 
 
-def autoencoder_kl_from_diffusers(config: Mapping, state_dict: Mapping[str, Tensor]) -> AutoencoderKL:
+def autoencoder_kl_from_diffusers(config: Mapping, state_dict: Mapping[str, Tensor],
+                                  image_size: int | None = None) -> AutoencoderKL:
     """A difflab ``AutoencoderKL`` with the weights of a diffusers one (config dict + state dict)."""
-    cfg = config_from_diffusers(config)
+    cfg = config_from_diffusers(config, image_size)
     model = AutoencoderKL(cfg)
     try:
         model.load_state_dict(state_dict_from_diffusers(cfg, state_dict))
@@ -131,7 +134,7 @@ def autoencoder_kl_from_diffusers(config: Mapping, state_dict: Mapping[str, Tens
     return model
 
 
-def load_diffusers_autoencoder_kl(folder: str | Path) -> tuple[AutoencoderKL, float]:
+def load_diffusers_autoencoder_kl(folder: str | Path, image_size: int | None = None) -> tuple[AutoencoderKL, float]:
     """The autoencoder saved in a local diffusers folder (``AutoencoderKL.save_pretrained``; the
     ``vae/`` folder of a Stable Diffusion pipeline) and its latent scale ``scaling_factor``."""
     from safetensors.torch import load_file
@@ -145,4 +148,5 @@ def load_diffusers_autoencoder_kl(folder: str | Path) -> tuple[AutoencoderKL, fl
     config = json.loads(config_file.read_text())
     if config.get("_class_name", "AutoencoderKL") != "AutoencoderKL":
         raise ValueError(f"{folder} holds a diffusers {config['_class_name']}, not an AutoencoderKL")
-    return autoencoder_kl_from_diffusers(config, load_file(weights_file)), float(config.get("scaling_factor", 0.18215))
+    model = autoencoder_kl_from_diffusers(config, load_file(weights_file), image_size)
+    return model, float(config.get("scaling_factor", 0.18215))
