@@ -5,7 +5,7 @@ import torch
 from difflab.losses import diffusion_loss
 from difflab.models.unet import PRESETS, UNet
 from difflab.schedules import linear
-from difflab.training.fast_paths import clip_gradients, fused_adamw_supported, make_optimizer, memory_format
+from difflab.training.fast_paths import bf16_autocast, clip_gradients, fused_adamw_supported, make_optimizer, memory_format
 
 
 def _model():
@@ -62,3 +62,21 @@ def test_multi_tensor_clipping_matches_the_per_tensor_loop():
     assert norm_plain > 1.0
     for (name, a), b in zip(plain.named_parameters(), fast.parameters()):
         torch.testing.assert_close(b.grad, a.grad, rtol=1e-6, atol=1e-9, msg=lambda m: f"{name}: {m}")
+
+
+def test_bf16_autocast_is_opt_in_on_cpu_and_stays_close_to_float32():
+    cpu = torch.device("cpu")
+    with bf16_autocast(cpu, on_gpu=True):  # train.bf16 alone leaves the CPU in float32
+        assert not torch.is_autocast_enabled("cpu")
+    model = _model()
+    with torch.no_grad():  # the zero-initialized output layers would make both losses exactly equal
+        for param in model.parameters():
+            param.add_(0.05 * torch.randn_like(param))
+    plain = _loss(model)
+    with bf16_autocast(cpu, on_gpu=True, on_cpu=True):
+        assert torch.is_autocast_enabled("cpu")
+        assert torch.get_autocast_dtype("cpu") == torch.bfloat16
+        fast = _loss(model)
+    assert fast.dtype == torch.float32  # the loss reduces in float32
+    torch.testing.assert_close(fast, plain, rtol=2e-2, atol=1e-3)
+    assert fast.item() != plain.item()  # it did run in bf16

@@ -1,12 +1,14 @@
 """The trainer's speed switches, in one place so benchmarks/train_throughput.py times exactly
 what ``difflab train`` runs: a fused AdamW, multi-tensor gradient clipping and the channels-last
-memory format.
+memory format, and bf16 autocast.
 
 Each is the plain path computed another way; tests/test_fast_paths.py checks it against the
 plain path on CPU within float tolerance.
 """
 
 from __future__ import annotations
+
+from contextlib import nullcontext
 
 import torch
 from torch import nn
@@ -43,3 +45,15 @@ def memory_format(model: nn.Module, channels_last: bool) -> nn.Module:
     (torch's channels-last GroupNorm backward is slower there), so the trainer uses it on GPU
     only and ``DiffusionModel.load`` always."""
     return model.to(memory_format=torch.channels_last) if channels_last else model
+
+
+def bf16_autocast(device: torch.device, on_gpu: bool, on_cpu: bool = False):
+    """The training step's autocast: bf16 matrix multiplies and convolutions, float32 weights,
+    norms and loss. On GPU the default (``train.bf16``). On CPU opt-in (``train.bf16_cpu``):
+    oneDNN's bf16 kernels run ~1.3x faster on a CPU with avx512_bf16 or AMX (measured on 2 cores
+    with a 7.5M-parameter latent U-Net: 0.76 s against 1.00 s a step) and slower on one without."""
+    if device.type == "cuda" and on_gpu:
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    if device.type == "cpu" and on_cpu:
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    return nullcontext()

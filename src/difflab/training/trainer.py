@@ -32,7 +32,7 @@ from ..schedules import get_schedule
 from . import distributed, objectives
 from .config import Config, ConfigError
 from .ema import EMA
-from .fast_paths import clip_gradients, make_optimizer, memory_format
+from .fast_paths import bf16_autocast, clip_gradients, make_optimizer, memory_format
 from .lr_schedule import lr_lambda
 from . import state
 from .state import load_state, save_training_state
@@ -242,7 +242,7 @@ def train(config: Config, resume: str | Path | None = None, progress: bool = Tru
     net = DistributedDataParallel(model, device_ids=[device] if use_cuda else None) if rt.distributed else model
     if cfg.train.compile:
         net = torch.compile(net)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if (use_cuda and cfg.train.bf16) else nullcontext()
+    autocast = bf16_autocast(device, cfg.train.bf16, cfg.train.bf16_cpu)
     null_class = spec.get("num_classes", 0)  # index of the "no class" embedding for guidance dropout
 
     ckpt_config = {"model": spec, "schedule": schedule.to_config(), "prediction": cfg.diffusion.prediction,
