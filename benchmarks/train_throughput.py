@@ -2,7 +2,8 @@
 
 Both sides run the same step — ε-prediction MSE at uniform random t of DDPM's linear schedule,
 backward, gradient clipping at 1, AdamW — on a fixed random batch already on the device (data
-loading is not timed), with bf16 autocast on CUDA. Ours goes through
+loading is not timed), with bf16 autocast on CUDA (and on CPU with ``--bf16-cpu``, as
+``train.bf16_cpu`` does). Ours goes through
 ``difflab.losses.diffusion_loss`` with the trainer's fast paths (``training/fast_paths.py``:
 fused AdamW on CPU and CUDA, multi-tensor gradient clipping, channels-last on CUDA); theirs through ``DDPMScheduler.add_noise`` with
 AdamW as diffusers' training examples create it (fused on CUDA, where we turn it on for them;
@@ -21,7 +22,6 @@ over the GPU's dense bf16 peak), peak memory, and ours / diffusers.
 from __future__ import annotations
 
 import argparse
-import contextlib
 
 import torch
 import torch.nn.functional as F
@@ -34,9 +34,10 @@ from throughput_cases import add_common_arguments, call, machine, mean_seconds, 
 class TrainStep:
     """One optimisation step of one side; ``__call__`` runs it."""
 
-    def __init__(self, side: str, case, device, batch: int, compile_model: bool, channels_last: bool):
+    def __init__(self, side: str, case, device, batch: int, compile_model: bool, channels_last: bool,
+                 bf16_cpu: bool = False):
         from difflab.schedules import linear
-        from difflab.training.fast_paths import make_optimizer, memory_format
+        from difflab.training.fast_paths import bf16_autocast, make_optimizer, memory_format
 
         torch.manual_seed(0)
         self.side, self.device, self.learned_sigma = side, device, case.learned_sigma
@@ -50,8 +51,7 @@ class TrainStep:
             self.opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
         self.model = model
         self.net = torch.compile(model) if compile_model else model
-        self.autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
-                         else contextlib.nullcontext())
+        self.autocast = bf16_autocast(device, on_gpu=True, on_cpu=bf16_cpu)  # the same for both sides
         g = torch.Generator().manual_seed(1)
         self.x0 = (torch.rand(batch, *case.shape, generator=g) * 2 - 1).to(device)
         self.labels = torch.randint(0, case.num_classes, (batch,), generator=g).to(device) if case.num_classes else None
@@ -105,10 +105,11 @@ def main(argv=None) -> None:
     p.add_argument("--warmup", type=int, default=5, help="untimed steps first (compilation happens here)")
     p.add_argument("--channels-last", action="store_true",
                    help="channels-last memory format for diffusers' model too (ours uses it on CUDA, as the trainer does)")
+    p.add_argument("--bf16-cpu", action="store_true", help="bf16 autocast on CPU for both sides (train.bf16_cpu)")
     args = p.parse_args(argv)
     device, case, batch = setup(args, "train_batch")
 
-    steps = {side: TrainStep(side, case, device, batch, args.compile, args.channels_last) for side in ("ours", "theirs")}
+    steps = {side: TrainStep(side, case, device, batch, args.compile, args.channels_last, args.bf16_cpu) for side in ("ours", "theirs")}
     flops = {side: s.flops() for side, s in steps.items()}
     for s in steps.values():
         if device.type == "cuda":
@@ -126,7 +127,8 @@ def main(argv=None) -> None:
     peak = peak_flops(device)
     mode = "compiled" if args.compile else "eager"
     print(f"{case.name}: batch {batch}, {device} ({machine(device)}), "
-          f"{mode}{', diffusers channels-last' if args.channels_last else ''}, torch {torch.__version__}")
+          f"{mode}{', diffusers channels-last' if args.channels_last else ''}"
+          f"{', bf16 autocast' if device.type == 'cuda' or args.bf16_cpu else ''}, torch {torch.__version__}")
     print(f"{'side':<10} {'params':>8} {'img/s':>9} {'ms/step':>8} {'GFLOP/step':>11} {'MFU':>6} {'peak mem':>9}")
     for side, s in steps.items():
         ips = batch / best[side]
