@@ -106,6 +106,16 @@ def test_resume_repeats_the_uninterrupted_run(tmp_path):
             torch.testing.assert_close(part_w[group][key], value, rtol=1e-5, atol=1e-6)
 
 
+def test_bf16_on_cpu_trains_close_to_float32_and_keeps_float32_weights(tmp_path):
+    plain, fast = tmp_path / "fp32", tmp_path / "bf16"
+    train(tiny_config(plain, "train.steps=3"), progress=False)
+    train(tiny_config(fast, "train.steps=3", "train.bf16_cpu=true"), progress=False)
+    assert losses_of(fast) == pytest.approx(losses_of(plain), rel=5e-2)
+    assert losses_of(fast) != losses_of(plain)  # the step ran under bf16 autocast
+    _, weights, _ = load_state(fast)
+    assert all(w.dtype == torch.float32 for group in weights.values() for w in group.values())
+
+
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
     real_loss = trainer_module.losses.diffusion_loss
     calls = {"n": 0}
