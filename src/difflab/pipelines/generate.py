@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,7 +15,7 @@ from ..latent import LatentSpace
 from ..models import load_frozen
 from ..sampling import DEFAULT_METHOD, DEFAULT_SPACING, DEFAULT_STEPS, sample
 from ..schedules import NoiseSchedule, schedule_from_config
-from ..training.fast_paths import memory_format
+from ..training.fast_paths import bf16_autocast, memory_format
 from ..training.state import CLASSIFIER_KIND, find_checkpoint, load_state
 
 
@@ -261,7 +260,7 @@ def generate(
     method, steps, spacing = model.sampler_settings(method, steps, spacing)
     plan = prepare_conditioning(model, n, method, class_index=class_index, guidance=guidance, prompts=prompts)
     device = plan.device
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if (bf16 and device.type == "cuda") else nullcontext()
+    autocast = bf16_autocast(device, on_gpu=bf16)  # float32 on CPU
     chunks = []
     batches = range(0, n, batch_size)
     if progress:

@@ -48,7 +48,7 @@ def memory_format(model: nn.Module, channels_last: bool) -> nn.Module:
 
 
 def bf16_autocast(device: torch.device, on_gpu: bool, on_cpu: bool = False):
-    """The training step's autocast: bf16 matrix multiplies and convolutions, float32 weights,
+    """The network's autocast in training and sampling: bf16 matrix multiplies and convolutions, float32 weights,
     norms and loss. On GPU the default (``train.bf16``). On CPU opt-in (``train.bf16_cpu``):
     oneDNN's bf16 kernels run ~1.3x faster on a CPU with avx512_bf16 or AMX (measured on 2 cores
     with a 7.5M-parameter latent U-Net: 0.76 s against 1.00 s a step) and slower on one without."""
