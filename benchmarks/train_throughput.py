@@ -109,7 +109,8 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
     device, case, batch = setup(args, "train_batch")
 
-    steps = {side: TrainStep(side, case, device, batch, args.compile, args.channels_last, args.bf16_cpu) for side in ("ours", "theirs")}
+    steps = {side: TrainStep(side, case, device, batch, args.compile, args.channels_last, args.bf16_cpu)
+             for side in ("ours", "theirs")}
     flops = {side: s.flops() for side, s in steps.items()}
     for s in steps.values():
         if device.type == "cuda":
