@@ -5,10 +5,13 @@ architecture, batch and number of model calls, in one process.
     under torch.inference_mode, bf16 autocast on CUDA.
 
 Ours is ``difflab.sampling.sample`` on our network in the channels-last layout that
-``DiffusionModel.load`` gives it (``training/fast_paths.py``); theirs is the loop of diffusers' pipelines
-(``scheduler.set_timesteps``, ``scale_model_input``, the model, ``scheduler.step``) on diffusers'
-network of the same architecture (``throughput_cases.py``). Sides alternate in rounds; the
-best round counts.
+``DiffusionModel.load`` gives it (``training/fast_paths.py``); with ``--compile``, its denoiser's
+whole tensor step compiled as ``difflab sample --compile`` does (``sampling/compiled.py``: CUDA
+graphs on a GPU). Theirs is the loop of diffusers' pipelines (``scheduler.set_timesteps``,
+``scale_model_input``, the model, ``scheduler.step``) on diffusers' network of the same
+architecture (``throughput_cases.py``); with ``--compile``, the network compiled in the mode
+diffusers' documentation suggests for inference (``reduce-overhead`` on a GPU). Sides alternate
+in rounds; the best round counts.
 
     python benchmarks/sampling_throughput.py --case demo             # CPU, batch 16
     python benchmarks/sampling_throughput.py --case unet --device cuda --compile
@@ -17,11 +20,12 @@ best round counts.
 from __future__ import annotations
 
 import argparse
-import contextlib
 
 import torch
 
+from difflab.denoiser import Denoiser
 from difflab.sampling import sample
+from difflab.sampling.compiled import default_mode
 from throughput_cases import add_common_arguments, call, machine, mean_seconds, parameters, setup
 
 RUNS = {"ddim-50": ("ddim", "DDIMScheduler", 50), "dpmpp_2m-10": ("dpmpp_2m", "DPMSolverMultistepScheduler", 10)}
@@ -30,20 +34,20 @@ RUNS = {"ddim-50": ("ddim", "DDIMScheduler", 50), "dpmpp_2m-10": ("dpmpp_2m", "D
 class Sampler:
     def __init__(self, side: str, case, device, batch: int, run: str, compile_model: bool):
         from difflab.schedules import linear
+        from difflab.training.fast_paths import bf16_autocast, memory_format
 
         torch.manual_seed(0)
         self.side, self.case, self.device = side, case, device
         self.method, scheduler_name, self.steps = RUNS[run]
         model = (case.ours if side == "ours" else case.theirs)().to(device).eval()
         self.params = parameters(model)
-        if side == "ours":  # as DiffusionModel.load prepares a checkpoint's network for sampling
-            from difflab.training.fast_paths import memory_format
-
-            model = memory_format(model, True)
-        self.net = torch.compile(model) if compile_model else model
         self.schedule = linear()
-        self.autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
-                         else contextlib.nullcontext())
+        if side == "ours":  # channels-last as DiffusionModel.load prepares a network for sampling
+            denoiser = Denoiser(memory_format(model, True), self.schedule, learned_variance=case.learned_sigma)
+            self.net = denoiser.compiled() if compile_model else denoiser
+        else:  # --compile: the network, in the mode diffusers' docs give for inference
+            self.net = torch.compile(model, mode=default_mode(device)) if compile_model else model
+        self.autocast = bf16_autocast(device, on_gpu=True)  # float32 on CPU
         g = torch.Generator().manual_seed(1)
         self.noise = torch.randn(batch, *case.shape, generator=g).to(device)
         self.labels = torch.randint(0, case.num_classes, (batch,), generator=g).to(device) if case.num_classes else None
@@ -63,8 +67,8 @@ class Sampler:
 
     def _ours(self):
         cond = {"class_labels": self.labels} if self.labels is not None else None
-        return sample(self.net, self.noise, self.schedule, method=self.method, steps=self.steps, spacing="leading"
-                      if self.method == "ddim" else "trailing", cond=cond, learned_variance=self.case.learned_sigma)
+        return sample(self.net, self.noise, method=self.method, steps=self.steps,
+                      spacing="leading" if self.method == "ddim" else "trailing", cond=cond)
 
     def _theirs(self):
         sched = self.scheduler

@@ -88,9 +88,16 @@ class Denoiser:
         if sigma.ndim == 0:
             sigma = sigma.expand(x.shape[0])
         scale, std = self.schedule.scale_std_at_sigma(sigma)
-        t = self.model_time(sigma)
+        # the step's coefficients reach the device in one copy, in x's dtype
+        scale, std, t = torch.stack([scale, std, self.model_time(sigma)]).to(device=x.device, dtype=x.dtype)
+        return self.network_x0(x, scale, std, t, cond)
+
+    def network_x0(self, x: Tensor, scale: Tensor, std: Tensor, t: Tensor, cond: dict) -> DenoiserOutput:
+        """The tensor work of one call, given the step's per-sample scale s, std d and model time t
+        on x's device: xₜ = s·x, the model, x̂₀ from its output, clipping. Everything here runs
+        on the device without waiting on it, which is what :meth:`compiled` compiles."""
         x_t = process.broadcast_to(scale, x) * x
-        output = self.model(x_t, t.to(device=x.device, dtype=x.dtype), **cond)
+        output = self.model(x_t, t, **cond)
         mean_gradient = None
         if isinstance(output, GuidedOutput):  # x = xₜ/s, so ∇ₓ = s·∇ₓₜ
             output, mean_gradient = output.output, process.broadcast_to(scale, x) * output.mean_gradient.to(x.dtype)
@@ -101,6 +108,13 @@ class Denoiser:
         elif self.clip_x0 is not None:
             x0 = process.clip_x0(x0, self.clip_x0)
         return DenoiserOutput(x0, variance_frac, mean_gradient)
+
+    def compiled(self, mode: str | None = None) -> "Denoiser":
+        """This denoiser with :meth:`network_x0` under ``torch.compile`` (see
+        :mod:`difflab.sampling.compiled`): CUDA graphs on a GPU, fused kernels everywhere."""
+        from .sampling.compiled import CompiledDenoiser
+
+        return CompiledDenoiser(self, mode)
 
     def __call__(self, x: Tensor, sigma, **cond) -> Tensor:
         return self.predict(x, sigma, **cond).denoised()

@@ -127,16 +127,15 @@ class ClassifierFreeGuidance:
         self.learned_variance = learned_variance
 
     def _active(self, t: Tensor) -> Tensor:
-        """Which samples are guided at time t (all, without an interval)."""
-        if self.interval is None:
-            return torch.ones(t.shape, dtype=torch.bool, device=t.device)
+        """Which samples the interval guides at time t, as a CPU bool tensor (N,)."""
         sigma = self.schedule.sigma(t.detach().double().cpu())
         low, high = self.interval
-        return ((sigma > low) & (sigma <= high)).to(t.device)
+        return (sigma > low) & (sigma <= high)
 
     def __call__(self, x_t: Tensor, t: Tensor, **cond) -> Tensor:
-        active = self._active(t)
-        if self.scale == 1.0 or not bool(active.any()):
+        # Without an interval nothing here reads a value back from the device (no host sync).
+        active = None if self.interval is None else self._active(t)
+        if self.scale == 1.0 or (active is not None and not bool(active.any())):
             return self.model(x_t, t, **cond)
         n = x_t.shape[0]
         both = self.model(torch.cat([x_t, x_t]), torch.cat([t, t]), **_cat_cond(cond, self.uncond(cond), n))
@@ -147,7 +146,8 @@ class ClassifierFreeGuidance:
         if self.rescale > 0:
             rescaled = guided * (_per_sample_std(mean_c) / _per_sample_std(guided).clamp_min(1e-12))
             guided = self.rescale * rescaled + (1 - self.rescale) * guided
-        guided = torch.where(process.broadcast_to(active, guided), guided, mean_c)
+        if active is not None and not bool(active.all()):
+            guided = torch.where(process.broadcast_to(active, guided), guided, mean_c)
         return guided if var_c is None else torch.cat([guided, var_c], dim=1)
 
 

@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 
 from difflab.cli import UserError
-from difflab.commands.sample import add_guidance_arguments, add_schedule_arguments
+from difflab.commands.sample import add_guidance_arguments, add_sampler_arguments
 
 EPILOG = """examples:
   difflab eval samples.npz --ref digits:test --classifier digits
@@ -42,7 +42,7 @@ def register(subparsers) -> None:
     parser.add_argument("--method", help="with a checkpoint: sampler (default: the checkpoint's)")
     parser.add_argument("--steps", type=int, help="with a checkpoint: sampler steps (default: the checkpoint's)")
     parser.add_argument("--seed", type=int, default=0, help="with a checkpoint: sample i uses noise seed SEED+i")
-    add_schedule_arguments(parser)
+    add_sampler_arguments(parser)
     add_guidance_arguments(parser, classifier_flag="--guidance-classifier")
     parser.add_argument("--ref", required=True, metavar="REF",
                         help="reference: NAME:SPLIT of a built-in set (digits:test, fashion-mnist:test), "
@@ -113,7 +113,7 @@ def sample_checkpoint(path: Path, args):
     model = DiffusionModel.load(path, device=device)
     guidance = guidance_from_args(args, device)
     images, labels = generate(model, args.n, **schedule_from_args(args, model, guidance), seed=args.seed,
-                              guidance=guidance, progress=True)
+                              guidance=guidance, progress=True, compile=args.compile)
     class_names = model.class_names or (guidance.classifier.class_names if guidance.classifier else [])
     return ImageDataset(images=images, labels=labels, class_names=list(class_names), name=str(path))
 

@@ -244,6 +244,7 @@ def generate(
     batch_size: int = 256,
     progress: bool = False,
     bf16: bool = True,
+    compile: bool = False,
     **options,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """n samples as uint8 (N, C, H, W), with their class labels (None if unconditional and unguided);
@@ -256,10 +257,13 @@ def generate(
     classifier guidance; without ``class_index`` every class is drawn in turn. A text-conditioned
     model needs ``prompts``; image i gets prompt i mod len(prompts). On a GPU the
     network runs under bf16 autocast (``bf16=False`` for float32); the solver stays in float32.
+    ``compile`` runs each step's model call through ``torch.compile`` (CUDA graphs on a GPU;
+    :mod:`difflab.sampling.compiled`).
     """
     method, steps, spacing = model.sampler_settings(method, steps, spacing)
     plan = prepare_conditioning(model, n, method, class_index=class_index, guidance=guidance, prompts=prompts)
     device = plan.device
+    denoiser = plan.denoiser.compiled() if compile else plan.denoiser
     autocast = bf16_autocast(device, on_gpu=bf16)  # float32 on CPU
     chunks = []
     batches = range(0, n, batch_size)
@@ -271,7 +275,7 @@ def generate(
         seeds = list(range(seed + start, seed + min(n, start + batch_size)))
         noise = seeded_noise(model.image_shape, seeds)
         with autocast:
-            x = sample(plan.denoiser, noise.to(device), method=method, steps=steps, spacing=spacing,
+            x = sample(denoiser, noise.to(device), method=method, steps=steps, spacing=spacing,
                        sigmas=sigmas, cond=plan.cond(start, start + len(seeds)), seeds=seeds, **options)
         if model.latent is not None:
             x = model.latent.decode(x)
