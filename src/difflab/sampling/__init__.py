@@ -4,7 +4,7 @@ from .common import NoiseSource, Step
 from .ddim import ddim, ddim_invert
 from .ddpm import ddpm
 from .dpm_solver import dpmpp_multistep
-from .euler import euler, heun
+from .euler import edm_ode, euler, heun
 from .sample import (
     DEFAULT_METHOD,
     DEFAULT_SPACING,
@@ -21,6 +21,6 @@ from .unipc import unipc
 
 __all__ = [
     "DEFAULT_METHOD", "DEFAULT_SPACING", "DEFAULT_STEPS", "DETERMINISTIC", "NoiseSource", "SAMPLERS", "SPACINGS", "Step",
-    "ddim", "ddim_invert", "ddpm", "dpmpp_multistep", "euler", "get_sampler", "get_sigmas", "heun",
+    "ddim", "ddim_invert", "ddpm", "dpmpp_multistep", "edm_ode", "euler", "get_sampler", "get_sigmas", "heun",
     "invert", "karras", "leading", "linspace", "log_snr", "model_calls", "sample", "trailing", "unipc",
 ]

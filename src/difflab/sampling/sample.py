@@ -14,7 +14,7 @@ from .common import NoiseSource, Step
 from .ddim import ddim, ddim_invert
 from .ddpm import ddpm
 from .dpm_solver import dpmpp_multistep
-from .euler import euler, heun
+from .euler import edm_ode
 from .spacing import get_sigmas
 from .unipc import unipc
 
@@ -31,9 +31,9 @@ class SamplerSpec:
 SAMPLERS: dict[str, SamplerSpec] = {
     "ddpm": SamplerSpec(ddpm, {}, about="DDPM ancestral (variance=fixed_small|fixed_large|learned)", stochastic=True),
     "ddim": SamplerSpec(ddim, {}, about="DDIM (eta=0 deterministic)"),
-    "euler": SamplerSpec(euler, {}, about="Euler on the probability-flow ODE (EDM churn optional)"),
+    "euler": SamplerSpec(edm_ode, {"order": 1}, about="Euler on the probability-flow ODE (EDM churn optional)"),
     "euler_ancestral": SamplerSpec(ddim, {"eta": 1.0}, about="Euler ancestral (= DDIM with eta=1)", stochastic=True),
-    "heun": SamplerSpec(heun, {}, calls_per_step=2, about="Heun, EDM's second-order sampler"),
+    "heun": SamplerSpec(edm_ode, {"order": 2}, calls_per_step=2, about="Heun, EDM's second-order sampler"),
     "dpmpp_2m": SamplerSpec(dpmpp_multistep, {"order": 2}, about="DPM-Solver++ 2M"),
     "dpmpp_3m": SamplerSpec(dpmpp_multistep, {"order": 3}, about="DPM-Solver++ 3M"),
     "dpmpp_2m_sde": SamplerSpec(dpmpp_multistep, {"order": 2, "sde": True}, about="SDE-DPM-Solver++ 2M", stochastic=True),
