@@ -65,3 +65,23 @@ def test_latent_run_logs_finite_losses_and_bpd_refuses_it(tmp_path, autoencoder)
     losses = [json.loads(line)["loss"] for line in (a / "metrics.jsonl").read_text().splitlines()]
     assert len(losses) == 3 and all(np.isfinite(losses))
     assert cli(["bpd", str(a), "--data", "digits:test", "--n", "4"]) == 2  # bits/dim is for pixel models
+
+
+def test_previews_of_a_latent_model_do_not_clip_latents(tmp_path):
+    """x̂₀ = 3 in latent space decodes to white (3/3); clipped to 1 first it would be grey (1/3)."""
+    from PIL import Image
+
+    from difflab.schedules import linear
+    from difflab.training.config import load_config
+    from difflab.training.trainer import preview
+
+    class ThirdDecoder:
+        def decode(self, z):
+            return z / 3
+
+    config = load_config(None, TINY + ["diffusion.prediction=x0", "train.num_preview=2", "sample.steps=2"])
+    spec = {"in_channels": 1, "image_size": 4}
+    path = preview(lambda x, t: torch.full_like(x, 3.0), linear(), config, spec, "cpu", tmp_path / "grid.png",
+                   {}, None, latent=ThirdDecoder())
+    grid = np.asarray(Image.open(path).convert("L"))
+    assert grid.max() == 255  # the samples are white, not the grey of clipped latents
