@@ -30,3 +30,15 @@ def test_unet_cases_match_diffusers_in_parameters_and_flops(name):
         assert out.shape == x.shape
         flops[side] = counter.get_total_flops()
     assert flops["ours"] == pytest.approx(flops["theirs"], rel=0.01)
+
+
+def test_throughput_scripts_run_end_to_end_on_cpu(capsys):
+    """A smoke run of both benchmark scripts at a tiny size, so a GPU session does not spend its
+    minutes on a broken script (no timing is checked)."""
+    import sampling_throughput
+    import train_throughput
+
+    train_throughput.main(["--case", "demo", "--batch", "4", "--rounds", "1", "--steps", "1", "--warmup", "1"])
+    sampling_throughput.main(["--case", "demo", "--batch", "2", "--rounds", "1", "--repeat", "1", "--runs", "dpmpp_2m-10"])
+    out = capsys.readouterr().out
+    assert "ours / diffusers:" in out and "dpmpp_2m-10" in out
