@@ -38,6 +38,9 @@ def register(subparsers) -> None:
     p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA weights")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--out", help="where to write the JSON (default: inside the checkpoint, where sample finds it)")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the sampler's model call (CUDA graphs on a GPU) for the search's thousands of "
+                        "solves: ~1.2x faster solves on 2 CPU cores with the demo model, after ~30 s of compiling")
     p.set_defaults(func=run)
 
 
@@ -54,7 +57,8 @@ def run(args) -> int:
     guidance = guidance_from_args(args, device)
     tuned = tune_steps(model, method=method, steps=steps, n=args.n, seed=args.seed, init=args.init,
                        class_index=args.class_index, guidance=guidance, prompts=read_prompts(args),
-                       reference_steps=args.reference_steps, max_evals=args.max_evals, progress=True)
+                       reference_steps=args.reference_steps, max_evals=args.max_evals, progress=True,
+                       compile=args.compile)
     levels = ", ".join(f"{s:.4g}" for s in tuned.sigmas)
     print(f"difflab tune-steps: {method}, {steps} steps, relative error against a {tuned.reference_steps}-step solve:\n"
           f"  calibration noise: {args.init} {tuned.error_init:.3g} -> tuned {tuned.error_tuned:.3g}\n"

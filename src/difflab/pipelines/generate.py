@@ -202,8 +202,10 @@ class Conditioning:
 
 
 def prepare_conditioning(model: DiffusionModel, n: int, method: str, *, class_index: int | None = None,
-                         guidance: Guidance | None = None, prompts: list[str] | None = None) -> Conditioning:
-    """Labels, prompts and the guided denoiser for n images (see :func:`generate`)."""
+                         guidance: Guidance | None = None, prompts: list[str] | None = None,
+                         compile: bool = False) -> Conditioning:
+    """Labels, prompts and the guided denoiser for n images (see :func:`generate`); ``compile``:
+    the denoiser's step under ``torch.compile`` (:mod:`difflab.sampling.compiled`)."""
     guidance = guidance or Guidance()
     device = next(model.network.parameters()).device
     class_names = model.class_names or (guidance.classifier.class_names if guidance.classifier else [])
@@ -217,6 +219,7 @@ def prepare_conditioning(model: DiffusionModel, n: int, method: str, *, class_in
     elif prompts:
         raise ValueError("this model is not text-conditioned: it was trained without captions (drop --prompt)")
     denoiser = guided_denoiser(model, guidance, method, text.null() if text else None)
+    denoiser = denoiser.compiled() if compile else denoiser
     # An unconditional model sees labels only through an active classifier (s = 0: none at all).
     classifier_active = guidance.classifier is not None and guidance.classifier_scale != 0
     labels_used = labels is not None and (model.num_classes > 0 or classifier_active)
@@ -261,9 +264,9 @@ def generate(
     :mod:`difflab.sampling.compiled`).
     """
     method, steps, spacing = model.sampler_settings(method, steps, spacing)
-    plan = prepare_conditioning(model, n, method, class_index=class_index, guidance=guidance, prompts=prompts)
+    plan = prepare_conditioning(model, n, method, class_index=class_index, guidance=guidance, prompts=prompts,
+                                compile=compile)
     device = plan.device
-    denoiser = plan.denoiser.compiled() if compile else plan.denoiser
     autocast = bf16_autocast(device, on_gpu=bf16)  # float32 on CPU
     chunks = []
     batches = range(0, n, batch_size)
@@ -275,7 +278,7 @@ def generate(
         seeds = list(range(seed + start, seed + min(n, start + batch_size)))
         noise = seeded_noise(model.image_shape, seeds)
         with autocast:
-            x = sample(denoiser, noise.to(device), method=method, steps=steps, spacing=spacing,
+            x = sample(plan.denoiser, noise.to(device), method=method, steps=steps, spacing=spacing,
                        sigmas=sigmas, cond=plan.cond(start, start + len(seeds)), seeds=seeds, **options)
         if model.latent is not None:
             x = model.latent.decode(x)

@@ -38,13 +38,16 @@ def tune_steps(
     reference_steps: int = 200,
     max_evals: int | None = None,
     progress: bool = False,
+    compile: bool = False,
 ) -> TunedSigmas:
     """Tune ``steps`` levels of ``method`` on n calibration images (seeds SEED …), then check them
     on n fresh ones (seeds SEED + 10⁶ …). Conditioning (classes in turn, prompts, guidance) is
     what :func:`~difflab.pipelines.generate` would use; the levels are tuned in the model's own
-    space (latents for a latent model)."""
+    space (latents for a latent model). ``compile`` runs the thousands of solves with the
+    denoiser's step under ``torch.compile`` (:mod:`difflab.sampling.compiled`)."""
     guidance = guidance or Guidance()
-    plan = prepare_conditioning(model, n, method, class_index=class_index, guidance=guidance, prompts=prompts)
+    plan = prepare_conditioning(model, n, method, class_index=class_index, guidance=guidance, prompts=prompts,
+                                compile=compile)
     cond = plan.cond(0, n)
     noise = seeded_noise(model.image_shape, range(seed, seed + n)).to(plan.device)
     tuned = tune_sigmas(plan.denoiser, noise, method=method, steps=steps, init=init, cond=cond,
