@@ -26,7 +26,7 @@ import torch
 from difflab.denoiser import Denoiser
 from difflab.sampling import sample
 from difflab.sampling.compiled import default_mode
-from throughput_cases import add_common_arguments, call, machine, mean_seconds, parameters, setup
+from throughput_cases import add_common_arguments, call, machine, mean_seconds, parameters, setup, versions
 
 RUNS = {"ddim-50": ("ddim", "DDIMScheduler", 50), "dpmpp_2m-10": ("dpmpp_2m", "DPMSolverMultistepScheduler", 10)}
 
@@ -89,7 +89,7 @@ def main(argv=None) -> None:
     device, case, batch = setup(args, "sample_batch")
     where = machine(device)
     print(f"{case.name}: batch {batch}, {device} ({where}), {'compiled' if args.compile else 'eager'}, "
-          f"torch {torch.__version__}")
+          f"{versions()}")
     print(f"{'run':<12} {'difflab img/s':>14} {'diffusers img/s':>16} {'ratio':>6}")
     for run in args.runs.split(","):
         samplers = {side: Sampler(side, case, device, batch, run, args.compile) for side in ("ours", "theirs")}

@@ -136,5 +136,12 @@ def setup(args, batches: str) -> tuple[torch.device, Case, int]:
     return device, case, args.batch or getattr(case, batches)[device.type]
 
 
+def versions() -> str:
+    """The versions a results table records: torch and diffusers."""
+    import diffusers
+
+    return f"torch {torch.__version__}, diffusers {diffusers.__version__}"
+
+
 def machine(device: torch.device) -> str:
     return torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} threads"

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from difflab.losses import diffusion_loss
 from difflab.training.fast_paths import clip_gradients
-from throughput_cases import add_common_arguments, call, machine, mean_seconds, parameters, peak_flops, setup
+from throughput_cases import add_common_arguments, call, machine, mean_seconds, parameters, peak_flops, setup, versions
 
 
 class TrainStep:
@@ -129,7 +129,7 @@ def main(argv=None) -> None:
     mode = "compiled" if args.compile else "eager"
     print(f"{case.name}: batch {batch}, {device} ({machine(device)}), "
           f"{mode}{', diffusers channels-last' if args.channels_last else ''}"
-          f"{', bf16 autocast' if device.type == 'cuda' or args.bf16_cpu else ''}, torch {torch.__version__}")
+          f"{', bf16 autocast' if device.type == 'cuda' or args.bf16_cpu else ''}, {versions()}")
     print(f"{'side':<10} {'params':>8} {'img/s':>9} {'ms/step':>8} {'GFLOP/step':>11} {'MFU':>6} {'peak mem':>9}")
     for side, s in steps.items():
         ips = batch / best[side]
