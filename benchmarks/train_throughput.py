@@ -5,7 +5,7 @@ backward, gradient clipping at 1, AdamW — on a fixed random batch already on t
 loading is not timed), with bf16 autocast on CUDA (and on CPU with ``--bf16-cpu``, as
 ``train.bf16_cpu`` does). Ours goes through
 ``difflab.losses.diffusion_loss`` with the trainer's fast paths (``training/fast_paths.py``:
-fused AdamW on CPU and CUDA, multi-tensor gradient clipping, channels-last on CUDA); theirs through ``DDPMScheduler.add_noise`` with
+fused AdamW on CPU and CUDA, multi-tensor gradient clipping, channels-last); theirs through ``DDPMScheduler.add_noise`` with
 AdamW as diffusers' training examples create it (fused on CUDA, where we turn it on for them;
 torch's default on CPU) and the default memory format (``--channels-last`` gives it to them too). Each side is
 timed after warm-up steps (which include compilation), and the two alternate in rounds so a
@@ -37,14 +37,15 @@ class TrainStep:
     def __init__(self, side: str, case, device, batch: int, compile_model: bool, channels_last: bool,
                  bf16_cpu: bool = False):
         from difflab.schedules import linear
+        from difflab.training.config import TrainConfig
         from difflab.training.fast_paths import bf16_autocast, make_optimizer, memory_format
 
         torch.manual_seed(0)
         self.side, self.device, self.learned_sigma = side, device, case.learned_sigma
         model = (case.ours if side == "ours" else case.theirs)().to(device)
         self.params = parameters(model)
-        if side == "ours":  # what `difflab train` does (train.channels_last: true, applied on GPU)
-            model = memory_format(model, device.type == "cuda")
+        if side == "ours":  # what `difflab train` does with its defaults
+            model = memory_format(model, TrainConfig().channels_last)
             self.opt = make_optimizer(model.parameters(), device, lr=1e-4)
         else:
             model = memory_format(model, channels_last)
@@ -104,7 +105,7 @@ def main(argv=None) -> None:
     p.add_argument("--steps", type=int, default=20, help="timed steps per round")
     p.add_argument("--warmup", type=int, default=5, help="untimed steps first (compilation happens here)")
     p.add_argument("--channels-last", action="store_true",
-                   help="channels-last memory format for diffusers' model too (ours uses it on CUDA, as the trainer does)")
+                   help="channels-last memory format for diffusers' model too (ours always uses it, as the trainer does)")
     p.add_argument("--bf16-cpu", action="store_true", help="bf16 autocast on CPU for both sides (train.bf16_cpu)")
     args = p.parse_args(argv)
     device, case, batch = setup(args, "train_batch")

@@ -80,3 +80,38 @@ def test_bf16_autocast_is_opt_in_on_cpu_and_stays_close_to_float32():
     assert fast.dtype == torch.float32  # the loss reduces in float32
     torch.testing.assert_close(fast, plain, rtol=2e-2, atol=1e-3)
     assert fast.item() != plain.item()  # it did run in bf16
+
+
+def test_optimizer_moments_follow_the_parameters_layout():
+    """Fused AdamW walks parameter and moments as flat memory: NCHW moments beside a
+    channels-last parameter would corrupt the update unless their layout is matched."""
+    from difflab.training.fast_paths import match_optimizer_state_layout
+
+    def two_steps(fix_layout: bool):
+        g = torch.Generator().manual_seed(0)
+        p = torch.nn.Parameter(torch.randn(8, 4, 3, 3, generator=g).to(memory_format=torch.channels_last))
+        opt = make_optimizer([p], torch.device("cpu"), lr=0.1)
+        p.grad = torch.randn(8, 4, 3, 3, generator=g).to(memory_format=torch.channels_last)
+        opt.step()
+        state = opt.state_dict()  # as an NCHW checkpoint would hold it
+        state["state"][0] = {k: v.contiguous() for k, v in state["state"][0].items()}
+        opt = make_optimizer([p], torch.device("cpu"), lr=0.1)
+        opt.load_state_dict(state)
+        if fix_layout:
+            match_optimizer_state_layout(opt)
+            assert opt.state[p]["exp_avg"].is_contiguous(memory_format=torch.channels_last)
+        p.grad = torch.randn(8, 4, 3, 3, generator=g).to(memory_format=torch.channels_last)
+        opt.step()
+        return p.detach().contiguous()
+
+    def reference():
+        g = torch.Generator().manual_seed(0)
+        p = torch.nn.Parameter(torch.randn(8, 4, 3, 3, generator=g))
+        opt = torch.optim.AdamW([p], lr=0.1, weight_decay=0.0, foreach=False)
+        for _ in range(2):
+            p.grad = torch.randn(8, 4, 3, 3, generator=g)
+            opt.step()
+        return p.detach()
+
+    torch.testing.assert_close(two_steps(fix_layout=True), reference(), rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(two_steps(fix_layout=False), reference(), atol=1e-3)  # what the fix prevents

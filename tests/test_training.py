@@ -106,6 +106,21 @@ def test_resume_repeats_the_uninterrupted_run(tmp_path):
             torch.testing.assert_close(part_w[group][key], value, rtol=1e-5, atol=1e-6)
 
 
+def test_resume_in_another_memory_layout_repeats_the_uninterrupted_run(tmp_path):
+    """A checkpoint written in NCHW and resumed channels-last (or on another device): Adam's
+    moments must follow the parameters' layout, or the fused kernel pairs the wrong elements."""
+    full, part = tmp_path / "full", tmp_path / "part"
+    nchw = "train.channels_last=false"
+    train(tiny_config(full, "train.steps=6", "train.checkpoint_every=3", nchw), progress=False)
+    train(tiny_config(part, "train.steps=3", "train.checkpoint_every=3", nchw), progress=False)
+    train(tiny_config(part, "train.steps=6", "train.checkpoint_every=3"), resume=part, progress=False)
+    assert losses_of(part) == pytest.approx(losses_of(full), rel=1e-5, abs=1e-6)
+    _, full_w, _ = load_state(full)
+    _, part_w, _ = load_state(part)
+    for key, value in full_w["model"].items():
+        torch.testing.assert_close(part_w["model"][key], value, rtol=1e-5, atol=1e-6)
+
+
 def test_bf16_on_cpu_trains_close_to_float32_and_keeps_float32_weights(tmp_path):
     plain, fast = tmp_path / "fp32", tmp_path / "bf16"
     train(tiny_config(plain, "train.steps=3"), progress=False)

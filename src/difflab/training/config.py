@@ -97,7 +97,7 @@ class TrainConfig:
     bf16: bool = True  # bf16 autocast on GPU
     bf16_cpu: bool = False  # bf16 autocast on CPU too (~1.3x faster with avx512_bf16 or AMX, slower without)
     compile: bool = False  # torch.compile the model
-    channels_last: bool = True  # channels-last (NHWC) memory format on GPU (training/fast_paths.py)
+    channels_last: bool = True  # channels-last (NHWC) memory format (training/fast_paths.py)
     log_every: int = 50
     sample_every: int = 1000  # preview grids from the EMA weights; 0 disables
     checkpoint_every: int = 1000

@@ -32,7 +32,7 @@ from ..schedules import get_schedule
 from . import distributed, objectives
 from .config import Config, ConfigError
 from .ema import EMA
-from .fast_paths import bf16_autocast, clip_gradients, make_optimizer, memory_format
+from .fast_paths import bf16_autocast, clip_gradients, make_optimizer, match_optimizer_state_layout, memory_format
 from .lr_schedule import lr_lambda
 from . import state
 from .state import load_state, save_training_state
@@ -217,6 +217,7 @@ def train(config: Config, resume: str | Path | None = None, progress: bool = Tru
     torch.manual_seed(cfg.train.seed)  # the same initial weights in every run and process
     model = build_model(model_spec(cfg, dataset, text_config, text.dim if text else 0,
                                    latent.latent_shape if latent else None)).to(device)
+    model = memory_format(model, cfg.train.channels_last)  # before the EMA copy and the optimizer
     spec = model_config_dict(model)  # every field spelled out: what the checkpoint records
     if autoencoder:
         objectives.check_random_crop(cfg, model)
@@ -233,6 +234,7 @@ def train(config: Config, resume: str | Path | None = None, progress: bool = Tru
         model.load_state_dict(tensors["model"])
         ema.load_state_dict(tensors["ema"])
         optimizer.load_state_dict(extra["optimizer"])
+        match_optimizer_state_layout(optimizer)  # the moments in the parameters' layout
         lr_scheduler.load_state_dict(extra["lr_scheduler"])
         start = int(extra["step"])
     if rt.is_main:
@@ -241,7 +243,6 @@ def train(config: Config, resume: str | Path | None = None, progress: bool = Tru
               + (f" x{rt.world_size}" if rt.distributed else "") + (f"; resuming at step {start}" if start else ""))
 
     use_cuda = device.type == "cuda"
-    model = memory_format(model, cfg.train.channels_last and use_cuda)  # on CPU: no gain in training
     net = DistributedDataParallel(model, device_ids=[device] if use_cuda else None) if rt.distributed else model
     if cfg.train.compile:
         net = torch.compile(net)
