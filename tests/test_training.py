@@ -1,5 +1,6 @@
-"""The trainer: config errors, a tiny train-then-sample run, exact resume, atomic checkpoints,
-a NaN stop and DDP equivalence (two CPU processes = one process with the same global batch)."""
+"""The trainer: config errors, a tiny train-then-sample run, exact resume (also across memory
+layouts), compiled training, atomic checkpoints, a NaN stop and DDP equivalence (two CPU
+processes = one process with the same global batch)."""
 
 import json
 import os
@@ -119,6 +120,20 @@ def test_resume_in_another_memory_layout_repeats_the_uninterrupted_run(tmp_path)
     _, part_w, _ = load_state(part)
     for key, value in full_w["model"].items():
         torch.testing.assert_close(part_w["model"][key], value, rtol=1e-5, atol=1e-6)
+
+
+def test_compiled_training_takes_the_eager_steps(tmp_path):
+    """train.compile (the GPU DiT config's setting) on CPU: the same losses and weights to float
+    tolerance, and the checkpoint keeps the plain module's keys (no ``_orig_mod.`` prefix)."""
+    eager, compiled = tmp_path / "eager", tmp_path / "compiled"
+    train(tiny_config(eager, "train.steps=3"), progress=False)
+    train(tiny_config(compiled, "train.steps=3", "train.compile=true"), progress=False)
+    assert losses_of(compiled) == pytest.approx(losses_of(eager), rel=1e-4, abs=1e-6)
+    _, plain_w, _ = load_state(eager)
+    _, compiled_w, _ = load_state(compiled)
+    assert compiled_w["model"].keys() == plain_w["model"].keys()
+    for key, value in plain_w["model"].items():
+        torch.testing.assert_close(compiled_w["model"][key], value, rtol=1e-4, atol=1e-5)
 
 
 def test_bf16_on_cpu_trains_close_to_float32_and_keeps_float32_weights(tmp_path):
