@@ -54,16 +54,19 @@ class CompiledDenoiser(Denoiser):
         self._compiled = None  # built on the first call, when the device is known
 
     def network_x0(self, x: Tensor, scale: Tensor, std: Tensor, t: Tensor, cond: dict) -> DenoiserOutput:
-        mode = self.mode or default_mode(x.device)
         if self._compiled is None:
-            self._compiled = torch.compile(self._tensors, mode=mode)
-        graphed = mode == "reduce-overhead" and x.device.type == "cuda"
+            self._compiled = torch.compile(self._tensors, mode=self.mode or default_mode(x.device))
+        graphed = self._graphed(x)
         if graphed:
             torch.compiler.cudagraph_mark_step_begin()  # a new step: earlier outputs may be reused
         outputs = self._compiled(x, scale, std, t, cond)
         if graphed:
             outputs = tuple(o.clone() if o is not None else None for o in outputs)
         return DenoiserOutput(*outputs)
+
+    def _graphed(self, x: Tensor) -> bool:
+        """Whether the step replays as a CUDA graph, whose next replay overwrites its outputs."""
+        return (self.mode or default_mode(x.device)) == "reduce-overhead" and x.device.type == "cuda"
 
     def _tensors(self, x: Tensor, scale: Tensor, std: Tensor, t: Tensor, cond: dict):
         out = Denoiser.network_x0(self, x, scale, std, t, cond)
