@@ -21,6 +21,12 @@ from torch import Tensor, nn
 from .data.convert import to_float
 
 
+def x0_clip(latent: "LatentSpace | None", pixel_limit: float | None = 1.0) -> float | None:
+    """The x̂₀ clipping of a model sampled in this space: ``pixel_limit`` for a pixel model
+    (images live in [−1, 1]), none in a latent space (latents are not bounded)."""
+    return None if latent is not None else pixel_limit
+
+
 @dataclass
 class LatentSpace:
     """A frozen autoencoder with its latent scale.

@@ -11,7 +11,7 @@ from ..conditioning import TextConditioning
 from ..data.convert import to_uint8
 from ..denoiser import Denoiser
 from ..guidance import guide, null_class_labels
-from ..latent import LatentSpace
+from ..latent import LatentSpace, x0_clip
 from ..models import load_frozen
 from ..sampling import DEFAULT_METHOD, DEFAULT_SPACING, DEFAULT_STEPS, sample
 from ..schedules import NoiseSchedule, schedule_from_config
@@ -74,8 +74,8 @@ class DiffusionModel:
     def denoiser(self, clip_x0: float | None = 1.0) -> Denoiser:
         """The model as a denoiser; pixel models clip x̂₀ to [−1, 1], latent models do not (latents
         are not bounded)."""
-        clip_x0 = None if self.latent is not None else clip_x0
-        return Denoiser(self.network, self.schedule, self.prediction, self.learned_variance, clip_x0=clip_x0)
+        return Denoiser(self.network, self.schedule, self.prediction, self.learned_variance,
+                        clip_x0=x0_clip(self.latent, clip_x0))
 
 
 @dataclass

@@ -23,7 +23,7 @@ from ..data.convert import random_crop, random_hflip, to_float, to_uint8
 from ..data.load import load_dataset
 from ..conditioning import TextConditioning, select
 from ..denoiser import Denoiser
-from ..latent import LatentSpace
+from ..latent import LatentSpace, x0_clip
 from ..guidance import guide, null_class_labels
 from ..images import save_grid
 from ..models import build_model, model_config_dict
@@ -159,10 +159,8 @@ def preview(model, schedule, config: Config, spec: dict, device, path: Path, con
     g = torch.Generator().manual_seed(config.train.seed)
     noise = torch.randn(n, spec["in_channels"], spec["image_size"], spec["image_size"], generator=g).to(device)
     cond = {k: v.to(device) for k, v in cond.items()}
-    # x̂₀ is clipped to the pixel range, never in a latent space (latents are not bounded), as
-    # DiffusionModel.denoiser does for `difflab sample`
-    clip_x0 = None if latent is not None else 1.0
-    denoiser = Denoiser(model, schedule, config.diffusion.prediction, config.diffusion.learned_variance, clip_x0=clip_x0)
+    denoiser = Denoiser(model, schedule, config.diffusion.prediction, config.diffusion.learned_variance,
+                        clip_x0=x0_clip(latent))  # as `difflab sample` clips
     if uncond is not None:
         denoiser = guide(denoiser, scale=config.sample.guidance_scale, uncond=uncond)
     x = sample(denoiser, noise, method=config.sample.method, steps=config.sample.steps,
