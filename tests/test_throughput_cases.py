@@ -1,20 +1,30 @@
 """The throughput benchmarks compare like with like: our network and diffusers' of the same
-architecture have the same parameter count and the same forward FLOPs (benchmarks/throughput_cases.py)."""
+architecture have the same parameter count and the same forward FLOPs when ours computes its
+upsampling layers as written (nearest, then 3×3 convolution), and fewer FLOPs as it runs them
+(one transposed convolution, difflab.nn.upsample) (benchmarks/throughput_cases.py)."""
 
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
+
+from difflab.nn import upsample
 
 pytest.importorskip("diffusers", reason="pip install diffusers (the dev extra)")
 sys.path.insert(0, str(Path(__file__).parent.parent / "benchmarks"))
 from throughput_cases import CASES, call, parameters  # noqa: E402
 
 
+def plain_upsample_conv3x3(x, conv, taps):
+    """The upsampling layer as written: nearest 2×, then the 3×3 convolution."""
+    return conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+
+
 @pytest.mark.parametrize("name", ["demo", "unet"])
-def test_unet_cases_match_diffusers_in_parameters_and_flops(name):
+def test_unet_cases_match_diffusers_in_parameters_and_flops(name, monkeypatch):
     case = CASES[name]
     torch.manual_seed(0)
     ours, theirs = case.ours(), case.theirs()
@@ -22,14 +32,35 @@ def test_unet_cases_match_diffusers_in_parameters_and_flops(name):
     x = torch.randn(2, *case.shape)
     t = torch.tensor([10, 500])
     labels = torch.tensor([1, 2]) if case.num_classes else None
-    flops = {}
-    for side, model in (("ours", ours), ("theirs", theirs)):
+
+    def forward_flops(side, model):
         counter = FlopCounterMode(display=False)
         with counter, torch.no_grad():
             out = call(side, model, x, t, labels)
         assert out.shape == x.shape
-        flops[side] = counter.get_total_flops()
-    assert flops["ours"] == pytest.approx(flops["theirs"], rel=0.01)
+        return counter.get_total_flops()
+
+    theirs_flops = forward_flops("theirs", theirs)
+    ours_flops = forward_flops("ours", ours)
+    with monkeypatch.context() as m:
+        m.setattr(upsample, "upsample_conv3x3", plain_upsample_conv3x3)
+        ours_as_written = forward_flops("ours", ours)
+    assert ours_as_written == pytest.approx(theirs_flops, rel=0.01)
+    # each upsampling layer: 4 instead of 9 multiply-adds per output pixel and channel pair, plus
+    # the (batch-independent) product that derives its 4×4 kernel
+    outputs = {}  # upsampling layer → its output shape
+
+    def record(module, args, out):
+        outputs[module] = out.shape
+
+    hooks = [m.register_forward_hook(record) for m in ours.modules() if isinstance(m, upsample.Upsample)]
+    forward_flops("ours", ours)
+    for h in hooks:
+        h.remove()
+    assert outputs
+    saved = sum(2 * n * m.conv.in_channels * c * (9 - 4) * h * w for m, (n, c, h, w) in outputs.items())
+    derive = sum(2 * m.conv.out_channels * 16 * 9 * m.conv.in_channels for m in outputs)
+    assert ours_flops == ours_as_written - saved + derive
 
 
 def test_throughput_scripts_run_end_to_end_on_cpu(capsys):

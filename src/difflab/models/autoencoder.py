@@ -32,8 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..nn import GroupNorm32, SpatialSelfAttention, zero_module
-from .unet import Downsample, Upsample
+from ..nn import GroupNorm32, SpatialSelfAttention, Upsample, zero_module
+from .unet import Downsample
 
 DOWNSAMPLE_PADDINGS = ("symmetric", "ldm")
 LOGVAR_RANGE = (-30.0, 20.0)  # LDM's clamp of log σ²: σ between e^-15 and e^10

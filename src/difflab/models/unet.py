@@ -38,6 +38,7 @@ from torch import Tensor, nn
 
 from ..nn import GroupNorm32, SpatialSelfAttention, TimestepMLP, resolve_num_heads, zero_module
 from ..nn.transformer import SpatialTransformer
+from ..nn.upsample import Upsample, tap_matrix, upsample_conv3x3
 from ..text.small import SmallTextEncoder
 from .conditioning import add_label_embedding, context_tokens, validate_conditioning
 
@@ -167,7 +168,8 @@ class ResBlock(nn.Module):
         out = (skip(resample(x)) + h) · residual_scale
 
     ``resample`` is a 2× average pool (``down``), 2× nearest upsampling (``up``) or the identity;
-    ``skip`` is the identity, or a 1×1 convolution when the channel count changes.
+    ``skip`` is the identity, or a 1×1 convolution when the channel count changes. With ``up``,
+    ``Conv(resample(·))`` runs as one transposed convolution (:mod:`difflab.nn.upsample`).
     """
 
     def __init__(
@@ -197,9 +199,15 @@ class ResBlock(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.conv2 = zero_module(nn.Conv2d(out_channels, out_channels, 3, padding=1))
         self.skip = nn.Identity() if out_channels == channels else nn.Conv2d(channels, out_channels, 1)
+        if resample == "up":
+            self.register_buffer("taps", tap_matrix(), persistent=False)
 
     def forward(self, x: Tensor, emb: Tensor) -> Tensor:
-        h = self.conv1(self.resample(F.silu(self.norm1(x))))  # (N, C_out, H', W')
+        h = F.silu(self.norm1(x))
+        if isinstance(self.resample, nn.Upsample):
+            h = upsample_conv3x3(h, self.conv1, self.taps)  # = conv1(resample(h)), 2.25× fewer FLOPs
+        else:
+            h = self.conv1(self.resample(h))  # (N, C_out, H', W')
         e = self.emb_proj(F.silu(emb))[:, :, None, None].to(h.dtype)  # (N, C_out or 2·C_out, 1, 1)
         if self.use_scale_shift_norm:
             scale, shift = e.chunk(2, dim=1)
@@ -220,17 +228,6 @@ class Downsample(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.conv(x)  # (N, C, H/2, W/2)
-
-
-class Upsample(nn.Module):
-    """2× nearest-neighbour upsampling followed by a 3×3 convolution (DDPM)."""
-
-    def __init__(self, channels: int):
-        super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))  # (N, C, 2H, 2W)
 
 
 class EmbedSequential(nn.Sequential):
