@@ -125,15 +125,36 @@ def add_common_arguments(p) -> None:
     p.add_argument("--rounds", type=int, default=3, help="rounds, alternating ours and diffusers; the best counts")
     p.add_argument("--compile", action="store_true", help="torch.compile both networks")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    p.add_argument("--plain-upsampling", action="store_true",
+                   help="ours upsamples as written (nearest, then 3x3 convolution) instead of one transposed "
+                        "convolution (difflab.nn.upsample): an A/B of that choice on a new device")
 
 
 def setup(args, batches: str) -> tuple[torch.device, Case, int]:
     """(device, case, batch) for the flags; ``batches``: the case's ``train_batch`` or ``sample_batch``."""
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.plain_upsampling:
+        use_plain_upsampling()
     device = torch.device(args.device)
     case = CASES[args.case]
     return device, case, args.batch or getattr(case, batches)[device.type]
+
+
+def plain_upsample_conv3x3(x, conv, taps):
+    """The upsampling layer as written: nearest 2×, then the 3×3 convolution."""
+    import torch.nn.functional as F
+
+    return conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+
+
+def use_plain_upsampling() -> None:
+    """Make our networks upsample as written, for this process (``--plain-upsampling``)."""
+    from difflab.models import unet
+    from difflab.nn import upsample
+
+    for module in (unet, upsample):
+        module.upsample_conv3x3 = plain_upsample_conv3x3
 
 
 def versions() -> str:

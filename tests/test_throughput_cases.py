@@ -8,19 +8,13 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from difflab.nn import upsample
 
 pytest.importorskip("diffusers", reason="pip install diffusers (the dev extra)")
 sys.path.insert(0, str(Path(__file__).parent.parent / "benchmarks"))
-from throughput_cases import CASES, call, parameters  # noqa: E402
-
-
-def plain_upsample_conv3x3(x, conv, taps):
-    """The upsampling layer as written: nearest 2×, then the 3×3 convolution."""
-    return conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+from throughput_cases import CASES, call, parameters, plain_upsample_conv3x3  # noqa: E402
 
 
 @pytest.mark.parametrize("name", ["demo", "unet"])
@@ -73,3 +67,18 @@ def test_throughput_scripts_run_end_to_end_on_cpu(capsys):
     sampling_throughput.main(["--case", "demo", "--batch", "2", "--rounds", "1", "--repeat", "1", "--runs", "dpmpp_2m-10"])
     out = capsys.readouterr().out
     assert "ours / diffusers:" in out and "dpmpp_2m-10" in out
+
+
+def test_plain_upsampling_flag_switches_our_upsampling_for_the_run(monkeypatch, capsys):
+    """``--plain-upsampling`` (the A/B of difflab.nn.upsample on a new device) reaches our network."""
+    import train_throughput
+
+    from difflab.models import unet
+
+    for module in (unet, upsample):  # restored after the test: the flag patches the process
+        monkeypatch.setattr(module, "upsample_conv3x3", module.upsample_conv3x3)
+    train_throughput.main(["--case", "demo", "--batch", "16", "--rounds", "1", "--steps", "1", "--warmup", "0",
+                           "--plain-upsampling"])
+    assert unet.upsample_conv3x3 is upsample.upsample_conv3x3 is plain_upsample_conv3x3
+    rows = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines() if line.startswith("diff")}
+    assert rows["difflab"][4] == rows["diffusers"][4]  # GFLOP/step: as written, ours counts what theirs does
