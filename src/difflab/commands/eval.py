@@ -113,7 +113,7 @@ def sample_checkpoint(path: Path, args):
     model = DiffusionModel.load(path, device=device)
     guidance = guidance_from_args(args, device)
     images, labels = generate(model, args.n, **schedule_from_args(args, model, guidance), seed=args.seed,
-                              guidance=guidance, progress=True, compile=args.compile)
+                              guidance=guidance, progress=True, compile=args.compile, precision=args.precision)
     class_names = model.class_names or (guidance.classifier.class_names if guidance.classifier else [])
     return ImageDataset(images=images, labels=labels, class_names=list(class_names), name=str(path))
 

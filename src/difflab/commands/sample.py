@@ -38,7 +38,7 @@ def register(subparsers) -> None:
 
 
 def add_sampler_arguments(p) -> None:
-    """``--sigmas``, ``--no-tuned`` and ``--compile``, shared by ``sample`` and ``eval``."""
+    """``--sigmas``, ``--no-tuned``, ``--compile`` and ``--precision``, shared by ``sample`` and ``eval``."""
     p.add_argument("--sigmas", metavar="JSON",
                    help="a tuned step schedule from `difflab tune-steps --out` (sets the method and steps)")
     p.add_argument("--no-tuned", action="store_true",
@@ -47,6 +47,10 @@ def add_sampler_arguments(p) -> None:
     p.add_argument("--compile", action="store_true",
                    help="torch.compile each sampler step's model call (CUDA graphs on a GPU): the same images to "
                         "float tolerance, faster on long runs; compiling costs seconds to minutes per batch size")
+    p.add_argument("--precision", choices=["auto", "bf16", "float32"], default="auto",
+                   help="the network's arithmetic: auto = bf16 autocast on a GPU, float32 on a CPU; bf16 on a CPU "
+                        "with avx512_bf16 or AMX samples 1.2-1.8x faster (slower on one without); the solver and "
+                        "the latent decoding stay float32")
 
 
 def schedule_from_args(args, model, guidance) -> dict:
@@ -120,7 +124,8 @@ def run(args) -> int:
     prompts = read_prompts(args)
     images, labels = generate(model, args.n, **schedule_from_args(args, model, guidance), seed=args.seed,
                               class_index=args.class_index, guidance=guidance, prompts=prompts,
-                              batch_size=args.batch_size, progress=True, compile=args.compile)
+                              batch_size=args.batch_size, progress=True, compile=args.compile,
+                              precision=args.precision)
     out = Path(args.out)
     class_names = model.class_names or (guidance.classifier.class_names if guidance.classifier else [])
     per_class = labels is not None and args.class_index is None

@@ -75,3 +75,11 @@ def bf16_autocast(device: torch.device, on_gpu: bool, on_cpu: bool = False):
     if device.type == "cpu" and on_cpu:
         return torch.autocast("cpu", dtype=torch.bfloat16)
     return nullcontext()
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether oneDNN runs bf16 natively on this CPU (avx512_bf16 or AMX); without, bf16 is emulated and slow."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a build without oneDNN
+        return False
