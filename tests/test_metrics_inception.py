@@ -93,6 +93,23 @@ def test_float16_copy_gives_nearly_the_same_features(extractor, digits, tmp_path
 
 
 @requires_weights
+def test_channels_last_on_cpu_gives_the_features_of_the_plain_layout(extractor, digits):
+    """On a CPU the network runs channels-last (faster oneDNN convolutions): the same float32
+    arithmetic, so the same features to rounding."""
+    from difflab.metrics.inception import PREPROCESS
+
+    conv = next(p for p in extractor.network.parameters() if p.ndim == 4)
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    plain = extractor.network.to(memory_format=torch.contiguous_format)
+    try:
+        with torch.inference_mode():
+            expected = plain(PREPROCESS["tf"](digits[:2]))
+    finally:
+        extractor.network.to(memory_format=torch.channels_last)
+    torch.testing.assert_close(extractor(digits[:2]), expected, rtol=1e-5, atol=1e-5 * expected.abs().max().item())
+
+
+@requires_weights
 def test_extractor_refuses_float_images(extractor):
     with pytest.raises(ValueError, match="uint8"):
         extractor(torch.zeros(1, 3, 8, 8))
