@@ -50,7 +50,7 @@ def run(args) -> int:
     # A class-conditional model is scored given each image's true class when the data has labels
     # in the same order of class names, else as unconditional (the null class).
     labels = dataset.labels[: args.n] if (model.num_classes and dataset.class_names == model.class_names) else None
-    device = next(model.network.parameters()).device
+    device = model.device
     generator = torch.Generator().manual_seed(args.seed)
     totals = []
     for start in range(0, len(images), args.batch_size):

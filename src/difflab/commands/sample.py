@@ -39,6 +39,8 @@ def register(subparsers) -> None:
 
 def add_sampler_arguments(p) -> None:
     """``--sigmas``, ``--no-tuned``, ``--compile`` and ``--precision``, shared by ``sample`` and ``eval``."""
+    from ..training.fast_paths import PRECISIONS
+
     p.add_argument("--sigmas", metavar="JSON",
                    help="a tuned step schedule from `difflab tune-steps --out` (sets the method and steps)")
     p.add_argument("--no-tuned", action="store_true",
@@ -47,7 +49,7 @@ def add_sampler_arguments(p) -> None:
     p.add_argument("--compile", action="store_true",
                    help="torch.compile each sampler step's model call (CUDA graphs on a GPU): the same images to "
                         "float tolerance, faster on long runs; compiling costs seconds to minutes per batch size")
-    p.add_argument("--precision", choices=["auto", "bf16", "float32"], default="auto",
+    p.add_argument("--precision", choices=PRECISIONS, default="auto",
                    help="the network's arithmetic: auto = bf16 autocast on a GPU, float32 on a CPU; bf16 on a CPU "
                         "with avx512_bf16 or AMX samples 1.2-1.8x faster (slower on one without); the solver and "
                         "the latent decoding stay float32")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,7 +15,7 @@ from ..latent import LatentSpace, x0_clip
 from ..models import load_frozen
 from ..sampling import DEFAULT_METHOD, DEFAULT_SPACING, DEFAULT_STEPS, sample
 from ..schedules import NoiseSchedule, schedule_from_config
-from ..training.fast_paths import bf16_autocast, cpu_has_native_bf16, memory_format
+from ..training.fast_paths import memory_format, precision_autocast
 from ..training.state import CLASSIFIER_KIND, find_checkpoint, load_state
 
 
@@ -55,6 +54,11 @@ class DiffusionModel:
     def text_encoder(self) -> dict | None:
         """The text encoder of a caption-conditioned model (None otherwise)."""
         return self.config.get("text_encoder")
+
+    @property
+    def device(self) -> torch.device:
+        """Where the network's weights are."""
+        return next(self.network.parameters()).device
 
     @property
     def trained_with_label_dropout(self) -> bool:
@@ -208,7 +212,7 @@ def prepare_conditioning(model: DiffusionModel, n: int, method: str, *, class_in
     """Labels, prompts and the guided denoiser for n images (see :func:`generate`); ``compile``:
     the denoiser's step under ``torch.compile`` (:mod:`difflab.sampling.compiled`)."""
     guidance = guidance or Guidance()
-    device = next(model.network.parameters()).device
+    device = model.device
     class_names = model.class_names or (guidance.classifier.class_names if guidance.classifier else [])
     labels = class_labels_for(class_names, n, class_index)
     text = None
@@ -231,17 +235,6 @@ def seeded_noise(shape, seeds) -> torch.Tensor:
     """One standard normal draw of ``shape`` per seed, stacked: image i's noise depends on its
     seed only, not on the batch it is drawn in."""
     return torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(s)) for s in seeds])
-
-
-PRECISIONS = ("auto", "bf16", "float32")
-
-
-def precision_autocast(precision: str, device: torch.device):
-    """The autocast context of a sampling ``precision`` (see :func:`generate`) on ``device``."""
-    if precision == "bf16" and device.type == "cpu" and not cpu_has_native_bf16():
-        warnings.warn("this CPU has no native bf16 (avx512_bf16 or AMX): bf16 sampling is emulated and slower "
-                      "than float32 here; use --precision float32", stacklevel=3)
-    return bf16_autocast(device, on_gpu=precision != "float32", on_cpu=precision == "bf16")
 
 
 def generate(
@@ -277,13 +270,11 @@ def generate(
     ``compile`` runs each step's model call through ``torch.compile`` (CUDA graphs on a GPU;
     :mod:`difflab.sampling.compiled`).
     """
-    if precision not in PRECISIONS:
-        raise ValueError(f"unknown precision {precision!r}; choose one of: {', '.join(PRECISIONS)}")
+    autocast = precision_autocast(precision, model.device)  # checks the precision before any work
     method, steps, spacing = model.sampler_settings(method, steps, spacing)
     plan = prepare_conditioning(model, n, method, class_index=class_index, guidance=guidance, prompts=prompts,
                                 compile=compile)
     device = plan.device
-    autocast = precision_autocast(precision, device)
     chunks = []
     batches = range(0, n, batch_size)
     if progress:

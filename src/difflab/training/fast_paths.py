@@ -1,6 +1,7 @@
 """The trainer's speed switches, in one place so benchmarks/train_throughput.py times exactly
 what ``difflab train`` runs: a fused AdamW (with its moments kept in the parameters' memory
-layout), multi-tensor gradient clipping, the channels-last memory format, and bf16 autocast.
+layout), multi-tensor gradient clipping, the channels-last memory format, and bf16 autocast
+(training's, and sampling's ``precision``).
 
 Each is the plain path computed another way; tests/test_fast_paths.py checks it against the
 plain path on CPU within float tolerance.
@@ -8,6 +9,7 @@ plain path on CPU within float tolerance.
 
 from __future__ import annotations
 
+import warnings
 from contextlib import nullcontext
 
 import torch
@@ -66,8 +68,8 @@ def match_optimizer_state_layout(optimizer: torch.optim.Optimizer) -> None:
 
 
 def bf16_autocast(device: torch.device, on_gpu: bool, on_cpu: bool = False):
-    """The network's autocast in training and sampling: bf16 matrix multiplies and convolutions, float32 weights,
-    norms and loss. On GPU the default (``train.bf16``). On CPU opt-in (``train.bf16_cpu``):
+    """The network's autocast in training and sampling: bf16 matrix multiplies and convolutions,
+    float32 weights, norms and loss. On GPU the default (``train.bf16``). On CPU opt-in (``train.bf16_cpu``):
     oneDNN's bf16 kernels run ~1.3x faster on a CPU with avx512_bf16 or AMX (measured on 2 cores
     with a 7.5M-parameter latent U-Net: 0.76 s against 1.00 s a step) and slower on one without."""
     if device.type == "cuda" and on_gpu:
@@ -75,6 +77,22 @@ def bf16_autocast(device: torch.device, on_gpu: bool, on_cpu: bool = False):
     if device.type == "cpu" and on_cpu:
         return torch.autocast("cpu", dtype=torch.bfloat16)
     return nullcontext()
+
+
+# Sampling precisions: auto = bf16 autocast on a GPU and float32 on a CPU; bf16 = bf16 autocast on
+# either; float32 = no autocast.
+PRECISIONS = ("auto", "bf16", "float32")
+
+
+def precision_autocast(precision: str, device: torch.device):
+    """The autocast context of a sampling ``precision`` (one of :data:`PRECISIONS`) on ``device``;
+    warns when bf16 is asked of a CPU that only emulates it."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; choose one of: {', '.join(PRECISIONS)}")
+    if precision == "bf16" and device.type == "cpu" and not cpu_has_native_bf16():
+        warnings.warn("this CPU has no native bf16 (avx512_bf16 or AMX): bf16 sampling is emulated and slower "
+                      "than float32 here; use --precision float32", stacklevel=3)
+    return bf16_autocast(device, on_gpu=precision != "float32", on_cpu=precision == "bf16")
 
 
 def cpu_has_native_bf16() -> bool:
