@@ -4,6 +4,7 @@
     python benchmarks/inception_throughput.py --device cuda --images 5000 --batch-sizes 100 250 500 \
         --weights .gpu/inception-fp16.pt --data .gpu/fashion-mnist
     python benchmarks/inception_throughput.py --device cpu --fp16-fid 200
+    python benchmarks/inception_throughput.py --device cpu --layouts 200
 
 Images are Fashion-MNIST test images (28×28 grey, resized to 299×299 like any FID input).
 Prints one JSON line per measurement.
@@ -45,6 +46,38 @@ def fp16_fid_difference(n: int, device: str) -> dict:
             "rel_difference": abs(fids["float32"] - fids["float16_copy"]) / fids["float32"]}
 
 
+def layout_difference(n: int, batch_size: int = 50) -> dict:
+    """On the CPU: images/s (best of 3 rounds, the layouts alternating) and FID of n test vs n train
+    images with the network channels-last (``load_inception``'s CPU default) and in the plain
+    NCHW layout. Calls the network directly, since the extractor feeds it channels-last input."""
+    from difflab.metrics.inception import load_inception, preprocess_tf
+
+    sets = [load_dataset("fashion-mnist", split).images[:n] for split in ("test", "train")]
+    networks = {"channels_last": load_inception(device="cpu"),
+                "nchw": load_inception(device="cpu").to(memory_format=torch.contiguous_format)}
+
+    @torch.inference_mode()
+    def features(layout: str, images: torch.Tensor):
+        out = []
+        for i in range(0, len(images), batch_size):
+            x = preprocess_tf(images[i:i + batch_size])
+            if layout == "channels_last":
+                x = x.contiguous(memory_format=torch.channels_last)
+            out.append(networks[layout](x).double())
+        return torch.cat(out).numpy()
+
+    rates, fids = {layout: [] for layout in networks}, {}
+    for _ in range(3):
+        for layout in networks:
+            start = time.perf_counter()
+            a, b = (features(layout, images) for images in sets)
+            rates[layout].append(2 * n / (time.perf_counter() - start))
+            fids[layout] = frechet_distance(*feature_statistics(a), *feature_statistics(b))
+    return {"images_per_set": n, **{f"images_per_second_{k}": round(max(v), 2) for k, v in rates.items()},
+            "fid_channels_last": fids["channels_last"], "fid_nchw": fids["nchw"],
+            "abs_difference": abs(fids["channels_last"] - fids["nchw"])}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -55,7 +88,13 @@ def main() -> None:
                         help="fashion-mnist, or a folder holding its IDX files (default: fashion-mnist)")
     parser.add_argument("--fp16-fid", type=int, metavar="N",
                         help="instead, compare FID (N test vs N train images) of float32 and float16 weights")
+    parser.add_argument("--layouts", type=int, metavar="N",
+                        help="instead, compare images/s and FID (N test vs N train images) of the CPU's "
+                             "channels-last network and the plain layout")
     args = parser.parse_args()
+    if args.layouts:
+        print(json.dumps({"device": f"{torch.get_num_threads()} CPU threads", **layout_difference(args.layouts)}))
+        return
     if args.fp16_fid:
         print(json.dumps({"device": args.device, **fp16_fid_difference(args.fp16_fid, args.device)}))
         return

@@ -16,6 +16,8 @@ from typing import Callable
 
 import torch
 
+from difflab.nn.upsample import upsample_conv3x3 as TRANSPOSED_UPSAMPLE_CONV3X3  # difflab's way, kept for set_upsampling
+
 # Dense bf16 peak of the GPUs we run on (tensor cores, no sparsity), for MFU.
 PEAK_BF16_FLOPS = {"H100": 989.4e12, "H200": 989.4e12, "A100": 312e12}
 
@@ -135,7 +137,7 @@ def setup(args, batches: str) -> tuple[torch.device, Case, int]:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.plain_upsampling:
-        use_plain_upsampling()
+        set_upsampling(plain=True)
     device = torch.device(args.device)
     case = CASES[args.case]
     return device, case, args.batch or getattr(case, batches)[device.type]
@@ -148,13 +150,14 @@ def plain_upsample_conv3x3(x, conv, taps):
     return conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
 
 
-def use_plain_upsampling() -> None:
-    """Make our networks upsample as written, for this process (``--plain-upsampling``)."""
+def set_upsampling(plain: bool) -> None:
+    """Make our networks upsample as written (``plain``, for ``--plain-upsampling`` and A/B runs)
+    or as one transposed convolution (difflab's way), for this process."""
     from difflab.models import unet
     from difflab.nn import upsample
 
     for module in (unet, upsample):
-        module.upsample_conv3x3 = plain_upsample_conv3x3
+        module.upsample_conv3x3 = plain_upsample_conv3x3 if plain else TRANSPOSED_UPSAMPLE_CONV3X3
 
 
 def versions() -> str:

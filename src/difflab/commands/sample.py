@@ -51,7 +51,7 @@ def add_sampler_arguments(p) -> None:
                         "float tolerance, faster on long runs; compiling costs seconds to minutes per batch size")
     p.add_argument("--precision", choices=PRECISIONS, default="auto",
                    help="the network's arithmetic: auto = bf16 autocast on a GPU, float32 on a CPU; bf16 on a CPU "
-                        "with avx512_bf16 or AMX samples 1.2-1.8x faster (slower on one without); the solver and "
+                        "with avx512_bf16 or AMX samples 1.1-1.8x faster (slower on one without); the solver and "
                         "the latent decoding stay float32")
 
 

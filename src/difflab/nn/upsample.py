@@ -24,9 +24,9 @@ and the 2-D kernel K[k, l] = Σ_{d,e} T[k, d]·T[l, e]·w[d, e] with T the 4×3 
 The result equals the plain formulation up to float rounding (the sums are ordered differently);
 the parameters are the 3×3 convolution's, so checkpoints and imported weights are unchanged.
 
-Measured on 2 CPU cores (docs/benchmarks.md, "Upsampling as a transposed convolution"): the
-layer's forward and backward 1.5–2.4× faster at training batch sizes, about even at batch 16
-and 4×4 inputs, where per-call overhead dominates.
+Measured on 2 CPU cores (``benchmarks/upsampling_ab.py``; docs/benchmarks.md, "Upsampling as a
+transposed convolution"): the layer 1.6–2.2× faster at training batch sizes and in larger
+inference, but 0.7× at batch 16 with 4×4 inputs, where oneDNN's per-call cost dominates.
 """
 
 from __future__ import annotations

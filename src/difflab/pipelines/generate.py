@@ -265,7 +265,7 @@ def generate(
     classifier guidance; without ``class_index`` every class is drawn in turn. A text-conditioned
     model needs ``prompts``; image i gets prompt i mod len(prompts). ``precision``: the network's
     arithmetic, ``auto`` (bf16 autocast on a GPU, float32 on a CPU), ``bf16`` (bf16 autocast on
-    either: 1.2–1.8× faster sampling on a CPU with avx512_bf16 or AMX, docs/sampling.md) or
+    either: 1.1–1.8× faster sampling on a CPU with avx512_bf16 or AMX, docs/sampling.md) or
     ``float32``; the solver and the autoencoder's decoding stay in float32.
     ``compile`` runs each step's model call through ``torch.compile`` (CUDA graphs on a GPU;
     :mod:`difflab.sampling.compiled`).
