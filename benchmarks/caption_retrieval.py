@@ -38,7 +38,7 @@ def feature_function(kind: str, model: DiffusionModel, autoencoder: str | None, 
         extractor = InceptionFeatures(device=device)
         return lambda images: torch.from_numpy(extract_features(images, extractor, batch_size=100).values)
     if autoencoder:
-        from difflab.models import load_autoencoder
+        from difflab.latent import load_autoencoder
 
         ae = load_autoencoder(autoencoder, device=device)[0]
     elif model.latent is not None:

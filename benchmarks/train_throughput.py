@@ -41,7 +41,8 @@ class TrainStep:
                  bf16_cpu: bool = False):
         from difflab.schedules import linear
         from difflab.training.config import TrainConfig
-        from difflab.training.fast_paths import bf16_autocast, make_optimizer, memory_format
+        from difflab.training.fast_paths import make_optimizer
+        from difflab.device import bf16_autocast, memory_format
 
         torch.manual_seed(0)
         self.side, self.device, self.learned_sigma = side, device, case.learned_sigma

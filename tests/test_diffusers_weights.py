@@ -75,7 +75,7 @@ def test_import_autoencoder_command_writes_a_usable_run(tmp_path, capsys):
     from safetensors.torch import save_file
 
     from difflab.cli import main as cli
-    from difflab.models import load_autoencoder
+    from difflab.latent import load_autoencoder
 
     theirs = randomized(diffusers.AutoencoderKL(in_channels=1, out_channels=1, block_out_channels=(8, 16),
                                                 norm_num_groups=4, latent_channels=2, sample_size=32,

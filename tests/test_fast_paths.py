@@ -5,7 +5,8 @@ import torch
 from difflab.losses import diffusion_loss
 from difflab.models.unet import PRESETS, UNet
 from difflab.schedules import linear
-from difflab.training.fast_paths import bf16_autocast, clip_gradients, fused_adamw_supported, make_optimizer, memory_format
+from difflab.training.fast_paths import clip_gradients, fused_adamw_supported, make_optimizer
+from difflab.device import bf16_autocast, memory_format
 
 
 def _model():

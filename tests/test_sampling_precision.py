@@ -8,7 +8,7 @@ import torch
 
 from difflab.cli import main as cli
 from difflab.pipelines import DiffusionModel, generate
-from difflab.training import fast_paths
+from difflab import device as device_module
 
 generate_module = importlib.import_module("difflab.pipelines.generate")  # the package exports the function
 
@@ -24,7 +24,7 @@ def run(tmp_path_factory):
 
 @pytest.mark.parametrize("precision, enabled", [("auto", False), ("float32", False), ("bf16", True)])
 def test_precision_picks_the_cpu_autocast(precision, enabled, monkeypatch):
-    monkeypatch.setattr(fast_paths, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(device_module, "cpu_has_native_bf16", lambda: True)
     with generate_module.precision_autocast(precision, torch.device("cpu")):
         assert torch.is_autocast_enabled("cpu") == enabled
         if enabled:
@@ -32,7 +32,7 @@ def test_precision_picks_the_cpu_autocast(precision, enabled, monkeypatch):
 
 
 def test_bf16_reaches_the_network_and_stays_close_to_float32(run, monkeypatch):
-    monkeypatch.setattr(fast_paths, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(device_module, "cpu_has_native_bf16", lambda: True)
     model = DiffusionModel.load(run)
     dtypes = []
     conv = next(m for m in model.network.modules() if isinstance(m, torch.nn.Conv2d))
@@ -50,7 +50,7 @@ def test_unknown_precision_is_a_clear_error(run):
 
 
 def test_bf16_on_a_cpu_without_native_bf16_warns(run, monkeypatch):
-    monkeypatch.setattr(fast_paths, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(device_module, "cpu_has_native_bf16", lambda: False)
     with pytest.warns(UserWarning, match="no native bf16"):
         generate(DiffusionModel.load(run), 2, steps=2, precision="bf16")
 
@@ -61,7 +61,7 @@ def test_sample_and_eval_flags_reach_generate(run, tmp_path, monkeypatch):
     seen = []
     real = generate_module.precision_autocast
     monkeypatch.setattr(generate_module, "precision_autocast", lambda p, d: seen.append(p) or real(p, d))
-    monkeypatch.setattr(fast_paths, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(device_module, "cpu_has_native_bf16", lambda: True)
     assert cli(["sample", str(run), "--n", "2", "--steps", "2", "--out", str(tmp_path / "s"), "--precision", "bf16"]) == 0
     assert cli(["sample", str(run), "--n", "2", "--steps", "2", "--out", str(tmp_path / "t")]) == 0
     assert seen == ["bf16", "auto"]

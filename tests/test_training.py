@@ -14,7 +14,7 @@ from difflab.cli import main as cli
 from difflab.pipelines import DiffusionModel, generate
 from difflab.training import trainer as trainer_module
 from difflab.training.config import ConfigError, load_config
-from difflab.training.state import load_state
+from difflab.checkpoint import load_state
 from difflab.training.trainer import TrainingDiverged, train
 
 TINY = [

@@ -12,6 +12,10 @@ Writes are atomic: everything goes into a temporary sibling folder, each file an
 are fsync'ed, then the old checkpoint is moved aside, the new one renamed into place and the
 old one deleted. A crash at any point leaves either the previous checkpoint or the new one;
 in the one window where only the moved-aside copy exists, the next save or load puts it back.
+
+What a diffusion model's (or a noisy classifier's) ``config.json`` holds is one typed record,
+:class:`ModelRecord`: the trainer writes it and :class:`~difflab.pipelines.DiffusionModel`
+reads it, so neither side spells out keys of its own.
 """
 
 from __future__ import annotations
@@ -21,12 +25,19 @@ import os
 import shutil
 from pathlib import Path
 
+from dataclasses import asdict, dataclass, field, fields
+
 import torch
 from safetensors.torch import load_file, save_file
 
 CONFIG_FILE = "config.json"
 EXTRA_FILE = "extra.pt"
 _FILES_KEY = "checkpoint_files"
+
+# What a checkpoint holds (its config.json's "kind").
+DIFFUSION_KIND = "diffusion"
+CLASSIFIER_KIND = "noisy_classifier"  # ADM's noisy classifier, trained by the same loop
+AUTOENCODER_KIND = "autoencoder"  # latent diffusion's KL / VQ autoencoders, trained by the same loop
 
 
 def _fsync(path: Path) -> None:
@@ -132,3 +143,90 @@ def load_checkpoint(path: str | Path, kind: str | None = None,
     if EXTRA_FILE in files:
         extra = torch.load(path / EXTRA_FILE, map_location=map_location, weights_only=True)
     return config, tensors, extra
+
+
+def find_checkpoint(path: str | Path) -> Path:
+    """A checkpoint folder, or a run folder holding one in ``checkpoint/``."""
+    path = Path(path)
+    if (path / "checkpoint" / CONFIG_FILE).exists():
+        return path / "checkpoint"
+    return path
+
+
+def load_state(path: str | Path, kind: str = DIFFUSION_KIND, map_location: str | torch.device = "cpu"):
+    """(config, tensors, extra) of a run's checkpoint of this kind; a clear error for anything else."""
+    return load_checkpoint(find_checkpoint(path), kind=kind, map_location=map_location)
+
+
+@dataclass
+class ModelRecord:
+    """The ``config.json`` of a diffusion model's (or noisy classifier's) checkpoint, typed.
+
+    Attributes:
+        kind: :data:`DIFFUSION_KIND` or :data:`CLASSIFIER_KIND`.
+        model: the network's config (rebuilds it with :func:`difflab.models.build_model`).
+        schedule: the noise schedule's config (:func:`difflab.schedules.schedule_from_config`).
+        prediction: what the network predicts: ``epsilon``, ``x0`` or ``v``.
+        learned_variance: the network also outputs improved DDPM's variance interpolation.
+        image_shape: (C, H, W) of what the network sees (latents for a latent model).
+        class_names: the classes of a class-conditional model (or a classifier); empty otherwise.
+        text_encoder: the text encoder of a caption-conditioned model; None otherwise.
+        latent: a latent model's autoencoder (:meth:`difflab.latent.LatentSpace.to_config`).
+        train_config: the whole training config (:class:`difflab.training.config.Config` as a dict).
+        step: the training step the weights are from.
+        init_from: where a fine-tuned run's starting weights came from (``train --init-from``).
+        other: keys this version does not know, kept so that a rewrite loses nothing.
+    """
+
+    kind: str
+    model: dict
+    schedule: dict
+    image_shape: tuple[int, int, int]
+    prediction: str = "epsilon"
+    learned_variance: bool = False
+    class_names: list[str] = field(default_factory=list)
+    text_encoder: dict | None = None
+    latent: dict | None = None
+    train_config: dict = field(default_factory=dict)
+    step: int | None = None
+    init_from: dict | None = None
+    other: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        """The JSON mapping written to ``config.json``."""
+        record = asdict(self)
+        record["image_shape"] = list(self.image_shape)
+        return {**record.pop("other"), **record}
+
+    @classmethod
+    def from_dict(cls, config: dict, path: str | Path = "") -> "ModelRecord":
+        """Read a ``config.json`` mapping (any version so far: missing optional keys default)."""
+        names = {f.name for f in fields(cls)} - {"other"}
+        missing = [key for key in ("kind", "model", "schedule", "image_shape") if key not in config]
+        if missing:
+            raise ValueError(f"{path or 'the checkpoint'} lacks {', '.join(missing)} in its {CONFIG_FILE}: "
+                             "it was not written by `difflab train`")
+        known = {key: value for key, value in config.items() if key in names}
+        known["image_shape"] = tuple(known["image_shape"])
+        known["class_names"] = list(known.get("class_names") or [])
+        return cls(**known, other={key: value for key, value in config.items() if key not in names})
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def conditional(self) -> bool:
+        """Whether the network takes class labels or captions."""
+        return self.num_classes > 0 or self.text_encoder is not None
+
+    @property
+    def trained_with_label_dropout(self) -> bool:
+        """Whether the null label / empty caption was trained (``diffusion.cond_drop_prob > 0``):
+        what classifier-free guidance needs."""
+        return self.train_config.get("diffusion", {}).get("cond_drop_prob", 0.0) > 0
+
+    @property
+    def sample_defaults(self) -> dict:
+        """The training config's ``sample`` section: method, steps, spacing, guidance_scale."""
+        return self.train_config.get("sample", {})

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from .checkpoint import AUTOENCODER_KIND, load_state
 from .data.convert import to_float
 
 
@@ -25,6 +26,42 @@ def x0_clip(latent: "LatentSpace | None", pixel_limit: float | None = 1.0) -> fl
     """The x̂₀ clipping of a model sampled in this space: ``pixel_limit`` for a pixel model
     (images live in [−1, 1]), none in a latent space (latents are not bounded)."""
     return None if latent is not None else pixel_limit
+
+
+@dataclass
+class AutoencoderInfo:
+    """What a trained autoencoder checkpoint says besides its weights.
+
+    Attributes:
+        latent_scale: LDM's scale factor 1/std(z) (diffusion sees z · latent_scale); None if the
+            run stopped before it was estimated.
+        image_shape: (C, H, W) of the training images.
+        latent_shape: (z_channels, H/f, W/f).
+        psnr: reconstruction PSNR (dB) on held-out images, and ``psnr_split`` the images it used.
+        config: the whole ``config.json`` (model, training config, …).
+    """
+
+    latent_scale: float | None
+    image_shape: tuple[int, int, int]
+    latent_shape: tuple[int, int, int]
+    psnr: float | None
+    psnr_split: str | None
+    config: dict
+
+
+def load_autoencoder(path: str | Path, device: str | torch.device = "cpu", use_ema: bool = True
+                     ) -> tuple[nn.Module, AutoencoderInfo]:
+    """(model in eval mode, :class:`AutoencoderInfo`) of a checkpoint of ``difflab train-autoencoder``
+    (the run folder or its ``checkpoint/``); the EMA weights unless ``use_ema=False``."""
+    from .models import load_frozen
+
+    config, tensors, _ = load_state(path, kind=AUTOENCODER_KIND, map_location=device)
+    model = load_frozen(config["model"], tensors["ema" if use_ema else "model"], device)
+    info = AutoencoderInfo(latent_scale=config.get("latent_scale"), image_shape=tuple(config["image_shape"]),
+                           latent_shape=tuple(config["latent_shape"]), psnr=config.get("psnr"),
+                           psnr_split=config.get("psnr_split"), config=config)
+    return model, info
+
 
 
 @dataclass
@@ -49,8 +86,6 @@ class LatentSpace:
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu") -> "LatentSpace":
         """The autoencoder of a ``difflab train-autoencoder`` run (its EMA weights)."""
-        from .models import load_autoencoder
-
         autoencoder, info = load_autoencoder(path, device=device)
         if info.latent_scale is None:
             raise ValueError(f"{path} has no latent_scale: the autoencoder run did not finish; resume it with "

@@ -35,7 +35,7 @@ def run(args) -> int:
     from ..data.load import load_dataset, parse_spec
     from ..likelihood import bits_per_dim
     from ..pipelines import DiffusionModel
-    from ..training.distributed import pick_device
+    from ..device import pick_device
 
     if args.n < 1 or args.batch_size < 1:
         raise ValueError("--n and --batch-size must be at least 1")

@@ -105,7 +105,7 @@ def sample_checkpoint(path: Path, args):
     from difflab.data.dataset import ImageDataset
     from difflab.commands.sample import guidance_from_args, schedule_from_args
     from difflab.pipelines import DiffusionModel, generate
-    from difflab.training.distributed import pick_device
+    from difflab.device import pick_device
 
     if args.n < 1:
         raise UserError("--n must be at least 1")

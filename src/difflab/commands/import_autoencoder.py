@@ -41,7 +41,7 @@ def run(args) -> int:
     from ..checkpoint import save_checkpoint
     from ..models import model_config_dict
     from ..models.diffusers_weights import load_diffusers_autoencoder_kl
-    from ..training.state import AUTOENCODER_KIND
+    from ..checkpoint import AUTOENCODER_KIND
 
     try:
         model, scale = load_diffusers_autoencoder_kl(args.folder, args.image_size)

@@ -42,9 +42,9 @@ def register(subparsers) -> None:
 def run(args) -> int:
     from ..data import load_dataset, parse_spec, to_float
     from ..images import save_npz
-    from ..models import load_autoencoder
+    from ..latent import load_autoencoder
     from ..models.autoencoder import psnr, reconstruct_images
-    from ..training.distributed import pick_device
+    from ..device import pick_device
     from ..training.objectives import preview_images, reconstruction_grid
 
     if (args.n is not None and args.n < 1) or args.batch_size < 1 or args.grid < 0:

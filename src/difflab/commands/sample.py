@@ -39,7 +39,7 @@ def register(subparsers) -> None:
 
 def add_sampler_arguments(p) -> None:
     """``--sigmas``, ``--no-tuned``, ``--compile`` and ``--precision``, shared by ``sample`` and ``eval``."""
-    from ..training.fast_paths import PRECISIONS
+    from ..device import PRECISIONS
 
     p.add_argument("--sigmas", metavar="JSON",
                    help="a tuned step schedule from `difflab tune-steps --out` (sets the method and steps)")
@@ -116,7 +116,7 @@ def run(args) -> int:
 
     from ..images import save_grid, save_images, save_npz
     from ..pipelines import DiffusionModel, generate
-    from ..training.distributed import pick_device
+    from ..device import pick_device
 
     if args.n < 1:
         raise ValueError("--n must be at least 1")

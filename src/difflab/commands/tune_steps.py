@@ -46,7 +46,7 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     from ..pipelines import DiffusionModel, tune_steps, tuned_path
-    from ..training.distributed import pick_device
+    from ..device import pick_device
     from .sample import guidance_from_args, read_prompts
 
     if args.n < 1:

@@ -19,7 +19,7 @@ from typing import Callable
 from torch import nn
 
 from .autoencoder import PRESETS as KL_PRESETS
-from .autoencoder import AutoencoderConfig, AutoencoderInfo, AutoencoderKL, DiagonalGaussian, estimate_latent_scale, load_autoencoder
+from .autoencoder import AutoencoderConfig, AutoencoderKL, DiagonalGaussian, estimate_latent_scale
 from .classifier import NoisyClassifier
 from .dit import PRESETS as DIT_PRESETS
 from .dit import DiT, DiTConfig
@@ -97,7 +97,7 @@ def model_config_dict(model: nn.Module) -> dict:
 
 
 __all__ = [
-    "AUTOENCODERS", "MODELS", "AutoencoderConfig", "AutoencoderInfo", "AutoencoderKL", "AutoencoderVQ",
+    "AUTOENCODERS", "MODELS", "AutoencoderConfig", "AutoencoderKL", "AutoencoderVQ",
     "AutoencoderVQConfig", "DiT", "DiTConfig", "DiagonalGaussian", "ModelSpec", "NoisyClassifier", "UNet", "UNetConfig", "build_config",
-    "build_model", "estimate_latent_scale", "load_frozen", "load_autoencoder", "model_config_dict",
+    "build_model", "estimate_latent_scale", "load_frozen", "model_config_dict",
 ]

@@ -19,7 +19,7 @@ that model without the perceptual and adversarial terms of its loss (see docs/au
 
 :class:`Encoder` and :class:`Decoder` are shared with the VQ-regularized autoencoder
 (:mod:`.vq`). Training is ``difflab train-autoencoder`` (the trainer with
-``model.name: autoencoder_kl``); :func:`load_autoencoder` reads a trained checkpoint and its
+``model.name: autoencoder_kl``); :func:`difflab.latent.load_autoencoder` reads a trained checkpoint and its
 latent scale (:func:`estimate_latent_scale`).
 """
 
@@ -418,43 +418,6 @@ def reconstruction_psnr(autoencoder: nn.Module, images: Tensor, batch_size: int 
     values = torch.cat([psnr(autoencoder.reconstruct(x), x).cpu() for x in _batches(images, batch_size, device)])
     autoencoder.train(was_training)
     return values.mean().item()
-
-
-@dataclass
-class AutoencoderInfo:
-    """What a trained autoencoder checkpoint says besides its weights.
-
-    Attributes:
-        latent_scale: LDM's scale factor 1/std(z) (diffusion sees z · latent_scale); None if the
-            run stopped before it was estimated.
-        image_shape: (C, H, W) of the training images.
-        latent_shape: (z_channels, H/f, W/f).
-        psnr: reconstruction PSNR (dB) on held-out images, and ``psnr_split`` the images it used.
-        config: the whole ``config.json`` (model, training config, …).
-    """
-
-    latent_scale: float | None
-    image_shape: tuple[int, int, int]
-    latent_shape: tuple[int, int, int]
-    psnr: float | None
-    psnr_split: str | None
-    config: dict
-
-
-def load_autoencoder(path: str | Path, device: str | torch.device = "cpu", use_ema: bool = True
-                     ) -> tuple[nn.Module, AutoencoderInfo]:
-    """(model in eval mode, :class:`AutoencoderInfo`) of a checkpoint of ``difflab train-autoencoder``
-    (the run folder or its ``checkpoint/``); the EMA weights unless ``use_ema=False``."""
-    from ..checkpoint import load_checkpoint
-    from ..training.state import AUTOENCODER_KIND, find_checkpoint
-    from . import load_frozen
-
-    config, tensors, _ = load_checkpoint(find_checkpoint(path), kind=AUTOENCODER_KIND, map_location=device)
-    model = load_frozen(config["model"], tensors["ema" if use_ema else "model"], device)
-    info = AutoencoderInfo(latent_scale=config.get("latent_scale"), image_shape=tuple(config["image_shape"]),
-                           latent_shape=tuple(config["latent_shape"]), psnr=config.get("psnr"),
-                           psnr_split=config.get("psnr_split"), config=config)
-    return model, info
 
 
 # Presets: one line each. Keyword arguments override any field, e.g. ``PRESETS["kl-f4"](z_channels=4)``.

@@ -15,8 +15,8 @@ from ..latent import LatentSpace, x0_clip
 from ..models import load_frozen
 from ..sampling import DEFAULT_METHOD, DEFAULT_SPACING, DEFAULT_STEPS, sample
 from ..schedules import NoiseSchedule, schedule_from_config
-from ..training.fast_paths import memory_format, precision_autocast
-from ..training.state import CLASSIFIER_KIND, find_checkpoint, load_state
+from ..device import memory_format, precision_autocast
+from ..checkpoint import CLASSIFIER_KIND, find_checkpoint, load_state
 
 
 @dataclass

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from ..device import pick_device
+
 
 @dataclass
 class Runtime:
@@ -22,14 +24,6 @@ class Runtime:
     @property
     def distributed(self) -> bool:
         return self.world_size > 1
-
-
-def pick_device(preference: str = "auto") -> torch.device:
-    if preference == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if preference.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError("train.device is 'cuda' but no GPU is visible; use train.device=cpu or auto")
-    return torch.device(preference)
 
 
 def setup(preference: str = "auto") -> Runtime:

@@ -19,6 +19,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from .. import losses
+from ..checkpoint import AUTOENCODER_KIND, CLASSIFIER_KIND, DIFFUSION_KIND, load_state
 from ..data.convert import random_crop, random_hflip, to_float, to_uint8
 from ..data.load import load_dataset
 from ..conditioning import TextConditioning, select
@@ -32,10 +33,10 @@ from ..schedules import get_schedule
 from . import distributed, objectives
 from .config import Config, ConfigError
 from .ema import EMA
-from .fast_paths import bf16_autocast, clip_gradients, make_optimizer, match_optimizer_state_layout, memory_format
+from .fast_paths import clip_gradients, make_optimizer, match_optimizer_state_layout
+from ..device import bf16_autocast, memory_format
 from .lr_schedule import lr_lambda
-from . import state
-from .state import load_state, save_training_state
+from .state import save_training_state
 
 
 class TrainingDiverged(FloatingPointError):
@@ -193,7 +194,7 @@ def train(config: Config, resume: str | Path | None = None, progress: bool = Tru
     if cfg.data.random_crop and not autoencoder:  # autoencoders are convolutional; the rest see whole images
         raise ConfigError("data.random_crop trains autoencoders on crops; a diffusion model or classifier "
                           "sees whole images: remove data.random_crop or set data.resolution instead")
-    kind = state.AUTOENCODER_KIND if autoencoder else state.CLASSIFIER_KIND if classifier else state.KIND
+    kind = AUTOENCODER_KIND if autoencoder else CLASSIFIER_KIND if classifier else DIFFUSION_KIND
     labels = dataset.labels.to(device) if (cfg.data.class_conditional or classifier) else None
     latent, latent_cache = None, None
     if cfg.data.autoencoder:  # latent diffusion: train on scale·E(x) of a frozen autoencoder
