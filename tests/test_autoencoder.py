@@ -17,20 +17,9 @@ from difflab.training.config import load_config
 from difflab.checkpoint import load_state
 from difflab.training.trainer import train
 
+from helpers import TINY_AE
+
 SMALL = dict(in_channels=3, model_channels=8, num_res_blocks=1, norm_groups=4)
-TINY_AE = [
-    "data.dataset=digits",
-    "model.name=autoencoder_kl",
-    "model.preset=tiny",
-    "optim.batch_size=16",
-    "optim.lr=1e-3",
-    "train.log_every=1",
-    "train.sample_every=0",
-    "train.num_preview=4",
-    "train.ema_decay=0.9",
-    "autoencoder.scale_images=64",
-    "autoencoder.eval_images=64",
-]
 
 
 def logged(run_dir):

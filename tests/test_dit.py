@@ -16,10 +16,11 @@ from difflab.models.dit import PRESETS, DiT, DiTConfig, patchify, unpatchify
 from difflab.nn import sincos_position_embedding_2d
 from difflab.pipelines import DiffusionModel, Guidance, generate
 from difflab.text.minilm import model_folder
-from tests.test_text_to_image import write_fake_fashion
-from tests.test_training import TINY as UNET_TINY
-from tests.test_training import assert_two_processes_match_one
-from tests.test_unet import one_thread, perturb_head as perturb_zeros  # noqa: F401 (one_thread: autouse)
+
+from helpers import TINY as UNET_TINY
+from helpers import assert_two_processes_match_one, perturb_head, write_fake_fashion
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: tiny networks run on one thread
 
 TINY = dict(in_channels=2, image_size=8, patch_size=2, hidden_size=16, depth=2, num_heads=2)
 
@@ -144,7 +145,7 @@ def test_class_labels_change_the_output_and_none_is_the_null_label():
     x, t = inputs(cfg, n=2)
     same_x, same_t = x[:1].expand(2, -1, -1, -1), t[:1].expand(2)
     assert not model(same_x, same_t, torch.tensor([0, 1])).any()  # zero-initialized: no effect yet
-    perturb_zeros(model)
+    perturb_head(model)
     out = model(same_x, same_t, torch.tensor([0, 1]))
     assert not torch.allclose(out[0], out[1])
     torch.testing.assert_close(model(x, t), model(x, t, torch.tensor([3, 3])))  # index num_classes = null
@@ -157,7 +158,7 @@ def test_cross_attention_uses_the_context_and_ignores_padding():
     torch.manual_seed(0)
     cfg = tiny(context_dim=12)
     model = DiT(cfg)
-    perturb_zeros(model)
+    perturb_head(model)
     x, t = inputs(cfg, n=2)
     context = torch.randn(2, 6, 12)
     mask = torch.tensor([[True, True, True, False, False, False], [True] * 6])
@@ -179,7 +180,7 @@ def test_built_in_small_text_encoder():
     encoder = {"name": "small", "vocab": vocab, "dim": 8, "layers": 1, "heads": 2, "max_length": 4}
     cfg = tiny(context_dim=8, text_encoder=encoder)
     model = DiT(cfg)
-    perturb_zeros(model)
+    perturb_head(model)
     ids, mask = model.text_encoder.tokenizer(["a shirt", "a boot"], max_length=4)
     x, t = inputs(cfg, n=2)
     x, t = x[:1].expand(2, -1, -1, -1), t[:1].expand(2)
@@ -233,7 +234,7 @@ def test_bf16_autocast_keeps_the_input_dtype_and_channels_last_agrees():
     torch.manual_seed(0)
     cfg = tiny(num_classes=4, learned_sigma=True, context_dim=12)
     model = DiT(cfg)
-    perturb_zeros(model)
+    perturb_head(model)
     x, t = inputs(cfg)
     cond = dict(class_labels=torch.tensor([0, 1, 4]), context=torch.randn(3, 5, 12),
                 context_mask=torch.tensor([[True] * 5, [True, False, False, False, False], [True] * 3 + [False] * 2]))

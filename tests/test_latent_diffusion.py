@@ -10,8 +10,8 @@ import torch
 from difflab.cli import main as cli
 from difflab.latent import LatentSpace
 from difflab.pipelines import DiffusionModel, generate
-from tests.test_autoencoder import TINY_AE
-from tests.test_training import TINY
+
+from helpers import TINY, TINY_AE
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,8 @@ import torch
 from difflab.training.config import ConfigError
 from difflab.training.lr_schedule import lr_factor, lr_lambda
 from difflab.training.trainer import train
-from tests.test_training import tiny_config
+
+from helpers import tiny_config
 
 
 def test_factors_at_key_steps():

@@ -12,8 +12,8 @@ import torch
 from difflab.metrics.retrieval import caption_retrieval, nearest_neighbours
 from difflab.training.config import load_config
 from difflab.training.trainer import train
-from tests.test_autoencoder import TINY_AE
-from tests.test_text_to_image import text_run
+
+from helpers import TINY_AE, text_run
 
 sys.path.insert(0, str(Path(__file__).parent.parent / "benchmarks"))
 import caption_retrieval as script  # noqa: E402

@@ -15,7 +15,7 @@ generate_module = importlib.import_module("difflab.pipelines.generate")  # the p
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    from test_training import tiny_config
+    from helpers import tiny_config
 
     from difflab.training.trainer import train
 

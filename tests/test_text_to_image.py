@@ -1,9 +1,6 @@
 """Text conditioning end to end: captions → text encoder → cross-attention U-Net, caption
 dropout, checkpoint, and `difflab sample --prompt` with classifier-free guidance."""
 
-import gzip
-
-import numpy as np
 import pytest
 import torch
 
@@ -11,33 +8,8 @@ from difflab.cli import main as cli
 from difflab.conditioning import TextConditioning, select
 from difflab.pipelines import DiffusionModel, Guidance, generate
 from difflab.text.minilm import model_folder
-from tests.test_training import TINY
 
-
-def write_fake_fashion(folder, n=40):
-    rng = np.random.default_rng(0)
-    for prefix in ("train", "t10k"):
-        for kind, array in (("images-idx3", rng.integers(0, 256, (n, 28, 28))), ("labels-idx1", np.arange(n) % 10)):
-            array = np.asarray(array)
-            header = (0x0800 + array.ndim).to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in array.shape)
-            with gzip.open(folder / f"{prefix}-{kind}-ubyte.gz", "wb") as f:
-                f.write(header + array.astype(np.uint8).tobytes())
-    return folder
-
-
-def text_run(tmp_path, encoder: str):
-    data = write_fake_fashion(tmp_path)
-    sets = []
-    for item in TINY:
-        sets += ["--set", item.replace("data.class_conditional=true", "data.class_conditional=false")]
-    encoder_cfg = ("{name: small, dim: 16, layers: 1, heads: 2, max_length: 12}" if encoder == "small"
-                   else "{name: minilm, max_length: 12}")
-    out = tmp_path / f"run-{encoder}"
-    assert cli(["train", *sets, "--set", f"data.dataset={data}", "--set", "data.resolution=8",
-                "--set", "data.text_conditional=true", "--set", f"model.text_encoder={encoder_cfg}",
-                "--set", "diffusion.cond_drop_prob=0.2", "--set", "train.steps=3", "--no-progress",
-                "--out", str(out)]) == 0
-    return out
+from helpers import TINY, text_run
 
 
 def test_caption_table_and_dropout_select_rows():

@@ -3,9 +3,6 @@ layouts), compiled training, atomic checkpoints, a NaN stop and DDP equivalence 
 processes = one process with the same global batch)."""
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -17,25 +14,7 @@ from difflab.training.config import ConfigError, load_config
 from difflab.checkpoint import load_state
 from difflab.training.trainer import TrainingDiverged, train
 
-TINY = [
-    "data.dataset=digits",
-    "data.class_conditional=true",
-    "model.name=unet",
-    "model.options={model_channels: 8, channel_mult: [1, 2], num_res_blocks: 1, attention_resolutions: [4], "
-    "num_heads: 1, norm_groups: 4}",
-    "diffusion.schedule=linear",
-    "diffusion.schedule_options={num_steps: 100}",
-    "optim.batch_size=16",
-    "optim.lr=1e-3",
-    "train.log_every=1",
-    "train.sample_every=0",
-    "train.num_preview=4",
-    "sample.steps=4",
-]
-
-
-def tiny_config(tmp_path, *extra):
-    return load_config(None, TINY + [f"train.out_dir={tmp_path}"] + list(extra))
+from helpers import TINY, assert_two_processes_match_one, tiny_config
 
 
 def losses_of(run_dir):
@@ -196,25 +175,6 @@ def test_gradient_accumulation_matches_one_big_batch(tmp_path):
 def test_two_processes_match_one(tmp_path):
     """torchrun with 2 CPU processes (gloo) gives the weights of 1 process with the same global batch."""
     assert_two_processes_match_one(tmp_path, TINY + ["train.steps=3", "train.log_every=3"], port=29517)
-
-
-def assert_two_processes_match_one(tmp_path, overrides, port):
-    """Train with ``overrides`` in one process and under torchrun in two; compare the weights."""
-    args = [f"--set={s}" for s in overrides]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    one = tmp_path / "one"
-    two = tmp_path / "two"
-    subprocess.run([sys.executable, "-m", "difflab.cli", "train", *args, "--out", str(one), "--no-progress"],
-                   check=True, env=env, capture_output=True)
-    result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}",
-         "-m", "difflab.cli", "train", *args, "--out", str(two), "--no-progress"],
-        env=env, capture_output=True, text=True,
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
-    w1, w2 = load_state(one)[1]["model"], load_state(two)[1]["model"]
-    for key, value in w1.items():
-        torch.testing.assert_close(w2[key], value, rtol=1e-4, atol=1e-5)
 
 
 def test_time_budget_stops_early_with_a_checkpoint(tmp_path):

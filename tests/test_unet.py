@@ -11,30 +11,17 @@ from difflab.models import MODELS, build_config, build_model, model_config_dict
 from difflab.models.unet import PRESETS, UNet, UNetConfig
 from difflab.nn import SpatialSelfAttention, multi_head_attention, timestep_embedding
 
+from helpers import perturb_head
+
 # A few-thousand-parameter network that still exercises every level, attention and resampling.
 TINY = dict(in_channels=2, image_size=8, model_channels=8, channel_mult=(1, 2), num_res_blocks=1, attention_resolutions=(4,), num_heads=2, norm_groups=4)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Networks this small run fastest on one thread (and a busy machine slows OpenMP teams badly)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: tiny networks run on one thread
 
 
 def tiny(**overrides) -> UNetConfig:
     return UNetConfig(**{**TINY, **overrides})
-
-
-def perturb_head(model: UNet, seed: int = 0) -> None:
-    """Give every zero-initialized layer random weights, so the output depends on all inputs."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            if not p.any():
-                p.copy_(0.1 * torch.randn(p.shape, generator=gen))
 
 
 def inputs(cfg: UNetConfig, n: int = 3, seed: int = 0):

@@ -1,0 +1,106 @@
+"""Tiny configs and helpers shared by the test modules (``from helpers import ...``; pyproject puts
+tests/ on pytest's path). Fixtures live in conftest.py; no test module imports another."""
+
+import gzip
+import os
+import subprocess
+import sys
+
+import numpy as np
+import torch
+
+from difflab.checkpoint import load_state
+from difflab.cli import main as cli
+from difflab.training.config import load_config
+
+# A U-Net on 8x8 digits small enough to train a few steps in a test.
+TINY = [
+    "data.dataset=digits",
+    "data.class_conditional=true",
+    "model.name=unet",
+    "model.options={model_channels: 8, channel_mult: [1, 2], num_res_blocks: 1, attention_resolutions: [4], "
+    "num_heads: 1, norm_groups: 4}",
+    "diffusion.schedule=linear",
+    "diffusion.schedule_options={num_steps: 100}",
+    "optim.batch_size=16",
+    "optim.lr=1e-3",
+    "train.log_every=1",
+    "train.sample_every=0",
+    "train.num_preview=4",
+    "sample.steps=4",
+]
+
+# The tiny KL autoencoder on the same digits (the first three items name the data and the model).
+TINY_AE = [
+    "data.dataset=digits",
+    "model.name=autoencoder_kl",
+    "model.preset=tiny",
+    "optim.batch_size=16",
+    "optim.lr=1e-3",
+    "train.log_every=1",
+    "train.sample_every=0",
+    "train.num_preview=4",
+    "train.ema_decay=0.9",
+    "autoencoder.scale_images=64",
+    "autoencoder.eval_images=64",
+]
+
+
+def tiny_config(tmp_path, *extra):
+    return load_config(None, TINY + [f"train.out_dir={tmp_path}"] + list(extra))
+
+
+def assert_two_processes_match_one(tmp_path, overrides, port):
+    """Train with ``overrides`` in one process and under torchrun in two; compare the weights."""
+    args = [f"--set={s}" for s in overrides]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    one = tmp_path / "one"
+    two = tmp_path / "two"
+    subprocess.run([sys.executable, "-m", "difflab.cli", "train", *args, "--out", str(one), "--no-progress"],
+                   check=True, env=env, capture_output=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}",
+         "-m", "difflab.cli", "train", *args, "--out", str(two), "--no-progress"],
+        env=env, capture_output=True, text=True,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    w1, w2 = load_state(one)[1]["model"], load_state(two)[1]["model"]
+    for key, value in w1.items():
+        torch.testing.assert_close(w2[key], value, rtol=1e-4, atol=1e-5)
+
+
+def perturb_head(model: torch.nn.Module, seed: int = 0) -> None:
+    """Give every zero-initialized layer random weights, so the output depends on all inputs."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            if not p.any():
+                p.copy_(0.1 * torch.randn(p.shape, generator=gen))
+
+
+def write_fake_fashion(folder, n=40):
+    """Random images in Fashion-MNIST's gzipped IDX files (train and t10k), ``n`` of each."""
+    rng = np.random.default_rng(0)
+    for prefix in ("train", "t10k"):
+        for kind, array in (("images-idx3", rng.integers(0, 256, (n, 28, 28))), ("labels-idx1", np.arange(n) % 10)):
+            array = np.asarray(array)
+            header = (0x0800 + array.ndim).to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in array.shape)
+            with gzip.open(folder / f"{prefix}-{kind}-ubyte.gz", "wb") as f:
+                f.write(header + array.astype(np.uint8).tobytes())
+    return folder
+
+
+def text_run(tmp_path, encoder: str):
+    """Train TINY for 3 steps on fake Fashion-MNIST captions with the ``small`` or ``minilm`` text encoder."""
+    data = write_fake_fashion(tmp_path)
+    sets = []
+    for item in TINY:
+        sets += ["--set", item.replace("data.class_conditional=true", "data.class_conditional=false")]
+    encoder_cfg = ("{name: small, dim: 16, layers: 1, heads: 2, max_length: 12}" if encoder == "small"
+                   else "{name: minilm, max_length: 12}")
+    out = tmp_path / f"run-{encoder}"
+    assert cli(["train", *sets, "--set", f"data.dataset={data}", "--set", "data.resolution=8",
+                "--set", "data.text_conditional=true", "--set", f"model.text_encoder={encoder_cfg}",
+                "--set", "diffusion.cond_drop_prob=0.2", "--set", "train.steps=3", "--no-progress",
+                "--out", str(out)]) == 0
+    return out
