@@ -21,8 +21,13 @@ from pathlib import Path
 import torch
 
 from difflab.data import load_dataset
-from difflab.metrics import (InceptionFeatures, extract_features, feature_statistics, frechet_distance,
-                             write_half_weights)
+from difflab.metrics import (
+    InceptionFeatures,
+    extract_features,
+    feature_statistics,
+    frechet_distance,
+    write_half_weights,
+)
 
 
 def throughput(extractor: InceptionFeatures, images: torch.Tensor, batch_size: int) -> float:

@@ -11,12 +11,13 @@ each. Shared by ``train_throughput.py`` and ``sampling_throughput.py``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
-from difflab.nn.upsample import upsample_conv3x3 as TRANSPOSED_UPSAMPLE_CONV3X3  # difflab's way, kept for set_upsampling
+# difflab's way, kept for set_upsampling
+from difflab.nn.upsample import upsample_conv3x3 as TRANSPOSED_UPSAMPLE_CONV3X3
 
 # Dense bf16 peak of the GPUs we run on (tensor cores, no sparsity), for MFU.
 PEAK_BF16_FLOPS = {"H100": 989.4e12, "H200": 989.4e12, "A100": 312e12}

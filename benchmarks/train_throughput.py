@@ -39,10 +39,10 @@ class TrainStep:
 
     def __init__(self, side: str, case, device, batch: int, compile_model: bool, channels_last: bool,
                  bf16_cpu: bool = False):
+        from difflab.device import bf16_autocast, memory_format
         from difflab.schedules import linear
         from difflab.training.config import TrainConfig
         from difflab.training.fast_paths import make_optimizer
-        from difflab.device import bf16_autocast, memory_format
 
         torch.manual_seed(0)
         self.side, self.device, self.learned_sigma = side, device, case.learned_sigma

@@ -8,15 +8,21 @@ import numpy as np
 import pytest
 import torch
 
+from difflab.checkpoint import load_state
 from difflab.cli import main as cli
-from difflab.models import (AutoencoderConfig, AutoencoderKL, AutoencoderVQ, AutoencoderVQConfig, DiagonalGaussian,
-                            build_model, estimate_latent_scale)
 from difflab.latent import load_autoencoder
+from difflab.models import (
+    AutoencoderConfig,
+    AutoencoderKL,
+    AutoencoderVQ,
+    AutoencoderVQConfig,
+    DiagonalGaussian,
+    build_model,
+    estimate_latent_scale,
+)
 from difflab.models.vq import VectorQuantizer
 from difflab.training.config import load_config
-from difflab.checkpoint import load_state
 from difflab.training.trainer import train
-
 from helpers import TINY_AE
 
 SMALL = dict(in_channels=3, model_channels=8, num_res_blocks=1, norm_groups=4)

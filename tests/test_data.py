@@ -6,11 +6,21 @@ import numpy as np
 import pytest
 import torch
 
-from difflab.data import (ImageDataset, images_from_array, load_dataset, load_npz_images, parse_spec,
-                          random_crop, random_hflip, resize_square, to_channels, to_float, to_uint8)
+from difflab.data import (
+    ImageDataset,
+    images_from_array,
+    load_dataset,
+    load_npz_images,
+    parse_spec,
+    random_crop,
+    random_hflip,
+    resize_square,
+    to_channels,
+    to_float,
+    to_uint8,
+)
 from difflab.data.captions import templated_captions
 from difflab.data.fashion_mnist import CLASS_NAMES, DEFAULT_DIR, load_fashion_mnist, read_idx
-
 
 
 def test_digits_splits_cover_the_set_stratified_as_uint8():

@@ -7,8 +7,11 @@ import pytest
 import torch
 
 from difflab.models.autoencoder import AutoencoderConfig, AutoencoderKL
-from difflab.models.diffusers_weights import (autoencoder_kl_from_diffusers, config_from_diffusers,
-                                              load_diffusers_autoencoder_kl)
+from difflab.models.diffusers_weights import (
+    autoencoder_kl_from_diffusers,
+    config_from_diffusers,
+    load_diffusers_autoencoder_kl,
+)
 
 diffusers = pytest.importorskip("diffusers", reason="pip install diffusers (the dev extra)")
 

@@ -16,7 +16,6 @@ from difflab.models.dit import PRESETS, DiT, DiTConfig, patchify, unpatchify
 from difflab.nn import sincos_position_embedding_2d
 from difflab.pipelines import DiffusionModel, Guidance, generate
 from difflab.text.minilm import model_folder
-
 from helpers import TINY as UNET_TINY
 from helpers import assert_two_processes_match_one, perturb_head, write_fake_fashion
 

@@ -2,11 +2,11 @@
 
 import torch
 
+from difflab.device import bf16_autocast, memory_format
 from difflab.losses import diffusion_loss
 from difflab.models.unet import PRESETS, UNet
 from difflab.schedules import linear
 from difflab.training.fast_paths import clip_gradients, fused_adamw_supported, make_optimizer
-from difflab.device import bf16_autocast, memory_format
 
 
 def _model():

@@ -10,7 +10,6 @@ import torch
 from difflab.cli import main as cli
 from difflab.latent import LatentSpace
 from difflab.pipelines import DiffusionModel, generate
-
 from helpers import TINY, TINY_AE
 
 

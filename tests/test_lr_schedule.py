@@ -8,7 +8,6 @@ import torch
 from difflab.training.config import ConfigError
 from difflab.training.lr_schedule import lr_factor, lr_lambda
 from difflab.training.trainer import train
-
 from helpers import tiny_config
 
 

@@ -8,9 +8,17 @@ import numpy as np
 import pytest
 import torch
 
-from difflab.metrics import (class_accuracy, classifier_score, confident_fraction, feature_statistics,
-                             frechet_distance, kernel_inception_distance, load_statistics,
-                             precision_recall, save_statistics)
+from difflab.metrics import (
+    class_accuracy,
+    classifier_score,
+    confident_fraction,
+    feature_statistics,
+    frechet_distance,
+    kernel_inception_distance,
+    load_statistics,
+    precision_recall,
+    save_statistics,
+)
 
 
 def _pytorch_fid_frechet():

@@ -11,7 +11,6 @@ from difflab.metrics import load_classifier, train_classifier
 from difflab.metrics.classifier import matched_labels
 
 
-
 def test_trains_on_digits_above_90_percent_and_round_trips(tmp_path):
     train, test = load_dataset("digits", "train"), load_dataset("digits", "test")
     classifier, accuracy = train_classifier(train, test, epochs=3)

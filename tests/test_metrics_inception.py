@@ -4,7 +4,6 @@ extra; each test is skipped with the install command when they are absent."""
 
 import ast
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest

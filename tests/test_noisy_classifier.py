@@ -15,7 +15,6 @@ from difflab.pipelines import DiffusionModel, Guidance, NoisyClassifierModel, ge
 from difflab.schedules import get_schedule
 from difflab.training.config import load_config
 from difflab.training.trainer import train
-
 from helpers import TINY
 
 CLASSIFIER = [o.replace("model.name=unet", "model.name=noisy_classifier") for o in TINY]

@@ -12,7 +12,6 @@ import torch
 from difflab.metrics.retrieval import caption_retrieval, nearest_neighbours
 from difflab.training.config import load_config
 from difflab.training.trainer import train
-
 from helpers import TINY_AE, text_run
 
 sys.path.insert(0, str(Path(__file__).parent.parent / "benchmarks"))

@@ -6,18 +6,17 @@ import importlib
 import pytest
 import torch
 
+from difflab import device as device_module
 from difflab.cli import main as cli
 from difflab.pipelines import DiffusionModel, generate
-from difflab import device as device_module
 
 generate_module = importlib.import_module("difflab.pipelines.generate")  # the package exports the function
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    from helpers import tiny_config
-
     from difflab.training.trainer import train
+    from helpers import tiny_config
 
     return train(tiny_config(tmp_path_factory.mktemp("run"), "train.steps=30"), progress=False)
 

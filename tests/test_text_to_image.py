@@ -8,7 +8,6 @@ from difflab.cli import main as cli
 from difflab.conditioning import TextConditioning, select
 from difflab.pipelines import DiffusionModel, Guidance, generate
 from difflab.text.minilm import model_folder
-
 from helpers import TINY, text_run
 
 

@@ -72,7 +72,6 @@ def test_throughput_scripts_run_end_to_end_on_cpu(capsys):
 def test_plain_upsampling_flag_switches_our_upsampling_for_the_run(monkeypatch, capsys):
     """``--plain-upsampling`` (the A/B of difflab.nn.upsample on a new device) reaches our network."""
     import train_throughput
-
     from difflab.models import unet
 
     for module in (unet, upsample):  # restored after the test: the flag patches the process

@@ -7,13 +7,12 @@ import json
 import pytest
 import torch
 
+from difflab.checkpoint import load_state
 from difflab.cli import main as cli
 from difflab.pipelines import DiffusionModel, generate
 from difflab.training import trainer as trainer_module
 from difflab.training.config import ConfigError, load_config
-from difflab.checkpoint import load_state
 from difflab.training.trainer import TrainingDiverged, train
-
 from helpers import TINY, assert_two_processes_match_one, tiny_config
 
 

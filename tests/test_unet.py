@@ -10,7 +10,6 @@ import torch
 from difflab.models import MODELS, build_config, build_model, model_config_dict
 from difflab.models.unet import PRESETS, UNet, UNetConfig
 from difflab.nn import SpatialSelfAttention, multi_head_attention, timestep_embedding
-
 from helpers import perturb_head
 
 # A few-thousand-parameter network that still exercises every level, attention and resampling.

@@ -33,7 +33,7 @@ class GaussianMixture:
         self.weights = w / w.sum()
 
     @classmethod
-    def gaussian(cls, dim: int, mean: float = 0.0, std: float = 1.0) -> "GaussianMixture":
+    def gaussian(cls, dim: int, mean: float = 0.0, std: float = 1.0) -> GaussianMixture:
         return cls(torch.full((1, dim), float(mean)), [std])
 
     @classmethod

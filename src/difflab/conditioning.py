@@ -18,7 +18,7 @@ guidance uses it as the unconditional input.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor

@@ -10,8 +10,7 @@ from difflab.metrics.classifier import Classifier, load_classifier, train_classi
 from difflab.metrics.classifier_score import class_accuracy, classifier_score, confident_fraction
 from difflab.metrics.evaluate import EvalOptions, Reference, evaluate, format_table
 from difflab.metrics.features import cached_features, extract_features
-from difflab.metrics.frechet import (feature_statistics, frechet_distance, load_statistics,
-                                     save_statistics)
+from difflab.metrics.frechet import feature_statistics, frechet_distance, load_statistics, save_statistics
 from difflab.metrics.inception import InceptionFeatures, load_inception, write_half_weights
 from difflab.metrics.kid import kernel_inception_distance
 from difflab.metrics.precision_recall import precision_recall

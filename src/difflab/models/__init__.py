@@ -13,8 +13,8 @@ dictionary (preset expanded) to save next to the weights.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
-from typing import Callable
 
 from torch import nn
 

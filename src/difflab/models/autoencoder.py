@@ -26,7 +26,6 @@ latent scale (:func:`estimate_latent_scale`).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F

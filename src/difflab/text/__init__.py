@@ -16,7 +16,7 @@ described by a plain dictionary, the form saved in a checkpoint's ``config.json`
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 

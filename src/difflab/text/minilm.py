@@ -17,9 +17,9 @@ in ``transformers`` and a CUDA build of torch::
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from importlib.util import find_spec
 from pathlib import Path
-from typing import Sequence
 
 import torch
 from torch import nn
