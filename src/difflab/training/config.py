@@ -141,7 +141,7 @@ def _is_float_text(text: str) -> bool:
 def _accepts(annotation, value) -> tuple[bool, object]:
     """Whether ``value`` fits the annotation. Ints are accepted for floats, and so are strings
     like ``1e-3`` (YAML 1.1 reads a float without a dot as a string)."""
-    hint = eval(annotation, vars(typing), {}) if isinstance(annotation, str) else annotation  # noqa: S307
+    hint = eval(annotation, vars(typing), {}) if isinstance(annotation, str) else annotation
     options = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
     for option in options:
         if option is type(None) and value is None:

@@ -1,8 +1,6 @@
-"""The autoencoders' objective in the shared trainer (``model.name: autoencoder_kl | autoencoder_vq``).
-
-The trainer (:mod:`.trainer`) keeps its loop; for an autoencoder it asks this module for the
-model's config, the step loss and its logged metrics, the reconstruction grids, and, once
-trained, the latent scale and held-out PSNR stored in the checkpoint's ``config.json``.
+"""The autoencoders' objective (``model.name: autoencoder_kl | autoencoder_vq``): the shared
+trainer's loop with LDM's first-stage loss, reconstruction grids as previews, and, once trained,
+the latent scale and held-out PSNR stored in the checkpoint's ``config.json``.
 
 The loss is LDM's (Rombach et al. 2022, appendix G; ``LPIPSWithDiscriminator`` /
 ``VQLPIPSWithDiscriminator`` of the CompVis code) without the perceptual and adversarial terms,
@@ -18,24 +16,19 @@ trainer's gradient clipping. The VQ term is the mean over latent elements, as in
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..data.convert import to_float, to_uint8
-from ..data.load import load_dataset
-from ..images import save_grid
-from ..models import AUTOENCODERS
-from ..models.autoencoder import estimate_latent_scale, psnr, reconstruction_psnr
-from .config import Config, ConfigError
-
-
-def is_autoencoder(config: Config) -> bool:
-    """Whether the run trains a KL or VQ autoencoder rather than a diffusion model."""
-    return config.model.name in AUTOENCODERS
+from ...checkpoint import AUTOENCODER_KIND
+from ...data.convert import to_float, to_uint8
+from ...data.load import load_dataset
+from ...images import save_grid
+from ...models.autoencoder import estimate_latent_scale, psnr, reconstruction_psnr
+from ..config import Config, ConfigError
+from .base import Inputs, Objective, StepLoss, TrainingData
 
 
 def autoencoder_spec(config: Config, dataset) -> dict:
@@ -48,13 +41,6 @@ def autoencoder_spec(config: Config, dataset) -> dict:
             "in_channels": dataset.channels, "image_size": dataset.resolution}
 
 
-def checkpoint_config(spec: dict, model, config: Config) -> dict:
-    """What an autoencoder checkpoint records besides its weights (the latent scale and PSNR are
-    added by :func:`evaluate` at the end of training)."""
-    return {"model": spec, "image_shape": [spec["in_channels"], spec["image_size"], spec["image_size"]],
-            "latent_shape": list(model.latent_shape), "train_config": config.to_dict()}
-
-
 def check_random_crop(config: Config, model) -> None:
     """``data.random_crop`` must fit the images and be a multiple of the autoencoder's factor f."""
     crop = config.data.random_crop
@@ -64,13 +50,7 @@ def check_random_crop(config: Config, model) -> None:
                           f"between {factor} and the image side {side}")
 
 
-@dataclass
-class AutoencoderLossOutput:
-    loss: Tensor  # scalar to minimize
-    metrics: dict[str, Tensor]  # detached scalars to log (averaged over the logging window)
-
-
-def autoencoder_loss(net, x0: Tensor, config: Config, noise: Tensor | None = None) -> AutoencoderLossOutput:
+def autoencoder_loss(net, x0: Tensor, config: Config, noise: Tensor | None = None) -> StepLoss:
     """The step loss of an autoencoder on images x0 in [−1, 1] (see the module docstring).
 
     ``noise`` is the ε of the KL posterior sample z = μ + σ·ε (drawn by the trainer from the
@@ -92,7 +72,7 @@ def autoencoder_loss(net, x0: Tensor, config: Config, noise: Tensor | None = Non
     if out.commitment is not None:
         loss = loss + out.commitment
         metrics.update(commitment=out.commitment.detach(), perplexity=out.perplexity, codebook_usage=out.usage)
-    return AutoencoderLossOutput(loss=loss, metrics=metrics)
+    return StepLoss(loss, metrics)
 
 
 def preview_images(images: Tensor, n: int) -> Tensor:
@@ -130,3 +110,43 @@ def evaluate(model, images: Tensor, config: Config) -> dict:
     held_out = held_out[: weights.eval_images]
     return {"latent_scale": scale, "latent_scale_images": len(chosen),
             "psnr": reconstruction_psnr(model, held_out), "psnr_split": split, "psnr_images": len(held_out)}
+
+
+class AutoencoderObjective(Objective):
+    """A KL or VQ autoencoder on the run's pixels (optionally random crops of them)."""
+
+    kind = AUTOENCODER_KIND
+
+    def __init__(self, config: Config, data: TrainingData):
+        super().__init__(config, data)
+        if data.latent is not None:
+            raise ConfigError("data.autoencoder trains a diffusion model in an autoencoder's latents; an "
+                              "autoencoder trains on pixels: remove data.autoencoder")
+
+    def model_spec(self) -> dict:
+        return autoencoder_spec(self.config, self.data.dataset)
+
+    def attach(self, model) -> None:
+        super().attach(model)
+        check_random_crop(self.config, model)
+        self.latent_shape, self.factor = tuple(model.latent_shape), model.config.factor
+
+    def draw(self, x0: Tensor, idx: Tensor, step: int, generator: torch.Generator) -> Inputs:
+        # the noise is the ε of the posterior sample z = μ + σ·ε: latent-shaped
+        shape = (x0.shape[0], self.latent_shape[0], *(n // self.factor for n in x0.shape[-2:]))
+        return {"x0": x0, "noise": torch.randn(shape, generator=generator, device=x0.device)}
+
+    def loss(self, net, inputs: Inputs) -> StepLoss:
+        return autoencoder_loss(net, inputs["x0"], self.config, noise=inputs["noise"])
+
+    def preview(self, model, path: Path) -> Path:  # inputs and their reconstructions
+        return reconstruction_grid(model, preview_images(self.data.images, self.config.train.num_preview), path)
+
+    def checkpoint_config(self, init_from: dict | None = None) -> dict:
+        record = {"model": self.spec, "image_shape": [self.spec["in_channels"], self.spec["image_size"],
+                                                      self.spec["image_size"]],
+                  "latent_shape": list(self.latent_shape), "train_config": self.config.to_dict()}
+        return {**record, "init_from": init_from} if init_from is not None else record
+
+    def finalize(self, model) -> dict:  # LDM's latent scale and the held-out PSNR
+        return evaluate(model, self.data.images, self.config)
