@@ -1,9 +1,10 @@
-"""Does a text-to-image model draw the training image its caption names? Caption retrieval
+r"""Does a text-to-image model draw the training image its caption names? Caption retrieval
 (``difflab.metrics.retrieval``): n captions drawn from the training set, one image each, and the
 fraction whose nearest training image (top-1) or one of whose k nearest (top-k) carries the
 caption. Issue 6 asks >= 60% top-1 and >= 80% top-5 on emoji for 200 captions.
 
-    python benchmarks/caption_retrieval.py runs/emoji-latent-text-64 --n 200 --guidance-scale 4 --out docs/emoji-retrieval
+    python benchmarks/caption_retrieval.py runs/emoji-latent-text-64 --n 200 --guidance-scale 4 \
+        --out docs/emoji-retrieval
 
 Features: ``autoencoder`` (posterior means of the latent model's own autoencoder, or of
 ``--autoencoder RUN`` for a pixel model), ``inception`` (FID's pool features; needs the
@@ -59,7 +60,8 @@ def feature_function(kind: str, model: DiffusionModel, autoencoder: str | None, 
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("checkpoint", help="a text-conditioned run (pixel or latent)")
     p.add_argument("--n", type=int, default=200, help="captions drawn from the training set, one image each")
     p.add_argument("--k", type=int, default=5, help="neighbours for the top-k score")

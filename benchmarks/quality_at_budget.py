@@ -38,10 +38,12 @@ CONFIG = Path(__file__).resolve().parents[1] / "configs" / "fashion-mnist-32.yam
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--side", choices=["ours", "baseline", "fid", "report", "all"], default="all",
                    help="which part to run (each saves into --out; 'report' combines the saved results)")
-    p.add_argument("--seconds", type=float, default=400.0, help="training wall-clock budget per side, after compilation")
+    p.add_argument("--seconds", type=float, default=400.0,
+                   help="training wall-clock budget per side, after compilation")
     p.add_argument("--samples", type=int, default=10000, help="samples per side for FID")
     p.add_argument("--steps", type=int, default=50, help="sampler steps (= model calls) per image, both sides")
     p.add_argument("--batch", type=int, default=1000, help="sampling batch size")
@@ -80,8 +82,8 @@ def run_ours(args, out: Path) -> None:
         "train.log_every=100", f"train.out_dir={out / 'ours-run'}", f"train.seed={args.seed}",
     ]
     if args.smoke:
-        overrides += ["model.options={model_channels: 16, num_head_channels: 16, norm_groups: 8}", "optim.batch_size=16",
-                      "train.compile=false"]
+        overrides += ["model.options={model_channels: 16, num_head_channels: 16, norm_groups: 8}",
+                      "optim.batch_size=16", "train.compile=false"]
     config = load_config(CONFIG, overrides)
     start = time.perf_counter()
     checkpoint = train(config, progress=False)
@@ -187,11 +189,13 @@ def run_fid(args, out: Path) -> None:
 
 
 def report(out: Path) -> None:
-    sides = {s: json.loads((out / f"{s}.json").read_text()) for s in ["ours", "baseline"] if (out / f"{s}.json").exists()}
+    sides = {s: json.loads((out / f"{s}.json").read_text())
+             for s in ["ours", "baseline"] if (out / f"{s}.json").exists()}
     print(f"{'side':10s} {'FID':>8s} {'train img/s':>12s} {'steps':>8s} {'params':>10s}  sampler")
     for name, f in sides.items():
         fid = f.get("fid", math.nan)
-        print(f"{name:10s} {fid:8.2f} {f['images_per_s']:12.0f} {f['steps']:8d} {f['parameters'] / 1e6:9.1f}M  {f['sampler']}")
+        print(f"{name:10s} {fid:8.2f} {f['images_per_s']:12.0f} {f['steps']:8d} {f['parameters'] / 1e6:9.1f}M  "
+              f"{f['sampler']}")
     if len(sides) == 2 and "fid" in sides["ours"] and "fid" in sides["baseline"]:
         print(f"FID ratio ours/baseline: {sides['ours']['fid'] / sides['baseline']['fid']:.3f} (goal <= 0.5)")
 

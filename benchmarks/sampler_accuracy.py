@@ -172,7 +172,8 @@ def log_snr_clipped(schedule, steps: int, sigma_hi: float = 10.0, sigma_lo: floa
     return torch.cat(ends)
 
 
-def our_configs(extended: bool, tuned: bool = True, calibration: int = 1024, tune_evals: int | None = None) -> list[Ours]:
+def our_configs(extended: bool, tuned: bool = True, calibration: int = 1024,
+                tune_evals: int | None = None) -> list[Ours]:
     """Every deterministic sampler × every spacing (plus Karras ρ = 3, 5); with ``tuned``, the
     default sampler on levels tuned to the model (``difflab tune-steps``); with ``extended``, the
     solver options and spacings of the investigation (orders, UniPC variants, final orders)."""
@@ -194,7 +195,8 @@ def our_configs(extended: bool, tuned: bool = True, calibration: int = 1024, tun
         }
         variants = {
             "unipc": [{"variant": "bh1"}, {"lower_order_final": False}, {"variant": "bh1", "lower_order_final": False}],
-            "unipc_3": [{"variant": "bh1"}, {"lower_order_final": False}, {"variant": "bh1", "lower_order_final": False}],
+            "unipc_3": [{"variant": "bh1"}, {"lower_order_final": False},
+                        {"variant": "bh1", "lower_order_final": False}],
             "dpmpp_2m": [{"lower_order_final": False}],
             "dpmpp_3m": [{"lower_order_final": False}],
         }
@@ -466,7 +468,8 @@ def main(argv=None) -> None:
     p.add_argument("--problems", default="gaussian,mixture",
                    help="comma-separated problems: gaussian (one Gaussian, mean 0.5, std 0.5, 8-d), "
                         "mixture (8 components, 8-d, stds 0.3-0.6); default: both")
-    p.add_argument("--budgets", default=",".join(map(str, BUDGETS)), help="comma-separated model-call budgets (default: 5,10,20,50)")
+    p.add_argument("--budgets", default=",".join(map(str, BUDGETS)),
+                   help="comma-separated model-call budgets (default: 5,10,20,50)")
     p.add_argument("--batch", type=int, default=128, help="samples per problem (default: 128)")
     p.add_argument("--seed", type=int, default=0, help="seed of the noise and of the mixture's parameters (default: 0)")
     p.add_argument("--no-extended", dest="extended", action="store_false",
@@ -498,7 +501,7 @@ def main(argv=None) -> None:
         try:
             import diffusers  # noqa: F401
         except ImportError:
-            raise SystemExit("diffusers is not installed: `pip install diffusers`, or pass --no-diffusers")
+            raise SystemExit("diffusers is not installed: `pip install diffusers`, or pass --no-diffusers") from None
 
     args.budget_list, args.which = budgets, which
     start = time.perf_counter()

@@ -25,7 +25,8 @@ from difflab.pipelines import DiffusionModel, Guidance, generate
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("checkpoint", help="a text-conditioned run")
     p.add_argument("--classifier", required=True, help="independent classifier checkpoint (real images)")
     p.add_argument("--n-per-class", type=int, default=50)

@@ -51,7 +51,8 @@ def _theirs_demo():
     from diffusers import UNet2DModel
 
     return UNet2DModel(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(32, 64), layers_per_block=1,
-                       down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+                       down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+                       up_block_types=("AttnUpBlock2D", "UpBlock2D"),
                        attention_head_dim=32, norm_num_groups=8, resnet_time_scale_shift="scale_shift",
                        num_class_embeds=11)
 
@@ -60,7 +61,8 @@ def _theirs_unet():
     from diffusers import UNet2DModel
 
     return UNet2DModel(sample_size=32, in_channels=3, out_channels=3, block_out_channels=(128, 256, 256, 256),
-                       layers_per_block=2, down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"),
+                       layers_per_block=2,
+                       down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"),
                        up_block_types=("UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"), dropout=0.1,
                        attention_head_dim=None, norm_num_groups=32)
 

@@ -5,9 +5,10 @@ backward, gradient clipping at 1, AdamW — on a fixed random batch already on t
 loading is not timed), with bf16 autocast on CUDA (and on CPU with ``--bf16-cpu``, as
 ``train.bf16_cpu`` does). Ours goes through
 ``difflab.losses.diffusion_loss`` with the trainer's fast paths (``training/fast_paths.py``:
-fused AdamW on CPU and CUDA, multi-tensor gradient clipping, channels-last); theirs through ``DDPMScheduler.add_noise`` with
-AdamW as diffusers' training examples create it (fused on CUDA, where we turn it on for them;
-torch's default on CPU) and the default memory format (``--channels-last`` gives it to them too). Each side is
+fused AdamW on CPU and CUDA, multi-tensor gradient clipping, channels-last); theirs through
+``DDPMScheduler.add_noise`` with AdamW as diffusers' training examples create it (fused on CUDA,
+where we turn it on for them; torch's default on CPU) and the default memory format
+(``--channels-last`` gives it to them too). Each side is
 timed after warm-up steps (which include compilation), and the two alternate in rounds so a
 noisy machine hits both alike; the best round counts.
 
@@ -109,7 +110,8 @@ def main(argv=None) -> None:
     p.add_argument("--steps", type=int, default=20, help="timed steps per round")
     p.add_argument("--warmup", type=int, default=5, help="untimed steps first (compilation happens here)")
     p.add_argument("--channels-last", action="store_true",
-                   help="channels-last memory format for diffusers' model too (ours always uses it, as the trainer does)")
+                   help="channels-last memory format for diffusers' model too "
+                        "(ours always uses it, as the trainer does)")
     p.add_argument("--bf16-cpu", action="store_true", help="bf16 autocast on CPU for both sides (train.bf16_cpu)")
     args = p.parse_args(argv)
     device, case, batch = setup(args, "train_batch")
@@ -141,7 +143,8 @@ def main(argv=None) -> None:
         mfu = f"{flops['theirs'] / best[side] / peak:.1%}" if peak else "-"  # the model's FLOPs: diffusers' count
         mem = f"{memory[side]:.2f} GiB" if memory[side] is not None else "-"
         name = "difflab" if side == "ours" else "diffusers"
-        print(f"{name:<10} {s.params:>7.2f}M {ips:>9.1f} {best[side] * 1e3:>8.1f} {flops[side] / 1e9:>11.1f} {mfu:>6} {mem:>9}")
+        print(f"{name:<10} {s.params:>7.2f}M {ips:>9.1f} {best[side] * 1e3:>8.1f} {flops[side] / 1e9:>11.1f} "
+              f"{mfu:>6} {mem:>9}")
     print(f"ours / diffusers: {best['theirs'] / best['ours']:.2f}x images/s")
 
 

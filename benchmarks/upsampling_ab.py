@@ -38,21 +38,25 @@ def best_ms(fn, calls: int = 30, rounds: int = 5) -> float:
     return best * 1e3
 
 
+def time_layer(layer, x, conv, taps, grad_out=None) -> float:
+    """Best milliseconds of one upsample-and-convolve: forward and backward with ``grad_out``,
+    else forward under inference mode."""
+    if grad_out is not None:
+        return best_ms(lambda: layer(x, conv, taps).backward(grad_out))
+    with torch.inference_mode():
+        return best_ms(lambda: layer(x, conv, taps))
+
+
 def layers() -> None:
-    print(f"{'input N, C, H':<16} {'train plain':>12} {'transposed':>11} {'x':>6} {'infer plain':>12} {'transposed':>11} {'x':>6}")
+    print(f"{'input N, C, H':<16} {'train plain':>12} {'transposed':>11} {'x':>6} "
+          f"{'infer plain':>12} {'transposed':>11} {'x':>6}")
     taps = tap_matrix()
     for n, c, h in LAYER_SHAPES:
         conv = torch.nn.Conv2d(c, c, 3, padding=1).to(memory_format=torch.channels_last)
         x = torch.randn(n, c, h, h).to(memory_format=torch.channels_last).requires_grad_()
         g = torch.randn(n, c, 2 * h, 2 * h).to(memory_format=torch.channels_last)
-        times = []
-        for grad in (True, False):
-            for layer in (plain_upsample_conv3x3, upsample_conv3x3):
-                if grad:
-                    times.append(best_ms(lambda: layer(x, conv, taps).backward(g)))
-                else:
-                    with torch.inference_mode():
-                        times.append(best_ms(lambda: layer(x, conv, taps)))
+        times = [time_layer(layer, x, conv, taps, g if grad else None)
+                 for grad in (True, False) for layer in (plain_upsample_conv3x3, upsample_conv3x3)]
         print(f"{f'{n}, {c}, {h}':<16} {times[0]:>10.2f}ms {times[1]:>9.2f}ms {times[0] / times[1]:>5.2f}x "
               f"{times[2]:>10.2f}ms {times[3]:>9.2f}ms {times[2] / times[3]:>5.2f}x")
 

@@ -147,7 +147,8 @@ def test_trains_through_the_trainer_and_resumes_exactly(tmp_path, name, crop):
     part.train.steps = 6
     train(part, resume=tmp_path / "part", progress=False)
     full_log, part_log = logged(tmp_path / "full"), logged(tmp_path / "part")
-    keys = ["loss", "recon_l1", "psnr"] + (["kl"] if name == "autoencoder_kl" else ["commitment", "perplexity", "codebook_usage"])
+    keys = ["loss", "recon_l1", "psnr"] + (
+        ["kl"] if name == "autoencoder_kl" else ["commitment", "perplexity", "codebook_usage"])
     assert [[r[k] for k in keys] for r in full_log] == [[r[k] for k in keys] for r in part_log]
 
     saved = json.loads((full / "config.json").read_text())

@@ -134,7 +134,8 @@ def test_random_crop_takes_a_window_of_each_image():
     crops = random_crop(x, 4, torch.Generator().manual_seed(0))
     assert crops.shape == (6, 3, 4, 4)
     windows = [(top, left) for top in range(7) for left in range(9)]
-    found = [[(t, l) for t, l in windows if torch.equal(c, o[:, t : t + 4, l : l + 4])] for c, o in zip(crops, x)]
+    found = [[(top, left) for top, left in windows if torch.equal(c, o[:, top : top + 4, left : left + 4])]
+             for c, o in zip(crops, x)]
     assert all(len(f) == 1 for f in found) and len({f[0] for f in found}) > 1  # independent offsets
     assert torch.equal(random_crop(x, 4, torch.Generator().manual_seed(0)), crops)
     full_height = random_crop(x, 10)  # the whole height: only the column offset is random

@@ -86,7 +86,8 @@ def test_import_autoencoder_command_writes_a_usable_run(tmp_path, capsys):
                                                 up_block_types=("UpDecoderBlock2D",) * 2))
     folder = tmp_path / "vae"
     folder.mkdir()
-    save_file({k: v.contiguous() for k, v in theirs.state_dict().items()}, folder / "diffusion_pytorch_model.safetensors")
+    save_file({k: v.contiguous() for k, v in theirs.state_dict().items()},
+              folder / "diffusion_pytorch_model.safetensors")
     (folder / "config.json").write_text(json.dumps({"_class_name": "AutoencoderKL", **dict(theirs.config)}))
     assert cli(["import-autoencoder", str(folder), "--out", str(tmp_path / "run"), "--image-size", "8"]) == 0
     assert "latent scale 0.18215" in capsys.readouterr().out

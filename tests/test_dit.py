@@ -276,7 +276,8 @@ def runs(tmp_path_factory):
     resumed), unconditional, and a noisy classifier (the U-Net encoder) for classifier guidance."""
     root = tmp_path_factory.mktemp("dit")
     common = ["--no-progress"]
-    cond = sets(*DIT_TINY, "diffusion.cond_drop_prob=0.2", "diffusion.learned_variance=true", "train.checkpoint_every=2")
+    cond = sets(*DIT_TINY, "diffusion.cond_drop_prob=0.2", "diffusion.learned_variance=true",
+                "train.checkpoint_every=2")
     assert cli(["train", *cond, "--set", "train.steps=4", *common, "--out", str(root / "cond")]) == 0
     assert cli(["train", *cond, "--set", "train.steps=2", *common, "--out", str(root / "part")]) == 0
     assert cli(["train", *cond, "--set", "train.steps=4", *common, "--resume", str(root / "part"),

@@ -30,7 +30,7 @@ def test_channels_last_gives_the_same_loss_and_gradients():
     loss_plain.backward()
     loss_fast.backward()
     for (name, a), b in zip(plain.named_parameters(), fast.parameters()):
-        torch.testing.assert_close(b.grad, a.grad, rtol=1e-4, atol=1e-6, msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(b.grad, a.grad, rtol=1e-4, atol=1e-6, msg=lambda m, name=name: f"{name}: {m}")
 
 
 def test_fused_adamw_takes_the_same_steps_as_the_default():
@@ -48,7 +48,7 @@ def test_fused_adamw_takes_the_same_steps_as_the_default():
         opt_fast.step()
         opt_plain.zero_grad()
     for (name, a), b in zip(plain.named_parameters(), fast.parameters()):
-        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-7, msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-7, msg=lambda m, name=name: f"{name}: {m}")
 
 
 def test_multi_tensor_clipping_matches_the_per_tensor_loop():
@@ -62,7 +62,7 @@ def test_multi_tensor_clipping_matches_the_per_tensor_loop():
     torch.testing.assert_close(norm_fast, norm_plain, rtol=1e-6, atol=0)
     assert norm_plain > 1.0
     for (name, a), b in zip(plain.named_parameters(), fast.parameters()):
-        torch.testing.assert_close(b.grad, a.grad, rtol=1e-6, atol=1e-9, msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(b.grad, a.grad, rtol=1e-6, atol=1e-9, msg=lambda m, name=name: f"{name}: {m}")
 
 
 def test_bf16_autocast_is_opt_in_on_cpu_and_stays_close_to_float32():

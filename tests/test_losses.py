@@ -16,7 +16,8 @@ def test_ideal_denoiser_mse_is_the_posterior_variance():
     data = GaussianMixture.gaussian(4, 0.0, 0.5)
     x0 = data.sample(50000, torch.Generator().manual_seed(0))
     for t in [50.0, 300.0, 700.0]:
-        out = losses.diffusion_loss(data.model(S), x0, S, t=torch.full((50000,), t), generator=torch.Generator().manual_seed(1))
+        out = losses.diffusion_loss(data.model(S), x0, S, t=torch.full((50000,), t),
+                                    generator=torch.Generator().manual_seed(1))
         sigma = float(S.sigma(t))
         assert float(out.loss) == pytest.approx(0.25 / (0.25 + sigma**2), rel=0.02)
 

@@ -49,7 +49,8 @@ def test_attention_pool_shapes():
 
 
 def test_noisy_classifier_trains_and_resumes_exactly(tmp_path):
-    full = train(load_config(None, CLASSIFIER + [f"train.out_dir={tmp_path / 'full'}", "train.steps=6"]), progress=False)
+    full = train(load_config(None, CLASSIFIER + [f"train.out_dir={tmp_path / 'full'}", "train.steps=6"]),
+                 progress=False)
     config = json.loads((full / "config.json").read_text())
     assert config["kind"] == "noisy_classifier" and config["model"]["num_classes"] == 10
     part = load_config(None, CLASSIFIER + [f"train.out_dir={tmp_path / 'part'}", "train.steps=3"])
@@ -58,7 +59,8 @@ def test_noisy_classifier_trains_and_resumes_exactly(tmp_path):
     train(part, resume=tmp_path / "part", progress=False)
 
     def logged(run):
-        return [(r["loss"], r["accuracy"]) for r in map(json.loads, (tmp_path / run / "metrics.jsonl").read_text().splitlines())]
+        records = map(json.loads, (tmp_path / run / "metrics.jsonl").read_text().splitlines())
+        return [(r["loss"], r["accuracy"]) for r in records]
 
     assert logged("full") == logged("part")
     with pytest.raises(ValueError, match="'noisy_classifier' checkpoint, expected a 'diffusion'"):
@@ -114,13 +116,15 @@ def test_guidance_scale_zero_classifier_scale_equals_plain_sampling(runs):
 
 
 def test_guidance_errors_say_what_to_do(runs, tmp_path, capsys):
-    code = cli(["sample", str(runs / "nodrop"), "--guidance-scale", "3", "--n", "2", "--steps", "2", "--out", str(tmp_path)])
+    code = cli(["sample", str(runs / "nodrop"), "--guidance-scale", "3", "--n", "2", "--steps", "2",
+                "--out", str(tmp_path)])
     assert code == 2 and "diffusion.cond_drop_prob=0.1" in capsys.readouterr().err
     with pytest.raises(ValueError, match="needs a class- or text-conditional model"):
         generate(DiffusionModel.load(runs / "uncond"), 2, steps=2, guidance=Guidance(scale=3.0))
     other = NoisyClassifierModel.load(runs / "classifier")
     other.schedule = get_schedule("cosine")  # the models use a 100-step linear schedule
     with pytest.raises(ValueError, match="noise schedule"):
-        generate(DiffusionModel.load(runs / "uncond"), 2, steps=2, guidance=Guidance(classifier=other, classifier_scale=1.0))
+        generate(DiffusionModel.load(runs / "uncond"), 2, steps=2,
+                 guidance=Guidance(classifier=other, classifier_scale=1.0))
     with pytest.raises(ValueError, match="'diffusion' checkpoint, expected a 'noisy_classifier'"):
         NoisyClassifierModel.load(runs / "cond")

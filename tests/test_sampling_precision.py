@@ -61,7 +61,8 @@ def test_sample_and_eval_flags_reach_generate(run, tmp_path, monkeypatch):
     real = generate_module.precision_autocast
     monkeypatch.setattr(generate_module, "precision_autocast", lambda p, d: seen.append(p) or real(p, d))
     monkeypatch.setattr(device_module, "cpu_has_native_bf16", lambda: True)
-    assert cli(["sample", str(run), "--n", "2", "--steps", "2", "--out", str(tmp_path / "s"), "--precision", "bf16"]) == 0
+    assert cli(["sample", str(run), "--n", "2", "--steps", "2", "--out", str(tmp_path / "s"),
+                "--precision", "bf16"]) == 0
     assert cli(["sample", str(run), "--n", "2", "--steps", "2", "--out", str(tmp_path / "t")]) == 0
     assert seen == ["bf16", "auto"]
     if packaged_weights() is None:

@@ -64,7 +64,8 @@ def test_throughput_scripts_run_end_to_end_on_cpu(capsys):
     import train_throughput
 
     train_throughput.main(["--case", "demo", "--batch", "4", "--rounds", "1", "--steps", "1", "--warmup", "1"])
-    sampling_throughput.main(["--case", "demo", "--batch", "2", "--rounds", "1", "--repeat", "1", "--runs", "dpmpp_2m-10"])
+    sampling_throughput.main(["--case", "demo", "--batch", "2", "--rounds", "1", "--repeat", "1",
+                              "--runs", "dpmpp_2m-10"])
     out = capsys.readouterr().out
     assert "ours / diffusers:" in out and "dpmpp_2m-10" in out
 

@@ -13,7 +13,8 @@ from difflab.nn import SpatialSelfAttention, multi_head_attention, timestep_embe
 from helpers import perturb_head
 
 # A few-thousand-parameter network that still exercises every level, attention and resampling.
-TINY = dict(in_channels=2, image_size=8, model_channels=8, channel_mult=(1, 2), num_res_blocks=1, attention_resolutions=(4,), num_heads=2, norm_groups=4)
+TINY = dict(in_channels=2, image_size=8, model_channels=8, channel_mult=(1, 2), num_res_blocks=1,
+            attention_resolutions=(4,), num_heads=2, norm_groups=4)
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: tiny networks run on one thread

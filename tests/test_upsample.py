@@ -93,8 +93,8 @@ def test_upsampling_residual_block_equals_its_plain_formulation():
                             attention_resolutions=(), num_heads=1, norm_groups=4)),
     lambda: UNet(UNetConfig(in_channels=1, image_size=8, model_channels=8, channel_mult=(1, 2), num_res_blocks=1,
                             attention_resolutions=(), num_heads=1, norm_groups=4, resblock_updown=True)),
-    lambda: AutoencoderKL(AutoencoderConfig(in_channels=3, image_size=8, model_channels=8, channel_mult=(1, 2), num_res_blocks=1,
-                                            z_channels=2, norm_groups=4)),
+    lambda: AutoencoderKL(AutoencoderConfig(in_channels=3, image_size=8, model_channels=8, channel_mult=(1, 2),
+                                            num_res_blocks=1, z_channels=2, norm_groups=4)),
 ], ids=["unet", "unet-resblock-updown", "autoencoder"])
 def test_networks_match_the_plain_upsampling(build, monkeypatch):
     """Whole networks: the same outputs as with every upsampling written as nearest then convolution."""

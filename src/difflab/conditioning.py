@@ -39,7 +39,8 @@ class TextConditioning:
     def __init__(self, encoder_config: dict, device: torch.device | str = "cpu"):
         name = encoder_config.get("name")
         if name not in FROZEN_ENCODERS + TRAINABLE_ENCODERS:
-            raise ValueError(f"unknown text encoder {name!r}; choose one of {list(FROZEN_ENCODERS + TRAINABLE_ENCODERS)}")
+            raise ValueError(f"unknown text encoder {name!r}; "
+                             f"choose one of {list(FROZEN_ENCODERS + TRAINABLE_ENCODERS)}")
         self.config, self.device, self.frozen = dict(encoder_config), torch.device(device), name in FROZEN_ENCODERS
         if self.frozen:
             from .text import build_text_encoder
@@ -83,7 +84,8 @@ class TextConditioning:
         return self.encode(distinct), index
 
 
-def select(table: dict[str, Tensor], rows: Tensor, null: dict[str, Tensor], drop: Tensor | None = None) -> dict[str, Tensor]:
+def select(table: dict[str, Tensor], rows: Tensor, null: dict[str, Tensor],
+           drop: Tensor | None = None) -> dict[str, Tensor]:
     """``table``'s ``rows`` as a batch, with the rows where ``drop`` is True replaced by ``null``."""
     out = {}
     for key, values in table.items():
