@@ -5,7 +5,7 @@ architecture, batch and number of model calls, in one process.
     under torch.inference_mode, bf16 autocast on CUDA.
 
 Ours is ``difflab.sampling.sample`` on our network in the channels-last layout that
-``DiffusionModel.load`` gives it (``training/fast_paths.py``); with ``--compile``, its denoiser's
+``DiffusionModel.load`` gives it (``difflab/device.py``); with ``--compile``, its denoiser's
 whole tensor step compiled as ``difflab sample --compile`` does (``sampling/compiled.py``: CUDA
 graphs on a GPU). Theirs is the loop of diffusers' pipelines (``scheduler.set_timesteps``,
 ``scale_model_input``, the model, ``scheduler.step``) on diffusers' network of the same
@@ -25,7 +25,7 @@ import torch
 
 from difflab.denoiser import Denoiser
 from difflab.sampling import sample
-from difflab.sampling.compiled import default_mode
+from difflab.sampling.compiled import compile_denoiser, default_mode
 from throughput_cases import add_common_arguments, call, machine, mean_seconds, parameters, setup, versions
 
 RUNS = {"ddim-50": ("ddim", "DDIMScheduler", 50), "dpmpp_2m-10": ("dpmpp_2m", "DPMSolverMultistepScheduler", 10)}
@@ -44,7 +44,7 @@ class Sampler:
         self.schedule = linear()
         if side == "ours":  # channels-last as DiffusionModel.load prepares a network for sampling
             denoiser = Denoiser(memory_format(model, True), self.schedule, learned_variance=case.learned_sigma)
-            self.net = denoiser.compiled() if compile_model else denoiser
+            self.net = compile_denoiser(denoiser) if compile_model else denoiser
         else:  # --compile: the network, in the mode diffusers' docs give for inference
             self.net = torch.compile(model, mode=default_mode(device)) if compile_model else model
         self.autocast = bf16_autocast(device, on_gpu=True)  # float32 on CPU

@@ -2,6 +2,7 @@
 path, classifier-free guidance traced as one graph (nothing in a step waits on the device), and
 the ``--compile`` flag of ``sample``, ``tune-steps`` and ``eval`` reaching the denoiser."""
 
+import importlib
 import pytest
 import torch
 
@@ -10,7 +11,7 @@ from difflab.denoiser import Denoiser
 from difflab.guidance import guide, null_class_labels
 from difflab.models.unet import UNet, UNetConfig
 from difflab.sampling import sample
-from difflab.sampling.compiled import CompiledDenoiser, default_mode
+from difflab.sampling.compiled import CompiledDenoiser, compile_denoiser, default_mode
 from difflab.schedules import linear
 
 
@@ -28,7 +29,7 @@ def tiny_guided_denoiser(learned_sigma: bool) -> Denoiser:
 
 def test_compiled_sampling_matches_eager():
     denoiser = tiny_guided_denoiser(learned_sigma=True)
-    compiled = denoiser.compiled()
+    compiled = compile_denoiser(denoiser)
     assert isinstance(compiled, CompiledDenoiser) and default_mode(torch.device("cpu")) == "default"
     noise = torch.randn(6, 1, 8, 8, generator=torch.Generator().manual_seed(1))
     cond = {"class_labels": torch.arange(6) % 3}
@@ -68,7 +69,7 @@ def test_outputs_survive_cuda_graph_output_reuse(monkeypatch):
     noise = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(2))
     cond = {"class_labels": torch.arange(4) % 3}
     eager = sample(denoiser, noise, method="unipc", steps=6, cond=cond)
-    torch.testing.assert_close(sample(denoiser.compiled(), noise, method="unipc", steps=6, cond=cond), eager)
+    torch.testing.assert_close(sample(compile_denoiser(denoiser), noise, method="unipc", steps=6, cond=cond), eager)
 
 
 def test_guided_step_is_one_graph_without_host_syncs():
@@ -87,8 +88,10 @@ def test_compile_flags_of_sample_tune_steps_and_eval_reach_the_denoiser(tmp_path
     from difflab.metrics.inception import packaged_weights
     from difflab.training.trainer import train
 
-    compiled = []  # stand-in for Denoiser.compiled: records the call, skips the compilation
-    monkeypatch.setattr(Denoiser, "compiled", lambda self, mode=None: compiled.append(self) or self)
+    generate_module = importlib.import_module("difflab.pipelines.generate")  # the module, not the function
+
+    compiled = []  # stand-in for compile_denoiser: records the call, skips the compilation
+    monkeypatch.setattr(generate_module, "compile_denoiser", lambda d, mode=None: compiled.append(d) or d)
     run = train(tiny_config(tmp_path / "run", "train.steps=2"), progress=False)
     assert cli(["sample", str(run), "--n", "2", "--out", str(tmp_path / "s"), "--compile"]) == 0
     cli(["tune-steps", str(run), "--steps", "2", "--n", "2", "--max-evals", "4", "--reference-steps", "4", "--compile"])

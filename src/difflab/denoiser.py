@@ -15,13 +15,27 @@ k-diffusion's contract). The conversion is the only place that knows the predict
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from . import process
-from .guidance import GuidedOutput
+
+
+@dataclass
+class GuidedOutput:
+    """A model output with ADM Algorithm 1's mean shift attached (see :mod:`difflab.guidance`).
+
+    Attributes:
+        output: the (unguided) network output.
+        mean_gradient: s · ∇ₓₜ log p(y | xₜ) in the network's input space; an ancestral sampler
+            adds Σ · mean_gradient to the mean of p(x_{t−1} | xₜ).
+    """
+
+    output: Tensor
+    mean_gradient: Tensor
 
 
 @dataclass
@@ -44,35 +58,39 @@ class DenoiserOutput:
         return self.x0
 
 
+@dataclass
 class Denoiser:
     """``D(x, sigma, **cond) -> x0`` for a model function of a declared prediction type.
 
-    Args:
+    Attributes:
         model: ``model(x_t, t, **cond)``; a network, a guided network or a closed form.
         schedule: the :class:`~difflab.schedules.NoiseSchedule` the model was trained with.
         prediction: ``"epsilon"``, ``"x0"`` or ``"v"``.
         learned_variance: the model returns 2×C channels, the last C being the variance output.
         clip_x0: clamp x̂₀ to [−clip_x0, clip_x0] (e.g. 1.0 for images in [−1, 1]).
         threshold: Imagen dynamic-thresholding percentile (e.g. 0.995), applied instead of clipping.
+
+    :meth:`with_model` is the same denoiser around another model function (what guidance
+    wrappers return); ``dataclasses.replace`` changes any other field.
     """
 
-    def __init__(
-        self,
-        model,
-        schedule,
-        prediction: str = "epsilon",
-        learned_variance: bool = False,
-        clip_x0: float | None = None,
-        threshold: float | None = None,
-    ):
-        if not callable(model):
-            raise TypeError(f"the model must be callable as model(x_t, t, **cond), got {type(model).__name__}")
-        self.model = model
-        self.schedule = schedule
-        self.prediction = process.check_prediction_type(prediction)
-        self.learned_variance = learned_variance
-        self.clip_x0 = clip_x0
-        self.threshold = threshold
+    model: object
+    schedule: object
+    prediction: str = "epsilon"
+    learned_variance: bool = False
+    clip_x0: float | None = None
+    threshold: float | None = None
+
+    def __post_init__(self):
+        if not callable(self.model):
+            raise TypeError(f"the model must be callable as model(x_t, t, **cond), got {type(self.model).__name__}")
+        process.check_prediction_type(self.prediction)
+        if self.threshold is not None and not 0.0 < self.threshold < 1.0:
+            raise ValueError(f"the dynamic-thresholding percentile must be in (0, 1), e.g. 0.995; got {self.threshold}")
+
+    def with_model(self, model) -> "Denoiser":
+        """This denoiser (schedule, prediction type, variance, clipping, kind) around ``model``."""
+        return dataclasses.replace(self, model=model)
 
     def model_time(self, sigma: Tensor) -> Tensor:
         """The model's time input for noise level σ (float64). Discrete schedules snap values
@@ -95,26 +113,22 @@ class Denoiser:
     def network_x0(self, x: Tensor, scale: Tensor, std: Tensor, t: Tensor, cond: dict) -> DenoiserOutput:
         """The tensor work of one call, given the step's per-sample scale s, std d and model time t
         on x's device: xₜ = s·x, the model, x̂₀ from its output, clipping. Everything here runs
-        on the device without waiting on it, which is what :meth:`compiled` compiles."""
+        on the device without waiting on it, which is what :mod:`difflab.sampling.compiled` compiles."""
         x_t = process.broadcast_to(scale, x) * x
         output = self.model(x_t, t, **cond)
         mean_gradient = None
         if isinstance(output, GuidedOutput):  # x = xₜ/s, so ∇ₓ = s·∇ₓₜ
             output, mean_gradient = output.output, process.broadcast_to(scale, x) * output.mean_gradient.to(x.dtype)
-        output, variance_frac = self._split(output, x)
-        x0 = process.to_x0(self.prediction, output, x_t, scale, std)
+        self._check_shape(output, x)
+        # e.g. bf16 under autocast: solver arithmetic stays in x's dtype
+        mean, variance = process.split_variance(output.to(x.dtype), self.learned_variance)
+        x0 = process.to_x0(self.prediction, mean, x_t, scale, std)
         if self.threshold is not None:
             x0 = process.dynamic_threshold(x0, self.threshold)
         elif self.clip_x0 is not None:
             x0 = process.clip_x0(x0, self.clip_x0)
+        variance_frac = None if variance is None else process.variance_fraction(variance)
         return DenoiserOutput(x0, variance_frac, mean_gradient)
-
-    def compiled(self, mode: str | None = None) -> "Denoiser":
-        """This denoiser with :meth:`network_x0` under ``torch.compile`` (see
-        :mod:`difflab.sampling.compiled`): CUDA graphs on a GPU, fused kernels everywhere."""
-        from .sampling.compiled import CompiledDenoiser
-
-        return CompiledDenoiser(self, mode)
 
     def __call__(self, x: Tensor, sigma, **cond) -> Tensor:
         return self.predict(x, sigma, **cond).denoised()
@@ -123,7 +137,7 @@ class Denoiser:
         """This denoiser with its conditioning fixed: what samplers call as ``denoise(x, sigma)``."""
         return BoundDenoiser(self, cond)
 
-    def _split(self, output, x: Tensor) -> tuple[Tensor, Tensor | None]:
+    def _check_shape(self, output, x: Tensor) -> None:
         if not isinstance(output, Tensor):
             raise TypeError(f"the model must return a tensor, got {type(output).__name__}")
         channels = x.shape[1] * (2 if self.learned_variance else 1)
@@ -133,11 +147,6 @@ class Denoiser:
                 " (the input's shape; a model with learned variance needs learned_variance=True)"
             )
             raise ValueError(f"the model returned shape {tuple(output.shape)}, expected {expected}{hint}")
-        output = output.to(x.dtype)  # e.g. bf16 under autocast: solver arithmetic stays in x's dtype
-        if not self.learned_variance:
-            return output, None
-        mean, v = output.chunk(2, dim=1)
-        return mean, (v + 1) / 2
 
 
 class BoundDenoiser:

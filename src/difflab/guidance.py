@@ -35,7 +35,6 @@ is taken with respect to the input image alone, so neither network's parameters 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -43,22 +42,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import process
+from .denoiser import GuidedOutput
 
 GUIDANCE_MODES = ("epsilon", "mean")
-
-
-@dataclass
-class GuidedOutput:
-    """A model output with ADM Algorithm 1's mean shift attached.
-
-    Attributes:
-        output: the (unguided) network output.
-        mean_gradient: s · ∇ₓₜ log p(y | xₜ) in the network's input space; an ancestral sampler
-            adds Σ · mean_gradient to the mean of p(x_{t−1} | xₜ).
-    """
-
-    output: Tensor
-    mean_gradient: Tensor
 
 
 def null_class_labels(num_classes: int) -> Callable[[dict], dict]:
@@ -87,10 +73,6 @@ def _cat_cond(cond: dict, uncond: dict, n: int) -> dict:
         else:
             raise ValueError(f"cannot batch the conditioning {key!r}: give a tensor with one row per sample")
     return out
-
-
-def _split_variance(output: Tensor, learned_variance: bool) -> tuple[Tensor, Tensor | None]:
-    return output.chunk(2, dim=1) if learned_variance else (output, None)
 
 
 def _per_sample_std(x: Tensor) -> Tensor:
@@ -140,8 +122,8 @@ class ClassifierFreeGuidance:
         n = x_t.shape[0]
         both = self.model(torch.cat([x_t, x_t]), torch.cat([t, t]), **_cat_cond(cond, self.uncond(cond), n))
         cond_out, uncond_out = both[:n], both[n:]
-        mean_c, var_c = _split_variance(cond_out, self.learned_variance)
-        mean_u, _ = _split_variance(uncond_out, self.learned_variance)
+        mean_c, var_c = process.split_variance(cond_out, self.learned_variance)
+        mean_u, _ = process.split_variance(uncond_out, self.learned_variance)
         guided = mean_u + self.scale * (mean_c - mean_u)
         if self.rescale > 0:
             rescaled = guided * (_per_sample_std(mean_c) / _per_sample_std(guided).clamp_min(1e-12))
@@ -200,15 +182,10 @@ class ClassifierGuidance:
         gradient = self.scale * classifier_log_prob_gradient(self.classifier, x_t, t, labels)
         if self.mode == "mean":
             return GuidedOutput(output, gradient)
-        mean, variance = _split_variance(output, self.learned_variance)
+        mean, variance = process.split_variance(output, self.learned_variance)
         scale, std = self.schedule.scale_std(t.detach().double().cpu())
-        if self.prediction == "epsilon":
-            eps = mean
-        else:
-            eps = process.to_epsilon(x_t, process.to_x0(self.prediction, mean, x_t, scale, std), scale, std)
-        eps = eps - process.broadcast_to(std, x_t) * gradient
-        x0 = (x_t - process.broadcast_to(std, x_t) * eps) / process.broadcast_to(scale, x_t)
-        guided = process.training_target(self.prediction, x0, eps, scale, std).to(mean.dtype)
+        guided = process.shift_epsilon(self.prediction, mean, x_t, scale, std,
+                                       -process.broadcast_to(std, x_t) * gradient)
         return guided if variance is None else torch.cat([guided, variance], dim=1)
 
 
@@ -219,8 +196,6 @@ def guide(denoiser, *, scale: float = 1.0, uncond: Callable[[dict], dict] | None
     classifier-free guidance (``scale`` ≠ 1, needs ``uncond``) and then classifier guidance
     (``classifier`` with ``classifier_scale`` ≠ 0) applied; schedule, prediction type, learned
     variance and clipping are kept. With neither, ``denoiser`` itself is returned."""
-    from .denoiser import Denoiser
-
     model = denoiser.model
     if scale != 1.0:
         if uncond is None:
@@ -231,7 +206,4 @@ def guide(denoiser, *, scale: float = 1.0, uncond: Callable[[dict], dict] | None
         model = ClassifierGuidance(model, classifier, classifier_scale, denoiser.schedule, denoiser.prediction,
                                    mode=classifier_mode, model_takes_labels=model_takes_labels,
                                    learned_variance=denoiser.learned_variance)
-    if model is denoiser.model:
-        return denoiser
-    return Denoiser(model, denoiser.schedule, denoiser.prediction, denoiser.learned_variance,
-                    clip_x0=denoiser.clip_x0, threshold=denoiser.threshold)
+    return denoiser if model is denoiser.model else denoiser.with_model(model)

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from PIL.PngImagePlugin import PngInfo
 
 
 def make_grid(images: torch.Tensor, nrow: int | None = None, padding: int = 2) -> np.ndarray:
@@ -31,27 +32,34 @@ def _pil(array: np.ndarray) -> Image.Image:
     return Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array)
 
 
-def save_grid(images: torch.Tensor, path: str | Path, nrow: int | None = None, upscale: int = 1) -> Path:
-    """Save a grid PNG; ``upscale`` enlarges small images (nearest neighbour) for viewing."""
+def save_grid(images: torch.Tensor, path: str | Path, nrow: int | None = None, upscale: int = 1,
+              pnginfo: PngInfo | None = None) -> Path:
+    """Save a grid PNG; ``upscale`` enlarges small images (nearest neighbour) for viewing;
+    ``pnginfo``: text chunks to store (generation parameters)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     image = _pil(make_grid(images, nrow))
     if upscale > 1:
         image = image.resize((image.width * upscale, image.height * upscale), Image.NEAREST)
-    image.save(path)
+    image.save(path, pnginfo=pnginfo)
     return path
 
 
-def save_images(images: torch.Tensor, folder: str | Path, prefix: str = "") -> list[Path]:
-    """One PNG per image, numbered from 0."""
+def to_pil(image: torch.Tensor) -> Image.Image:
+    """One uint8 (C, H, W) image as a PIL image (grey or RGB)."""
+    return _pil(image.permute(1, 2, 0).cpu().numpy())
+
+
+def save_images(images: torch.Tensor, folder: str | Path, prefix: str = "",
+                pnginfos: list[PngInfo] | None = None) -> list[Path]:
+    """One PNG per image, numbered from 0; ``pnginfos``: each image's text chunks."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    array = images.permute(0, 2, 3, 1).cpu().numpy()
-    digits = max(5, len(str(len(array))))
+    digits = max(5, len(str(len(images))))
     paths = []
-    for i, image in enumerate(array):
+    for i, image in enumerate(images):
         paths.append(folder / f"{prefix}{i:0{digits}d}.png")
-        _pil(image).save(paths[-1])
+        to_pil(image).save(paths[-1], pnginfo=pnginfos[i] if pnginfos else None)
     return paths
 
 

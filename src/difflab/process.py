@@ -8,7 +8,10 @@ Notation (Ho et al. 2020; Kingma et al. 2021): in the network's space xₜ = s·
 * ``"x0"``: x̂₀ directly;
 * ``"v"``: v̂ = s·ε − d·x₀ (Salimans & Ho 2022, "Progressive distillation", §4).
 
-Everything here is elementwise arithmetic on tensors; ``s`` and ``d`` broadcast against x.
+Everything here is elementwise arithmetic on tensors; ``s`` and ``d`` broadcast against x. This is
+the one module that branches on the prediction type: the :class:`~difflab.denoiser.Denoiser`
+declares it and calls :func:`to_x0`, classifier guidance calls :func:`shift_epsilon`, the losses
+call :func:`training_target`.
 """
 
 from __future__ import annotations
@@ -59,6 +62,31 @@ def to_x0(prediction: str, output: Tensor, x_t: Tensor, scale, std) -> Tensor:
         # With s² + d² = 1: s·xₜ − d·v = s²x₀ + sdε − sdε + d²x₀ = x₀.
         return (scale * x_t - std * output) / (scale**2 + std**2)
     raise ValueError(check_prediction_type(prediction))
+
+
+def split_variance(output: Tensor, learned_variance: bool) -> tuple[Tensor, Tensor | None]:
+    """(prediction, raw variance output v) of a network output; v is None without learned variance.
+
+    A learned-variance network (improved DDPM, Nichol & Dhariwal 2021, §3.1) returns 2×C channels:
+    the prediction, then v ∈ [−1, 1] (see :func:`variance_fraction`)."""
+    return output.chunk(2, dim=1) if learned_variance else (output, None)
+
+
+def variance_fraction(v: Tensor) -> Tensor:
+    """f = (v + 1)/2 of improved DDPM's eq. 15: log Σ = f·log β + (1 − f)·log β̃."""
+    return (v + 1) / 2
+
+
+def shift_epsilon(prediction: str, output: Tensor, x_t: Tensor, scale, std, delta: Tensor) -> Tensor:
+    """The output of the same type whose implied noise is ε̂ + ``delta`` at the same xₜ.
+
+    Classifier guidance moves ε̂ (ADM Algorithm 2: ε̂ − √(1 − ᾱₜ)·∇ log p(y | xₜ)); a network
+    predicting x₀ or v gets the output that implies the moved ε̂."""
+    if prediction == "epsilon":
+        return output + delta
+    eps = to_epsilon(x_t, to_x0(prediction, output, x_t, scale, std), scale, std) + delta
+    x0 = (x_t - broadcast_to(std, x_t) * eps) / broadcast_to(scale, x_t)
+    return training_target(prediction, x0, eps, scale, std).to(output.dtype)
 
 
 def to_epsilon(x_t: Tensor, x0: Tensor, scale, std) -> Tensor:

@@ -84,7 +84,7 @@ def register(subparsers) -> None:
 def load_samples(path: Path, limit: int | None, args=None):
     """Generated images from a folder, an ``.npz``, or a diffusion checkpoint (sampled here)."""
     from difflab.data import load_image_folder, load_npz_images
-    from difflab.pipelines.generate import is_diffusion_checkpoint
+    from difflab.pipelines import is_diffusion_checkpoint
 
     if is_diffusion_checkpoint(path):
         return sample_checkpoint(path, args)

@@ -12,12 +12,18 @@ def register(subparsers) -> None:
         "sample",
         help="generate images from a trained checkpoint",
         description="Generate images from a checkpoint written by `difflab train`: writes grid.png, "
-        "one PNG per image under images/, and samples.npz (uint8 NHWC, with labels for class-"
-        "conditional models). Method, steps and spacing default to the checkpoint's sample settings.",
+        "one PNG per image under images/ (each with its generation parameters in a PNG text chunk), and "
+        "samples.npz (uint8 NHWC, with labels for class-conditional models). Method, steps and spacing "
+        "default to the checkpoint's sample settings. --from-png IMAGE makes a saved image again; "
+        "--invert DIR maps images to their DDIM noise instead.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("checkpoint", help="a run folder or its checkpoint/ folder")
-    p.add_argument("--n", type=int, default=64, help="number of images")
+    p.add_argument("checkpoint", nargs="?",
+                   help="a run folder or its checkpoint/ folder (optional with --from-png: the PNG names it)")
+    p.add_argument("--from-png", metavar="IMAGE",
+                   help="make again the image a difflab PNG records (its checkpoint, prompt, class, seed, sampler, "
+                        "guidance), bit for bit; other flags given override the record's")
+    p.add_argument("--n", type=int, help="number of images (default: 64, or the count of --noise)")
     p.add_argument("--method", choices=sorted(SAMPLERS), help="sampler (default: the checkpoint's)")
     p.add_argument("--steps", type=int, help="sampler steps (default: the checkpoint's)")
     p.add_argument("--spacing", choices=sorted(SPACINGS), help="step spacing (default: the checkpoint's)")
@@ -30,6 +36,13 @@ def register(subparsers) -> None:
                    help="caption for a text-conditioned model (repeatable: images cycle through the prompts)")
     p.add_argument("--prompts", metavar="FILE", help="a text file with one prompt per line (text-conditioned models)")
     add_guidance_arguments(p)
+    p.add_argument("--noise", metavar="NPZ",
+                   help="start from this noise instead of the seeds' (an .npz from --invert: array 'noise', N x C x H x "
+                        "W; --n defaults to its count); with --method ddim it maps inverted images back")
+    p.add_argument("--invert", metavar="IMAGE_DIR",
+                   help="DDIM inversion instead of sampling: map the images of IMAGE_DIR (resized to the model's size) "
+                        "to the noise that DDIM turns back into them, written to OUT/noise.npz; uses --steps, "
+                        "--spacing and --class/--prompt, without guidance")
     p.add_argument("--batch-size", type=int, default=256, help="images per sampler call")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA weights")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
@@ -38,8 +51,10 @@ def register(subparsers) -> None:
 
 
 def add_sampler_arguments(p) -> None:
-    """``--sigmas``, ``--no-tuned``, ``--compile`` and ``--precision``, shared by ``sample`` and ``eval``."""
+    """``--sigmas``, ``--no-tuned``, ``--compile``, ``--precision``, ``--eta``, ``--variance`` and
+    ``--threshold``, shared by ``sample`` and ``eval``."""
     from ..device import PRECISIONS
+    from ..sampling.ddpm import VARIANCES
 
     p.add_argument("--sigmas", metavar="JSON",
                    help="a tuned step schedule from `difflab tune-steps --out` (sets the method and steps)")
@@ -53,15 +68,25 @@ def add_sampler_arguments(p) -> None:
                    help="the network's arithmetic: auto = bf16 autocast on a GPU, float32 on a CPU; bf16 on a CPU "
                         "with avx512_bf16 or AMX samples 1.1-1.8x faster (slower on one without); the solver and "
                         "the latent decoding stay float32")
+    p.add_argument("--eta", type=float,
+                   help="DDIM's eta: 0 = deterministic (default), 1 = ancestral (DDPM's posterior variance); ddim only")
+    p.add_argument("--variance", choices=VARIANCES,
+                   help="the ddpm sampler's variance: fixed_small (beta tilde), fixed_large (beta) or learned "
+                        "(default: learned for a model trained with learned variance, else fixed_small)")
+    p.add_argument("--threshold", type=float, metavar="P",
+                   help="Imagen's dynamic thresholding of x0 at percentile P (e.g. 0.995) instead of clipping to "
+                        "[-1, 1]; pixel models only")
 
 
 def schedule_from_args(args, model, guidance) -> dict:
     """generate()'s method / steps / spacing / sigmas (+ sampler options) for the flags: an
     explicit ``--sigmas`` file, else the checkpoint's tuned schedule where one matches."""
-    from ..pipelines import find_tuned
+    from ..pipelines import SamplerSettings, find_tuned
     from ..sampling.tuning import TunedSigmas
 
     spacing = getattr(args, "spacing", None)
+    if getattr(args, "sigmas_list", None) is not None:  # a --from-png record's own levels
+        return {"method": args.method, "steps": None, "sigmas": args.sigmas_list, **sampler_options(args)}
     if args.sigmas:
         tuned = TunedSigmas.load(args.sigmas)
         for flag, value, have in (("--method", args.method, tuned.method), ("--steps", args.steps, tuned.steps)):
@@ -70,14 +95,22 @@ def schedule_from_args(args, model, guidance) -> dict:
         if spacing:
             raise ValueError("--spacing and --sigmas both set the noise levels: give one of them")
     else:
-        method, steps, _ = model.sampler_settings(args.method, args.steps, spacing)
+        settings = SamplerSettings.resolve(model, args.method, args.steps, spacing)
+        method, steps = settings.method, settings.steps
         tuned, note = (None, None) if (spacing or args.no_tuned) else find_tuned(model, method, steps, guidance)
         if note:
             print(f"difflab: {note}")
         if tuned is None:
-            return {"method": args.method, "steps": args.steps, "spacing": spacing}
+            return {"method": args.method, "steps": args.steps, "spacing": spacing, **sampler_options(args)}
         print(f"difflab: using the tuned {steps}-step schedule of the checkpoint (--no-tuned to ignore it)")
-    return {"method": tuned.method, "steps": tuned.steps, "sigmas": tuned.tensor(), **tuned.options}
+    return {"method": tuned.method, "steps": tuned.steps, "sigmas": tuned.tensor(), **tuned.options,
+            **sampler_options(args)}
+
+
+def sampler_options(args) -> dict:
+    """The sampler options and thresholding the flags set (unset ones left to the defaults)."""
+    options = {"eta": args.eta, "variance": args.variance, "threshold": args.threshold}
+    return {key: value for key, value in options.items() if value is not None}
 
 
 def add_guidance_arguments(p, classifier_flag: str = "--classifier") -> None:
@@ -98,6 +131,9 @@ def add_guidance_arguments(p, classifier_flag: str = "--classifier") -> None:
     p.add_argument("--classifier-mode", choices=["epsilon", "mean"],
                    help="ADM Algorithm 2 (epsilon: shift the noise prediction, any sampler) or Algorithm 1 "
                         "(mean: shift the ancestral mean, ddpm only); default: mean for ddpm, else epsilon")
+    p.add_argument("--negative-prompt", metavar="TEXT",
+                   help="a text model's unconditional input for classifier-free guidance instead of the empty "
+                        "caption: what the images should move away from (needs --guidance-scale > 1)")
 
 
 def guidance_from_args(args, device):
@@ -108,40 +144,127 @@ def guidance_from_args(args, device):
     interval = tuple(args.guidance_interval) if args.guidance_interval else None
     return Guidance(scale=args.guidance_scale, rescale=args.guidance_rescale, interval=interval,
                     classifier=classifier, classifier_scale=args.classifier_scale,
-                    classifier_mode=args.classifier_mode)
+                    classifier_mode=args.classifier_mode, negative_prompt=getattr(args, "negative_prompt", None))
 
 
 def run(args) -> int:
     from pathlib import Path
 
-    from ..images import save_grid, save_images, save_npz
-    from ..pipelines import DiffusionModel, generate
     from ..device import pick_device
+    from ..images import save_grid, save_images, save_npz
+    from ..pipelines import DiffusionModel, SamplerSettings, plan, run as run_plan
+    from ..pipelines.png_info import png_text
 
-    if args.n < 1:
-        raise ValueError("--n must be at least 1")
+    if args.from_png:
+        apply_png_record(args)
+    if not args.checkpoint:
+        raise ValueError("give the run to sample from (difflab sample RUN), or --from-png IMAGE")
     device = pick_device(args.device)
     model = DiffusionModel.load(args.checkpoint, use_ema=not args.no_ema, device=device)
+    if args.invert:
+        return invert_images(args, model)
+    noise = read_noise(args.noise) if args.noise else None
+    n = len(noise) if noise is not None and args.n is None else (args.n or 64)
+    if n < 1:
+        raise ValueError("--n must be at least 1")
     guidance = guidance_from_args(args, device)
     prompts = read_prompts(args)
-    images, labels = generate(model, args.n, **schedule_from_args(args, model, guidance), seed=args.seed,
-                              class_index=args.class_index, guidance=guidance, prompts=prompts,
-                              batch_size=args.batch_size, progress=True, compile=args.compile,
-                              precision=args.precision)
-    out = Path(args.out)
+    kwargs = schedule_from_args(args, model, guidance)
+    threshold = kwargs.pop("threshold", None)
+    settings = SamplerSettings.resolve(model, kwargs.pop("method"), kwargs.pop("steps"), kwargs.pop("spacing", None),
+                                       kwargs.pop("sigmas", None), **kwargs)
+    job = plan(model, n, settings, seed=args.seed, class_index=args.class_index, guidance=guidance, prompts=prompts,
+               threshold=threshold, precision=args.precision, compile=args.compile)
+    out = run_plan(job, batch_size=args.batch_size, progress=True, noise=noise)
+    images, labels = out.images, out.labels
+    out_dir = Path(args.out)
     class_names = model.class_names or (guidance.classifier.class_names if guidance.classifier else [])
     per_class = labels is not None and args.class_index is None
     upscale = max(1, 64 // images.shape[-1])
-    grid = save_grid(images, out / "grid.png", nrow=len(class_names) if per_class else None, upscale=upscale)
+    grid = save_grid(images, out_dir / "grid.png", nrow=len(class_names) if per_class else None, upscale=upscale,
+                     pnginfo=png_text(out.grid_record()))
     if per_class:  # one grid per class as well: grids/CLASS.png
         for index, name in enumerate(class_names):
             if (labels == index).any():
-                save_grid(images[labels == index], out / "grids" / f"{index:02d}-{safe_name(name)}.png", upscale=upscale)
-    save_images(images, out / "images")
-    save_npz(images, out / "samples.npz", labels)
+                save_grid(images[labels == index], out_dir / "grids" / f"{index:02d}-{safe_name(name)}.png",
+                          upscale=upscale)
+    save_images(images, out_dir / "images", pnginfos=[png_text(record) for record in out.records])
+    save_npz(images, out_dir / "samples.npz", labels)
     if prompts:  # which prompt made which image
-        (out / "prompts.txt").write_text("".join(f"{prompts[i % len(prompts)]}\n" for i in range(len(images))))
-    print(f"difflab sample: {len(images)} images in {out} (grid: {grid})")
+        (out_dir / "prompts.txt").write_text("".join(f"{prompt}\n" for prompt in job.prompts))
+    print(f"difflab sample: {len(images)} images in {out_dir} (grid: {grid})")
+    return 0
+
+
+def apply_png_record(args) -> None:
+    """Fill the flags the user did not give from the generation record of ``--from-png``: one
+    image (n = 1) with its own seed, made again bit for bit."""
+    from ..pipelines.png_info import read_record
+
+    record = read_record(args.from_png)
+    if record.get("classifier") and not args.guidance_classifier:
+        args.guidance_classifier = record["classifier"]
+        args.classifier_scale = record.get("classifier_scale", args.classifier_scale)
+    given = {"checkpoint": record.get("checkpoint"), "n": 1, "seed": record["seed"], "method": record["method"],
+             "steps": record["steps"], "spacing": record["spacing"], "class_index": record.get("class"),
+             "guidance_scale": record.get("guidance_scale"), "negative_prompt": record.get("negative_prompt"),
+             "threshold": record.get("threshold"), "classifier_mode": record.get("classifier_mode"),
+             **record.get("options", {})}
+    if record.get("prompt") is not None and not (args.prompt or args.prompts):
+        args.prompt = [record["prompt"]]
+    if record.get("sigmas") is not None and not args.sigmas:
+        args.sigmas_list = record["sigmas"]
+    for key, value in given.items():
+        if getattr(args, key, None) in (None, []) or key in ("n", "seed"):
+            setattr(args, key, value)
+    args.guidance_rescale = record.get("guidance_rescale", args.guidance_rescale)
+    if record.get("guidance_interval") and not args.guidance_interval:
+        args.guidance_interval = record["guidance_interval"]
+    if args.precision == "auto":
+        args.precision = record.get("precision", "auto")
+    args.no_tuned = True  # the record names its schedule: a tuned file written since must not change it
+
+
+def read_noise(path: str):
+    """The ``noise`` array of an .npz written by ``--invert`` (N, C, H, W)."""
+    from pathlib import Path
+
+    import numpy as np
+    import torch
+
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"--noise {path} does not exist")
+    with np.load(path) as npz:
+        if "noise" not in npz.files:
+            raise ValueError(f"{path} has no array 'noise': give an .npz written by `difflab sample --invert`")
+        return torch.from_numpy(npz["noise"]).float()
+
+
+def invert_images(args, model) -> int:
+    """``--invert DIR``: DDIM inversion of a folder of images to OUT/noise.npz."""
+    from pathlib import Path
+
+    import numpy as np
+
+    from ..data import load_image_folder, to_float
+    from ..pipelines import Guidance, SamplerSettings, plan
+    from ..sampling import invert
+
+    channels, size = (model.latent.image_shape if model.latent else model.image_shape)[:2]
+    images = load_image_folder(args.invert, resolution=size, channels=channels, use_cache=False).images
+    x0 = to_float(images).to(model.device)
+    if model.latent is not None:
+        x0 = model.latent.encode(x0)
+    settings = SamplerSettings.resolve(model, "ddim", args.steps, args.spacing)
+    job = plan(model, len(x0), settings, class_index=args.class_index, guidance=Guidance(scale=1.0),
+               prompts=read_prompts(args))
+    noise = invert(job.denoiser, x0, steps=settings.steps, spacing=settings.spacing, cond=job.cond(0, len(x0)))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    np.savez(out / "noise.npz", noise=noise.float().cpu().numpy())
+    print(f"difflab sample: {len(x0)} images inverted ({settings.steps} DDIM steps, {settings.spacing}) to "
+          f"{out / 'noise.npz'}; `difflab sample RUN --noise {out / 'noise.npz'} --method ddim --steps "
+          f"{settings.steps} --spacing {settings.spacing}` maps them back")
     return 0
 
 

@@ -45,15 +45,16 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from ..pipelines import DiffusionModel, tune_steps, tuned_path
     from ..device import pick_device
+    from ..pipelines import DiffusionModel, SamplerSettings, tune_steps, tuned_path
     from .sample import guidance_from_args, read_prompts
 
     if args.n < 1:
         raise ValueError("--n must be at least 1")
     device = pick_device(args.device)
     model = DiffusionModel.load(args.checkpoint, use_ema=not args.no_ema, device=device)
-    method, steps, _ = model.sampler_settings(args.method, args.steps, None)
+    settings = SamplerSettings.resolve(model, args.method, args.steps)
+    method, steps = settings.method, settings.steps
     guidance = guidance_from_args(args, device)
     tuned = tune_steps(model, method=method, steps=steps, n=args.n, seed=args.seed, init=args.init,
                        class_index=args.class_index, guidance=guidance, prompts=read_prompts(args),

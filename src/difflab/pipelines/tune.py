@@ -11,8 +11,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+
 from ..sampling.tuning import TunedSigmas, tune_sigmas
-from .generate import DiffusionModel, Guidance, guidance_scale, prepare_conditioning, seeded_noise
+from ..sampling import NoiseSource
+from .generate import SamplerSettings, plan
+from .guidance_policy import Guidance, guidance_scale
+from .loading import DiffusionModel
 
 TUNED_FOLDER = "tuned-steps"
 HELDOUT_OFFSET = 1_000_000  # held-out check noise: seeds SEED + 10⁶ …
@@ -46,17 +51,21 @@ def tune_steps(
     space (latents for a latent model). ``compile`` runs the thousands of solves with the
     denoiser's step under ``torch.compile`` (:mod:`difflab.sampling.compiled`)."""
     guidance = guidance or Guidance()
-    plan = prepare_conditioning(model, n, method, class_index=class_index, guidance=guidance, prompts=prompts,
-                                compile=compile)
-    cond = plan.cond(0, n)
-    noise = seeded_noise(model.image_shape, range(seed, seed + n)).to(plan.device)
-    tuned = tune_sigmas(plan.denoiser, noise, method=method, steps=steps, init=init, cond=cond,
-                        reference_steps=reference_steps, max_evals=max_evals, progress=progress)
-    heldout = seeded_noise(model.image_shape, range(seed + HELDOUT_OFFSET, seed + HELDOUT_OFFSET + n))
-    tuned.check(plan.denoiser, heldout.to(plan.device), cond=cond)
-    tuned.context = {"guidance_scale": guidance_scale(model, guidance), "checkpoint_step": model.config.get("step"),
+    job = plan(model, n, SamplerSettings.resolve(model, method, steps), seed=seed, class_index=class_index,
+               guidance=guidance, prompts=prompts, compile=compile)
+    cond = job.cond(0, n)
+    tuned = tune_sigmas(job.denoiser, starting_noise(model, job.seeds), method=method, steps=steps, init=init,
+                        cond=cond, reference_steps=reference_steps, max_evals=max_evals, progress=progress)
+    heldout = starting_noise(model, [s + HELDOUT_OFFSET for s in job.seeds])
+    tuned.check(job.denoiser, heldout, cond=cond)
+    tuned.context = {"guidance_scale": guidance_scale(model, guidance), "checkpoint_step": model.record.step,
                      "calibration_images": n}
     return tuned
+
+
+def starting_noise(model: DiffusionModel, seeds: list[int]):
+    """The starting noise :func:`~difflab.pipelines.generate` gives images of these seeds."""
+    return NoiseSource(seeds=seeds)(torch.empty((len(seeds), *model.image_shape), device=model.device))
 
 
 def find_tuned(model: DiffusionModel, method: str, steps: int,

@@ -11,16 +11,17 @@ from .sample import (
     DEFAULT_STEPS,
     DETERMINISTIC,
     SAMPLERS,
+    check_options,
     get_sampler,
     invert,
     model_calls,
     sample,
 )
-from .spacing import SPACINGS, get_sigmas, karras, leading, linspace, log_snr, trailing
+from .spacing import SPACINGS, get_sigmas, karras, leading, linspace, log_snr, strength_tail, trailing
 from .unipc import unipc
 
 __all__ = [
-    "DEFAULT_METHOD", "DEFAULT_SPACING", "DEFAULT_STEPS", "DETERMINISTIC", "NoiseSource", "SAMPLERS", "SPACINGS", "Step",
-    "ddim", "ddim_invert", "ddpm", "dpmpp_multistep", "edm_ode", "euler", "get_sampler", "get_sigmas", "heun",
-    "invert", "karras", "leading", "linspace", "log_snr", "model_calls", "sample", "trailing", "unipc",
+    "DEFAULT_METHOD", "DEFAULT_SPACING", "DEFAULT_STEPS", "DETERMINISTIC", "NoiseSource", "SAMPLERS", "SPACINGS",
+    "Step", "check_options", "ddim", "ddim_invert", "ddpm", "dpmpp_multistep", "edm_ode", "euler", "get_sampler", "get_sigmas", "heun",
+    "invert", "karras", "leading", "linspace", "log_snr", "model_calls", "sample", "strength_tail", "trailing", "unipc",
 ]

@@ -19,7 +19,11 @@ from torch import Tensor
 
 @dataclass
 class Step:
-    """What a sampler reports to ``callback`` after step ``i`` of ``n``."""
+    """What a sampler reports to ``callback`` after step ``i`` of ``n``.
+
+    The callback may return a tensor of x's shape: the sampler continues from it instead of ``x``
+    (inpainting's blend and RePaint, editing, cancellation by raising). Both ``x`` and
+    ``denoised`` are in the sampler's space x = x₀ + σ·ε (latents for a latent model)."""
 
     i: int
     n: int
@@ -29,15 +33,17 @@ class Step:
     denoised: Tensor  # the denoiser's x̂₀ at sigma
 
 
-Callback = Callable[[Step], None]
+Callback = Callable[[Step], "Tensor | None"]
 
 
 class NoiseSource:
-    """Standard normal noise for stochastic samplers, reproducible run to run.
+    """Standard normal noise for sampling, reproducible run to run.
 
-    With ``seeds`` (one int per sample) every sample draws from its own generator, so a sample's
-    result does not depend on the batch it is in (EDM's per-sample RNG). With ``generator`` the
-    batch draws from one generator; with neither, from torch's global RNG.
+    With ``seeds`` (one int per sample) every sample draws from its own CPU generator, so a
+    sample's result depends on its seed alone: not on the batch it is in (EDM's per-sample RNG),
+    nor on the device. A pipeline draws the starting noise from it first, then the stochastic
+    samplers' noise, one stream per image. With ``generator`` the batch draws from one generator;
+    with neither, from torch's global RNG.
     """
 
     def __init__(self, generator: torch.Generator | None = None, seeds: Sequence[int] | None = None):
@@ -51,10 +57,9 @@ class NoiseSource:
         if len(self.seeds) != like.shape[0]:
             raise ValueError(f"got {len(self.seeds)} seeds for a batch of {like.shape[0]}: give one seed per sample")
         if self._per_sample is None:
-            self._per_sample = [torch.Generator(like.device).manual_seed(int(s)) for s in self.seeds]
-        return torch.stack(
-            [torch.randn(like.shape[1:], generator=g, dtype=like.dtype, device=like.device) for g in self._per_sample]
-        )
+            self._per_sample = [torch.Generator().manual_seed(int(s)) for s in self.seeds]
+        noise = torch.stack([torch.randn(like.shape[1:], generator=g) for g in self._per_sample])
+        return noise.to(device=like.device, dtype=like.dtype)
 
 
 def as_noise_source(noise) -> NoiseSource | Callable[[Tensor], Tensor]:
@@ -98,6 +103,22 @@ def churn_gamma(sigma: float, churn_amount: float, steps: int, churn_range: tupl
     return min(churn_amount / steps, math.sqrt(2) - 1)
 
 
-def report(callback: Callback | None, i: int, sigmas: list[float], x: Tensor, denoised: Tensor) -> None:
-    if callback is not None:
-        callback(Step(i, len(sigmas) - 1, sigmas[i], sigmas[i + 1], x, denoised))
+def ancestral_update(x: Tensor, denoised: Tensor, sigma: float, sigma_next: float, sigma_up: float) -> Tensor:
+    """The deterministic part of an ancestral step σ → σₙ that will add noise of std σ_up:
+    x̂₀ + √(σₙ² − σ_up²)·ε̂ with ε̂ = (x − x̂₀)/σ (DDIM eq. 12 divided by √ᾱ_prev). DDIM (any η)
+    and DDPM (whatever its variance) share it; they differ in σ_up and in the noise added."""
+    return denoised + math.sqrt(sigma_next**2 - sigma_up**2) * ((x - denoised) / sigma)
+
+
+def report(callback: Callback | None, i: int, sigmas: list[float], x: Tensor, denoised: Tensor) -> Tensor:
+    """Tell ``callback`` about step i; returns the state to continue from (the callback's
+    replacement, if it returned one)."""
+    if callback is None:
+        return x
+    replacement = callback(Step(i, len(sigmas) - 1, sigmas[i], sigmas[i + 1], x, denoised))
+    if replacement is None:
+        return x
+    if not isinstance(replacement, Tensor) or replacement.shape != x.shape:
+        raise ValueError(f"a sampler callback may return None or a tensor of shape {tuple(x.shape)}, "
+                         f"got {getattr(replacement, 'shape', type(replacement).__name__)}")
+    return replacement.to(x.dtype)

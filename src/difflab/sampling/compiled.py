@@ -27,6 +27,9 @@ runs, benchmarks. The results equal the eager path's to float tolerance
 
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass, field
+
 import torch
 from torch import Tensor
 
@@ -38,20 +41,21 @@ def default_mode(device: torch.device) -> str:
     return "reduce-overhead" if device.type == "cuda" else "default"
 
 
+def compile_denoiser(denoiser: Denoiser, mode: str | None = None) -> "CompiledDenoiser":
+    """``denoiser`` (possibly guided) with its tensor work compiled; the same denoiser in every
+    other respect. ``mode``: a ``torch.compile`` mode; None picks :func:`default_mode` for the
+    device of the first input."""
+    fields = {f.name: getattr(denoiser, f.name) for f in dataclasses.fields(Denoiser)}
+    return CompiledDenoiser(**fields, mode=mode)
+
+
+@dataclass
 class CompiledDenoiser(Denoiser):
-    """``denoiser`` with its tensor work compiled; behaves as ``denoiser`` in every other respect.
+    """A :class:`~difflab.denoiser.Denoiser` whose :meth:`network_x0` runs under ``torch.compile``
+    (build one with :func:`compile_denoiser`)."""
 
-    Args:
-        denoiser: the (possibly guided) denoiser to speed up.
-        mode: a ``torch.compile`` mode; None picks :func:`default_mode` for the device of the
-            first input.
-    """
-
-    def __init__(self, denoiser: Denoiser, mode: str | None = None):
-        super().__init__(denoiser.model, denoiser.schedule, denoiser.prediction, denoiser.learned_variance,
-                         denoiser.clip_x0, denoiser.threshold)
-        self.mode = mode
-        self._compiled = None  # built on the first call, when the device is known
+    mode: str | None = None
+    _compiled: object = field(default=None, init=False, repr=False)  # built on the first call
 
     def network_x0(self, x: Tensor, scale: Tensor, std: Tensor, t: Tensor, cond: dict) -> DenoiserOutput:
         if self._compiled is None:

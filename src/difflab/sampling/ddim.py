@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor
 
-from .common import Callback, ancestral_sigma_up, as_noise_source, report
+from .common import Callback, ancestral_sigma_up, ancestral_update, as_noise_source, report
 
 
 @torch.no_grad()
-def ddim(denoise, x: Tensor, sigmas: Tensor, *, eta: float = 0.0, noise_source=None, callback: Callback | None = None) -> Tensor:
+def ddim(denoise, x: Tensor, sigmas: Tensor, *, eta: float = 0.0, noise_source=None,
+         callback: Callback | None = None) -> Tensor:
     """DDIM (Song et al. 2021, "Denoising Diffusion Implicit Models", eq. 12) in σ-space.
 
     Divided by √ᾱ_prev, eq. 12 reads, with ε̂ = (x − x̂₀)/σ::
@@ -29,11 +28,10 @@ def ddim(denoise, x: Tensor, sigmas: Tensor, *, eta: float = 0.0, noise_source=N
         sigma, sigma_next = s[i], s[i + 1]
         denoised = denoise(x, sigma)
         sigma_up = min(sigma_next, eta * ancestral_sigma_up(sigma, sigma_next))
-        eps = (x - denoised) / sigma
-        x = denoised + math.sqrt(sigma_next**2 - sigma_up**2) * eps
+        x = ancestral_update(x, denoised, sigma, sigma_next, sigma_up)
         if sigma_up > 0:
             x = x + sigma_up * noise(x)
-        report(callback, i, s, x, denoised)
+        x = report(callback, i, s, x, denoised)
     return x
 
 
@@ -54,5 +52,5 @@ def ddim_invert(denoise, x0: Tensor, sigmas: Tensor, *, callback: Callback | Non
         sigma_eval = s[i] if s[i] > 0 else s[i + 1]
         denoised = denoise(x, sigma_eval)
         x = x + (s[i + 1] - s[i]) * (x - denoised) / sigma_eval
-        report(callback, i, s, x, denoised)
+        x = report(callback, i, s, x, denoised)
     return x

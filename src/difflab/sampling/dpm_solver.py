@@ -66,7 +66,7 @@ def dpmpp_multistep(
             h = math.log(sigma / sigma_next)
             d0, d1, d2 = _differences(history, lambdas, h, k)
             x = _update(x, sigma, sigma_next, h, d0, d1, d2, sde, noise)
-        report(callback, i, s, x, denoised)
+        x = report(callback, i, s, x, denoised)
     return x
 
 

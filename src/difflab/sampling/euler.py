@@ -48,7 +48,7 @@ def edm_ode(
             d_next = (x_next - denoise(x_next, sigma_next)) / sigma_next
             x_next = x + (sigma_next - sigma) * 0.5 * (d + d_next)
         x = x_next
-        report(callback, i, s, x, denoised)
+        x = report(callback, i, s, x, denoised)
     return x
 
 

@@ -36,8 +36,10 @@ SAMPLERS: dict[str, SamplerSpec] = {
     "heun": SamplerSpec(edm_ode, {"order": 2}, calls_per_step=2, about="Heun, EDM's second-order sampler"),
     "dpmpp_2m": SamplerSpec(dpmpp_multistep, {"order": 2}, about="DPM-Solver++ 2M"),
     "dpmpp_3m": SamplerSpec(dpmpp_multistep, {"order": 3}, about="DPM-Solver++ 3M"),
-    "dpmpp_2m_sde": SamplerSpec(dpmpp_multistep, {"order": 2, "sde": True}, about="SDE-DPM-Solver++ 2M", stochastic=True),
-    "dpmpp_3m_sde": SamplerSpec(dpmpp_multistep, {"order": 3, "sde": True}, about="SDE-DPM-Solver++ 3M", stochastic=True),
+    "dpmpp_2m_sde": SamplerSpec(dpmpp_multistep, {"order": 2, "sde": True}, about="SDE-DPM-Solver++ 2M",
+                                stochastic=True),
+    "dpmpp_3m_sde": SamplerSpec(dpmpp_multistep, {"order": 3, "sde": True}, about="SDE-DPM-Solver++ 3M",
+                                stochastic=True),
     "unipc": SamplerSpec(unipc, {"order": 2}, about="UniPC (bh2, order 2, with corrector)"),
     "unipc_3": SamplerSpec(unipc, {"order": 3}, about="UniPC (bh2, order 3, with corrector)"),
 }
@@ -70,6 +72,7 @@ class _FiniteCheck:
 
     def __init__(self, denoise: BoundDenoiser):
         self.denoise = denoise
+        self.schedule = denoise.schedule
         self.flags: list[tuple[float, Tensor]] = []
 
     def _record(self, sigma, x0: Tensor) -> Tensor:
@@ -105,7 +108,9 @@ def _as_denoiser(model, schedule, prediction, learned_variance, clip_x0, thresho
     return Denoiser(model, schedule, prediction, learned_variance, clip_x0, threshold)
 
 
-def _check_options(spec: SamplerSpec, method: str, options: dict) -> None:
+def check_options(method: str, options: dict) -> None:
+    """One clear error for a sampler option ``method``'s function does not take."""
+    spec = get_sampler(method)
     params = inspect.signature(spec.fn).parameters
     allowed = [p for p in params if p not in ("denoise", "x", "sigmas", "noise_source", "callback")]
     unknown = [k for k in options if k not in allowed]
@@ -153,12 +158,14 @@ def sample(
     cond: dict | None = None,
     generator: torch.Generator | int | None = None,
     seeds=None,
+    noise_source: NoiseSource | None = None,
     callback=None,
     progress: bool = False,
     final_denoise: bool = True,
     learned_variance: bool = False,
     clip_x0: float | None = None,
     threshold: float | None = None,
+    x_start: Tensor | None = None,
     **options,
 ) -> Tensor:
     """Generate samples: start from ``noise`` at the highest noise level and solve down to data.
@@ -176,16 +183,22 @@ def sample(
         sigmas: an explicit descending noise-level sequence (overrides steps/spacing).
         cond: keyword arguments passed to every model call (class labels, text context …).
         generator: a ``torch.Generator`` or int seed for the stochastic samplers' noise;
-            ``seeds`` instead gives every sample its own seed (batch-independent results).
-        callback: called with a :class:`~difflab.sampling.common.Step` after every step.
+            ``seeds`` instead gives every sample its own seed (batch-independent results);
+            ``noise_source`` a :class:`~difflab.sampling.common.NoiseSource` to go on drawing from
+            (a pipeline's, which drew ``noise`` from it).
+        callback: called with a :class:`~difflab.sampling.common.Step` after every step; it may
+            return a replacement for ``step.x``.
         progress: show a progress bar.
         final_denoise: end with σ = 0 (the last x̂₀) rather than at the schedule's σ_min.
+        x_start: start from this data (in the model's space) noised to ``sigmas[0]``,
+            x = x_start + σ₀·noise, instead of from pure noise: SDEdit / img2img when ``sigmas``
+            is the tail of a schedule (Meng et al. 2022), an inverted image's round trip.
         **options: sampler options, e.g. ``eta`` for DDIM, ``variance`` for DDPM, ``order``.
     Returns:
         The samples, in data space.
     """
     spec = get_sampler(method)
-    _check_options(spec, method, options)
+    check_options(method, options)
     denoiser = _as_denoiser(model, schedule, prediction, learned_variance, clip_x0, threshold)
     if sigmas is None:
         sigmas = get_sigmas(denoiser.schedule, steps, spacing, final_denoise)
@@ -194,10 +207,15 @@ def sample(
         generator = torch.Generator(noise.device).manual_seed(generator)
     kwargs = {**spec.defaults, **options}
     if "noise_source" in inspect.signature(spec.fn).parameters:
-        kwargs["noise_source"] = NoiseSource(generator, seeds)
+        kwargs["noise_source"] = noise_source or NoiseSource(generator, seeds)
     denoise = _FiniteCheck(denoiser.bind(**(cond or {})))
     callback, bar = _with_progress(callback, len(sigmas) - 1, progress, method)
-    x = noise * float(denoiser.schedule.prior_std(sigmas[0]))
+    if x_start is None:
+        x = noise * float(denoiser.schedule.prior_std(sigmas[0]))
+    elif x_start.shape != noise.shape:
+        raise ValueError(f"x_start has shape {tuple(x_start.shape)} but the noise {tuple(noise.shape)}")
+    else:
+        x = x_start.to(noise.dtype) + float(sigmas[0]) * noise
     try:
         x = spec.fn(denoise, x, sigmas, callback=callback, **kwargs)
     finally:

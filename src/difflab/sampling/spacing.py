@@ -99,3 +99,17 @@ def get_sigmas(schedule, steps: int, spacing="log_snr", final_denoise: bool = Tr
         if float(sigmas[-1]) <= end * (1 + 1e-9):
             return sigmas
     return torch.cat([sigmas, sigmas.new_tensor([end])])
+
+
+def strength_tail(sigmas: Tensor, strength: float) -> Tensor:
+    """The tail of a sampler's ``sigmas`` (N steps, then the end level) that img2img / SDEdit runs
+    at ``strength`` in (0, 1] (Meng et al. 2022): the last ⌊N·strength⌋ steps, diffusers'
+    convention (``StableDiffusionImg2ImgPipeline.get_timesteps``). Strength 1 is the whole walk."""
+    steps = len(sigmas) - 1
+    if not 0.0 < strength <= 1.0:
+        raise ValueError(f"strength must be in (0, 1], got {strength}")
+    kept = min(int(steps * strength), steps)
+    if kept == 0:
+        raise ValueError(f"strength {strength} of {steps} steps runs no step (int({steps} x {strength}) = 0): "
+                         f"raise the strength to at least {1 / steps:.3g} or the steps")
+    return sigmas[steps - kept :]

@@ -108,5 +108,7 @@ def unipc(
         k = 1 if sigma_next == 0 else min(k, i + 1)
         x_prev, prev_order = x, k
         x = denoised if sigma_next == 0 else _predict(x, sigma, sigma_next, history, lambdas, k, variant)
-        report(callback, i, s, x, denoised)
+        replaced = report(callback, i, s, x, denoised)
+        if replaced is not x:  # a callback moved x: the next corrector has no predictor step to correct
+            x, x_prev = replaced, None
     return x

@@ -1,0 +1,112 @@
+"""Which guidance a sampling run uses, decided once: the class labels, the CFG weight and its
+unconditional input (the null label, the empty caption or a negative prompt), classifier guidance.
+
+The mechanisms themselves are in :mod:`difflab.guidance`; this module is the policy a loaded
+checkpoint needs: what its defaults are, what it supports, and the one clear error otherwise.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..conditioning import TextConditioning
+from ..denoiser import Denoiser
+from ..guidance import guide, null_class_labels
+from .loading import DiffusionModel, NoisyClassifierModel
+
+
+@dataclass
+class Guidance:
+    """How to guide sampling (see :mod:`difflab.guidance`).
+
+    Attributes:
+        scale: classifier-free guidance weight w (1 = none; None = the checkpoint's default).
+        rescale: Lin et al.'s guidance rescale φ (0 = off).
+        interval: (σ_lo, σ_hi): apply CFG only at noise levels in this range.
+        classifier: a noisy classifier for classifier guidance.
+        classifier_scale: its gradient scale s (0 = none).
+        classifier_mode: ``"epsilon"`` (ADM Algorithm 2) or ``"mean"`` (Algorithm 1, ddpm only);
+            None picks Algorithm 1 for the ddpm sampler and Algorithm 2 otherwise.
+        negative_prompt: a text model's unconditional input for CFG instead of the empty caption
+            (None or ``""``: the empty caption the model was trained with).
+    """
+
+    scale: float | None = None
+    rescale: float = 0.0
+    interval: tuple[float, float] | None = None
+    classifier: NoisyClassifierModel | None = None
+    classifier_scale: float = 0.0
+    classifier_mode: str | None = None
+    negative_prompt: str | None = None
+
+
+def class_names_of(model: DiffusionModel, guidance: Guidance) -> list[str]:
+    """The classes a run draws: the model's, or for an unconditional model under classifier
+    guidance, the classifier's."""
+    return model.class_names or (guidance.classifier.class_names if guidance.classifier else [])
+
+
+def class_labels_for(class_names: list[str], n: int, class_index: int | None) -> torch.Tensor | None:
+    """Labels for n samples: one class, or every class in turn; None without classes (an
+    unconditional model with no classifier to guide it)."""
+    if not class_names:
+        if class_index is not None:
+            raise ValueError("this model is unconditional: it was not trained with class labels (drop --class, "
+                             "or give a noisy classifier with --classifier to guide it)")
+        return None
+    if class_index is None:
+        return torch.arange(n) % len(class_names)
+    if not 0 <= class_index < len(class_names):
+        raise ValueError(f"--class must be in 0..{len(class_names) - 1} ({', '.join(class_names)})")
+    return torch.full((n,), class_index)
+
+
+def guidance_scale(model: DiffusionModel, guidance: Guidance) -> float:
+    """The CFG weight w sampling uses: ``guidance.scale``, or the checkpoint's default where the
+    model supports CFG (1 otherwise)."""
+    if guidance.scale is not None:
+        return guidance.scale
+    if model.record.conditional and model.record.trained_with_label_dropout:
+        return model.record.sample_defaults.get("guidance_scale", 1.0)
+    return 1.0
+
+
+def unconditional_text(text: TextConditioning | None, guidance: Guidance, scale: float) -> dict | None:
+    """The text inputs of CFG's unconditional branch: the negative prompt's, else the empty
+    caption's (batch 1; None for a model without text)."""
+    negative = guidance.negative_prompt
+    if text is None:
+        if negative:
+            raise ValueError("a negative prompt needs a text-conditioned model; this one has no text encoder")
+        return None
+    if negative and scale == 1.0:
+        raise ValueError("a negative prompt acts through classifier-free guidance, which is off at guidance scale 1: "
+                         "set --guidance-scale above 1")
+    return text.encode([negative]) if negative else text.null()
+
+
+def guided_denoiser(model: DiffusionModel, guidance: Guidance, method: str, text_uncond: dict | None = None,
+                    threshold: float | None = None) -> Denoiser:
+    """The checkpoint's denoiser with classifier-free and/or classifier guidance applied
+    (``text_uncond``: the unconditional input of a text model, from :func:`unconditional_text`)."""
+    scale = guidance_scale(model, guidance)
+    if scale != 1.0:
+        if not model.record.conditional:
+            raise ValueError("classifier-free guidance needs a class- or text-conditional model; this one is "
+                             "unconditional (use --classifier for classifier guidance instead)")
+        if not model.record.trained_with_label_dropout:
+            raise ValueError("this model was trained without label dropout (diffusion.cond_drop_prob = 0), so its "
+                             "unconditional prediction is untrained; retrain with diffusion.cond_drop_prob=0.1 "
+                             "or sample with --guidance-scale 1")
+    classifier = guidance.classifier
+    if classifier is not None:
+        classifier.check_matches(model)
+    mode = guidance.classifier_mode or ("mean" if method == "ddpm" else "epsilon")
+    uncond = (lambda cond: text_uncond) if text_uncond is not None else null_class_labels(model.num_classes)
+    return guide(model.denoiser(threshold=threshold), scale=scale, uncond=uncond,
+                 rescale=guidance.rescale, interval=guidance.interval,
+                 classifier=classifier.network if classifier is not None else None,
+                 classifier_scale=guidance.classifier_scale, classifier_mode=mode,
+                 model_takes_labels=model.num_classes > 0)

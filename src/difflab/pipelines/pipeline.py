@@ -1,0 +1,143 @@
+"""``difflab.Pipeline``: a trained run as one callable object, the diffusers habit.
+
+    pipe = difflab.Pipeline.load("runs/emoji-latent-text-64-cpu")
+    images = pipe(prompt="red apple", n=4, seed=0, guidance_scale=3)   # PIL images
+    for i, image in enumerate(images):
+        difflab.save_png(image, f"apple-{i}.png")                       # parameters inside
+
+Each image returned carries its generation record in ``image.info["difflab"]`` (a JSON string),
+which :func:`~difflab.pipelines.png_info.save_png` writes into the PNG; ``difflab sample
+--from-png`` and :meth:`Pipeline.from_png` make the same image again from it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from ..device import pick_device
+from ..images import to_pil
+from .generate import Generated, SamplerSettings, plan, run
+from .guidance_policy import Guidance
+from .loading import DiffusionModel, NoisyClassifierModel
+from .png_info import RECORD_KEY, parameters_text, read_record
+
+OUTPUTS = ("pil", "tensor", "numpy")
+
+
+class Pipeline:
+    """A loaded diffusion model you call to make images (see the module docstring).
+
+    Args:
+        model: the loaded checkpoint.
+    """
+
+    def __init__(self, model: DiffusionModel):
+        self.model = model
+
+    @classmethod
+    def load(cls, path: str | Path, device: str | torch.device = "auto", use_ema: bool = True) -> "Pipeline":
+        """The run at ``path`` (a run folder or its ``checkpoint/``) on ``device`` (auto: a GPU
+        when one is visible)."""
+        device = pick_device(device) if isinstance(device, str) else device
+        return cls(DiffusionModel.load(path, use_ema=use_ema, device=device))
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.model.class_names
+
+    def class_index(self, class_label: int | str | None) -> int | None:
+        """A class given by index or by name, as an index."""
+        if class_label is None or isinstance(class_label, int):
+            return class_label
+        if class_label not in self.class_names:
+            raise ValueError(f"unknown class {class_label!r}; this model's classes are: {', '.join(self.class_names)}")
+        return self.class_names.index(class_label)
+
+    def __call__(
+        self,
+        prompt: str | list[str] | None = None,
+        *,
+        class_label: int | str | None = None,
+        n: int = 1,
+        seed: int = 0,
+        seeds: list[int] | None = None,
+        method: str | None = None,
+        steps: int | None = None,
+        spacing: str | None = None,
+        sigmas=None,
+        guidance_scale: float | None = None,
+        guidance_rescale: float = 0.0,
+        guidance_interval: tuple[float, float] | None = None,
+        negative_prompt: str | None = None,
+        classifier: str | Path | NoisyClassifierModel | None = None,
+        classifier_scale: float = 1.0,
+        classifier_mode: str | None = None,
+        threshold: float | None = None,
+        precision: str = "auto",
+        batch_size: int = 64,
+        noise: torch.Tensor | None = None,
+        x_start: torch.Tensor | None = None,
+        strength: float | None = None,
+        callback=None,
+        progress: bool = False,
+        output: str = "pil",
+        **options,
+    ):
+        """n images; ``output``: ``"pil"`` (a list of PIL images with their records in ``info``),
+        ``"tensor"`` (uint8 (N, C, H, W)) or ``"numpy"`` (uint8 (N, H, W, C)).
+
+        ``prompt``: a text model's caption (a list: image i gets prompt i mod len); ``class_label``:
+        a class index or name (default: every class in turn); image i uses seed ``seed + i`` (or
+        ``seeds[i]``); ``classifier``: a noisy classifier run (or loaded model) for classifier
+        guidance; ``**options``: the sampler's (``eta``, ``variance``, ``order`` …). The rest is
+        :func:`~difflab.pipelines.generate`'s.
+        """
+        if output not in OUTPUTS:
+            raise ValueError(f"unknown output {output!r}; choose one of: {', '.join(OUTPUTS)}")
+        if isinstance(classifier, (str, Path)):
+            classifier = NoisyClassifierModel.load(classifier, device=self.model.device)
+        guidance = Guidance(scale=guidance_scale, rescale=guidance_rescale, interval=guidance_interval,
+                            classifier=classifier, classifier_scale=classifier_scale if classifier else 0.0,
+                            classifier_mode=classifier_mode, negative_prompt=negative_prompt)
+        prompts = [prompt] if isinstance(prompt, str) else prompt
+        settings = SamplerSettings.resolve(self.model, method, steps, spacing, sigmas, **options)
+        job = plan(self.model, n, settings, seed=seed, seeds=seeds, class_index=self.class_index(class_label),
+                   guidance=guidance, prompts=prompts, threshold=threshold, precision=precision)
+        out = run(job, batch_size=batch_size, progress=progress, noise=noise, x_start=x_start, strength=strength,
+                  callback=callback)
+        return self._as(out, output)
+
+    def from_png(self, path: str | Path, output: str = "pil"):
+        """The image a difflab PNG records, made again (this pipeline's weights, its record's settings)."""
+        return self(**self.arguments_of(read_record(path)), output=output)[0 if output == "pil" else slice(None)]
+
+    @staticmethod
+    def arguments_of(record: dict) -> dict:
+        """:meth:`__call__`'s arguments that remake the one image a generation record describes."""
+        if record.get("classifier"):
+            raise ValueError("this image was made with classifier guidance: load its classifier "
+                             f"({record['classifier']}) and pass it, with the record's settings, to the pipeline")
+        return dict(prompt=record.get("prompt"), class_label=record.get("class"), n=1, seed=record["seed"],
+                    method=record["method"], steps=record["steps"], spacing=record["spacing"],
+                    sigmas=record.get("sigmas"), guidance_scale=record.get("guidance_scale"),
+                    guidance_rescale=record.get("guidance_rescale", 0.0),
+                    guidance_interval=tuple(record["guidance_interval"]) if record.get("guidance_interval") else None,
+                    negative_prompt=record.get("negative_prompt"), threshold=record.get("threshold"),
+                    precision=record.get("precision", "auto"), **record.get("options", {}))
+
+    @staticmethod
+    def _as(out: Generated, output: str):
+        if output == "tensor":
+            return out.images
+        if output == "numpy":
+            return out.images.permute(0, 2, 3, 1).numpy()
+        images = []
+        for image, record in zip(out.images, out.records):
+            pil = to_pil(image)
+            pil.info[RECORD_KEY] = json.dumps(record, sort_keys=True)
+            pil.info["parameters"] = parameters_text(record)
+            images.append(pil)
+        return images
