@@ -1,8 +1,18 @@
-"""``difflab train CONFIG``: train a diffusion model from a YAML config."""
+"""``difflab train CONFIG``: train a diffusion model from a YAML config.
+
+    difflab train CONFIG [--set KEY=VALUE]... [--resume RUN | --init-from RUN] [--out DIR]
+
+``--init-from RUN`` fine-tunes: the new run starts from RUN's model and EMA weights with a fresh
+optimizer, learning-rate schedule and step count (docs/training.md).
+"""
 
 from __future__ import annotations
 
 import argparse
+
+INIT_FROM_HELP = ("fine-tune: start a new run from the model and EMA weights of RUN's checkpoint (a run folder "
+                  "or its checkpoint/ folder), with a fresh optimizer, LR schedule and step 0; the model config "
+                  "must match RUN's (a mismatch names the first differing tensor); not with --resume")
 
 
 def register(subparsers) -> None:
@@ -11,7 +21,8 @@ def register(subparsers) -> None:
         help="train a diffusion model from a YAML config",
         description="Train a diffusion model. Runs on the GPU when one is visible, else on the CPU; "
         "under `torchrun --nproc_per_node=N` it trains with DDP. Writes checkpoint/, samples/ and "
-        "metrics.jsonl into train.out_dir.",
+        "metrics.jsonl into train.out_dir. --resume continues a run; --init-from RUN fine-tunes: a new run "
+        "that starts from RUN's weights (docs/training.md).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("config", nargs="?", help="YAML config file (see configs/); omitted: all defaults")
@@ -20,11 +31,12 @@ def register(subparsers) -> None:
 
 
 def add_run_arguments(p) -> None:
-    """The flags every training command shares: --set, --resume, --out, --no-progress."""
+    """The flags every training command shares: --set, --resume, --init-from, --out, --no-progress."""
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set optim.lr=3e-4 --set train.steps=500 (repeatable)")
     p.add_argument("--resume", metavar="DIR",
                    help="continue a run from its checkpoint (the run folder or its checkpoint/ folder)")
+    p.add_argument("--init-from", metavar="RUN", help=INIT_FROM_HELP)
     p.add_argument("--out", metavar="DIR", help="shorthand for --set train.out_dir=DIR")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (logs still go to metrics.jsonl)")
 
@@ -40,6 +52,6 @@ def run(args) -> int:
     from ..training.trainer import train
 
     config = config_from_args(args, args.config)
-    path = train(config, resume=args.resume, progress=not args.no_progress)
+    path = train(config, resume=args.resume, init_from=args.init_from, progress=not args.no_progress)
     print(f"difflab train: checkpoint in {path}")
     return 0

@@ -1,6 +1,6 @@
 """``difflab train-autoencoder CONFIG``: train latent diffusion's KL or VQ autoencoder.
 
-    difflab train-autoencoder CONFIG [--set KEY=VALUE]... [--resume DIR] [--out DIR]
+    difflab train-autoencoder CONFIG [--set KEY=VALUE]... [--resume DIR | --init-from RUN] [--out DIR]
 
 The diffusion trainer with ``model.name: autoencoder_kl | autoencoder_vq`` (checkpoints, resume,
 DDP, EMA); at the end it prints the reconstruction PSNR on held-out images and the latent scale
@@ -40,7 +40,7 @@ def run(args) -> int:
     if config.model.name not in AUTOENCODERS:
         raise UserError(f"{args.config} trains a {config.model.name!r} model; set model.name to one of "
                         f"{', '.join(AUTOENCODERS)} (or use `difflab train` for diffusion models)")
-    path = train(config, resume=args.resume, progress=not args.no_progress)
+    path = train(config, resume=args.resume, init_from=args.init_from, progress=not args.no_progress)
     saved = json.loads((path / "config.json").read_text())
     print(f"difflab train-autoencoder: checkpoint in {path}")
     if "latent_scale" in saved:

@@ -2,7 +2,7 @@
 
     difflab train-classifier --dataset digits|fashion-mnist|FOLDER [--out DIR]
         the small clean-image classifier behind ``difflab eval --classifier``;
-    difflab train-classifier --noisy CONFIG [--set KEY=VALUE] [--resume DIR]
+    difflab train-classifier --noisy CONFIG [--set KEY=VALUE] [--resume DIR | --init-from RUN]
         ADM's noisy classifier p(y | xₜ, t) for classifier guidance (``difflab sample --classifier``),
         trained by the diffusion trainer (checkpoints, resume, DDP) with ``model.name: noisy_classifier``.
 """
@@ -13,6 +13,7 @@ import argparse
 from pathlib import Path
 
 from difflab.cli import UserError
+from difflab.commands.train import INIT_FROM_HELP
 
 # When an image folder has no test/ sub-folder, every HOLDOUT_EVERY-th image is held out.
 HOLDOUT_EVERY = 10
@@ -33,6 +34,7 @@ def register(subparsers) -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="with --noisy: override a config key, e.g. --set train.steps=500 (repeatable)")
     parser.add_argument("--resume", metavar="DIR", help="with --noisy: continue a run from its checkpoint")
+    parser.add_argument("--init-from", metavar="RUN", help="with --noisy: " + INIT_FROM_HELP)
     parser.add_argument("--no-progress", action="store_true", help="with --noisy: no progress bar")
     parser.add_argument("--dataset", metavar="DATASET",
                         help="digits, fashion-mnist, a folder of IDX files, or an image folder with "
@@ -44,7 +46,8 @@ def register(subparsers) -> None:
                              "which `eval --classifier DATASET` finds)")
     parser.add_argument("--epochs", type=int, default=10, help="passes over the training set (default: 10)")
     parser.add_argument("--batch-size", type=int, default=64, metavar="N", help="images per step (default: 64)")
-    parser.add_argument("--lr", type=float, default=2e-3, help="peak AdamW learning rate, one-cycle schedule (default: 2e-3)")
+    parser.add_argument("--lr", type=float, default=2e-3,
+                        help="peak AdamW learning rate, one-cycle schedule (default: 2e-3)")
     parser.add_argument("--width", type=int, default=32, help="channels of the first conv stage (default: 32)")
     parser.add_argument("--resolution", type=int, metavar="PX",
                         help="train at this square size (default: the dataset's own size)")
@@ -78,7 +81,7 @@ def run_noisy(args: argparse.Namespace) -> int:
         if not args.out:
             config.train.out_dir = config.train.out_dir.rstrip("/") + "-classifier"
     config.data.class_conditional = False  # the classifier uses the labels as targets, not as input
-    path = train(config, resume=args.resume, progress=not args.no_progress)
+    path = train(config, resume=args.resume, init_from=args.init_from, progress=not args.no_progress)
     print(f"difflab train-classifier: noisy classifier checkpoint in {path}")
     return 0
 
@@ -88,6 +91,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.noisy:
         return run_noisy(args)
+    if args.resume or args.init_from:
+        raise UserError("--resume and --init-from are for --noisy CONFIG (the noisy classifier's training runs)")
     if not args.dataset:
         raise UserError("give --dataset (a clean-image classifier for eval) or --noisy CONFIG (a noisy "
                         "classifier for guidance)")
