@@ -15,7 +15,7 @@ from difflab.cli import main as cli
 from difflab.models import build_model
 from difflab.training.config import ConfigError, load_config
 from difflab.training.trainer import train
-from helpers import TINY, TINY_AE, tiny_config
+from helpers import TINY, TINY_AE, text_run, tiny_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -157,3 +157,19 @@ def test_train_classifier_noisy_cli_takes_init_from(tmp_path):
                 "--out", str(tmp_path / "run"), "--no-progress"]) == 0
     assert load_state(tmp_path / "run", kind="noisy_classifier")[0]["init_from"]["step"] == 2
     assert cli(["train-classifier", "--dataset", "digits", "--init-from", str(source)]) == 2  # not without --noisy
+
+
+def test_a_trainable_text_encoder_keeps_its_vocabulary(tmp_path):
+    source = text_run(tmp_path, "small")  # 3 steps on fake Fashion-MNIST captions
+    config = json.loads((source / "checkpoint" / "config.json").read_text())
+    fashion = config["train_config"]["data"]["dataset"]
+    encoder = "{name: small, dim: 16, layers: 1, heads: 2, max_length: 12%s}"
+    overrides = [o for o in TINY if "class_conditional" not in o] + [
+        f"data.dataset={fashion}", "data.resolution=8", "data.text_conditional=true", "diffusion.cond_drop_prob=0.2",
+        "train.steps=1"]
+    train(run_config(overrides + [f"model.text_encoder={encoder % ''}"], tmp_path / "same"), init_from=source,
+          progress=False)  # the same captions build the same vocabulary
+    other = ", vocab: ['[PAD]', '[UNK]', '[CLS]', '[SEP]', a, b]"
+    with pytest.raises(ConfigError, match="its trainable text encoder has another vocabulary"):
+        train(run_config(overrides + [f"model.text_encoder={encoder % other}"], tmp_path / "other"),
+              init_from=source, progress=False)

@@ -4,7 +4,8 @@ The new run's model and EMA weights are copied from another run's checkpoint; th
 learning-rate schedule and the step count start fresh (``--resume`` is the way to continue a run).
 The architectures must match exactly: the first tensor that does not is one clear error
 (:class:`~difflab.training.config.ConfigError`), and so is a latent model whose autoencoder
-differs from the new run's ``data.autoencoder`` (its latents would mean something else). The
+differs from the new run's ``data.autoencoder`` (its latents would mean something else), or a
+trainable text encoder whose vocabulary differs (its token embeddings would). The
 checkpoint records where the weights came from as ``init_from = {"path", "step"}``.
 """
 
@@ -58,6 +59,19 @@ def _check_latent_space(where: str, path, saved: dict, tensors: dict, latent) ->
                           f"scale {latent.scale:.5g}); set data.autoencoder to the autoencoder of {path}")
 
 
+def _check_vocabulary(where: str, saved: dict, model) -> None:
+    """A trainable text encoder's token embeddings mean the words of its vocabulary, which is built
+    from the training captions: the same vocabulary or nothing (even when the sizes agree)."""
+    source = (saved.get("model") or {}).get("text_encoder") or {}
+    mine = getattr(getattr(model, "config", None), "text_encoder", None) or {}
+    if source.get("vocab") != mine.get("vocab"):
+        theirs, ours = len(source.get("vocab") or []), len(mine.get("vocab") or [])
+        raise ConfigError(f"{where}: its trainable text encoder has another vocabulary ({theirs} tokens) than "
+                          f"this run's ({ours} tokens, built from this run's captions); fine-tune on the same "
+                          "captions, or put the source's vocabulary (model.text_encoder.vocab of its config.json) "
+                          "into model.text_encoder.vocab")
+
+
 def load_initial_weights(path: str | Path, kind: str, model: torch.nn.Module, ema, latent=None) -> dict:
     """Copy the model and EMA weights of the ``kind`` checkpoint at ``path`` (a run folder or its
     ``checkpoint/``) into ``model`` and ``ema``; returns the provenance ``{"path", "step"}``.
@@ -71,6 +85,7 @@ def load_initial_weights(path: str | Path, kind: str, model: torch.nn.Module, em
     except ValueError as err:  # another kind of checkpoint, a damaged config.json
         raise ConfigError(f"{where}: {err}") from None
     _check_latent_space(where, path, saved, tensors, latent)
+    _check_vocabulary(where, saved, model)
     for group, target in (("model", model.state_dict()), ("ema", ema.state_dict())):
         problem = state_dict_mismatch(tensors[group], target)
         if problem:
