@@ -70,17 +70,24 @@ def test_previews_of_a_latent_model_do_not_clip_latents(tmp_path):
     """x̂₀ = 3 in latent space decodes to white (3/3); clipped to 1 first it would be grey (1/3)."""
     from PIL import Image
 
+    from difflab.checkpoint import ModelRecord
+    from difflab.pipelines.preview import preview_grid
     from difflab.schedules import linear
-    from difflab.training.config import load_config
-    from difflab.training.trainer import preview
 
     class ThirdDecoder:
         def decode(self, z):
             return z / 3
 
-    config = load_config(None, TINY + ["diffusion.prediction=x0", "train.num_preview=2", "sample.steps=2"])
-    spec = {"in_channels": 1, "image_size": 4}
-    path = preview(lambda x, t: torch.full_like(x, 3.0), linear(), config, spec, "cpu", tmp_path / "grid.png",
-                   {}, None, latent=ThirdDecoder())
+    class Three(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.zeros(()))
+
+        def forward(self, x, t):
+            return torch.full_like(x, 3.0)
+
+    record = ModelRecord(kind="diffusion", model={}, schedule=linear().to_config(), image_shape=(1, 4, 4),
+                         prediction="x0", train_config={"sample": {"steps": 2}})
+    path = preview_grid(Three(), record, tmp_path / "grid.png", n=2, seed=0, latent=ThirdDecoder())
     grid = np.asarray(Image.open(path).convert("L"))
     assert grid.max() == 255  # the samples are white, not the grey of clipped latents

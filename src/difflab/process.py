@@ -174,10 +174,11 @@ def clip_x0(x0: Tensor, limit: float = 1.0) -> Tensor:
     return x0.clamp(-limit, limit)
 
 
-def dynamic_threshold(x0: Tensor, percentile: float = 0.995, max_value: float = 1.0) -> Tensor:
+def dynamic_threshold(x0: Tensor, percentile: float = 0.995, max_value: float | None = None) -> Tensor:
     """Imagen's dynamic thresholding (Saharia et al. 2022, §2.3).
 
-    Per sample, s = the ``percentile`` quantile of |x̂₀|, clamped to [1, max_value]; then
+    Per sample, s = the ``percentile`` quantile of |x̂₀|, at least 1 (and at most ``max_value``
+    if given; diffusers' ``sample_max_value``, whose default 1 makes this plain clipping); then
     x̂₀ ← clamp(x̂₀, −s, s)/s. Pixels pushed past ±1 are pulled in instead of saturating.
     """
     flat = x0.reshape(x0.shape[0], -1).abs().float()

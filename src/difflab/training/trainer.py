@@ -36,11 +36,10 @@ from .ema import EMA
 from .fast_paths import clip_gradients, make_optimizer, match_optimizer_state_layout
 from .init_from import load_initial_weights
 from .lr_schedule import lr_lambda
-from .objectives import Objective, TrainingData, objective_for, preview, preview_conditioning, take_rows
+from .objectives import Objective, TrainingData, objective_for, take_rows
 from .state import save_training_state
 
-# preview and preview_conditioning live in objectives/diffusion.py now; imported here from their old home.
-__all__ = ["TrainingDiverged", "batch_indices", "preview", "preview_conditioning", "train"]
+__all__ = ["TrainingDiverged", "batch_indices", "train"]
 
 
 class TrainingDiverged(FloatingPointError):

@@ -21,7 +21,7 @@ from .autoencoder import (
 )
 from .base import Inputs, Objective, StepLoss, TrainingData, take_rows
 from .classifier import NoisyClassifierObjective
-from .diffusion import DiffusionObjective, preview, preview_conditioning, text_encoder_config
+from .diffusion import DiffusionObjective, text_encoder_config
 
 # model.name → objective; every other model name trains a diffusion model.
 OBJECTIVES: dict[str, type[Objective]] = {
@@ -38,6 +38,6 @@ def objective_for(config: Config) -> type[Objective]:
 __all__ = [
     "OBJECTIVES", "AutoencoderObjective", "DiffusionObjective", "Inputs", "NoisyClassifierObjective", "Objective",
     "StepLoss", "TrainingData", "autoencoder_loss", "autoencoder_spec", "check_random_crop", "evaluate",
-    "objective_for", "preview", "preview_conditioning", "preview_images", "reconstruction_grid", "take_rows",
+    "objective_for", "preview_images", "reconstruction_grid", "take_rows",
     "text_encoder_config",
 ]

@@ -13,12 +13,7 @@ from torch import Tensor
 from ... import losses
 from ...checkpoint import DIFFUSION_KIND, ModelRecord
 from ...conditioning import TextConditioning, select
-from ...data.convert import to_uint8
-from ...denoiser import Denoiser
-from ...guidance import guide, null_class_labels
-from ...images import save_grid
-from ...latent import LatentSpace, x0_clip
-from ...sampling import sample
+from ...pipelines.preview import preview_grid
 from ...schedules import get_schedule
 from ..config import Config, ConfigError
 from .base import Inputs, Objective, StepLoss, TrainingData
@@ -38,44 +33,6 @@ def text_encoder_config(config: Config, dataset) -> dict | None:
 
         encoder["vocab"] = WordTokenizer.build(dataset.captions).vocab
     return encoder
-
-
-def preview_conditioning(config: Config, spec: dict, text=None, captions=None) -> tuple[dict, object]:
-    """(cond, uncond) of the preview grids: every class in turn, or the first training captions;
-    uncond (for classifier-free guidance) is None when the model was trained without dropout."""
-    n = config.train.num_preview
-    if text is not None:
-        cond = text.encode(list(captions[:n]) * (n // max(1, len(captions[:n])) + 1))
-        cond = {k: v[:n] for k, v in cond.items()}
-        null = text.null()
-        uncond = (lambda c: null) if config.diffusion.cond_drop_prob > 0 else None
-        return cond, uncond
-    if spec.get("num_classes"):
-        uncond = null_class_labels(spec["num_classes"]) if config.diffusion.cond_drop_prob > 0 else None
-        return {"class_labels": torch.arange(n) % spec["num_classes"]}, uncond
-    return {}, None
-
-
-@torch.no_grad()
-def preview(model, schedule, config: Config, spec: dict, device, path: Path, cond: dict, uncond,
-            latent: LatentSpace | None = None) -> Path:
-    """A grid of samples from ``model`` (the EMA weights), fixed noise so grids are comparable;
-    with the configured classifier-free guidance scale when the model supports it, decoded to
-    pixels for a latent model."""
-    n = config.train.num_preview
-    g = torch.Generator().manual_seed(config.train.seed)
-    noise = torch.randn(n, spec["in_channels"], spec["image_size"], spec["image_size"], generator=g).to(device)
-    cond = {k: v.to(device) for k, v in cond.items()}
-    denoiser = Denoiser(model, schedule, config.diffusion.prediction, config.diffusion.learned_variance,
-                        clip_x0=x0_clip(latent))  # as `difflab sample` clips
-    if uncond is not None:
-        denoiser = guide(denoiser, scale=config.sample.guidance_scale, uncond=uncond)
-    x = sample(denoiser, noise, method=config.sample.method, steps=config.sample.steps,
-               spacing=config.sample.spacing, cond=cond, generator=config.train.seed)
-    nrow = spec["num_classes"] if spec.get("num_classes") else None
-    if latent is not None:
-        x = latent.decode(x)
-    return save_grid(to_uint8(x), path, nrow=nrow, upscale=max(1, 64 // x.shape[-1]))
 
 
 class DiffusionObjective(Objective):
@@ -126,11 +83,6 @@ class DiffusionObjective(Objective):
             **({"text_encoder": text} if text and text.get("name") == "small" else {}),
         }
 
-    def attach(self, model) -> None:
-        super().attach(model)
-        self.preview_cond, self.preview_uncond = preview_conditioning(
-            self.config, self.spec, self.text, self.data.dataset.captions)
-
     def draw_t_and_noise(self, x0: Tensor, step: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
         """t (float64, CPU; its own generator seeded by seed + step) and ε ~ N(0, I) like x0."""
         n = x0.shape[0]
@@ -162,8 +114,13 @@ class DiffusionObjective(Objective):
         return StepLoss(out.loss)
 
     def preview(self, model, path: Path) -> Path:
-        return preview(model, self.schedule, self.config, self.spec, self.data.device, path,
-                       self.preview_cond, self.preview_uncond, self.data.latent)
+        """``train.num_preview`` samples of the EMA weights at seed ``train.seed``: every class in
+        turn, or the first training captions; what ``difflab sample`` makes from the checkpoint
+        with the same seed and prompts, to the bit (:mod:`difflab.pipelines.preview`)."""
+        n = self.config.train.num_preview
+        prompts = list(self.data.dataset.captions[:n]) if self.text is not None else None
+        return preview_grid(model, ModelRecord.from_dict(self.checkpoint_config()), path, n=n,
+                            seed=self.config.train.seed, prompts=prompts, latent=self.data.latent)
 
     def checkpoint_config(self, init_from: dict | None = None) -> dict:
         cfg, latent = self.config, self.data.latent
