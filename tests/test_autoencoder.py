@@ -48,7 +48,8 @@ def test_shapes_for_f4_and_f8(model_class, channel_mult, factor):
 
 
 def test_clear_errors_for_sizes_not_divisible_by_f():
-    with pytest.raises(ValueError, match=r"image_size=36 is not divisible by the downsampling factor f=2\^\(levels-1\)=8"):
+    with pytest.raises(ValueError, match=r"AutoencoderConfig\.image_size=36 is not divisible by the downsampling "
+                                         r"factor f=2\^\(levels-1\)=8"):
         build_model({"name": "autoencoder_kl", "preset": "kl-f8", "image_size": 36})
     model = build_model({"name": "autoencoder_vq", "preset": "tiny"})  # f = 2
     with pytest.raises(ValueError, match=r"image size \(7, 7\) is not divisible .* f=2"):

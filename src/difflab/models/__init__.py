@@ -97,7 +97,7 @@ def model_config_dict(model: nn.Module) -> dict:
 
 
 __all__ = [
-    "AUTOENCODERS", "MODELS", "AutoencoderConfig", "AutoencoderKL", "AutoencoderVQ",
-    "AutoencoderVQConfig", "DiT", "DiTConfig", "DiagonalGaussian", "ModelSpec", "NoisyClassifier", "UNet", "UNetConfig", "build_config",
+    "AUTOENCODERS", "MODELS", "AutoencoderConfig", "AutoencoderKL", "AutoencoderVQ", "AutoencoderVQConfig", "DiT",
+    "DiTConfig", "DiagonalGaussian", "ModelSpec", "NoisyClassifier", "UNet", "UNetConfig", "build_config",
     "build_model", "estimate_latent_scale", "load_frozen", "model_config_dict",
 ]

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..nn import GroupNorm32, SpatialSelfAttention, Upsample, zero_module
+from .pyramid import check_positive, check_pyramid, downsampling_factor, level_resolutions
 from .unet import Downsample
 
 DOWNSAMPLE_PADDINGS = ("symmetric", "ldm")
@@ -83,12 +84,12 @@ class AutoencoderConfig:
     @property
     def factor(self) -> int:
         """The downsampling factor f = 2^(levels − 1): the latent is image_size / f pixels a side."""
-        return 2 ** (len(self.channel_mult) - 1)
+        return downsampling_factor(self.channel_mult)
 
     @property
     def resolutions(self) -> tuple[int, ...]:
         """The side length of the feature maps at each level: image_size, image_size/2, …"""
-        return tuple(self.image_size >> level for level in range(len(self.channel_mult)))
+        return level_resolutions(self.image_size, self.channel_mult)
 
     @property
     def latent_shape(self) -> tuple[int, int, int]:
@@ -99,34 +100,13 @@ class AutoencoderConfig:
     def validate(self) -> None:
         """Raise ``ValueError`` naming the field and the fix for an inconsistent configuration."""
         name = type(self).__name__
-        for field in ("in_channels", "image_size", "model_channels", "num_res_blocks", "z_channels", "num_heads", "norm_groups"):
-            if getattr(self, field) < 1:
-                raise ValueError(f"{name}.{field} must be >= 1, got {getattr(self, field)}")
-        if not self.channel_mult or min(self.channel_mult) < 1:
-            raise ValueError(f"{name}.channel_mult must be a non-empty tuple of positive ints, got {self.channel_mult}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"{name}.dropout must be in [0, 1), got {self.dropout}")
+        check_positive(self, ("in_channels", "z_channels", "num_heads"))
+        check_pyramid(self, "autoencoder")  # channel_mult, image_size, attention, norm_groups, heads, dropout
         if self.downsample_padding not in DOWNSAMPLE_PADDINGS:
             raise ValueError(f"{name}.downsample_padding must be one of {', '.join(DOWNSAMPLE_PADDINGS)}, "
                              f"got {self.downsample_padding!r}")
         if not self.norm_eps > 0:
             raise ValueError(f"{name}.norm_eps must be > 0, got {self.norm_eps}")
-        if self.image_size % self.factor:
-            raise ValueError(
-                f"{name}.image_size={self.image_size} is not divisible by the downsampling factor "
-                f"f=2^(levels-1)={self.factor} of channel_mult={self.channel_mult}; use images whose side "
-                f"is a multiple of {self.factor} (data.resolution), or fewer levels in channel_mult"
-            )
-        missing = sorted(set(self.attention_resolutions) - set(self.resolutions), reverse=True)
-        if missing:
-            raise ValueError(f"{name}.attention_resolutions contains {missing}, which the autoencoder never "
-                             f"reaches; its feature maps are {list(self.resolutions)} pixels wide")
-        for width in sorted({self.model_channels * m for m in self.channel_mult}):
-            if width % self.norm_groups:
-                raise ValueError(f"{name}.norm_groups={self.norm_groups} does not divide the {width} channels of a "
-                                 f"level (model_channels × channel_mult); pick a divisor of every level width")
-            if width % self.num_heads:
-                raise ValueError(f"{name}.num_heads={self.num_heads} does not divide the {width} channels of a level")
 
 
 class ResnetBlock(nn.Module):
@@ -290,7 +270,8 @@ def check_image_size(model: nn.Module, x: Tensor) -> None:
     """A clear error for input the autoencoder cannot take back to the same size."""
     cfg = model.config
     if x.ndim != 4 or x.shape[1] != cfg.in_channels:
-        raise ValueError(f"{type(model).__name__} takes images (N, {cfg.in_channels}, H, W), got shape {tuple(x.shape)}")
+        raise ValueError(f"{type(model).__name__} takes images (N, {cfg.in_channels}, H, W), "
+                         f"got shape {tuple(x.shape)}")
     if x.shape[-1] % cfg.factor or x.shape[-2] % cfg.factor:
         raise ValueError(f"image size {tuple(x.shape[-2:])} is not divisible by the autoencoder's downsampling "
                          f"factor f={cfg.factor}; resize or crop the images to a multiple of {cfg.factor}")
@@ -380,7 +361,8 @@ def estimate_latent_scale(autoencoder: nn.Module, images: Tensor, batch_size: in
     was_training = autoencoder.training
     autoencoder.eval()
     generator = torch.Generator(device).manual_seed(seed)
-    latents = torch.cat([encode_latents(autoencoder, x, generator).float().flatten() for x in _batches(images, batch_size, device)])
+    latents = torch.cat([encode_latents(autoencoder, x, generator).float().flatten()
+                         for x in _batches(images, batch_size, device)])
     autoencoder.train(was_training)
     std = latents.std().item()
     if not std > 0:
@@ -419,22 +401,25 @@ def reconstruction_psnr(autoencoder: nn.Module, images: Tensor, batch_size: int 
     return values.mean().item()
 
 
-# Presets: one line each. Keyword arguments override any field, e.g. ``PRESETS["kl-f4"](z_channels=4)``.
+# Presets: one call each. Keyword arguments override any field, e.g. ``PRESETS["kl-f4"](z_channels=4)``.
 
 
 def kl_f4(**kw) -> AutoencoderConfig:
     """LDM's kl-f4 (Rombach et al. 2022, Table 8): f = 4, z = 3, widths 128-256-512; 64×64 RGB here."""
-    return AutoencoderConfig(**{**dict(in_channels=3, image_size=64, model_channels=128, channel_mult=(1, 2, 4), num_res_blocks=2, z_channels=3), **kw})
+    return AutoencoderConfig(**{**dict(in_channels=3, image_size=64, model_channels=128, channel_mult=(1, 2, 4),
+                                       num_res_blocks=2, z_channels=3), **kw})
 
 
 def kl_f8(**kw) -> AutoencoderConfig:
     """LDM's kl-f8 (the first stage of Stable Diffusion): f = 8, z = 4, widths 128-256-512-512."""
-    return AutoencoderConfig(**{**dict(in_channels=3, image_size=64, model_channels=128, channel_mult=(1, 2, 4, 4), num_res_blocks=2, z_channels=4), **kw})
+    return AutoencoderConfig(**{**dict(in_channels=3, image_size=64, model_channels=128, channel_mult=(1, 2, 4, 4),
+                                       num_res_blocks=2, z_channels=4), **kw})
 
 
 def tiny(**kw) -> AutoencoderConfig:
     """Tests: 8×8 grey digits, f = 2, z = 2, 8-16 channels (a few thousand parameters)."""
-    return AutoencoderConfig(**{**dict(in_channels=1, image_size=8, model_channels=8, channel_mult=(1, 2), num_res_blocks=1, z_channels=2, norm_groups=4), **kw})
+    return AutoencoderConfig(**{**dict(in_channels=1, image_size=8, model_channels=8, channel_mult=(1, 2),
+                                       num_res_blocks=1, z_channels=2, norm_groups=4), **kw})
 
 
 PRESETS = {"kl-f4": kl_f4, "kl-f8": kl_f8, "tiny": tiny}

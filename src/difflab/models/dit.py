@@ -295,20 +295,24 @@ def paper(size: str, patch_size: int):
     depth, hidden, heads = SIZES[size]
 
     def preset(**kw) -> DiTConfig:
-        return DiTConfig(**{**dict(in_channels=4, image_size=32, patch_size=patch_size, hidden_size=hidden, depth=depth, num_heads=heads, learned_sigma=True, num_classes=1000), **kw})
+        return DiTConfig(**{**dict(in_channels=4, image_size=32, patch_size=patch_size, hidden_size=hidden, depth=depth,
+                                   num_heads=heads, learned_sigma=True, num_classes=1000), **kw})
 
-    preset.__doc__ = f"DiT-{size}/{patch_size} (Peebles & Xie 2023, Table 1): depth {depth}, width {hidden}, {heads} heads."
+    preset.__doc__ = (f"DiT-{size}/{patch_size} (Peebles & Xie 2023, Table 1): depth {depth}, width {hidden}, "
+                      f"{heads} heads.")
     return preset
 
 
 def fashion_mnist_32(**kw) -> DiTConfig:
     """DiT-S/2's transformer on Fashion-MNIST pixels padded to 32×32 (256 tokens; for one GPU)."""
-    return DiTConfig(**{**dict(in_channels=1, image_size=32, patch_size=2, hidden_size=384, depth=12, num_heads=6), **kw})
+    return DiTConfig(**{**dict(in_channels=1, image_size=32, patch_size=2, hidden_size=384, depth=12,
+                               num_heads=6), **kw})
 
 
 def fashion_mnist_16_cpu(**kw) -> DiTConfig:
     """A small DiT for Fashion-MNIST at 16×16 on a CPU: 64 tokens, depth 6, width 192."""
-    return DiTConfig(**{**dict(in_channels=1, image_size=16, patch_size=2, hidden_size=192, depth=6, num_heads=3), **kw})
+    return DiTConfig(**{**dict(in_channels=1, image_size=16, patch_size=2, hidden_size=192, depth=6,
+                               num_heads=3), **kw})
 
 
 PRESETS = {

@@ -36,11 +36,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..nn import GroupNorm32, SpatialSelfAttention, TimestepMLP, resolve_num_heads, zero_module
+from ..nn import GroupNorm32, SpatialSelfAttention, TimestepMLP, zero_module
 from ..nn.transformer import SpatialTransformer
 from ..nn.upsample import Upsample, tap_matrix, upsample_conv3x3
 from ..text.small import SmallTextEncoder
 from .conditioning import add_label_embedding, context_tokens, validate_conditioning
+from .pyramid import check_positive, check_pyramid, level_resolutions
 
 
 @dataclass
@@ -108,52 +109,13 @@ class UNetConfig:
     @property
     def resolutions(self) -> tuple[int, ...]:
         """The side length of the feature maps at each level: image_size, image_size/2, …"""
-        return tuple(self.image_size >> level for level in range(len(self.channel_mult)))
+        return level_resolutions(self.image_size, self.channel_mult)
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the field and the fix for an inconsistent configuration."""
-        positive = ("in_channels", "out_channels", "image_size", "model_channels", "num_res_blocks", "norm_groups")
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise ValueError(f"UNetConfig.{name} must be >= 1, got {getattr(self, name)}")
-        if not self.channel_mult or min(self.channel_mult) < 1:
-            raise ValueError(f"UNetConfig.channel_mult must be a non-empty tuple of positive ints, got {self.channel_mult}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"UNetConfig.dropout must be in [0, 1), got {self.dropout}")
-        if self.transformer_depth < 1:
-            raise ValueError(f"UNetConfig.transformer_depth must be >= 1, got {self.transformer_depth}")
+        check_positive(self, ("in_channels", "out_channels", "transformer_depth"))
+        check_pyramid(self, "U-Net")  # channel_mult, image_size, attention, norm_groups, heads, dropout
         validate_conditioning(self)  # num_classes, context_dim, text_encoder
-        factor = 2 ** (len(self.channel_mult) - 1)
-        if self.image_size % factor:
-            raise ValueError(
-                f"UNetConfig.image_size={self.image_size} is not divisible by 2^(levels-1)={factor} for "
-                f"channel_mult={self.channel_mult}; use an image_size that is a multiple of {factor}, "
-                f"or fewer levels in channel_mult"
-            )
-        missing = sorted(set(self.attention_resolutions) - set(self.resolutions), reverse=True)
-        if missing:
-            raise ValueError(
-                f"UNetConfig.attention_resolutions contains {missing}, which the U-Net never reaches; "
-                f"its feature maps are {list(self.resolutions)} pixels wide (image_size={self.image_size}, "
-                f"{len(self.channel_mult)} levels), so pick attention resolutions among those"
-            )
-        widths = {self.model_channels * m for m in self.channel_mult}
-        for width in sorted(widths):
-            if width % self.norm_groups:
-                raise ValueError(
-                    f"UNetConfig.norm_groups={self.norm_groups} does not divide the {width} channels of a level "
-                    f"(model_channels={self.model_channels} × channel_mult); pick norm_groups dividing every "
-                    f"level width, or a model_channels that is a multiple of {self.norm_groups}"
-                )
-        # The middle block has attention too, so check its width with the attention levels.
-        attention_widths = {self.model_channels * self.channel_mult[-1]} | {
-            self.model_channels * m for m, r in zip(self.channel_mult, self.resolutions) if r in self.attention_resolutions
-        }
-        for width in sorted(attention_widths):
-            try:
-                resolve_num_heads(width, self.num_heads, self.num_head_channels)
-            except ValueError as err:
-                raise ValueError(f"UNetConfig.num_heads / num_head_channels: {err}") from None
 
 
 class ResBlock(nn.Module):
@@ -234,7 +196,8 @@ class EmbedSequential(nn.Sequential):
     """A sequence of layers; residual blocks also receive the embedding, spatial transformers
     the context tokens and their padding mask."""
 
-    def forward(self, x: Tensor, emb: Tensor, context: Tensor | None = None, context_mask: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, emb: Tensor, context: Tensor | None = None,
+                context_mask: Tensor | None = None) -> Tensor:
         for layer in self:
             if isinstance(layer, ResBlock):
                 x = layer(x, emb)
@@ -408,27 +371,34 @@ class UNet(nn.Module):
         )
 
 
-# Presets: one line each. Keyword arguments override any field, e.g. ``PRESETS["digits"](num_classes=10)``.
+# Presets: one call each. Keyword arguments override any field, e.g. ``PRESETS["digits"](num_classes=10)``.
 
 
 def digits(**kw) -> UNetConfig:
     """CPU demo on scikit-learn's 8×8 digits at their native size: 0.76M parameters (timings in docs/models.md)."""
-    return UNetConfig(**{**dict(in_channels=1, image_size=8, model_channels=32, channel_mult=(1, 2), num_res_blocks=1, attention_resolutions=(4,), num_heads=2, norm_groups=8), **kw})
+    return UNetConfig(**{**dict(in_channels=1, image_size=8, model_channels=32, channel_mult=(1, 2), num_res_blocks=1,
+                                attention_resolutions=(4,), num_heads=2, norm_groups=8), **kw})
 
 
 def fashion_mnist_32(**kw) -> UNetConfig:
     """Fashion-MNIST padded to 32×32 on a GPU: ADM blocks, attention at 16 and 8 (~27M parameters)."""
-    return UNetConfig(**{**dict(in_channels=1, image_size=32, model_channels=96, channel_mult=(1, 2, 2, 2), num_res_blocks=2, attention_resolutions=(16, 8), num_head_channels=32, dropout=0.1, resblock_updown=True), **kw})
+    return UNetConfig(**{**dict(in_channels=1, image_size=32, model_channels=96, channel_mult=(1, 2, 2, 2),
+                                num_res_blocks=2, attention_resolutions=(16, 8), num_head_channels=32, dropout=0.1,
+                                resblock_updown=True), **kw})
 
 
 def ddpm_cifar10(**kw) -> UNetConfig:
     """DDPM's CIFAR-10 network (Ho et al. 2020, appendix B): 35.7M parameters, no AdaGN, one head."""
-    return UNetConfig(**{**dict(in_channels=3, image_size=32, model_channels=128, channel_mult=(1, 2, 2, 2), num_res_blocks=2, attention_resolutions=(16,), num_heads=1, dropout=0.1, use_scale_shift_norm=False), **kw})
+    return UNetConfig(**{**dict(in_channels=3, image_size=32, model_channels=128, channel_mult=(1, 2, 2, 2),
+                                num_res_blocks=2, attention_resolutions=(16,), num_heads=1, dropout=0.1,
+                                use_scale_shift_norm=False), **kw})
 
 
 def adm_imagenet64(**kw) -> UNetConfig:
     """ADM's class-conditional ImageNet 64×64 model (Dhariwal & Nichol 2021, Table 14)."""
-    return UNetConfig(**{**dict(in_channels=3, image_size=64, model_channels=192, channel_mult=(1, 2, 3, 4), num_res_blocks=3, attention_resolutions=(32, 16, 8), num_head_channels=64, dropout=0.1, resblock_updown=True, learned_sigma=True, num_classes=1000), **kw})
+    return UNetConfig(**{**dict(in_channels=3, image_size=64, model_channels=192, channel_mult=(1, 2, 3, 4),
+                                num_res_blocks=3, attention_resolutions=(32, 16, 8), num_head_channels=64, dropout=0.1,
+                                resblock_updown=True, learned_sigma=True, num_classes=1000), **kw})
 
 
 PRESETS = {

@@ -237,22 +237,25 @@ class AutoencoderVQ(nn.Module):
                 f"{self.config.codebook_size} codes (EMA {self.config.ema_decay:g})")
 
 
-# Presets: one line each. Keyword arguments override any field.
+# Presets: one call each. Keyword arguments override any field.
 
 
 def vq_f4(**kw) -> AutoencoderVQConfig:
     """LDM's vq-f4 (Rombach et al. 2022, Table 8): f = 4, z = 3, 8192 codes, widths 128-256-512; 64×64 RGB here."""
-    return AutoencoderVQConfig(**{**dict(in_channels=3, image_size=64, model_channels=128, channel_mult=(1, 2, 4), num_res_blocks=2, z_channels=3, codebook_size=8192), **kw})
+    return AutoencoderVQConfig(**{**dict(in_channels=3, image_size=64, model_channels=128, channel_mult=(1, 2, 4),
+                                         num_res_blocks=2, z_channels=3, codebook_size=8192), **kw})
 
 
 def vq_f8(**kw) -> AutoencoderVQConfig:
     """LDM's vq-f8: f = 8, z = 4, 16384 codes, widths 128-256-256-512."""
-    return AutoencoderVQConfig(**{**dict(in_channels=3, image_size=64, model_channels=128, channel_mult=(1, 2, 2, 4), num_res_blocks=2, z_channels=4, codebook_size=16384), **kw})
+    return AutoencoderVQConfig(**{**dict(in_channels=3, image_size=64, model_channels=128, channel_mult=(1, 2, 2, 4),
+                                         num_res_blocks=2, z_channels=4, codebook_size=16384), **kw})
 
 
 def tiny(**kw) -> AutoencoderVQConfig:
     """Tests: 8×8 grey digits, f = 2, z = 2, 16 codes."""
-    return AutoencoderVQConfig(**{**dict(in_channels=1, image_size=8, model_channels=8, channel_mult=(1, 2), num_res_blocks=1, z_channels=2, norm_groups=4, codebook_size=16), **kw})
+    return AutoencoderVQConfig(**{**dict(in_channels=1, image_size=8, model_channels=8, channel_mult=(1, 2),
+                                         num_res_blocks=1, z_channels=2, norm_groups=4, codebook_size=16), **kw})
 
 
 PRESETS = {"vq-f4": vq_f4, "vq-f8": vq_f8, "tiny": tiny}
