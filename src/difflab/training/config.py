@@ -80,7 +80,8 @@ class OptimConfig:
     weight_decay: float = 0.0
     betas: tuple = (0.9, 0.999)
     warmup_steps: int = 0
-    lr_schedule: str = "constant"  # after warm-up: constant | cosine | linear decay to min_lr_fraction·lr at train.steps
+    # after warm-up: constant | cosine | linear decay to min_lr_fraction·lr at train.steps
+    lr_schedule: str = "constant"
     min_lr_fraction: float = 0.0
     grad_clip: float | None = 1.0
     batch_size: int = 128  # global batch per optimizer step, over all processes
@@ -90,7 +91,8 @@ class OptimConfig:
 @dataclass
 class TrainConfig:
     steps: int = 1000
-    max_seconds: float | None = None  # stop early after this much training time (clock starts after step 1: compilation excluded)
+    # stop early after this much training time (the clock starts after step 1: compilation excluded)
+    max_seconds: float | None = None
     seed: int = 0
     ema_decay: float = 0.9999
     ema_warmup: bool = True  # decay min(ema_decay, (1 + step)/(10 + step))
@@ -178,7 +180,8 @@ SECTIONS = {f.name: f.type for f in dataclasses.fields(Config)}
 def config_from_dict(raw: dict) -> Config:
     raw = raw or {}
     if not isinstance(raw, dict):
-        raise ConfigError("a config file must hold a mapping of sections (data, model, diffusion, optim, train, sample)")
+        raise ConfigError("a config file must hold a mapping of sections "
+                          "(data, model, diffusion, optim, train, sample)")
     unknown = [k for k in raw if k not in SECTIONS]
     if unknown:
         raise ConfigError(f"unknown config section {unknown[0]!r}; valid sections: {', '.join(SECTIONS)}")

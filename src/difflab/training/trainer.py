@@ -137,7 +137,8 @@ def train(config: Config, resume: str | Path | None = None, progress: bool = Tru
     ema = EMA(model, cfg.train.ema_decay, cfg.train.ema_warmup)
     optimizer = make_optimizer(model.parameters(), device, cfg.optim.lr, cfg.optim.betas, cfg.optim.weight_decay)
     try:
-        schedule_lr = lr_lambda(cfg.optim.warmup_steps, cfg.train.steps, cfg.optim.lr_schedule, cfg.optim.min_lr_fraction)
+        schedule_lr = lr_lambda(cfg.optim.warmup_steps, cfg.train.steps, cfg.optim.lr_schedule,
+                                cfg.optim.min_lr_fraction)
     except ValueError as err:
         raise ConfigError(str(err)) from None
     lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule_lr)
