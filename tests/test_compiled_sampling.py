@@ -3,6 +3,7 @@ path, classifier-free guidance traced as one graph (nothing in a step waits on t
 the ``--compile`` flag of ``sample``, ``tune-steps`` and ``eval`` reaching the denoiser."""
 
 import importlib
+
 import pytest
 import torch
 
@@ -83,10 +84,9 @@ def test_guided_step_is_one_graph_without_host_syncs():
 
 
 def test_compile_flags_of_sample_tune_steps_and_eval_reach_the_denoiser(tmp_path, monkeypatch):
-    from test_training import tiny_config
-
     from difflab.metrics.inception import packaged_weights
     from difflab.training.trainer import train
+    from test_training import tiny_config
 
     generate_module = importlib.import_module("difflab.pipelines.generate")  # the module, not the function
 

@@ -8,7 +8,6 @@ import sys
 import numpy as np
 import pytest
 import torch
-from helpers import text_run, tiny_config
 from PIL import Image
 
 import difflab
@@ -21,6 +20,7 @@ from difflab.sampling import ddim, ddpm, get_sigmas, sample, strength_tail
 from difflab.sampling.ddpm import step_factors
 from difflab.schedules import EDMSchedule, VESchedule, cosine, linear
 from difflab.training.trainer import train
+from helpers import text_run, tiny_config
 
 
 @pytest.fixture(scope="module")

@@ -23,9 +23,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from pathlib import Path
-
 from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -111,8 +110,9 @@ def save_checkpoint(path: str | Path, config: dict, tensors: dict[str, dict[str,
     return path
 
 
-def load_checkpoint(path: str | Path, kind: str | None = None,
-                    map_location: str | torch.device = "cpu") -> tuple[dict, dict[str, dict[str, torch.Tensor]], dict | None]:
+def load_checkpoint(
+    path: str | Path, kind: str | None = None, map_location: str | torch.device = "cpu"
+) -> tuple[dict, dict[str, dict[str, torch.Tensor]], dict | None]:
     """Read a checkpoint folder → (config, tensors by group, extra or None).
 
     ``kind``, when given, must match the checkpoint's ``"kind"``.
@@ -199,7 +199,7 @@ class ModelRecord:
         return {**record.pop("other"), **record}
 
     @classmethod
-    def from_dict(cls, config: dict, path: str | Path = "") -> "ModelRecord":
+    def from_dict(cls, config: dict, path: str | Path = "") -> ModelRecord:
         """Read a ``config.json`` mapping (any version so far: missing optional keys default)."""
         names = {f.name for f in fields(cls)} - {"other"}
         missing = [key for key in ("kind", "model", "schedule", "image_shape") if key not in config]

@@ -88,7 +88,7 @@ class Denoiser:
         if self.threshold is not None and not 0.0 < self.threshold < 1.0:
             raise ValueError(f"the dynamic-thresholding percentile must be in (0, 1), e.g. 0.995; got {self.threshold}")
 
-    def with_model(self, model) -> "Denoiser":
+    def with_model(self, model) -> Denoiser:
         """This denoiser (schedule, prediction type, variance, clipping, kind) around ``model``."""
         return dataclasses.replace(self, model=model)
 
@@ -133,7 +133,7 @@ class Denoiser:
     def __call__(self, x: Tensor, sigma, **cond) -> Tensor:
         return self.predict(x, sigma, **cond).denoised()
 
-    def bind(self, **cond) -> "BoundDenoiser":
+    def bind(self, **cond) -> BoundDenoiser:
         """This denoiser with its conditioning fixed: what samplers call as ``denoise(x, sigma)``."""
         return BoundDenoiser(self, cond)
 

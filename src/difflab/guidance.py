@@ -35,7 +35,7 @@ is taken with respect to the input image alone, so neither network's parameters 
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F

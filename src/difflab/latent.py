@@ -22,7 +22,7 @@ from .checkpoint import AUTOENCODER_KIND, load_state
 from .data.convert import to_float
 
 
-def x0_clip(latent: "LatentSpace | None", pixel_limit: float | None = 1.0) -> float | None:
+def x0_clip(latent: LatentSpace | None, pixel_limit: float | None = 1.0) -> float | None:
     """The x̂₀ clipping of a model sampled in this space: ``pixel_limit`` for a pixel model
     (images live in [−1, 1]), none in a latent space (latents are not bounded)."""
     return None if latent is not None else pixel_limit
@@ -84,7 +84,7 @@ class LatentSpace:
     source: str = ""
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu") -> "LatentSpace":
+    def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu") -> LatentSpace:
         """The autoencoder of a ``difflab train-autoencoder`` run (its EMA weights)."""
         autoencoder, info = load_autoencoder(path, device=device)
         if info.latent_scale is None:
@@ -94,7 +94,7 @@ class LatentSpace:
                    info.config["model"], str(path))
 
     @classmethod
-    def from_config(cls, config: dict, tensors: dict[str, Tensor], device: str | torch.device = "cpu") -> "LatentSpace":
+    def from_config(cls, config: dict, tensors: dict[str, Tensor], device: str | torch.device = "cpu") -> LatentSpace:
         """Rebuild from a diffusion checkpoint's ``latent`` section and ``autoencoder`` weights."""
         from .models import load_frozen
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from difflab.cli import UserError
-
 import argparse
+
+from difflab.cli import UserError
 
 
 def register(subparsers) -> None:
@@ -33,9 +33,9 @@ def run(args) -> int:
 
     from ..data.convert import to_float
     from ..data.load import load_dataset, parse_spec
+    from ..device import pick_device
     from ..likelihood import bits_per_dim
     from ..pipelines import DiffusionModel
-    from ..device import pick_device
 
     if args.n < 1 or args.batch_size < 1:
         raise ValueError("--n and --batch-size must be at least 1")

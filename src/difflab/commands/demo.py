@@ -29,7 +29,9 @@ def run(args) -> int:
     from pathlib import Path
 
     from ..images import save_grid, save_npz
-    from ..pipelines import DiffusionModel, generate
+    from ..pipelines import DiffusionModel, SamplerSettings, plan
+    from ..pipelines import run as run_plan
+    from ..pipelines.png_info import png_text
     from ..training.config import load_config
     from ..training.trainer import train
 
@@ -37,10 +39,11 @@ def run(args) -> int:
         config = load_config(path, list(args.overrides) + [f"train.out_dir={args.out}"])
     checkpoint = train(config)
     model = DiffusionModel.load(checkpoint)
-    images, labels = generate(model, args.n, progress=True)
+    samples = run_plan(plan(model, args.n, SamplerSettings.resolve(model)), progress=True)
     out = Path(args.out)
-    grid = save_grid(images, out / "demo-grid.png", nrow=model.num_classes or None, upscale=8)
-    save_npz(images, out / "demo-samples.npz", labels)
+    grid = save_grid(samples.images, out / "demo-grid.png", nrow=model.num_classes or None, upscale=8,
+                     pnginfo=png_text(samples.grid_record()))
+    save_npz(samples.images, out / "demo-samples.npz", samples.labels)
     print(f"difflab demo: samples in {grid}; evaluate them with `difflab eval {out / 'demo-samples.npz'} "
           "--ref digits:test --classifier digits`")
     return 0

@@ -102,10 +102,10 @@ def load_samples(path: Path, limit: int | None, args=None):
 
 def sample_checkpoint(path: Path, args):
     """Generate ``args.n`` images from a trained checkpoint, as a labelled dataset."""
-    from difflab.data.dataset import ImageDataset
     from difflab.commands.sample import guidance_from_args, schedule_from_args
-    from difflab.pipelines import DiffusionModel, generate
+    from difflab.data.dataset import ImageDataset
     from difflab.device import pick_device
+    from difflab.pipelines import DiffusionModel, generate
 
     if args.n < 1:
         raise UserError("--n must be at least 1")
@@ -137,8 +137,7 @@ def load_reference(spec: str, limit: int | None, use_cache: bool):
 
 
 def run(args: argparse.Namespace) -> int:
-    from difflab.metrics import (EvalOptions, InceptionFeatures, evaluate, format_table,
-                                 load_classifier, save_statistics)
+    from difflab.metrics import EvalOptions, InceptionFeatures, evaluate, format_table, load_classifier, save_statistics
 
     for flag in ("max_samples", "max_ref", "batch_size", "k", "kid_subset_size", "kid_subsets"):
         value = getattr(args, flag)

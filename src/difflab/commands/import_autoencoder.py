@@ -26,7 +26,8 @@ def register(subparsers) -> None:
         "with `difflab reconstruct` and as data.autoencoder of a latent diffusion config.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("folder", help="a diffusers AutoencoderKL folder: config.json and diffusion_pytorch_model.safetensors")
+    p.add_argument("folder",
+                   help="a diffusers AutoencoderKL folder: config.json and diffusion_pytorch_model.safetensors")
     p.add_argument("--out", required=True, help="run folder to write (its checkpoint/ is created)")
     p.add_argument("--image-size", type=int, metavar="PIXELS",
                    help="the image side the run records (latent diffusion trains on images of this size; the "
@@ -38,10 +39,9 @@ def register(subparsers) -> None:
 def run(args) -> int:
     from pathlib import Path
 
-    from ..checkpoint import save_checkpoint
+    from ..checkpoint import AUTOENCODER_KIND, save_checkpoint
     from ..models import model_config_dict
     from ..models.diffusers_weights import load_diffusers_autoencoder_kl
-    from ..checkpoint import AUTOENCODER_KIND
 
     try:
         model, scale = load_diffusers_autoencoder_kl(args.folder, args.image_size)

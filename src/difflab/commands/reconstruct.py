@@ -41,10 +41,10 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     from ..data import load_dataset, parse_spec, to_float
+    from ..device import pick_device
     from ..images import save_npz
     from ..latent import load_autoencoder
     from ..models.autoencoder import psnr, reconstruct_images
-    from ..device import pick_device
     from ..training.objectives import preview_images, reconstruction_grid
 
     if (args.n is not None and args.n < 1) or args.batch_size < 1 or args.grid < 0:

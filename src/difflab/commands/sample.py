@@ -37,8 +37,8 @@ def register(subparsers) -> None:
     p.add_argument("--prompts", metavar="FILE", help="a text file with one prompt per line (text-conditioned models)")
     add_guidance_arguments(p)
     p.add_argument("--noise", metavar="NPZ",
-                   help="start from this noise instead of the seeds' (an .npz from --invert: array 'noise', N x C x H x "
-                        "W; --n defaults to its count); with --method ddim it maps inverted images back")
+                   help="start from this noise instead of the seeds' (an .npz from --invert: array 'noise', "
+                        "N x C x H x W; --n defaults to its count); with --method ddim it maps inverted images back")
     p.add_argument("--invert", metavar="IMAGE_DIR",
                    help="DDIM inversion instead of sampling: map the images of IMAGE_DIR (resized to the model's size) "
                         "to the noise that DDIM turns back into them, written to OUT/noise.npz; uses --steps, "
@@ -140,7 +140,9 @@ def guidance_from_args(args, device):
     """The :class:`~difflab.pipelines.Guidance` the flags of :func:`add_guidance_arguments` ask for."""
     from ..pipelines import Guidance, NoisyClassifierModel
 
-    classifier = NoisyClassifierModel.load(args.guidance_classifier, device=device) if args.guidance_classifier else None
+    classifier = None
+    if args.guidance_classifier:
+        classifier = NoisyClassifierModel.load(args.guidance_classifier, device=device)
     interval = tuple(args.guidance_interval) if args.guidance_interval else None
     return Guidance(scale=args.guidance_scale, rescale=args.guidance_rescale, interval=interval,
                     classifier=classifier, classifier_scale=args.classifier_scale,
@@ -152,7 +154,8 @@ def run(args) -> int:
 
     from ..device import pick_device
     from ..images import save_grid, save_images, save_npz
-    from ..pipelines import DiffusionModel, SamplerSettings, plan, run as run_plan
+    from ..pipelines import DiffusionModel, SamplerSettings, plan
+    from ..pipelines import run as run_plan
     from ..pipelines.png_info import png_text
 
     if args.from_png:

@@ -27,11 +27,25 @@ from ..conditioning import TextConditioning
 from ..data.convert import to_uint8
 from ..denoiser import Denoiser
 from ..device import precision_autocast
-from ..sampling import (DEFAULT_METHOD, DEFAULT_SPACING, DEFAULT_STEPS, NoiseSource, check_options, get_sigmas,
-                        sample, strength_tail)
+from ..sampling import (
+    DEFAULT_METHOD,
+    DEFAULT_SPACING,
+    DEFAULT_STEPS,
+    NoiseSource,
+    check_options,
+    get_sigmas,
+    sample,
+    strength_tail,
+)
 from ..sampling.compiled import compile_denoiser
-from .guidance_policy import (Guidance, class_labels_for, class_names_of, guidance_scale, guided_denoiser,
-                              unconditional_text)
+from .guidance_policy import (
+    Guidance,
+    class_labels_for,
+    class_names_of,
+    guidance_scale,
+    guided_denoiser,
+    unconditional_text,
+)
 from .loading import DiffusionModel
 
 
@@ -49,7 +63,7 @@ class SamplerSettings:
 
     @classmethod
     def resolve(cls, model: DiffusionModel, method: str | None = None, steps: int | None = None,
-                spacing: str | None = None, sigmas=None, **options) -> "SamplerSettings":
+                spacing: str | None = None, sigmas=None, **options) -> SamplerSettings:
         defaults = model.record.sample_defaults
         method = method or defaults.get("method", DEFAULT_METHOD)
         options = {key: value for key, value in options.items() if value is not None}
@@ -175,7 +189,8 @@ def run(job: GenerationPlan, *, batch_size: int = 256, progress: bool = False, n
         raise ValueError("x_start needs the level to start from: give strength (img2img) or sigmas")
     for name, given in (("noise", noise), ("x_start", x_start)):
         if given is not None and tuple(given.shape) != (n, *model.image_shape):
-            raise ValueError(f"{name} must have shape {(n, *model.image_shape)} (the model's), got {tuple(given.shape)}")
+            raise ValueError(f"{name} must have shape {(n, *model.image_shape)} (the model's), "
+                             f"got {tuple(given.shape)}")
     chunks = []
     batches = range(0, n, batch_size)
     if progress:

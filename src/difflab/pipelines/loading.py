@@ -36,7 +36,7 @@ class DiffusionModel:
     path: Path | None = None
 
     @classmethod
-    def load(cls, path: str | Path, use_ema: bool = True, device: str | torch.device = "cpu") -> "DiffusionModel":
+    def load(cls, path: str | Path, use_ema: bool = True, device: str | torch.device = "cpu") -> DiffusionModel:
         """Load ``path`` (a run folder or its ``checkpoint/``); the EMA weights by default. The
         autoencoder of a latent model is stored in the same checkpoint."""
         config, tensors, _ = load_state(path, kind=DIFFUSION_KIND)
@@ -49,7 +49,7 @@ class DiffusionModel:
 
     @classmethod
     def from_network(cls, network: torch.nn.Module, record: ModelRecord,
-                     latent: LatentSpace | None = None) -> "DiffusionModel":
+                     latent: LatentSpace | None = None) -> DiffusionModel:
         """A model of weights in memory (the trainer's EMA network for its previews)."""
         return cls(network, record, schedule_from_config(record.schedule), latent)
 
@@ -110,7 +110,7 @@ class NoisyClassifierModel:
     path: Path | None = None  # the checkpoint folder it was loaded from
 
     @classmethod
-    def load(cls, path: str | Path, use_ema: bool = True, device: str | torch.device = "cpu") -> "NoisyClassifierModel":
+    def load(cls, path: str | Path, use_ema: bool = True, device: str | torch.device = "cpu") -> NoisyClassifierModel:
         config, tensors, _ = load_state(path, kind=CLASSIFIER_KIND)
         record = ModelRecord.from_dict(config, path)
         network = load_frozen(record.model, tensors["ema" if use_ema else "model"], device)

@@ -38,7 +38,7 @@ class Pipeline:
         self.model = model
 
     @classmethod
-    def load(cls, path: str | Path, device: str | torch.device = "auto", use_ema: bool = True) -> "Pipeline":
+    def load(cls, path: str | Path, device: str | torch.device = "auto", use_ema: bool = True) -> Pipeline:
         """The run at ``path`` (a run folder or its ``checkpoint/``) on ``device`` (auto: a GPU
         when one is visible)."""
         device = pick_device(device) if isinstance(device, str) else device

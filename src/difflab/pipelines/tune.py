@@ -13,8 +13,8 @@ from pathlib import Path
 
 import torch
 
-from ..sampling.tuning import TunedSigmas, tune_sigmas
 from ..sampling import NoiseSource
+from ..sampling.tuning import TunedSigmas, tune_sigmas
 from .generate import SamplerSettings, plan
 from .guidance_policy import Guidance, guidance_scale
 from .loading import DiffusionModel

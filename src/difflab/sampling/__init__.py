@@ -22,6 +22,7 @@ from .unipc import unipc
 
 __all__ = [
     "DEFAULT_METHOD", "DEFAULT_SPACING", "DEFAULT_STEPS", "DETERMINISTIC", "NoiseSource", "SAMPLERS", "SPACINGS",
-    "Step", "check_options", "ddim", "ddim_invert", "ddpm", "dpmpp_multistep", "edm_ode", "euler", "get_sampler", "get_sigmas", "heun",
-    "invert", "karras", "leading", "linspace", "log_snr", "model_calls", "sample", "strength_tail", "trailing", "unipc",
+    "Step", "check_options", "ddim", "ddim_invert", "ddpm", "dpmpp_multistep", "edm_ode", "euler", "get_sampler",
+    "get_sigmas", "heun", "invert", "karras", "leading", "linspace", "log_snr", "model_calls", "sample",
+    "strength_tail", "trailing", "unipc",
 ]

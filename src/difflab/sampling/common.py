@@ -10,8 +10,8 @@ entry is 0 for a final denoise. Scalar coefficients are computed in Python float
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import torch
 from torch import Tensor

@@ -41,7 +41,7 @@ def default_mode(device: torch.device) -> str:
     return "reduce-overhead" if device.type == "cuda" else "default"
 
 
-def compile_denoiser(denoiser: Denoiser, mode: str | None = None) -> "CompiledDenoiser":
+def compile_denoiser(denoiser: Denoiser, mode: str | None = None) -> CompiledDenoiser:
     """``denoiser`` (possibly guided) with its tensor work compiled; the same denoiser in every
     other respect. ``mode``: a ``torch.compile`` mode; None picks :func:`default_mode` for the
     device of the first input."""

@@ -62,7 +62,7 @@ class TunedSigmas:
         return path
 
     @classmethod
-    def load(cls, path: str | Path) -> "TunedSigmas":
+    def load(cls, path: str | Path) -> TunedSigmas:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"no tuned step schedule at {path}: make one with `difflab tune-steps`")
