@@ -17,6 +17,7 @@ img2img, inversion round trips, cascades), ``noise`` (given starting noise, e.g.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import torch
@@ -179,8 +180,7 @@ class Generated:
 
 
 def run(job: GenerationPlan, *, batch_size: int = 256, progress: bool = False, noise: Tensor | None = None,
-        x_start: Tensor | None = None, strength: float | None = None, callback=None,
-        output_space: bool = False) -> Generated:
+        x_start: Tensor | None = None, strength: float | None = None, callback=None) -> Generated:
     """Sample the images of a :class:`GenerationPlan` batch by batch (see :func:`generate`)."""
     model, n = job.model, len(job.seeds)
     autocast = precision_autocast(job.precision, model.device)  # checks the precision before any work
@@ -206,9 +206,9 @@ def run(job: GenerationPlan, *, batch_size: int = 256, progress: bool = False, n
         with autocast:
             x = sample(job.denoiser, x_T, sigmas=sigmas, method=job.settings.method, cond=job.cond(start, stop),
                        noise_source=source, x_start=x0, callback=callback, **job.settings.options)
-        if model.latent is not None and not output_space:
+        if model.latent is not None:
             x = model.latent.decode(x)
-        chunks.append(x.float().cpu() if output_space else to_uint8(x).cpu())
+        chunks.append(to_uint8(x).cpu())
     return Generated(torch.cat(chunks), job.labels, [job.image_record(i) for i in range(n)])
 
 
@@ -262,7 +262,7 @@ def generate(
     :class:`~difflab.sampling.Step` of each batch and may return a replacement for ``step.x``.
     """
     if negative_prompt is not None:
-        guidance = Guidance(**{**vars(guidance or Guidance()), "negative_prompt": negative_prompt})
+        guidance = dataclasses.replace(guidance or Guidance(), negative_prompt=negative_prompt)
     settings = SamplerSettings.resolve(model, method, steps, spacing, sigmas, **options)
     job = plan(model, n, settings, seed=seed, seeds=seeds, class_index=class_index, guidance=guidance,
                prompts=prompts, threshold=threshold, precision=precision, compile=compile)
