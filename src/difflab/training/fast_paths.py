@@ -9,7 +9,6 @@ plain path on CPU within float tolerance.
 
 from __future__ import annotations
 
-
 import torch
 
 
