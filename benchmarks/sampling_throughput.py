@@ -33,8 +33,8 @@ RUNS = {"ddim-50": ("ddim", "DDIMScheduler", 50), "dpmpp_2m-10": ("dpmpp_2m", "D
 
 class Sampler:
     def __init__(self, side: str, case, device, batch: int, run: str, compile_model: bool):
-        from difflab.schedules import linear
         from difflab.device import bf16_autocast, memory_format
+        from difflab.schedules import linear
 
         torch.manual_seed(0)
         self.side, self.case, self.device = side, case, device
