@@ -86,7 +86,7 @@ def test_guided_step_is_one_graph_without_host_syncs():
 def test_compile_flags_of_sample_tune_steps_and_eval_reach_the_denoiser(tmp_path, monkeypatch):
     from difflab.metrics.inception import packaged_weights
     from difflab.training.trainer import train
-    from test_training import tiny_config
+    from helpers import tiny_config
 
     generate_module = importlib.import_module("difflab.pipelines.generate")  # the module, not the function
 

@@ -8,8 +8,13 @@ import pytest
 import torch
 
 from difflab.denoiser import Denoiser
-from difflab.guidance import (ClassifierFreeGuidance, ClassifierGuidance, classifier_log_prob_gradient, guide,
-                              null_class_labels)
+from difflab.guidance import (
+    ClassifierFreeGuidance,
+    ClassifierGuidance,
+    classifier_log_prob_gradient,
+    guide,
+    null_class_labels,
+)
 from difflab.process import posterior
 from difflab.sampling import SAMPLERS, get_sigmas, sample
 from difflab.sampling.ddpm import ddpm
@@ -105,7 +110,8 @@ def test_cfg_interval_guides_only_inside_the_noise_range():
     guided = ClassifierFreeGuidance(model, 4.0, null_class_labels(NUM_CLASSES), interval=interval, schedule=schedule)
     full = ClassifierFreeGuidance(model, 4.0, null_class_labels(NUM_CLASSES))
     with torch.no_grad():
-        out, everywhere, cond_out = guided(x, t, class_labels=y), full(x, t, class_labels=y), model(x, t, class_labels=y)
+        out, everywhere = guided(x, t, class_labels=y), full(x, t, class_labels=y)
+        cond_out = model(x, t, class_labels=y)
     torch.testing.assert_close(out[1:3], everywhere[1:3])
     torch.testing.assert_close(out[[0, 3]], cond_out[[0, 3]])
     with pytest.raises(ValueError, match="needs the model's schedule"):
@@ -118,7 +124,8 @@ def test_cfg_with_learned_variance_guides_the_mean_and_keeps_the_conditional_var
     with torch.no_grad():
         cond_out = model(x, t, class_labels=y)
         uncond_out = model(x, t, class_labels=torch.full_like(y, NUM_CLASSES))
-        out = ClassifierFreeGuidance(model, 2.0, null_class_labels(NUM_CLASSES), learned_variance=True)(x, t, class_labels=y)
+        guided = ClassifierFreeGuidance(model, 2.0, null_class_labels(NUM_CLASSES), learned_variance=True)
+        out = guided(x, t, class_labels=y)
     torch.testing.assert_close(out[:, :2], uncond_out[:, :2] + 2.0 * (cond_out[:, :2] - uncond_out[:, :2]))
     torch.testing.assert_close(out[:, 2:], cond_out[:, 2:])
 

@@ -57,9 +57,11 @@ SCHEDULER_KW = dict(beta_schedule="linear", beta_start=1e-4, beta_end=0.02, num_
 
 CASES = [
     # (id, scheduler factory, our method, our options, steps, dtype, sigma-space, diffusers step kwargs)
-    ("ddpm_fixed_small", lambda: diffusers.DDPMScheduler(**SCHEDULER_KW, variance_type="fixed_small", clip_sample=False),
+    ("ddpm_fixed_small",
+     lambda: diffusers.DDPMScheduler(**SCHEDULER_KW, variance_type="fixed_small", clip_sample=False),
      "ddpm", dict(variance="fixed_small"), 25, torch.float64, False, None),
-    ("ddpm_fixed_large", lambda: diffusers.DDPMScheduler(**SCHEDULER_KW, variance_type="fixed_large", clip_sample=False),
+    ("ddpm_fixed_large",
+     lambda: diffusers.DDPMScheduler(**SCHEDULER_KW, variance_type="fixed_large", clip_sample=False),
      "ddpm", dict(variance="fixed_large"), 25, torch.float64, False, None),
     ("ddim_leading", lambda: diffusers.DDIMScheduler(**SCHEDULER_KW, clip_sample=False),
      "ddim", {}, 20, torch.float64, False, None),

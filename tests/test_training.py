@@ -10,7 +10,6 @@ import torch
 from difflab.checkpoint import load_state
 from difflab.cli import main as cli
 from difflab.pipelines import DiffusionModel, generate
-from difflab.training import trainer as trainer_module
 from difflab.training.config import ConfigError, load_config
 from difflab.training.trainer import TrainingDiverged, train
 from helpers import TINY, assert_two_processes_match_one, tiny_config
@@ -126,7 +125,9 @@ def test_bf16_on_cpu_trains_close_to_float32_and_keeps_float32_weights(tmp_path)
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
-    real_loss = trainer_module.losses.diffusion_loss
+    from difflab import losses
+
+    real_loss = losses.diffusion_loss
     calls = {"n": 0}
 
     def poisoned(*args, **kwargs):
@@ -136,7 +137,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch
             out.loss = out.loss * float("nan")
         return out
 
-    monkeypatch.setattr(trainer_module.losses, "diffusion_loss", poisoned)
+    monkeypatch.setattr(losses, "diffusion_loss", poisoned)
     with pytest.raises(TrainingDiverged, match="loss became nan by step 6.*last good checkpoint"):
         train(tiny_config(tmp_path, "train.steps=10", "train.checkpoint_every=4"), progress=False)
     config, tensors, extra = load_state(tmp_path)

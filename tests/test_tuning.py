@@ -94,9 +94,8 @@ def test_tuned_schedule_json_round_trip_and_clear_errors(tmp_path):
 
 
 def test_tune_steps_then_sample_uses_the_tuned_schedule(tmp_path, capsys):
-    from tests.test_training import tiny_config
-
     from difflab.training.trainer import train
+    from helpers import tiny_config
 
     run = tmp_path / "run"
     train(tiny_config(run, "train.steps=4", "diffusion.cond_drop_prob=0.2"), progress=False)

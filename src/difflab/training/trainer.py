@@ -23,7 +23,6 @@ from pathlib import Path
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from .. import losses  # noqa: F401  (tests patch trainer.losses.diffusion_loss, which the diffusion objective calls)
 from ..checkpoint import load_state
 from ..data.convert import random_crop, random_hflip, to_float
 from ..data.load import load_dataset
