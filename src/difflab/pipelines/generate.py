@@ -201,7 +201,9 @@ def run(job: GenerationPlan, *, batch_size: int = 256, progress: bool = False, n
         stop = min(n, start + batch_size)
         source = NoiseSource(seeds=job.seeds[start:stop])
         like = torch.empty((stop - start, *model.image_shape), device=model.device)
-        x_T = source(like) if noise is None else noise[start:stop].to(model.device)  # first draw: the start
+        x_T = source(like)  # each image's first draw is its start, drawn even when `noise` replaces it,
+        if noise is not None:  # so its stochastic noise is the same either way
+            x_T = noise[start:stop].to(model.device)
         x0 = x_start[start:stop].to(model.device) if x_start is not None else None
         with autocast:
             x = sample(job.denoiser, x_T, sigmas=sigmas, method=job.settings.method, cond=job.cond(start, stop),
