@@ -48,7 +48,7 @@ def main() -> None:
     rows = [images]
     back = []
     for i, one in enumerate(job("ddim", args.steps, labels)):
-        noise = invert(one.denoiser, x0[i : i + 1], steps=args.steps, spacing=one.settings.spacing, cond=one.cond(0, 1))
+        noise = invert(one.denoiser, x0[i : i + 1], steps=args.steps, spacing=one.settings.spacing, cond=one.cond([0]))
         back.append(run(one, noise=noise).images)
     rows.append(torch.cat(back))
 

@@ -30,11 +30,20 @@ class UserError(Exception):
     """An error caused by the user's input: printed as one message, without a traceback."""
 
 
+# What a user's input or machine can cause — a wrong flag or config value (ValueError, including
+# ConfigError), a missing, unreadable or damaged file, a full disk or a read-only folder (OSError),
+# a diverging run (FloatingPointError) — is printed as one line; anything else is a bug and keeps
+# its traceback. ``--debug`` shows the traceback of every error.
+USER_ERRORS = (UserError, ValueError, OSError, FloatingPointError)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="difflab",
         description="Diffusion models from DDPM to DiT: train, sample and evaluate, offline.",
     )
+    parser.add_argument("--debug", action="store_true",
+                        help="show the full traceback of any error (by default a user's mistake is one line)")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMANDS:
         importlib.import_module(name).register(subparsers)
@@ -45,9 +54,24 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args) or 0
-    except (UserError, FileNotFoundError, ValueError) as err:
-        print(f"difflab {args.command}: error: {err}", file=sys.stderr)
+    except USER_ERRORS as err:
+        if args.debug:
+            raise
+        print(f"difflab {args.command}: error: {one_line(err)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print(f"difflab {args.command}: interrupted; what was written is kept (train --resume, sample --resume "
+              "continue it)", file=sys.stderr)
+        return 130
+
+
+def one_line(err: BaseException) -> str:
+    """An error's message on one line (an OSError's strerror and file when it has no message of its own)."""
+    if isinstance(err, OSError) and err.filename and str(err).startswith("["):
+        return f"{err.strerror}: {err.filename}"
+    return " ".join(str(err).split()) or type(err).__name__
 
 
 if __name__ == "__main__":

@@ -21,7 +21,10 @@ def pick_device(preference: str = "auto") -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if preference.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"device {preference!r} was asked for but no GPU is visible; use cpu or auto")
-    return torch.device(preference)
+    try:
+        return torch.device(preference)
+    except RuntimeError:
+        raise ValueError(f"unknown device {preference!r}; use auto, cpu, cuda or cuda:N") from None
 
 
 def memory_format(model: nn.Module, channels_last: bool) -> nn.Module:

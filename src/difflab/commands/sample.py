@@ -47,6 +47,9 @@ def register(subparsers) -> None:
     p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA weights")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--out", default="samples", help="output folder")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run into the same --out: make only the images not written yet "
+                        "(each image's PNG is written as its batch finishes)")
     p.set_defaults(func=run)
 
 
@@ -153,23 +156,24 @@ def run(args) -> int:
     from pathlib import Path
 
     from ..device import pick_device
-    from ..images import save_grid, save_images, save_npz
+    from ..images import check_output_folder
     from ..pipelines import DiffusionModel, SamplerSettings, plan
-    from ..pipelines import run as run_plan
-    from ..pipelines.png_info import png_text
 
     if args.from_png:
         apply_png_record(args)
     if not args.checkpoint:
         raise ValueError("give the run to sample from (difflab sample RUN), or --from-png IMAGE")
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.n is not None and args.n < 1:
+        raise ValueError(f"--n must be at least 1, got {args.n}")
+    out_dir = check_output_folder(Path(args.out))  # before any work: not a file, writable
     device = pick_device(args.device)
     model = DiffusionModel.load(args.checkpoint, use_ema=not args.no_ema, device=device)
     if args.invert:
         return invert_images(args, model)
     noise = read_noise(args.noise) if args.noise else None
     n = len(noise) if noise is not None and args.n is None else (args.n or 64)
-    if n < 1:
-        raise ValueError("--n must be at least 1")
     guidance = guidance_from_args(args, device)
     prompts = read_prompts(args)
     kwargs = schedule_from_args(args, model, guidance)
@@ -178,24 +182,55 @@ def run(args) -> int:
                                        kwargs.pop("sigmas", None), **kwargs)
     job = plan(model, n, settings, seed=args.seed, class_index=args.class_index, guidance=guidance, prompts=prompts,
                threshold=threshold, precision=args.precision, compile=args.compile)
-    out = run_plan(job, batch_size=args.batch_size, progress=True, noise=noise)
-    images, labels = out.images, out.labels
-    out_dir = Path(args.out)
-    class_names = model.class_names or (guidance.classifier.class_names if guidance.classifier else [])
+    return write_samples(job, out_dir, args, noise)
+
+
+GRID_IMAGES = 1024  # the most images grid.png shows (all of them are under images/ and in samples.npz)
+
+
+def write_samples(job, out_dir, args, noise=None) -> int:
+    """Sample the plan into ``out_dir``, each batch's PNGs written as it finishes (an interrupted
+    run loses one batch at most; ``--resume`` makes only the images not written yet); then
+    ``samples.npz`` from the PNGs, without holding them all in memory, and the grids."""
+    from ..images import image_path, read_pngs, save_grid, save_images, save_npz_from_files
+    from ..pipelines import batches
+    from ..pipelines.png_info import png_text, read_record
+
+    n, folder = len(job.seeds), out_dir / "images"
+    paths = [image_path(folder, i, n) for i in range(n)]
+    todo = list(range(n))
+    if args.resume:
+        done = [i for i in range(n) if paths[i].is_file()]
+        for i in done:
+            record = read_record(paths[i])
+            if record.get("seed") != job.seeds[i] or record.get("checkpoint") != job.image_record(i).get("checkpoint"):
+                raise ValueError(f"--resume: {paths[i]} was made by another run (seed {record.get('seed')} of "
+                                 f"{record.get('checkpoint')}, this run's image {i} has seed {job.seeds[i]}); "
+                                 "give another --out or drop --resume")
+        todo = [i for i in range(n) if not paths[i].is_file()]
+        print(f"difflab sample: resuming: {n - len(todo)} of {n} images already in {folder}")
+    for chunk, images in batches(job, batch_size=args.batch_size, indices=todo, progress=True, noise=noise):
+        save_images(images, folder, names=[paths[i].name for i in chunk],
+                    pnginfos=[png_text(job.image_record(i)) for i in chunk])
+    save_npz_from_files(paths, out_dir / "samples.npz", job.labels)
+    shown = read_pngs(paths[:GRID_IMAGES])
+    labels = job.labels[: len(shown)] if job.labels is not None else None
+    class_names = job.model.class_names or (job.guidance.classifier.class_names if job.guidance.classifier else [])
     per_class = labels is not None and args.class_index is None
-    upscale = max(1, 64 // images.shape[-1])
-    grid = save_grid(images, out_dir / "grid.png", nrow=len(class_names) if per_class else None, upscale=upscale,
-                     pnginfo=png_text(out.grid_record()))
+    upscale = max(1, 64 // shown.shape[-1])
+    grid_record = {**job.image_record(0), "seeds": job.seeds[: len(shown)]}
+    for key in ("seed", "prompt", "class", "class_name"):
+        grid_record.pop(key, None)
+    grid = save_grid(shown, out_dir / "grid.png", nrow=len(class_names) if per_class else None, upscale=upscale,
+                     pnginfo=png_text(grid_record))
     if per_class:  # one grid per class as well: grids/CLASS.png
         for index, name in enumerate(class_names):
             if (labels == index).any():
-                save_grid(images[labels == index], out_dir / "grids" / f"{index:02d}-{safe_name(name)}.png",
+                save_grid(shown[labels == index], out_dir / "grids" / f"{index:02d}-{safe_name(name)}.png",
                           upscale=upscale)
-    save_images(images, out_dir / "images", pnginfos=[png_text(record) for record in out.records])
-    save_npz(images, out_dir / "samples.npz", labels)
-    if prompts:  # which prompt made which image
+    if job.prompts:  # which prompt made which image
         (out_dir / "prompts.txt").write_text("".join(f"{prompt}\n" for prompt in job.prompts))
-    print(f"difflab sample: {len(images)} images in {out_dir} (grid: {grid})")
+    print(f"difflab sample: {n} images in {out_dir} (grid: {grid})")
     return 0
 
 
@@ -261,7 +296,7 @@ def invert_images(args, model) -> int:
     settings = SamplerSettings.resolve(model, "ddim", args.steps, args.spacing)
     job = plan(model, len(x0), settings, class_index=args.class_index, guidance=Guidance(scale=1.0),
                prompts=read_prompts(args))
-    noise = invert(job.denoiser, x0, steps=settings.steps, spacing=settings.spacing, cond=job.cond(0, len(x0)))
+    noise = invert(job.denoiser, x0, steps=settings.steps, spacing=settings.spacing, cond=job.cond(range(len(x0))))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     np.savez(out / "noise.npz", noise=noise.float().cpu().numpy())

@@ -6,10 +6,10 @@ sampling path), ``pipeline`` (:class:`Pipeline`, the object Python users call), 
 (generation parameters inside PNGs), ``tune`` (tuned step schedules).
 """
 
-from .generate import Generated, GenerationPlan, SamplerSettings, generate, plan, run
+from .generate import Generated, GenerationPlan, SamplerSettings, batches, generate, plan, run
 from .guidance_policy import Guidance
 from .loading import DiffusionModel, NoisyClassifierModel, is_diffusion_checkpoint
 from .tune import find_tuned, tune_steps, tuned_path
 
 __all__ = ["DiffusionModel", "Generated", "GenerationPlan", "Guidance", "NoisyClassifierModel", "SamplerSettings",
-           "find_tuned", "generate", "is_diffusion_checkpoint", "plan", "run", "tune_steps", "tuned_path"]
+           "batches", "find_tuned", "generate", "is_diffusion_checkpoint", "plan", "run", "tune_steps", "tuned_path"]

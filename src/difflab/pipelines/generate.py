@@ -18,6 +18,7 @@ img2img, inversion round trips, cascades), ``noise`` (given starting noise, e.g.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -32,6 +33,7 @@ from ..sampling import (
     DEFAULT_METHOD,
     DEFAULT_SPACING,
     DEFAULT_STEPS,
+    SPACINGS,
     NoiseSource,
     check_options,
     get_sigmas,
@@ -74,8 +76,13 @@ class SamplerSettings:
         if sigmas is not None:
             sigmas = torch.as_tensor(sigmas, dtype=torch.float64)
             steps = len(sigmas) - 1
-        return cls(method, steps or defaults.get("steps", DEFAULT_STEPS),
-                   spacing or defaults.get("spacing", DEFAULT_SPACING), sigmas, options)
+        steps = steps if steps is not None else defaults.get("steps", DEFAULT_STEPS)
+        if steps < 1:
+            raise ValueError(f"the number of steps must be at least 1, got {steps}")
+        spacing = spacing or defaults.get("spacing", DEFAULT_SPACING)
+        if spacing not in SPACINGS and not callable(spacing):
+            raise ValueError(f"unknown step spacing {spacing!r}; choose one of: {', '.join(SPACINGS)}")
+        return cls(method, steps, spacing, sigmas, options)
 
     def walk(self, model: DiffusionModel, strength: float | None = None) -> Tensor:
         """The noise levels the solver walks (the tail of them for img2img's ``strength``)."""
@@ -104,11 +111,12 @@ class GenerationPlan:
     def device(self) -> torch.device:
         return self.model.device
 
-    def cond(self, start: int, stop: int) -> dict:
-        """The model's keyword arguments for images start … stop − 1."""
-        cond = {"class_labels": self.labels[start:stop].to(self.device)} if self.labels_used else {}
+    def cond(self, indices) -> dict:
+        """The model's keyword arguments for the images of these indices (a list or a range)."""
+        indices = list(indices)
+        cond = {"class_labels": self.labels[indices].to(self.device)} if self.labels_used else {}
         if self.text is not None:
-            cond.update(self.text.encode(self.prompts[start:stop]))
+            cond.update(self.text.encode([self.prompts[i] for i in indices]))
         return cond
 
     def image_record(self, i: int) -> dict:
@@ -179,10 +187,17 @@ class Generated:
         return {**record, "seeds": [r["seed"] for r in self.records]}
 
 
-def run(job: GenerationPlan, *, batch_size: int = 256, progress: bool = False, noise: Tensor | None = None,
-        x_start: Tensor | None = None, strength: float | None = None, callback=None) -> Generated:
-    """Sample the images of a :class:`GenerationPlan` batch by batch (see :func:`generate`)."""
+def batches(job: GenerationPlan, *, batch_size: int = 256, indices: list[int] | None = None, progress: bool = False,
+            noise: Tensor | None = None, x_start: Tensor | None = None, strength: float | None = None,
+            callback=None) -> Iterator[tuple[list[int], Tensor]]:
+    """Sample the plan's images batch by batch: yields (image indices, their uint8 images) as each
+    batch finishes, so a caller can write them before the next one (``difflab sample`` streams
+    them to disk and resumes by skipping the indices it has). ``indices``: which of the plan's
+    images to make (default: all); ``noise`` and ``x_start`` are given for all of the plan's
+    images. See :func:`generate` for the rest."""
     model, n = job.model, len(job.seeds)
+    if batch_size < 1:
+        raise ValueError(f"the batch size must be at least 1, got {batch_size}")
     autocast = precision_autocast(job.precision, model.device)  # checks the precision before any work
     sigmas = job.settings.walk(model, strength)
     if x_start is not None and strength is None and job.settings.sigmas is None:
@@ -191,27 +206,32 @@ def run(job: GenerationPlan, *, batch_size: int = 256, progress: bool = False, n
         if given is not None and tuple(given.shape) != (n, *model.image_shape):
             raise ValueError(f"{name} must have shape {(n, *model.image_shape)} (the model's), "
                              f"got {tuple(given.shape)}")
-    chunks = []
-    batches = range(0, n, batch_size)
+    indices = list(range(n)) if indices is None else list(indices)
+    starts = range(0, len(indices), batch_size)
     if progress:
         from tqdm.auto import tqdm
 
-        batches = tqdm(batches, desc="sample", unit="batch")
-    for start in batches:
-        stop = min(n, start + batch_size)
-        source = NoiseSource(seeds=job.seeds[start:stop])
-        like = torch.empty((stop - start, *model.image_shape), device=model.device)
+        starts = tqdm(starts, desc="sample", unit="batch")
+    for start in starts:
+        chunk = indices[start : start + batch_size]
+        source = NoiseSource(seeds=[job.seeds[i] for i in chunk])
+        like = torch.empty((len(chunk), *model.image_shape), device=model.device)
         x_T = source(like)  # each image's first draw is its start, drawn even when `noise` replaces it,
         if noise is not None:  # so its stochastic noise is the same either way
-            x_T = noise[start:stop].to(model.device)
-        x0 = x_start[start:stop].to(model.device) if x_start is not None else None
+            x_T = noise[chunk].to(model.device)
+        x0 = x_start[chunk].to(model.device) if x_start is not None else None
         with autocast:
-            x = sample(job.denoiser, x_T, sigmas=sigmas, method=job.settings.method, cond=job.cond(start, stop),
+            x = sample(job.denoiser, x_T, sigmas=sigmas, method=job.settings.method, cond=job.cond(chunk),
                        noise_source=source, x_start=x0, callback=callback, **job.settings.options)
         if model.latent is not None:
             x = model.latent.decode(x)
-        chunks.append(to_uint8(x).cpu())
-    return Generated(torch.cat(chunks), job.labels, [job.image_record(i) for i in range(n)])
+        yield chunk, to_uint8(x).cpu()
+
+
+def run(job: GenerationPlan, **options) -> Generated:
+    """All the plan's images at once (:func:`batches`' keyword arguments)."""
+    images = torch.cat([images for _, images in batches(job, **options)])
+    return Generated(images, job.labels, [job.image_record(i) for i in range(len(job.seeds))])
 
 
 def generate(

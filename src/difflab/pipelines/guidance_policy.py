@@ -7,6 +7,7 @@ checkpoint needs: what its defaults are, what it supports, and the one clear err
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -87,11 +88,24 @@ def unconditional_text(text: TextConditioning | None, guidance: Guidance, scale:
     return text.encode([negative]) if negative else text.null()
 
 
+def check_guidance(guidance: Guidance, scale: float) -> None:
+    """One clear error for settings no guidance can use, whether or not CFG is on."""
+    if not math.isfinite(scale):
+        raise ValueError(f"the guidance scale must be a finite number, got {scale}")
+    if not 0.0 <= guidance.rescale <= 1.0:
+        raise ValueError(f"the guidance rescale must be in [0, 1] (0 = off, 0.7 is usual), got {guidance.rescale}")
+    if guidance.interval is not None and not 0 <= guidance.interval[0] < guidance.interval[1]:
+        raise ValueError(f"the guidance interval SIGMA_LO SIGMA_HI needs 0 <= lo < hi, got {guidance.interval}")
+    if not math.isfinite(guidance.classifier_scale):
+        raise ValueError(f"the classifier scale must be a finite number, got {guidance.classifier_scale}")
+
+
 def guided_denoiser(model: DiffusionModel, guidance: Guidance, method: str, text_uncond: dict | None = None,
                     threshold: float | None = None) -> Denoiser:
     """The checkpoint's denoiser with classifier-free and/or classifier guidance applied
     (``text_uncond``: the unconditional input of a text model, from :func:`unconditional_text`)."""
     scale = guidance_scale(model, guidance)
+    check_guidance(guidance, scale)
     if scale != 1.0:
         if not model.record.conditional:
             raise ValueError("classifier-free guidance needs a class- or text-conditional model; this one is "

@@ -53,7 +53,7 @@ def tune_steps(
     guidance = guidance or Guidance()
     job = plan(model, n, SamplerSettings.resolve(model, method, steps), seed=seed, class_index=class_index,
                guidance=guidance, prompts=prompts, compile=compile)
-    cond = job.cond(0, n)
+    cond = job.cond(range(n))
     tuned = tune_sigmas(job.denoiser, starting_noise(model, job.seeds), method=method, steps=steps, init=init,
                         cond=cond, reference_steps=reference_steps, max_evals=max_evals, progress=progress)
     heldout = starting_noise(model, [s + HELDOUT_OFFSET for s in job.seeds])
