@@ -8,8 +8,8 @@ import pytest
 import torch
 from PIL import Image
 
-from difflab.data import load_dataset, load_image_folder
-from difflab.data.image_folder import decode_folder, resize_center_crop
+from difflab.data import image_folder, load_dataset, load_image_folder
+from difflab.data.image_folder import resize_center_crop
 
 
 @pytest.fixture(autouse=True)
@@ -115,9 +115,8 @@ def test_decoded_once_then_read_from_cache_until_the_folder_changes(tmp_path, mo
     root = tmp_path / "imgs"
     _save(root / "a.png", "RGB", (9, 9, 9))
     first = load_image_folder(root, resolution=4)
-    calls = []
-    monkeypatch.setattr("difflab.data.image_folder.decode_folder",
-                        lambda *args: calls.append(args) or decode_folder(*args))
+    calls, decode = [], image_folder._decode
+    monkeypatch.setattr(image_folder, "_decode", lambda *args: calls.append(args) or decode(*args))
     again = load_image_folder(root, resolution=4)
     assert calls == [] and torch.equal(first.images, again.images)
     _save(root / "b.png", "RGB", (7, 7, 7))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -17,6 +18,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from difflab.data.dataset import ImageDataset
+
+log = logging.getLogger(__name__)
 
 
 def cache_dir() -> Path:
@@ -41,13 +44,17 @@ def content_key(*parts: object) -> str:
     return digest.hexdigest()
 
 
-def save_dataset(path: Path, dataset: ImageDataset) -> None:
-    """Write a dataset as one safetensors file (written to a temporary name, then renamed)."""
+def save_dataset(path: Path, dataset: ImageDataset, extra: dict[str, str] | None = None) -> None:
+    """Write a dataset as one safetensors file (written to a temporary name, then renamed).
+
+    ``extra`` adds string fields to the file's metadata (read back by :func:`read_extra`).
+    """
     tensors = {"images": dataset.images.contiguous()}
     if dataset.labels is not None:
         tensors["labels"] = dataset.labels.contiguous()
     metadata = {"name": dataset.name, "class_names": json.dumps(dataset.class_names),
                 "captions": json.dumps(dataset.captions)}
+    metadata.update({f"extra.{key}": value for key, value in (extra or {}).items()})
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     save_file(tensors, str(tmp), metadata=metadata)
@@ -65,3 +72,26 @@ def load_dataset_file(path: Path) -> ImageDataset:
                         class_names=json.loads(metadata.get("class_names", "[]")),
                         captions=json.loads(metadata.get("captions", "null")),
                         name=metadata.get("name", str(path)))
+
+
+def read_extra(path: Path) -> dict[str, str]:
+    """The ``extra`` fields :func:`save_dataset` wrote into ``path``."""
+    with safe_open(str(path), framework="pt") as f:
+        metadata = f.metadata() or {}
+    return {key.removeprefix("extra."): value for key, value in metadata.items() if key.startswith("extra.")}
+
+
+def load_cached(path: Path) -> ImageDataset | None:
+    """The dataset cached at ``path``; None when there is none or it cannot be read.
+
+    A cache entry is disposable: a truncated or otherwise unreadable one (a full disk, a kill
+    from before writes were atomic, a foreign file) is reported, removed and decoded again.
+    """
+    if not path.is_file():
+        return None
+    try:
+        return load_dataset_file(path)
+    except Exception as err:  # any failure to read a disposable entry means: rebuild it
+        log.warning("ignoring the unreadable cache entry %s (%s: %s); decoding again", path, type(err).__name__, err)
+        path.unlink(missing_ok=True)
+        return None

@@ -1,33 +1,45 @@
 """A folder of images, following Hugging Face's ``imagefolder`` layout.
 
-- Images are found recursively: PNG, JPEG and WebP.
+- Images are found recursively: PNG, JPEG and WebP. Hidden folders are skipped; symlinked
+  folders are followed, each real folder once (a link back to an ancestor is a loop).
 - The class of an image is the name of its first sub-folder (``root/cat/x.png`` → "cat");
   when some image sits directly in the root, the set has no labels.
 - A caption comes from a ``metadata.jsonl`` (one JSON object a line with ``file_name``,
   relative to that file's folder, and ``text`` or ``caption``), else from a ``.txt`` file
   with the image's name beside it.
-- Grey, RGB and RGBA/LA/palette images are accepted; transparency is composited on white.
-  Each image is resized (shorter side, bicubic) and centre-cropped to a square.
-- A file that cannot be decoded is reported (path and reason) and skipped, with a count
-  at the end; a folder with no usable image is an error.
+- Grey, 16-bit grey (scaled to 8 bits), CMYK, RGB and RGBA/LA/palette images are accepted;
+  transparency is composited on white. Each image is resized (shorter side, bicubic) and
+  centre-cropped to a square.
+- A file that cannot be used is skipped with a short reason (:data:`REASONS`): truncated,
+  corrupt, not an image, zero bytes, decompression bomb (over ``PIL.Image.MAX_IMAGE_PIXELS``,
+  refused from its header before any pixel is allocated), symlink loop, dangling symlink,
+  unreadable, not a regular file. Each is logged, then one summary line counts them by
+  reason; a folder with no usable image is one error naming the folder and the reasons.
 
 The decoded set is cached as one safetensors file keyed by the folder's contents (paths,
-sizes, modification times) and the options, so the images are decoded once.
+sizes, times and modes of every file, the errors of those that cannot be read) and the
+options, so the images are decoded once and a fixed or added file decodes again.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
+import stat
+import warnings
+from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import PIL
 import torch
 from PIL import Image
 from tqdm import tqdm
 
-from difflab.data.cache import cache_dir, content_key, load_dataset_file, save_dataset
+from difflab.data.cache import cache_dir, content_key, load_cached, read_extra, save_dataset
 from difflab.data.convert import to_channels
 from difflab.data.dataset import ImageDataset
 
@@ -36,29 +48,143 @@ log = logging.getLogger(__name__)
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
 METADATA_FILE = "metadata.jsonl"
 _GREY_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F")
-_CACHE_FORMAT = 1
+_CACHE_FORMAT = 2
+_LOGGED_FILES = 20  # per-file warnings before the rest go to DEBUG (the summary still counts them)
+_NAMED_IN_SUMMARY = 5
+
+# Why a file is not used, as the summary line counts it (reason → plural).
+REASONS = {
+    "truncated": "truncated",
+    "corrupt": "corrupt",
+    "not an image": "not images",
+    "zero bytes": "zero bytes",
+    "decompression bomb": "decompression bombs",
+    "symlink loop": "symlink loops",
+    "dangling symlink": "dangling symlinks",
+    "unreadable": "unreadable",
+    "not a regular file": "not regular files",
+    "repeated folder": "repeated folders",
+}
+# Reasons that belong to the moment rather than to the file: a set with one of these is not cached.
+_TRANSIENT = ("unreadable",)
+# What a usable file needed (conversion → how the summary counts it).
+CONVERSIONS = {
+    "16-bit": "16-bit → 8-bit",
+    "CMYK": "CMYK → RGB",
+    "mode": "other modes → RGB",
+    "transparency": "transparency on white",
+    "upscaled": "upscaled over 4×",
+}
+_UPSCALE_NOTED = 4  # an image whose shorter side grows more than this is noted as "upscaled"
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A file (or a symlinked folder) the loader did not use, and why."""
+
+    path: Path
+    reason: str  # a key of REASONS
+    detail: str = ""  # the underlying error, for the per-file message
+
+
+class _Unusable(Exception):
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(reason, detail)
+        self.reason, self.detail = reason, detail
+
+
+def _relative(root: Path, path: Path) -> str:
+    return path.relative_to(root).as_posix()
+
+
+def walk(root: Path) -> tuple[list[Path], list[Skipped]]:
+    """Every file under ``root``, sorted by relative path, and the symlinked folders not followed.
+
+    Hidden folders are skipped. Real sub-folders are read first; then each symlinked folder,
+    in sorted order, unless it leads back to one of its own ancestors (``symlink loop``) or
+    to a folder already read (``repeated folder``): every real folder is read once, so the
+    walk ends on any tree of links. Broken entries (dangling or looping file links) are
+    returned as files: :func:`check_file` says what is wrong with them.
+    """
+    files: list[Path] = []
+    skipped: list[Skipped] = []
+    seen = {_folder_id(root)}
+    real, links = [root], []
+    while real or links:
+        if real:
+            folder = real.pop()
+        else:
+            folder = links.pop(0)
+            target = _folder_id(folder)
+            if target in seen:
+                parent = os.path.realpath(folder.parent)
+                loop = (parent + os.sep).startswith(os.path.realpath(folder) + os.sep)
+                skipped.append(Skipped(folder, "symlink loop" if loop else "repeated folder",
+                                       f"leads to {os.path.realpath(folder)}"))
+                continue
+            seen.add(target)
+        try:
+            with os.scandir(folder) as scan:
+                entries = sorted(scan, key=lambda e: e.name)
+        except OSError as err:
+            skipped.append(Skipped(folder, "unreadable", f"cannot list the folder: {err.strerror or err}"))
+            continue
+        for entry in entries:
+            try:
+                is_folder = entry.is_dir()  # follows links; False for dangling ones
+            except OSError:  # a looping link: left to check_file if it is named like an image
+                is_folder = False
+            if not is_folder:
+                files.append(Path(entry.path))
+            elif entry.name.startswith("."):
+                continue
+            elif entry.is_symlink():
+                links.append(Path(entry.path))
+            elif _folder_id(Path(entry.path)) not in seen:
+                seen.add(_folder_id(Path(entry.path)))
+                real.append(Path(entry.path))
+        links.sort(key=lambda p: _relative(root, p))
+    return sorted(files, key=lambda p: _relative(root, p)), sorted(skipped, key=lambda s: _relative(root, s.path))
+
+
+def _folder_id(path: Path) -> tuple[int, int]:
+    info = path.stat()
+    return info.st_dev, info.st_ino
 
 
 def find_images(root: Path) -> list[Path]:
-    """Every image file under ``root`` (recursive, hidden folders skipped), sorted."""
-    found = []
-    for folder, subfolders, files in os.walk(root):
-        subfolders[:] = sorted(d for d in subfolders if not d.startswith("."))
-        found += [Path(folder) / name for name in files if name.lower().endswith(IMAGE_EXTENSIONS)]
-    return sorted(found, key=lambda p: p.relative_to(root).as_posix())
+    """Every file under ``root`` named like an image (see :func:`walk`), sorted."""
+    return [path for path in walk(root)[0] if path.name.lower().endswith(IMAGE_EXTENSIONS)]
 
 
-def read_captions(root: Path, images: list[Path]) -> list[str] | None:
+def check_file(path: Path) -> Skipped | None:
+    """What makes ``path`` unusable before it is opened (a broken link, no bytes...), or None."""
+    try:
+        info = path.stat()
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            return Skipped(path, "symlink loop", err.strerror or "")
+        if path.is_symlink() and err.errno == errno.ENOENT:
+            return Skipped(path, "dangling symlink", f"leads to {os.readlink(path)}, which does not exist")
+        return Skipped(path, "unreadable", err.strerror or str(err))
+    if not stat.S_ISREG(info.st_mode):  # a pipe named .png would block the open for ever
+        return Skipped(path, "not a regular file")
+    if info.st_size == 0:
+        return Skipped(path, "zero bytes")
+    return None
+
+
+def read_captions(images: list[Path], metadata_files: list[Path]) -> list[str] | None:
     """One caption per image from ``metadata.jsonl`` files or ``.txt`` files; None if none."""
-    from_metadata: dict[Path, str] = {}
-    for metadata in sorted(root.rglob(METADATA_FILE)):
-        for number, line in enumerate(metadata.read_text(encoding="utf-8").splitlines(), 1):
+    from_metadata: dict[str, str] = {}
+    for metadata in metadata_files:
+        for number, line in enumerate(_read_text(metadata).splitlines(), 1):
             if not line.strip():
                 continue
             try:
                 row = json.loads(line)
                 caption = row.get("text", row.get("caption"))
-                image = (metadata.parent / row["file_name"]).resolve()
+                image = os.path.realpath(metadata.parent / row["file_name"])
             except (json.JSONDecodeError, KeyError, AttributeError, TypeError) as err:
                 raise ValueError(f"{metadata}:{number}: expected a JSON object with 'file_name' "
                                  f"and 'text' or 'caption' ({err})") from err
@@ -66,14 +192,21 @@ def read_captions(root: Path, images: list[Path]) -> list[str] | None:
                 from_metadata[image] = str(caption)
     captions = []
     for image in images:
-        caption = from_metadata.get(image.resolve())
+        caption = from_metadata.get(os.path.realpath(image))
         text_file = image.with_suffix(".txt")
         if caption is None and text_file.is_file():
-            caption = text_file.read_text(encoding="utf-8").strip()
+            caption = _read_text(text_file).strip()
         captions.append(caption)
     if all(c is None for c in captions):
         return None
     return ["" if c is None else c for c in captions]
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: not UTF-8 text (byte {err.start}); save it as UTF-8") from err
 
 
 def class_of(root: Path, image: Path) -> str | None:
@@ -105,80 +238,234 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def decode(path: Path, resolution: int | None) -> tuple[np.ndarray, bool]:
-    """Decode one image to a (H, W, 3) uint8 array; also says whether it was grey."""
-    with Image.open(path) as image:
-        image.load()
+def conversions_of(image: Image.Image, resolution: int | None) -> list[str]:
+    """What ``image`` needs on its way to an RGB square (keys of :data:`CONVERSIONS`)."""
+    found = []
+    if image.mode.startswith("I") or image.mode == "F":
+        found.append("16-bit")
+    elif image.mode == "CMYK":
+        found.append("CMYK")
+    elif image.mode not in ("1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBa", "La"):
+        found.append("mode")
+    if "A" in image.getbands() or "transparency" in image.info:
+        found.append("transparency")
+    if resolution is not None and min(image.size) * _UPSCALE_NOTED < resolution:
+        found.append("upscaled")
+    return found
+
+
+def _open(path: Path) -> Image.Image:
+    """Open ``path`` lazily (header only), refusing sizes over Pillow's decompression-bomb limit."""
+    try:
+        with warnings.catch_warnings():  # the size is checked below, whatever Pillow only warns about
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(path)
+    except Image.DecompressionBombError as err:
+        raise _Unusable("decompression bomb", str(err)) from err
+    except PermissionError as err:
+        raise _Unusable("unreadable", err.strerror or str(err)) from err
+    except Image.UnidentifiedImageError as err:
+        raise _Unusable(*_why_undecodable(path, err, opened=False)) from err
+    except Exception as err:
+        if isinstance(err, OSError) and err.errno is not None:  # the system's error, not the decoder's
+            raise _Unusable("unreadable", err.strerror or str(err)) from err
+        raise _Unusable(*_why_undecodable(path, err, opened=False)) from err
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit and image.width * image.height > limit:
+        image.close()
+        raise _Unusable("decompression bomb", f"{image.width}×{image.height} pixels, over PIL.Image.MAX_IMAGE_PIXELS "
+                                              f"= {limit}")
+    return image
+
+
+def _why_undecodable(path: Path, err: Exception, opened: bool) -> tuple[str, str]:
+    """Sort a decoder's error into truncated / corrupt / not an image."""
+    detail = f"{type(err).__name__}: {err}" if not isinstance(err, OSError) else str(err)
+    try:
+        with open(path, "rb") as f:
+            head = f.read(12)
+        size = path.stat().st_size
+    except OSError:
+        head, size = b"", 0
+    if "truncated" in str(err).lower() or _shorter_than_its_header(head, size):
+        return "truncated", detail
+    known = head.startswith((b"\x89PNG", b"\xff\xd8", b"GIF8")) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP")
+    if not opened and not known:
+        return "not an image", "Pillow does not recognise its format"
+    return "corrupt", detail
+
+
+def _shorter_than_its_header(head: bytes, size: int) -> bool:
+    """A RIFF file (WebP) says its length in its header: a shorter file was cut."""
+    return head[:4] == b"RIFF" and len(head) >= 8 and int.from_bytes(head[4:8], "little") + 8 > size
+
+
+def decode(path: Path, resolution: int | None) -> tuple[np.ndarray, bool, list[str]]:
+    """Decode one image to a (H, W, 3) uint8 array; also whether it was grey and what it needed.
+
+    Raises _Unusable with the reason when the file cannot be used.
+    """
+    with _open(path) as image:
+        try:
+            image.load()
+        except Exception as err:
+            raise _Unusable(*_why_undecodable(path, err, opened=True)) from err
         grey = image.mode in _GREY_MODES
+        needed = conversions_of(image, resolution)
         rgb = to_rgb(image)
     if resolution is not None:
         rgb = resize_center_crop(rgb, resolution)
-    return np.asarray(rgb, dtype=np.uint8), grey
+    return np.asarray(rgb, dtype=np.uint8), grey, needed
 
 
-def _folder_key(root: Path, resolution: int | None, channels: int | None) -> str:
-    entries = []
-    for folder, subfolders, files in os.walk(root):
-        subfolders[:] = sorted(d for d in subfolders if not d.startswith("."))
-        for name in sorted(files):
-            stat = (Path(folder) / name).stat()
-            entries.append((Path(folder, name).relative_to(root).as_posix(), stat.st_size, stat.st_mtime_ns))
-    return content_key(_CACHE_FORMAT, resolution, channels, sorted(entries))
+def common_side(images: list[Path]) -> int | None:
+    """The most common shorter side among the images' headers (ties: the larger); None if none opens.
 
-
-def decode_folder(root: Path, resolution: int | None = None, channels: int | None = None) -> ImageDataset:
-    """Decode every usable image under ``root`` (no cache); see the module docstring.
-
-    ``resolution`` None takes the shorter side of the first image; ``channels`` None gives
-    1 when every image is grey and 3 otherwise.
+    With ``resolution=None`` every image is resized to this, so one odd image (a 1×1 icon that
+    sorts first) cannot set the size of the whole set.
     """
-    files = find_images(root)
-    arrays, names, all_grey, skipped = [], [], True, 0
-    for path in tqdm(files, desc=f"decoding {root.name}", unit="img", disable=None):
+    sides: Counter[int] = Counter()
+    for path in images:
         try:
-            pixels, grey = decode(path, resolution)
-        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
-            log.warning("skipping %s: %s", path, err)
-            skipped += 1
+            with _open(path) as image:
+                sides[min(image.size)] += 1
+        except _Unusable:
+            continue  # reported when it is decoded
+    return max(sides, key=lambda side: (sides[side], side)) if sides else None
+
+
+def _breakdown(skipped: list[tuple[str, str]]) -> str:
+    """``3 truncated, 1 zero bytes; cat/a.png (truncated), ...``: counts by reason, then the first names."""
+    counts = Counter(reason for _, reason in skipped)
+    by_reason = ", ".join(f"{n} {REASONS.get(reason, reason) if n > 1 else reason}"
+                          for reason, n in sorted(counts.items(), key=lambda item: (-item[1], item[0])))
+    named = ", ".join(f"{name} ({reason})" for name, reason in skipped[:_NAMED_IN_SUMMARY])
+    more = f" and {len(skipped) - _NAMED_IN_SUMMARY} more" if len(skipped) > _NAMED_IN_SUMMARY else ""
+    return f"{by_reason}; {named}{more}"
+
+
+def _report_skipped(root: Path, total: int, skipped: list[tuple[str, str]]) -> None:
+    if skipped:
+        log.warning("skipped %d of %d image files in %s: %s", len(skipped), total, root, _breakdown(skipped))
+
+
+def _report_one(root: Path, number: int, item: Skipped) -> None:
+    level = logging.WARNING if number < _LOGGED_FILES else logging.DEBUG
+    detail = f" ({item.detail})" if item.detail else ""
+    log.log(level, "skipping %s: %s%s", item.path, item.reason, detail)
+
+
+@dataclass
+class _Decoded:
+    dataset: ImageDataset
+    total: int  # image files found (and folder links not followed)
+    skipped: list[tuple[str, str]]  # (path relative to the root, reason), sorted by path
+
+
+def _decode(root: Path, resolution: int | None, channels: int | None) -> _Decoded:
+    files, skipped = walk(root)
+    images = [path for path in files if path.name.lower().endswith(IMAGE_EXTENSIONS)]
+    metadata_files = [path for path in files if path.name == METADATA_FILE]
+    candidates = []
+    for path in images:
+        problem = check_file(path)
+        if problem is None:
+            candidates.append(path)
+        else:
+            skipped.append(problem)
+    if resolution is None:
+        resolution = common_side(candidates)
+    arrays, names, all_grey, converted = [], [], True, Counter()
+    for path in tqdm(candidates, desc=f"decoding {root.name}", unit="img", disable=None):
+        try:
+            pixels, grey, needed = decode(path, resolution)
+        except _Unusable as err:
+            skipped.append(Skipped(path, err.reason, err.detail))
             continue
-        if resolution is None:
+        if resolution is None:  # no header opened in the first pass, yet this one decoded
             resolution = min(pixels.shape[:2])
             pixels = np.asarray(resize_center_crop(Image.fromarray(pixels), resolution))
         arrays.append(pixels)
         names.append(path)
         all_grey &= grey
-    if skipped:
-        log.warning("skipped %d of %d image files in %s", skipped, len(files), root)
-    if not files:
+        converted.update(needed)
+    skipped.sort(key=lambda item: _relative(root, item.path))
+    for number, item in enumerate(skipped):
+        _report_one(root, number, item)
+    image_set = set(images)
+    total = len(images) + sum(item.path not in image_set for item in skipped)
+    pairs = [(_relative(root, item.path), item.reason) for item in skipped]
+    _report_skipped(root, total, pairs)
+    if converted:
+        log.info("converted files in %s: %s", root,
+                 ", ".join(f"{n} {CONVERSIONS[kind]}" for kind, n in sorted(converted.items())))
+    if not images:
         raise ValueError(f"no image in {root}: expected PNG, JPEG or WebP files "
                          f"({', '.join(IMAGE_EXTENSIONS)}), searched recursively")
     if not arrays:
-        raise ValueError(f"no usable image in {root}: none of its {len(files)} image files "
-                         f"could be decoded (see the warnings above)")
-    images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
-    images = to_channels(images, channels if channels is not None else (1 if all_grey else 3))
+        raise ValueError(f"no usable image in {root}: none of its {total} image files could be used: "
+                         + _breakdown(pairs))
+    stacked = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+    stacked = to_channels(stacked, channels if channels is not None else (1 if all_grey else 3))
     classes = [class_of(root, path) for path in names]
     labels, class_names = None, []
     if all(c is not None for c in classes):
         class_names = sorted(set(classes))
         index = {name: i for i, name in enumerate(class_names)}
         labels = torch.tensor([index[c] for c in classes], dtype=torch.int64)
-    return ImageDataset(images=images, labels=labels, class_names=class_names,
-                        captions=read_captions(root, names), name=str(root))
+    dataset = ImageDataset(images=stacked, labels=labels, class_names=class_names,
+                           captions=read_captions(names, metadata_files), name=str(root))
+    return _Decoded(dataset, total, pairs)
+
+
+def decode_folder(root: Path, resolution: int | None = None, channels: int | None = None) -> ImageDataset:
+    """Decode every usable image under ``root`` (no cache); see the module docstring.
+
+    ``resolution`` None takes the most common shorter side among the images; ``channels``
+    None gives 1 when every image is grey and 3 otherwise.
+    """
+    return _decode(Path(root), resolution, channels).dataset
+
+
+def folder_key(root: Path, resolution: int | None, channels: int | None) -> str:
+    """The cache key of a folder: every file's path, size, times and mode (or its error) and the options.
+
+    A file that is skipped today is in the key as it stands (a dangling link as its error, an
+    unreadable file with its mode), so fixing, adding or removing any file gives a new key.
+    """
+    files, skipped = walk(root)
+    entries = []
+    for path in files:
+        try:
+            info = path.stat()
+            entries.append((_relative(root, path), info.st_size, info.st_mtime_ns, info.st_ctime_ns, info.st_mode))
+        except OSError as err:
+            entries.append((_relative(root, path), errno.errorcode.get(err.errno or 0, str(err))))
+    entries += [(_relative(root, item.path), item.reason, item.detail) for item in skipped]
+    return content_key(_CACHE_FORMAT, resolution, channels, PIL.__version__, Image.MAX_IMAGE_PIXELS, entries)
 
 
 def load_image_folder(root: str | Path, resolution: int | None = None, channels: int | None = None,
                       use_cache: bool = True) -> ImageDataset:
-    """Load an image folder, decoding it once and then reading the cached uint8 tensor."""
+    """Load an image folder, decoding it once and then reading the cached uint8 tensor.
+
+    A cached set repeats the summary of the files it skipped. A set that skipped a file for a
+    reason of the moment (unreadable) is not cached, so the next load tries that file again.
+    """
     root = Path(root)
     if not root.is_dir():
-        raise FileNotFoundError(f"image folder {root} does not exist")
+        what = "is not a folder" if root.exists() else "does not exist"
+        raise FileNotFoundError(f"image folder {root} {what}")
     if not use_cache:
         return decode_folder(root, resolution, channels)
-    key = _folder_key(root, resolution, channels)
+    key = folder_key(root, resolution, channels)
     path = cache_dir() / "folders" / f"{root.resolve().name}-{key[:20]}.safetensors"
-    if path.is_file():
-        return load_dataset_file(path)
-    dataset = decode_folder(root, resolution, channels)
-    save_dataset(path, dataset)
-    return dataset
+    dataset = load_cached(path)
+    if dataset is not None:
+        extra = read_extra(path)
+        _report_skipped(root, int(extra.get("total", 0)), json.loads(extra.get("skipped", "[]")))
+        return dataset
+    decoded = _decode(root, resolution, channels)
+    if not any(reason in _TRANSIENT for _, reason in decoded.skipped):
+        save_dataset(path, decoded.dataset, {"total": str(decoded.total), "skipped": json.dumps(decoded.skipped)})
+    return decoded.dataset
