@@ -36,7 +36,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 from tqdm import tqdm
 
-from difflab.data.cache import cache_dir, content_key, load_dataset_file, save_dataset
+from difflab.data.cache import cache_dir, content_key, load_cached, save_dataset
 from difflab.data.dataset import ImageDataset
 from difflab.data.image_folder import to_rgb
 
@@ -153,8 +153,9 @@ def _cached(font_file: Path, resolution: int) -> ImageDataset:
     key = content_key(_CACHE_FORMAT, str(font_file.resolve()), stat.st_size, stat.st_mtime_ns,
                       resolution, PIL.__version__, unicodedata.unidata_version)
     path = cache_dir() / "emoji" / f"emoji-{resolution}px-{key[:20]}.safetensors"
-    if path.is_file():
-        return load_dataset_file(path)
+    cached = load_cached(path)
+    if cached is not None:
+        return cached
     dataset = render_emoji(font_file, resolution)
     save_dataset(path, dataset)
     return dataset

@@ -115,7 +115,11 @@ def walk(root: Path) -> tuple[list[Path], list[Skipped]]:
             folder = real.pop()
         else:
             folder = links.pop(0)
-            target = _folder_id(folder)
+            try:
+                target = _folder_id(folder)
+            except OSError as err:  # changed since it was listed
+                skipped.append(Skipped(folder, "unreadable", err.strerror or str(err)))
+                continue
             if target in seen:
                 parent = os.path.realpath(folder.parent)
                 loop = (parent + os.sep).startswith(os.path.realpath(folder) + os.sep)
