@@ -15,7 +15,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
+from pathlib import Path
 
+import torch
 from torch import nn
 
 from .autoencoder import PRESETS as KL_PRESETS
@@ -80,10 +82,38 @@ def build_model(config_dict: dict) -> nn.Module:
     return MODELS[name].model(config)
 
 
-def load_frozen(config_dict: dict, state_dict: dict, device="cpu") -> nn.Module:
+def _shape(t: torch.Tensor) -> str:
+    return "(" + ", ".join(str(n) for n in t.shape) + ")"
+
+
+def state_dict_mismatch(checkpoint: dict[str, torch.Tensor], model: dict[str, torch.Tensor]) -> str | None:
+    """The first difference between a checkpoint's tensors and a model's state dict (a missing
+    tensor or a shape, in the model's order, then a tensor the model lacks), or None."""
+    for name, tensor in model.items():
+        if name not in checkpoint:
+            return f"missing key {name} (the model has it, the checkpoint does not)"
+        if checkpoint[name].shape != tensor.shape:
+            return f"{name}: checkpoint {_shape(checkpoint[name])} vs model {_shape(tensor)}"
+    for name in checkpoint:
+        if name not in model:
+            return f"unexpected key {name} (the checkpoint has it, the model does not)"
+    return None
+
+
+def load_frozen(config_dict: dict, state_dict: dict, device="cpu", *, source: str | Path | None = None) -> nn.Module:
     """Build the network ``config_dict`` describes, load ``state_dict`` into it and freeze it
-    (eval mode, no gradients) on ``device``: how checkpoints are loaded for inference."""
+    (eval mode, no gradients) on ``device``: how checkpoints are loaded for inference.
+
+    Raises:
+        ValueError: the weights do not fit the architecture, naming the first missing or
+            unexpected tensor or shape mismatch (and ``source``, the checkpoint, when given).
+    """
     model = build_model(config_dict)
+    problem = state_dict_mismatch(state_dict, model.state_dict())
+    if problem is not None:
+        where = f"the weights of {source}" if source else "the checkpoint's weights"
+        raise ValueError(f"{where} do not fit the {config_dict.get('name')} model of its config: {problem}; "
+                         "weights and config must come from the same checkpoint")
     model.load_state_dict(state_dict)
     return model.to(device).eval().requires_grad_(False)
 
@@ -99,5 +129,5 @@ def model_config_dict(model: nn.Module) -> dict:
 __all__ = [
     "AUTOENCODERS", "MODELS", "AutoencoderConfig", "AutoencoderKL", "AutoencoderVQ", "AutoencoderVQConfig", "DiT",
     "DiTConfig", "DiagonalGaussian", "ModelSpec", "NoisyClassifier", "UNet", "UNetConfig", "build_config",
-    "build_model", "estimate_latent_scale", "load_frozen", "model_config_dict",
+    "build_model", "estimate_latent_scale", "load_frozen", "model_config_dict", "state_dict_mismatch",
 ]
