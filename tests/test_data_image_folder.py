@@ -133,3 +133,20 @@ def test_folder_splits_via_subfolders(tmp_path):
     assert len(load_dataset(flat, "train", use_cache=False)) == 1
     with pytest.raises(FileNotFoundError, match="no 'test' sub-folder"):
         load_dataset(flat, "test")
+
+
+def test_a_cache_that_cannot_be_written_costs_only_the_cache(tmp_path, monkeypatch, caplog):
+    from safetensors import SafetensorError
+
+    _save(tmp_path / "imgs" / "a.png", "RGB", (9, 9, 9))
+
+    def full_disk(tensors, filename, metadata=None):
+        with open(filename, "wb") as f:
+            f.write(b"partial")
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr("difflab.data.cache.save_file", full_disk)
+    with caplog.at_level(logging.WARNING, logger="difflab.data.cache"):
+        data = load_image_folder(tmp_path / "imgs", resolution=4)
+    assert len(data) == 1 and "not cached" in caplog.text
+    assert not [p for p in (tmp_path / "cache").rglob("*") if p.is_file()]  # no partial file left

@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from difflab.data.dataset import ImageDataset
@@ -57,8 +57,20 @@ def save_dataset(path: Path, dataset: ImageDataset, extra: dict[str, str] | None
     metadata.update({f"extra.{key}": value for key, value in (extra or {}).items()})
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    save_file(tensors, str(tmp), metadata=metadata)
-    os.replace(tmp, path)
+    try:
+        save_file(tensors, str(tmp), metadata=metadata)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)  # left only when writing failed (a full disk)
+
+
+def try_save_dataset(path: Path, dataset: ImageDataset, extra: dict[str, str] | None = None) -> None:
+    """:func:`save_dataset`, where a failure (a full disk, a read-only cache) costs only the cache."""
+    try:
+        save_dataset(path, dataset, extra)
+    except (OSError, SafetensorError) as err:  # safetensors reports I/O errors as its own type
+        log.warning("could not write the cache entry %s (%s); the data is loaded, but not cached", path,
+                    getattr(err, "strerror", None) or err)
 
 
 def load_dataset_file(path: Path) -> ImageDataset:

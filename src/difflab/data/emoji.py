@@ -36,7 +36,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 from tqdm import tqdm
 
-from difflab.data.cache import cache_dir, content_key, load_cached, save_dataset
+from difflab.data.cache import cache_dir, content_key, load_cached, try_save_dataset
 from difflab.data.dataset import ImageDataset
 from difflab.data.image_folder import to_rgb
 
@@ -157,7 +157,7 @@ def _cached(font_file: Path, resolution: int) -> ImageDataset:
     if cached is not None:
         return cached
     dataset = render_emoji(font_file, resolution)
-    save_dataset(path, dataset)
+    try_save_dataset(path, dataset)
     return dataset
 
 

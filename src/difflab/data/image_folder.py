@@ -39,7 +39,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from difflab.data.cache import cache_dir, content_key, load_cached, read_extra, save_dataset
+from difflab.data.cache import cache_dir, content_key, load_cached, read_extra, try_save_dataset
 from difflab.data.convert import to_channels
 from difflab.data.dataset import ImageDataset
 
@@ -471,5 +471,5 @@ def load_image_folder(root: str | Path, resolution: int | None = None, channels:
         return dataset
     decoded = _decode(root, resolution, channels)
     if not any(reason in _TRANSIENT for _, reason in decoded.skipped):
-        save_dataset(path, decoded.dataset, {"total": str(decoded.total), "skipped": json.dumps(decoded.skipped)})
+        try_save_dataset(path, decoded.dataset, {"total": str(decoded.total), "skipped": json.dumps(decoded.skipped)})
     return decoded.dataset
