@@ -96,3 +96,10 @@ def test_a_full_disk_is_one_line_and_earlier_batches_stay(run, tmp_path, monkeyp
 def test_debug_shows_the_traceback(run, tmp_path):
     with pytest.raises(ValueError, match="steps must be at least 1"):
         cli(["--debug", "sample", str(run), "--steps", "0", "--out", str(tmp_path)])
+
+
+def test_eval_names_an_npz_that_is_no_zip_without_pickle_advice(tmp_path, capsys):
+    (tmp_path / "bad.npz").write_text("not a zip")
+    assert cli(["eval", str(tmp_path / "bad.npz"), "--ref", str(tmp_path / "bad.npz")]) == 2
+    err = capsys.readouterr().err
+    assert "bad.npz" in err and "pickle" not in err and "Traceback" not in err

@@ -8,6 +8,7 @@ pytorch-fid's ``--save-stats``, so published reference statistics can be reused.
 
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -85,5 +86,8 @@ def is_statistics_file(path: str | Path) -> bool:
     path = Path(path)
     if path.suffix != ".npz" or not path.is_file():
         return False
-    with np.load(path) as npz:
-        return {"mu", "sigma"} <= set(npz.files)
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            return {"mu", "sigma"} <= set(npz.files)
+    except (ValueError, OSError, zipfile.BadZipFile):  # not a zip of arrays: the image
+        return False  # loader says what is wrong with it, naming the file
