@@ -56,5 +56,10 @@ def test_the_trainer_follows_the_schedule_and_rejects_a_bad_one(tmp_path):
     logged = [json.loads(line)["lr"] for line in (run / "metrics.jsonl").read_text().splitlines()]
     # lr after each step: warm-up 0.5, 1, then linear decay over the 4 steps after warm-up
     assert logged == pytest.approx([0.01 * f for f in (1.0, 1.0, 0.75, 0.5, 0.25, 0.0)])
-    with pytest.raises(ConfigError, match="optim.lr_schedule must be one of"):
-        train(tiny_config(tmp_path / "bad", "train.steps=1", "optim.lr_schedule=exp"), progress=False)
+    with pytest.raises(ConfigError, match="'optim.lr_schedule' must be one of constant, cosine, linear, got 'exp'"):
+        tiny_config(tmp_path / "bad", "train.steps=1", "optim.lr_schedule=exp")  # at load time
+    config = tiny_config(tmp_path / "bad", "train.steps=1")
+    config.optim.lr_schedule = "exp"  # set in Python: train checks again
+    with pytest.raises(ConfigError, match="'optim.lr_schedule' must be one of"):
+        train(config, progress=False)
+    assert not (tmp_path / "bad").exists()

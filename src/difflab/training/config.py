@@ -4,19 +4,31 @@ A config file has one mapping per section below; every key is optional and defau
 ``--set optim.lr=3e-4`` (values parsed as YAML, so numbers, booleans and lists work) overrides a
 key. An unknown section or key, or a value of the wrong type, is one clear error that names it.
 The resolved config is saved in every checkpoint's ``config.json``.
+
+:func:`validate` checks every value's range (``RULES``) when a config is loaded and again when
+training starts, so a mistake — ``train.steps=0``, ``sample.method=unipc3``,
+``diffusion.cond_drop_prob=2`` — is one :class:`ConfigError` naming the key, the value and the
+allowed range before any data is loaded, not a traceback (or lost work) later.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import yaml
 
-from ..sampling.sample import DEFAULT_METHOD, DEFAULT_SPACING, DEFAULT_STEPS
+from ..losses import WEIGHTINGS
+from ..process import PREDICTION_TYPES
+from ..sampling.sample import DEFAULT_METHOD, DEFAULT_SPACING, DEFAULT_STEPS, SAMPLERS
+from ..sampling.spacing import SPACINGS
+from ..schedules import get_schedule
+from .lr_schedule import LR_SCHEDULES
 
 
 class ConfigError(ValueError):
@@ -186,7 +198,116 @@ def config_from_dict(raw: dict) -> Config:
     if unknown:
         raise ConfigError(f"unknown config section {unknown[0]!r}; valid sections: {', '.join(SECTIONS)}")
     classes = {name: globals()[t] if isinstance(t, str) else t for name, t in SECTIONS.items()}
-    return Config(**{name: _build(classes[name], raw.get(name) or {}, name) for name in SECTIONS})
+    return validate(Config(**{name: _build(classes[name], raw.get(name) or {}, name) for name in SECTIONS}))
+
+
+# -- ranges ------------------------------------------------------------------------------------
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _text(v) -> bool:
+    return isinstance(v, str) and bool(v.strip())
+
+
+def _at_least(low: int) -> Callable[[object], bool]:
+    return lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= low
+
+
+def _between(low: float, high: float, *, open_high: bool = False, open_low: bool = False):
+    return lambda v: _number(v) and (v > low if open_low else v >= low) and (v < high if open_high else v <= high)
+
+
+def _optional(check):
+    return lambda v: v is None or check(v)
+
+
+_MAX_SIDE = 4096  # pixels: a larger square is a typo, and would be allocated for every image before training
+
+# key → (check, the allowed values in words). Types are checked first (the dataclass annotations).
+RULES: dict[str, tuple[Callable[[object], bool], str]] = {
+    "data.dataset": (_text, "a built-in name (digits, fashion-mnist, emoji) or a folder"),
+    "data.split": (_text, "a split name such as train or test"),
+    "data.resolution": (_optional(_between(1, _MAX_SIDE)), f"between 1 and {_MAX_SIDE}, or null (the dataset's own)"),
+    "data.channels": (lambda v: v in (None, 1, 3) and not isinstance(v, bool), "1, 3 or null (the dataset's own)"),
+    "data.random_crop": (_optional(_between(1, _MAX_SIDE)), f"between 1 and {_MAX_SIDE}, or null (no crops)"),
+    "data.autoencoder": (_optional(_text), "the folder of a `difflab train-autoencoder` run, or null"),
+    "model.name": (_text, "a model name (unet, dit, noisy_classifier, autoencoder_kl, autoencoder_vq)"),
+    "model.preset": (_optional(_text), "a preset name of the model, or null"),
+    "diffusion.prediction": (lambda v: v in PREDICTION_TYPES, "one of " + ", ".join(PREDICTION_TYPES)),
+    "diffusion.weighting": (lambda v: v in WEIGHTINGS, "one of " + ", ".join(WEIGHTINGS)),
+    "diffusion.min_snr_gamma": (_between(0, math.inf, open_low=True, open_high=True), "a finite number > 0"),
+    "diffusion.vlb_weight": (_between(0, math.inf, open_high=True), "a finite number >= 0"),
+    "diffusion.cond_drop_prob": (_between(0, 1, open_high=True), "in [0, 1)"),
+    "autoencoder.l1_weight": (_between(0, math.inf, open_high=True), "a finite number >= 0"),
+    "autoencoder.l2_weight": (_between(0, math.inf, open_high=True), "a finite number >= 0"),
+    "autoencoder.kl_weight": (_between(0, math.inf, open_high=True), "a finite number >= 0"),
+    "autoencoder.scale_images": (_at_least(1), "an integer >= 1"),
+    "autoencoder.eval_split": (_text, "a split name such as test"),
+    "autoencoder.eval_images": (_at_least(1), "an integer >= 1"),
+    # 0 is allowed: it keeps the weights (tests/test_init_from.py copies weights with one step at lr 0)
+    "optim.lr": (_between(0, math.inf, open_high=True), "a finite number >= 0"),
+    "optim.weight_decay": (_between(0, math.inf, open_high=True), "a finite number >= 0"),
+    "optim.betas": (lambda v: len(v) == 2 and all(_between(0, 1, open_high=True)(b) for b in v),
+                    "two numbers in [0, 1), e.g. [0.9, 0.999]"),
+    "optim.warmup_steps": (_at_least(0), "an integer >= 0"),
+    "optim.lr_schedule": (lambda v: v in LR_SCHEDULES, "one of " + ", ".join(LR_SCHEDULES)),
+    "optim.min_lr_fraction": (_between(0, 1), "in [0, 1]"),
+    "optim.grad_clip": (_optional(_between(0, math.inf, open_high=True)), "a finite number >= 0, or null (0 or "
+                        "null: no clipping)"),
+    "optim.batch_size": (_at_least(1), "an integer >= 1 (and at most the number of training images)"),
+    "optim.grad_accum": (_at_least(1), "an integer >= 1"),
+    "train.steps": (_at_least(1), "an integer >= 1"),
+    "train.max_seconds": (_optional(_between(0, math.inf, open_low=True, open_high=True)),
+                          "a finite number > 0, or null (no time budget)"),
+    "train.seed": (lambda v: _at_least(0)(v) and v < 2**32, "an integer in [0, 2**32)"),
+    "train.ema_decay": (_between(0, 1, open_high=True), "in [0, 1)"),
+    "train.log_every": (_at_least(1), "an integer >= 1"),
+    "train.sample_every": (_at_least(0), "an integer >= 0 (0: no previews)"),
+    "train.checkpoint_every": (_at_least(1), "an integer >= 1"),
+    "train.num_preview": (_at_least(1), "an integer >= 1"),
+    "train.out_dir": (_text, "a folder"),
+    "train.device": (_text, "auto, cpu, cuda or cuda:N"),
+    "sample.method": (lambda v: v in SAMPLERS, "a sampler: " + ", ".join(SAMPLERS)),
+    "sample.steps": (_at_least(1), "an integer >= 1"),
+    "sample.spacing": (lambda v: v in SPACINGS, "a step spacing: " + ", ".join(SPACINGS)),
+    "sample.guidance_scale": (_number, "a finite number"),
+}
+
+
+def _field_type(section, name: str):
+    return {f.name: f.type for f in dataclasses.fields(section)}[name]
+
+
+def validate(config: Config) -> Config:
+    """Check every key's type and range (``RULES``) and that the noise schedule can be built;
+    returns ``config``. Raises one :class:`ConfigError` naming the first wrong key, its value and
+    what is allowed. The checks that need the data (``optim.batch_size`` at most the number of
+    images, a crop that fits) run in the trainer once the data is loaded, before the first step."""
+    for section_name in SECTIONS:
+        section = getattr(config, section_name)
+        for f in dataclasses.fields(section):
+            key, value = f"{section_name}.{f.name}", getattr(section, f.name)
+            ok, value = _accepts(f.type, value)
+            if not ok:
+                raise ConfigError(f"config key '{key}' must be of type {f.type}, got {value!r}")
+            setattr(section, f.name, value)  # ints given for floats become floats, lists for tuples tuples
+    for key, (check, allowed) in RULES.items():
+        section_name, name = key.split(".")
+        value = getattr(getattr(config, section_name), name)
+        try:
+            ok = bool(check(value))
+        except TypeError:  # e.g. betas that are not a pair of numbers
+            ok = False
+        if not ok:
+            raise ConfigError(f"config key '{key}' must be {allowed}, got {value!r}")
+    d = config.diffusion
+    try:
+        get_schedule(d.schedule, **d.schedule_options)
+    except Exception as err:  # any failure to build it from the user's settings is a config mistake
+        raise ConfigError(f"config keys 'diffusion.schedule' / 'diffusion.schedule_options' "
+                          f"({d.schedule!r}, {d.schedule_options!r}) do not make a noise schedule: {err}") from None
+    return config
 
 
 def apply_override(raw: dict, assignment: str) -> None:

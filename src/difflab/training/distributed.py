@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 
@@ -51,3 +52,17 @@ def any_process(flag: bool, device: torch.device) -> bool:
     value = torch.tensor([float(flag)], device=device)
     dist.all_reduce(value, op=dist.ReduceOp.MAX)
     return bool(value.item())
+
+
+def mean(value: torch.Tensor) -> torch.Tensor:
+    """The mean of ``value`` over all processes (one all-reduce; the same on every process)."""
+    value = value.clone()
+    dist.all_reduce(value, op=dist.ReduceOp.SUM)
+    return value / dist.get_world_size()
+
+
+def maximum(value: float, device: torch.device) -> float:
+    """The largest ``value`` over all processes (NaN counts as inf), the same on every process."""
+    tensor = torch.tensor([value if not math.isnan(value) else math.inf], dtype=torch.float64, device=device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return tensor.item()

@@ -15,7 +15,8 @@ exactly, and N processes compute the same update as one process with the same gl
 from __future__ import annotations
 
 import json
-import math
+import os
+import tempfile
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -23,26 +24,29 @@ from pathlib import Path
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from ..checkpoint import load_state
+from ..checkpoint import find_checkpoint, load_state
 from ..data.convert import random_crop, random_hflip, to_float
 from ..data.load import load_dataset
 from ..device import bf16_autocast, memory_format
+from ..images import check_output_folder
 from ..latent import LatentSpace
 from ..models import build_model
+from ..run_lock import RunLock
 from . import distributed
-from .config import Config, ConfigError
+from .config import Config, ConfigError, validate
+from .divergence import DivergenceGuard, TrainingDiverged, all_finite
 from .ema import EMA
 from .fast_paths import clip_gradients, make_optimizer, match_optimizer_state_layout
-from .init_from import load_initial_weights
+from .init_from import load_initial_weights, state_dict_mismatch
 from .lr_schedule import lr_lambda
 from .objectives import Objective, TrainingData, objective_for, take_rows
-from .state import save_training_state
+from .state import apply_optimizer_settings, check_resume_config, save_training_state
 
-__all__ = ["TrainingDiverged", "batch_indices", "train"]
+__all__ = ["CheckpointNotWritten", "TrainingDiverged", "batch_indices", "train"]
 
 
-class TrainingDiverged(FloatingPointError):
-    """The loss became NaN or inf."""
+class CheckpointNotWritten(OSError):
+    """A checkpoint could not be written (full disk, read-only folder); the previous one is kept."""
 
 
 def batch_indices(n: int, batch: int, step: int, seed: int) -> torch.Tensor:
@@ -58,11 +62,38 @@ def _step_generator(seed: int, step: int, device: torch.device) -> torch.Generat
     return torch.Generator(device).manual_seed((seed * 7_919 + step) % (2**63 - 1))
 
 
+def truncate_metrics(path: Path, step: int) -> None:
+    """Keep the rows of ``metrics.jsonl`` up to ``step`` (a resumed run logs the later steps
+    again) and drop a line a kill cut short; written to a temporary file that replaces it."""
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] <= step:
+            kept.append(line + "\n")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.writelines(kept)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 class _Logger:
     """JSONL metrics (and TensorBoard when installed), written by the main process only."""
 
-    def __init__(self, out: Path, enabled: bool):
+    def __init__(self, out: Path, enabled: bool, resumed_at: int = 0):
         self.enabled = enabled
+        if enabled and resumed_at:
+            truncate_metrics(out / "metrics.jsonl", resumed_at)
         self.file = open(out / "metrics.jsonl", "a") if enabled else None  # noqa: SIM115 (closed by close())
         self.tb = None
         if enabled:
@@ -94,29 +125,66 @@ def train(config: Config, resume: str | Path | None = None, progress: bool = Tru
     """Train what ``config`` says; returns the checkpoint folder.
 
     Args:
-        resume: continue the run whose checkpoint (or run folder) this is: its weights, optimizer,
-            learning-rate schedule and step.
+        resume: continue the run whose checkpoint (or run folder) this is: its weights, optimizer
+            state and step, with this ``config``'s settings (docs/training.md says which may change).
         init_from: start a new run from the model and EMA weights of this run's checkpoint (fine-tuning;
             ``--init-from``): fresh optimizer and schedule, step 0; the architectures must match.
         objective: the :class:`~difflab.training.objectives.Objective` subclass to train; default: the
             one ``config.model.name`` selects (diffusion model, noisy classifier or autoencoder).
+
+    Raises:
+        ConfigError: a wrong config value (before any data is loaded), a setting a resumed run cannot change.
+        RunLocked: another process writes to ``train.out_dir`` (:mod:`difflab.run_lock`).
+        OSError: the output folder cannot be written (checked first), or a checkpoint could not be
+            (:class:`CheckpointNotWritten`; the previous one is kept).
+        TrainingDiverged: the loss, gradients or weights blew up; the last good checkpoint is kept.
     """
     if resume is not None and init_from is not None:
         raise ConfigError("--resume and --init-from exclude each other: --resume continues a run (weights, "
                           "optimizer, step), --init-from starts a new run from another run's weights")
-    rt = distributed.setup(config.train.device)
-    device, cfg = rt.device, config
+    cfg = validate(config)
+    try:
+        rt = distributed.setup(cfg.train.device)
+    except ValueError as err:  # an unknown device, or a GPU that is not there
+        raise ConfigError(f"config key 'train.device': {err}") from None
     out = Path(cfg.train.out_dir)
-    if rt.is_main:
-        out.mkdir(parents=True, exist_ok=True)
+    lock, failure = None, None
+    if rt.is_main:  # one writer per run folder, checked before anything is written or loaded
+        try:
+            check_output_folder(out)
+            out.mkdir(parents=True, exist_ok=True)
+            lock = RunLock(out).acquire()
+        except OSError as err:
+            failure = err
+    if rt.distributed and distributed.any_process(failure is not None, rt.device):
+        raise failure or OSError(f"process 0 could not take the run folder {out}; see its error")
+    if failure is not None:
+        raise failure
+    try:
+        return _train(cfg, rt, out, resume, init_from, objective or objective_for(cfg), progress)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train(cfg: Config, rt: distributed.Runtime, out: Path, resume, init_from, objective_cls: type[Objective],
+           progress: bool) -> Path:
+    device = rt.device
     if cfg.optim.batch_size % (rt.world_size * cfg.optim.grad_accum):
         raise ConfigError(
             f"optim.batch_size={cfg.optim.batch_size} must divide evenly over {rt.world_size} processes "
             f"x {cfg.optim.grad_accum} accumulation steps"
         )
+    saved = tensors = extra = None
+    if resume is not None:  # read first: a setting the run cannot change fails before the data loads
+        saved, tensors, extra = load_state(resume, kind=objective_cls.kind)
+        check_resume_config(saved, cfg, resume)
 
     # -- data: decoded once into a uint8 tensor that lives on the device --------------------
-    dataset = load_dataset(cfg.data.dataset, cfg.data.split, cfg.data.resolution, cfg.data.channels)
+    try:
+        dataset = load_dataset(cfg.data.dataset, cfg.data.split, cfg.data.resolution, cfg.data.channels)
+    except ValueError as err:
+        raise ConfigError(f"config key 'data.dataset' ({cfg.data.dataset!r}): {err}") from None
     images = dataset.images.to(device)
     latent, latent_cache = None, None
     if cfg.data.autoencoder:  # latent diffusion: train on scale·E(x) of a frozen autoencoder
@@ -126,32 +194,40 @@ def train(config: Config, resume: str | Path | None = None, progress: bool = Tru
             latent_cache = [latent.encode_all(images, generator=encode_g, progress=progress and rt.is_main)]
             if cfg.data.hflip:
                 latent_cache.append(latent.encode_all(images.flip(-1), generator=encode_g))
-    objective = (objective or objective_for(cfg))(cfg, TrainingData(dataset, images, latent, device))
+    objective = objective_cls(cfg, TrainingData(dataset, images, latent, device))  # checks the config against the data
+    if cfg.optim.batch_size > len(dataset):
+        raise ConfigError(f"config key 'optim.batch_size' must be at most the number of training images "
+                          f"({len(dataset)} in {dataset.name}), got {cfg.optim.batch_size}")
 
     # -- the model, its EMA, the optimizer; weights from a checkpoint to resume or fine-tune --
     torch.manual_seed(cfg.train.seed)  # the same initial weights in every run and process
-    model = build_model(objective.model_spec()).to(device)
+    try:
+        model = build_model(objective.model_spec()).to(device)
+    except (ValueError, TypeError) as err:  # an unknown model, preset or option
+        raise ConfigError(f"config section 'model' ({cfg.model.name!r}, preset {cfg.model.preset!r}): {err}") from None
     model = memory_format(model, cfg.train.channels_last)  # before the EMA copy and the optimizer
     objective.attach(model)
     ema = EMA(model, cfg.train.ema_decay, cfg.train.ema_warmup)
     optimizer = make_optimizer(model.parameters(), device, cfg.optim.lr, cfg.optim.betas, cfg.optim.weight_decay)
-    try:
-        schedule_lr = lr_lambda(cfg.optim.warmup_steps, cfg.train.steps, cfg.optim.lr_schedule,
-                                cfg.optim.min_lr_fraction)
-    except ValueError as err:
-        raise ConfigError(str(err)) from None
-    lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule_lr)
+    schedule_lr = lr_lambda(cfg.optim.warmup_steps, cfg.train.steps, cfg.optim.lr_schedule, cfg.optim.min_lr_fraction)
     start, provenance = 0, None  # provenance: where a fine-tuned run's first weights came from
+    guard = DivergenceGuard()
     if resume is not None:
-        saved, tensors, extra = load_state(resume, kind=objective.kind)
+        problem = state_dict_mismatch(tensors["model"], model.state_dict())
+        if problem:
+            raise ConfigError(f"cannot resume {resume}: its weights do not fit this run's model: {problem}; resume "
+                              "with the run's own model and data settings")
         model.load_state_dict(tensors["model"])
         ema.load_state_dict(tensors["ema"])
         optimizer.load_state_dict(extra["optimizer"])
         match_optimizer_state_layout(optimizer)  # the moments in the parameters' layout
-        lr_scheduler.load_state_dict(extra["lr_scheduler"])
+        apply_optimizer_settings(optimizer, cfg.optim)  # this config's lr, betas, weight decay: not the saved ones
         start, provenance = int(extra["step"]), saved.get("init_from")
+        guard.saved(find_checkpoint(resume), start)
     elif init_from is not None:
         provenance = load_initial_weights(init_from, objective.kind, model, ema, latent)
+    # the schedule's factor depends on the step alone: a resumed run continues the curve at its step
+    lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule_lr, last_epoch=start - 1)
     if rt.is_main:
         summary = model.summary() if hasattr(model, "summary") else type(model).__name__
         print(f"difflab train: {summary}; {len(dataset)} images of {dataset.name}; device {device}"
@@ -166,7 +242,7 @@ def train(config: Config, resume: str | Path | None = None, progress: bool = Tru
 
     ckpt_config = objective.checkpoint_config(init_from=provenance)  # config.json, besides kind and step
     ckpt_path = out / "checkpoint"
-    logger = _Logger(out, rt.is_main)
+    logger = _Logger(out, rt.is_main, resumed_at=start)
     bar = None
     if progress and rt.is_main:
         from tqdm.auto import tqdm
@@ -178,17 +254,19 @@ def train(config: Config, resume: str | Path | None = None, progress: bool = Tru
     micro = local_batch // cfg.optim.grad_accum
     running_loss = torch.zeros((), device=device)
     running_metrics: dict[str, torch.Tensor] = {}  # besides the loss: classifier accuracy, autoencoder terms
+    gradients_finite = torch.ones((), dtype=torch.bool, device=device)  # over the log window, no sync per step
     window_start, window_steps = time.perf_counter(), 0
     clock_start = None  # wall clock of the time budget, started after the first (compiling) step
 
-    def check_loss(step):
-        value = running_loss.item() / max(1, window_steps)
-        if not math.isfinite(value):
-            raise TrainingDiverged(
-                f"the loss became {value} by step {step}: training diverged. Lower optim.lr, set "
-                f"optim.grad_clip, or check the data; the last good checkpoint ({ckpt_path}) is kept"
-            )
-        return value
+    @torch.no_grad()
+    def loss_after_update(micro_inputs) -> float:
+        """The new weights' loss on the step's last micro-batch, in eval mode (no state changes)."""
+        model.eval()
+        try:
+            with autocast:
+                return objective.loss(model, micro_inputs).loss.float().item()
+        finally:
+            model.train()
 
     net.train()
     for step in range(start, cfg.train.steps):
@@ -216,8 +294,9 @@ def train(config: Config, resume: str | Path | None = None, progress: bool = Tru
         for k in range(cfg.optim.grad_accum):
             last = k == cfg.optim.grad_accum - 1
             sync = nullcontext() if (last or not rt.distributed) else net.no_sync()
+            micro_inputs = take_rows(inputs, slice(k * micro, (k + 1) * micro))
             with sync, autocast:
-                out_k = objective.loss(net, take_rows(inputs, slice(k * micro, (k + 1) * micro)))
+                out_k = objective.loss(net, micro_inputs)
                 (out_k.loss / cfg.optim.grad_accum).backward()
             running_loss += out_k.loss.detach().float() / cfg.optim.grad_accum
             for name, value in out_k.metrics.items():  # logged besides the loss
@@ -225,6 +304,7 @@ def train(config: Config, resume: str | Path | None = None, progress: bool = Tru
         grad_norm = None
         if cfg.optim.grad_clip:
             grad_norm = clip_gradients(model.parameters(), cfg.optim.grad_clip)
+            gradients_finite &= torch.isfinite(grad_norm)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         lr_scheduler.step()
@@ -238,9 +318,13 @@ def train(config: Config, resume: str | Path | None = None, progress: bool = Tru
             out_of_time = distributed.any_process(out_of_time, device)
         final = done == cfg.train.steps or out_of_time
 
-        # -- logs, previews, checkpoints ---------------------------------------------------
+        # -- logs (and the divergence checks), previews, checkpoints ---------------------------
         if done % cfg.train.log_every == 0 or final:
-            loss_value = check_loss(done)
+            window_loss = running_loss / window_steps
+            if rt.distributed:  # the global batch's loss: every process judges the same number
+                window_loss = distributed.mean(window_loss)
+            loss_value = window_loss.item()
+            guard.window(done, loss_value, bool(gradients_finite))
             elapsed = time.perf_counter() - window_start
             values = {"loss": loss_value, "lr": lr_scheduler.get_last_lr()[0],
                       "images_per_s": window_steps * global_batch / max(elapsed, 1e-9)}
@@ -258,14 +342,16 @@ def train(config: Config, resume: str | Path | None = None, progress: bool = Tru
         if rt.is_main and cfg.train.sample_every and (done % cfg.train.sample_every == 0 or final):
             objective.preview(ema.shadow, out / "samples" / f"step-{done:07d}.png")  # none for a classifier
         if done % cfg.train.checkpoint_every == 0 or final:
-            if window_steps:
-                check_loss(done)  # never checkpoint weights that a NaN has touched
-            if final and rt.is_main:  # e.g. an autoencoder's latent scale and held-out PSNR, EMA weights
-                ckpt_config.update(objective.finalize(ema.shadow))
-            if rt.is_main:
-                save_training_state(ckpt_path, kind=objective.kind, config=ckpt_config, model=model, ema=ema.shadow,
-                                    extra_tensors={"autoencoder": latent.autoencoder.state_dict()} if latent else None,
-                                    optimizer=optimizer, lr_scheduler=lr_scheduler, step=done)
+            # never checkpoint weights that a NaN or an exploding update has touched
+            before, after = out_k.loss.item(), loss_after_update(micro_inputs)
+            if rt.distributed:  # each process evaluated its own micro-batch: the worst one counts
+                before, after = (distributed.maximum(v, device) for v in (before, after))
+            if guard.before_save(done, all_finite(model, ema.shadow), before, after, final):
+                _save_checkpoint(rt, guard, objective, ckpt_path, ckpt_config, model, ema, latent, optimizer,
+                                 lr_scheduler, done, final, resume_hint=out)
+            elif rt.is_main:
+                print(f"difflab train: no checkpoint at step {done}: the loss is far above its median "
+                      "(docs/training.md, Reliability); the last good one is kept")
         if out_of_time:
             if rt.is_main:
                 print(f"difflab train: time budget of {cfg.train.max_seconds:g} s reached at step {done}")
@@ -275,3 +361,29 @@ def train(config: Config, resume: str | Path | None = None, progress: bool = Tru
     logger.close()
     distributed.teardown(rt)
     return ckpt_path
+
+
+def _save_checkpoint(rt, guard: DivergenceGuard, objective: Objective, path: Path, ckpt_config: dict, model, ema,
+                     latent, optimizer, lr_scheduler, step: int, final: bool, resume_hint: Path) -> None:
+    """Write the checkpoint of ``step`` (main process); a full disk or a read-only folder stops the
+    run with one :class:`CheckpointNotWritten` that says what is kept."""
+    failure = None
+    if rt.is_main:
+        if final:  # e.g. an autoencoder's latent scale and held-out PSNR, from the EMA weights
+            ckpt_config.update(objective.finalize(ema.shadow))
+        try:
+            save_training_state(path, kind=objective.kind, config=ckpt_config, model=model, ema=ema.shadow,
+                                extra_tensors={"autoencoder": latent.autoencoder.state_dict()} if latent else None,
+                                optimizer=optimizer, lr_scheduler=lr_scheduler, step=step)
+        except OSError as err:
+            kept = (f"the last good checkpoint is the one of step {guard.good[1]} ({guard.good[0]})" if guard.good
+                    else "no checkpoint of this run is on disk")
+            failure = CheckpointNotWritten(f"checkpoint of step {step} not written: {err.strerror or err}. So "
+                                           f"{kept}: free space or fix the folder's permissions, then continue "
+                                           f"with --resume {resume_hint}")
+            failure.errno = err.errno  # ENOSPC, EACCES, ...: for callers that branch on it
+    if rt.distributed and distributed.any_process(failure is not None, rt.device):
+        raise failure or CheckpointNotWritten(f"process 0 could not write the checkpoint of step {step}")
+    if failure is not None:
+        raise failure
+    guard.saved(path, step)
