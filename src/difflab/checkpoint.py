@@ -159,6 +159,11 @@ def _file_problem(folder: Path, name: str, sizes) -> str | None:
     return None
 
 
+def _plain_names(files) -> bool:
+    """Whether ``files`` (config.json's list) names files inside the folder, nothing else."""
+    return isinstance(files, list) and all(isinstance(n, str) and n and Path(n).name == n != ".." for n in files)
+
+
 def _problem(folder: Path) -> str | None:
     """Why ``folder`` is not a complete checkpoint, or None."""
     if not folder.is_dir():
@@ -170,7 +175,7 @@ def _problem(folder: Path) -> str | None:
     except (OSError, ValueError):
         return f"damaged (its {CONFIG_FILE} is not a JSON object)"
     files = config.get(_FILES_KEY)
-    if not isinstance(files, list) or "kind" not in config:
+    if not _plain_names(files) or "kind" not in config:
         return f"not a difflab checkpoint (its {CONFIG_FILE} lists no files)"
     for name in files:
         problem = _file_problem(folder, name, config.get(_SIZES_KEY))
@@ -411,8 +416,9 @@ def load_checkpoint(
     config = _read_config(folder)
     files = config.pop(_FILES_KEY, None)
     sizes = config.pop(_SIZES_KEY, None)
-    if not isinstance(files, list) or "kind" not in config:
-        raise ValueError(f"{folder} is not a difflab checkpoint (its {CONFIG_FILE} has no 'kind')")
+    if not _plain_names(files) or "kind" not in config:
+        raise ValueError(f"{folder} is not a difflab checkpoint (its {CONFIG_FILE} has no 'kind' or no list of "
+                         "the files in the folder)")
     if kind is not None and config["kind"] != kind:
         raise ValueError(f"{folder} is a {config['kind']!r} checkpoint, expected a {kind!r} one")
     stored = [name.removesuffix(".safetensors") for name in files if name.endswith(".safetensors")]

@@ -8,6 +8,7 @@ import errno
 import json
 import os
 import pickle
+import shutil
 import subprocess
 import sys
 import threading
@@ -127,6 +128,18 @@ def test_a_bad_config_json_is_one_clear_error(tmp_path, text):
     (tmp_path / "checkpoint" / "config.json").write_bytes(text.encode("latin-1"))
     for load in _loaders(tmp_path):
         with pytest.raises(ValueError, match=r"checkpoint/config.json (is not valid JSON|holds a JSON list)"):
+            load()
+
+
+@pytest.mark.parametrize("files", [["config.json", "../outside.safetensors"], ["config.json", 7], "model"])
+def test_a_config_json_listing_anything_but_files_in_the_folder_is_refused(tmp_path, files):
+    save_checkpoint(tmp_path / "outside", {"kind": "test"}, {"model": {"w": torch.zeros(1)}})
+    shutil.copy(tmp_path / "outside" / "model.safetensors", tmp_path / "outside.safetensors")
+    folder = _save(tmp_path / "run" / "checkpoint", 3)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "checkpoint_files": files}))
+    for load in _loaders(tmp_path / "run"):
+        with pytest.raises(ValueError, match=r"run/checkpoint is not a difflab checkpoint"):
             load()
 
 
