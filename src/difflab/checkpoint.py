@@ -74,7 +74,8 @@ class CheckpointWarning(UserWarning):
 
 # -- the sibling folders of a save: .NAME.tmp-PID-N-HOST (being written), .NAME.old-PID-N-HOST (moved aside) --
 _HOST = re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname().split(".")[0])[:32] or "host"
-_LEFTOVER = re.compile(r"(?P<tag>old|tmp)-(?P<pid>\d+)(?:-\d+-(?P<host>.+))?")  # ".NAME." stripped; old: tmp-PID
+# what follows ".NAME." in a sibling's name (folders of earlier versions: just old-PID or tmp-PID)
+_LEFTOVER = re.compile(r"(?P<tag>old|tmp)-(?P<pid>\d+)(?:-\d+-(?P<host>.+))?")
 _WRITER_WAIT_S = 10.0  # how long a load waits for another process that has moved the checkpoint aside
 _serial = itertools.count()  # distinct folders for saves in threads of one process
 _in_use: set[str] = set()  # this process's sibling folders that a save is using right now
@@ -82,6 +83,8 @@ _lock = threading.Lock()  # one commit or restore at a time in this process
 
 
 def _process_alive(pid: int) -> bool:
+    if not 0 < pid < 2**31:
+        return False  # no process has such an id (and os.kill would fail or signal a group)
     if os.name != "posix":
         return True  # no harmless probe (os.kill ends a process on Windows): keep its folders
     try:
@@ -117,7 +120,21 @@ class _Leftover:
         return not _process_alive(self.pid)
 
 
+def _sibling(path: Path, tag: str) -> Path:
+    """A new sibling folder name of this process: ``.NAME.TAG-PID-N-HOST``."""
+    path = Path(os.path.abspath(path))  # "." or "run/.." have a name only when spelled out
+    return path.with_name(f".{path.name}.{tag}-{os.getpid()}-{next(_serial)}-{_HOST}")
+
+
+def _claim(path: Path, tag: str) -> Path:
+    """A new sibling folder name, marked as in use (by a save of this process) until released."""
+    sibling = _sibling(path, tag)
+    _in_use.add(sibling.name)
+    return sibling
+
+
 def _leftovers(path: Path) -> list[_Leftover]:
+    path = Path(os.path.abspath(path))
     prefix = f".{path.name}."
     try:
         names = [p.name for p in path.parent.iterdir() if p.name.startswith(prefix)]
@@ -125,13 +142,6 @@ def _leftovers(path: Path) -> list[_Leftover]:
         return []
     found = [(name, _LEFTOVER.fullmatch(name[len(prefix):])) for name in names]
     return [_Leftover(path.with_name(name), m["tag"], int(m["pid"]), m["host"]) for name, m in found if m]
-
-
-def _claim(path: Path, tag: str) -> Path:
-    """A new sibling folder name for this process, marked as in use until released."""
-    name = f".{path.name}.{tag}-{os.getpid()}-{next(_serial)}-{_HOST}"
-    _in_use.add(name)
-    return path.with_name(name)
 
 
 # -- completeness -----------------------------------------------------------------------------------
@@ -224,7 +234,7 @@ def _restore(path: Path, problem: str) -> Path:
     used = best.name + ("" if step is None else f" (step {step})")
     try:
         if path.exists() or path.is_symlink():  # incomplete: moved aside, deleted as stale below
-            os.replace(path, path.with_name(f".{path.name}.old-{os.getpid()}-{next(_serial)}-{_HOST}"))
+            os.replace(path, _sibling(path, "old"))
         os.replace(best, path)
         _fsync(path.parent)
     except OSError as err:
