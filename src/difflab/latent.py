@@ -55,8 +55,8 @@ def load_autoencoder(path: str | Path, device: str | torch.device = "cpu", use_e
     (the run folder or its ``checkpoint/``); the EMA weights unless ``use_ema=False``."""
     from .models import load_frozen
 
-    config, tensors, _ = load_state(path, kind=AUTOENCODER_KIND, map_location=device)
-    model = load_frozen(config["model"], tensors["ema" if use_ema else "model"], device)
+    config, tensors, _ = load_state(path, kind=AUTOENCODER_KIND, map_location=device, with_extra=False)
+    model = load_frozen(config["model"], tensors["ema" if use_ema else "model"], device, source=path)
     info = AutoencoderInfo(latent_scale=config.get("latent_scale"), image_shape=tuple(config["image_shape"]),
                            latent_shape=tuple(config["latent_shape"]), psnr=config.get("psnr"),
                            psnr_split=config.get("psnr_split"), config=config)

@@ -103,3 +103,13 @@ def test_eval_names_an_npz_that_is_no_zip_without_pickle_advice(tmp_path, capsys
     assert cli(["eval", str(tmp_path / "bad.npz"), "--ref", str(tmp_path / "bad.npz")]) == 2
     err = capsys.readouterr().err
     assert "bad.npz" in err and "pickle" not in err and "Traceback" not in err
+
+
+def test_sampling_never_reads_the_optimizer_state(run, tmp_path):
+    """extra.pt (optimizer, scheduler) is the trainer's: a damaged one must not stop sampling."""
+    import shutil
+
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    (copy / "checkpoint" / "extra.pt").write_bytes(b"damaged")
+    assert sample(copy, tmp_path / "out") == 0

@@ -39,11 +39,12 @@ class DiffusionModel:
     def load(cls, path: str | Path, use_ema: bool = True, device: str | torch.device = "cpu") -> DiffusionModel:
         """Load ``path`` (a run folder or its ``checkpoint/``); the EMA weights by default. The
         autoencoder of a latent model is stored in the same checkpoint."""
-        config, tensors, _ = load_state(path, kind=DIFFUSION_KIND)
+        config, tensors, _ = load_state(path, kind=DIFFUSION_KIND, with_extra=False)  # no optimizer state
         record = ModelRecord.from_dict(config, path)
+        weights = tensors["ema" if use_ema else "model"]
         # channels-last: oneDNN's and cuDNN's preferred convolution layout (~20% faster sampling
         # of the demo U-Net on 2 CPU cores; the same numbers to float tolerance, tests/test_fast_paths.py)
-        network = memory_format(load_frozen(record.model, tensors["ema" if use_ema else "model"], device), True)
+        network = memory_format(load_frozen(record.model, weights, device, source=find_checkpoint(path)), True)
         latent = LatentSpace.from_config(record.latent, tensors["autoencoder"], device) if record.latent else None
         return cls(network, record, schedule_from_config(record.schedule), latent, find_checkpoint(path))
 
@@ -111,11 +112,11 @@ class NoisyClassifierModel:
 
     @classmethod
     def load(cls, path: str | Path, use_ema: bool = True, device: str | torch.device = "cpu") -> NoisyClassifierModel:
-        config, tensors, _ = load_state(path, kind=CLASSIFIER_KIND)
+        config, tensors, _ = load_state(path, kind=CLASSIFIER_KIND, with_extra=False)
         record = ModelRecord.from_dict(config, path)
-        network = load_frozen(record.model, tensors["ema" if use_ema else "model"], device)
-        return cls(network, schedule_from_config(record.schedule), record.image_shape, record.class_names,
-                   find_checkpoint(path))
+        folder = find_checkpoint(path)
+        network = load_frozen(record.model, tensors["ema" if use_ema else "model"], device, source=folder)
+        return cls(network, schedule_from_config(record.schedule), record.image_shape, record.class_names, folder)
 
     def check_matches(self, model: DiffusionModel) -> None:
         """A clear error when this classifier cannot guide ``model``: another noise schedule, image
