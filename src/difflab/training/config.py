@@ -207,7 +207,7 @@ def _number(v) -> bool:
 
 
 def _text(v) -> bool:
-    return isinstance(v, str) and bool(v.strip())
+    return isinstance(v, str) and bool(v.strip()) and "\0" not in v  # a NUL cannot be in a path
 
 
 def _at_least(low: int) -> Callable[[object], bool]:
@@ -301,6 +301,11 @@ def validate(config: Config) -> Config:
             ok = False
         if not ok:
             raise ConfigError(f"config key '{key}' must be {allowed}, got {value!r}")
+    config.optim.betas = tuple(float(b) for b in config.optim.betas)  # torch's AdamW refuses a pair of ints
+    if config.optim.lr * config.optim.weight_decay >= 1:
+        raise ConfigError(f"config keys 'optim.lr' x 'optim.weight_decay' must be below 1 (AdamW multiplies the "
+                          f"weights by 1 - lr x weight_decay every step), got {config.optim.lr:g} x "
+                          f"{config.optim.weight_decay:g}")
     d = config.diffusion
     try:
         get_schedule(d.schedule, **d.schedule_options)

@@ -147,6 +147,10 @@ def train(config: Config, resume: str | Path | None = None, progress: bool = Tru
         rt = distributed.setup(cfg.train.device)
     except ValueError as err:  # an unknown device, or a GPU that is not there
         raise ConfigError(f"config key 'train.device': {err}") from None
+    try:
+        torch.empty(1, device=rt.device)
+    except RuntimeError as err:  # a device torch knows by name but was not built for (mps, xpu)
+        raise ConfigError(f"config key 'train.device' ({cfg.train.device!r}): {err}") from None
     out = Path(cfg.train.out_dir)
     lock, failure = None, None
     if rt.is_main:  # one writer per run folder, checked before anything is written or loaded
@@ -339,9 +343,7 @@ def _train(cfg: Config, rt: distributed.Runtime, out: Path, resume, init_from, o
             window_start, window_steps = time.perf_counter(), 0
         if bar is not None:
             bar.update(1)
-        if rt.is_main and cfg.train.sample_every and (done % cfg.train.sample_every == 0 or final):
-            objective.preview(ema.shadow, out / "samples" / f"step-{done:07d}.png")  # none for a classifier
-        if done % cfg.train.checkpoint_every == 0 or final:
+        if done % cfg.train.checkpoint_every == 0 or final:  # before the preview, which cannot lose it then
             # never checkpoint weights that a NaN or an exploding update has touched
             before, after = out_k.loss.item(), loss_after_update(micro_inputs)
             if rt.distributed:  # each process evaluated its own micro-batch: the worst one counts
@@ -352,6 +354,11 @@ def _train(cfg: Config, rt: distributed.Runtime, out: Path, resume, init_from, o
             elif rt.is_main:
                 print(f"difflab train: no checkpoint at step {done}: the loss is far above its median "
                       "(docs/training.md, Reliability); the last good one is kept")
+        if cfg.train.sample_every and (done % cfg.train.sample_every == 0 or final):
+            if not all_finite(ema.shadow):  # every process: the weights are the same everywhere
+                raise guard.diverged(f"the weights became NaN or inf by step {done}")
+            if rt.is_main:
+                objective.preview(ema.shadow, out / "samples" / f"step-{done:07d}.png")  # none for a classifier
         if out_of_time:
             if rt.is_main:
                 print(f"difflab train: time budget of {cfg.train.max_seconds:g} s reached at step {done}")

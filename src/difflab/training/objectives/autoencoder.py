@@ -94,20 +94,31 @@ def reconstruction_grid(model, images: Tensor, path: Path) -> Path:
     return save_grid(to_uint8(grid), path, nrow=per_row, upscale=max(1, 64 // images.shape[-1]))
 
 
-@torch.no_grad()
-def evaluate(model, images: Tensor, config: Config) -> dict:
-    """LDM's latent scale 1/std(z) over ``autoencoder.scale_images`` random training images and
-    the mean reconstruction PSNR on ``autoencoder.eval_images`` images of ``autoencoder.eval_split``
-    (the training images when the dataset has no such split), for the checkpoint's config.json."""
-    weights, seed = config.autoencoder, config.train.seed
-    chosen = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[: weights.scale_images]
-    scale = estimate_latent_scale(model, images[chosen.to(images.device)], seed=seed)
+def held_out_images(images: Tensor, config: Config) -> tuple[Tensor, str]:
+    """The first ``autoencoder.eval_images`` images of ``autoencoder.eval_split`` at the training
+    images' size and channels (the training images when the dataset has no such split), and the
+    split's name; a split the dataset cannot have is a ConfigError."""
+    weights = config.autoencoder
     try:
         held_out = load_dataset(config.data.dataset, weights.eval_split, images.shape[-1], images.shape[1]).images
         split = weights.eval_split
     except FileNotFoundError:
         held_out, split = images, f"{config.data.split} (no {weights.eval_split} split)"
-    held_out = held_out[: weights.eval_images]
+    except ValueError as err:
+        raise ConfigError(f"config key 'autoencoder.eval_split' ({weights.eval_split!r}): {err}") from None
+    return held_out[: weights.eval_images], split
+
+
+@torch.no_grad()
+def evaluate(model, images: Tensor, config: Config, held_out: tuple[Tensor, str] | None = None) -> dict:
+    """LDM's latent scale 1/std(z) over ``autoencoder.scale_images`` random training images and
+    the mean reconstruction PSNR on ``autoencoder.eval_images`` images of ``autoencoder.eval_split``
+    (``held_out``: those images and their split's name, else :func:`held_out_images`), for the
+    checkpoint's config.json."""
+    weights, seed = config.autoencoder, config.train.seed
+    chosen = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[: weights.scale_images]
+    scale = estimate_latent_scale(model, images[chosen.to(images.device)], seed=seed)
+    held_out, split = held_out or held_out_images(images, config)
     return {"latent_scale": scale, "latent_scale_images": len(chosen),
             "psnr": reconstruction_psnr(model, held_out), "psnr_split": split, "psnr_images": len(held_out)}
 
@@ -122,6 +133,7 @@ class AutoencoderObjective(Objective):
         if data.latent is not None:
             raise ConfigError("data.autoencoder trains a diffusion model in an autoencoder's latents; an "
                               "autoencoder trains on pixels: remove data.autoencoder")
+        self.held_out = held_out_images(data.images, config)  # now: a wrong eval_split fails before training
 
     def model_spec(self) -> dict:
         return autoencoder_spec(self.config, self.data.dataset)
@@ -149,4 +161,4 @@ class AutoencoderObjective(Objective):
         return {**record, "init_from": init_from} if init_from is not None else record
 
     def finalize(self, model) -> dict:  # LDM's latent scale and the held-out PSNR
-        return evaluate(model, self.data.images, self.config)
+        return evaluate(model, self.data.images, self.config, self.held_out)
