@@ -276,3 +276,15 @@ def test_a_config_mistake_is_one_line_before_the_first_step(tmp_path, capsys, ov
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
     assert not (tmp_path / "checkpoint").exists() and not (tmp_path / "metrics.jsonl").exists()
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--device", "foo"], "unknown device 'foo'"),
+    (["--resolution", "0"], "--resolution must be at least 1"),
+    (["--lr", "0"], "--lr must be a finite number > 0"),
+])
+def test_a_classifier_flag_mistake_is_one_line(tmp_path, capsys, flags, message):
+    assert cli(["train-classifier", "--dataset", "digits", "--out", str(tmp_path / "clf"), *flags]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "clf").exists()

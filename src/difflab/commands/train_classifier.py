@@ -87,8 +87,6 @@ def run_noisy(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
     if args.noisy:
         return run_noisy(args)
     if args.resume or args.init_from:
@@ -101,11 +99,17 @@ def run(args: argparse.Namespace) -> int:
 
     if args.epochs < 1 or args.batch_size < 1 or args.width < 8 or args.width % 8:
         raise UserError("--epochs and --batch-size must be at least 1 and --width a multiple of 8")
+    if args.resolution is not None and args.resolution < 1:
+        raise UserError(f"--resolution must be at least 1, got {args.resolution}")
+    if not 0 < args.lr < float("inf"):
+        raise UserError(f"--lr must be a finite number > 0, got {args.lr}")
+    from difflab.device import pick_device
+
+    device = pick_device(args.device or "auto")  # an unknown device is one error before the data loads
     train, test = load_splits(args.dataset, args.resolution)
     if train.labels is None:
         raise UserError(f"{args.dataset} has no labels: put the images of each class in their own "
                         f"sub-folder (FOLDER/CLASS/image.png)")
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     print(f"training on {len(train)} images of {train.name} ({len(train.class_names)} classes, "
           f"{train.channels}x{train.resolution}x{train.resolution}), testing on {len(test)}")
     classifier, accuracy = train_classifier(train, test, epochs=args.epochs, batch_size=args.batch_size,
