@@ -11,6 +11,8 @@ import argparse
 import importlib
 import sys
 
+from difflab.errors import UserError
+
 # Sub-command modules, in the order ``--help`` lists them.
 COMMANDS = [
     "difflab.commands.demo",
@@ -24,10 +26,6 @@ COMMANDS = [
     "difflab.commands.reconstruct",
     "difflab.commands.import_autoencoder",
 ]
-
-
-class UserError(Exception):
-    """An error caused by the user's input: printed as one message, without a traceback."""
 
 
 # What a user's input or machine can cause — a wrong flag or config value (ValueError, including

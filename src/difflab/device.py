@@ -22,9 +22,14 @@ def pick_device(preference: str = "auto") -> torch.device:
     if preference.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"device {preference!r} was asked for but no GPU is visible; use cpu or auto")
     try:
-        return torch.device(preference)
+        device = torch.device(preference)
     except RuntimeError:
         raise ValueError(f"unknown device {preference!r}; use auto, cpu, cuda or cuda:N") from None
+    backend = getattr(torch.backends, device.type, None) or getattr(torch, device.type, None)
+    available = getattr(backend, "is_available", lambda: False)
+    if device.type != "cpu" and not available():
+        raise ValueError(f"device {preference!r} is not available in this PyTorch build or machine; use cpu or auto")
+    return device
 
 
 def memory_format(model: nn.Module, channels_last: bool) -> nn.Module:

@@ -77,6 +77,17 @@ def read_pngs(paths: list[Path]) -> torch.Tensor:
     return torch.from_numpy(np.stack([a if a.ndim == 3 else a[..., None] for a in arrays])).permute(0, 3, 1, 2)
 
 
+def save_npz(images: torch.Tensor, path: str | Path, labels: torch.Tensor | None = None) -> Path:
+    """``samples`` as uint8 NHWC (the layout of ADM's and pytorch-fid's sample files)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arrays = {"samples": images.permute(0, 2, 3, 1).cpu().numpy()}
+    if labels is not None:
+        arrays["labels"] = labels.cpu().numpy()
+    np.savez(path, **arrays)
+    return path
+
+
 def save_npz_from_files(paths: list[Path], path: str | Path, labels: torch.Tensor | None = None) -> Path:
     """:func:`save_npz` of image files, one image in memory at a time: the images fill a ``.npy``
     on disk (numpy's ``open_memmap``), which goes into the zip as it is; written atomically."""

@@ -16,25 +16,8 @@ from pathlib import Path
 import torch
 
 from ..checkpoint import find_checkpoint, load_state
+from ..models import state_dict_mismatch
 from .config import ConfigError
-
-
-def _shape(t: torch.Tensor) -> str:
-    return "(" + ", ".join(str(n) for n in t.shape) + ")"
-
-
-def state_dict_mismatch(checkpoint: dict[str, torch.Tensor], model: dict[str, torch.Tensor]) -> str | None:
-    """The first difference between a checkpoint's tensors and a model's state dict (a missing
-    tensor or a shape, in the model's order, then a tensor the model lacks), or None."""
-    for name, tensor in model.items():
-        if name not in checkpoint:
-            return f"missing key {name} (the model has it, the checkpoint does not)"
-        if checkpoint[name].shape != tensor.shape:
-            return f"{name}: checkpoint {_shape(checkpoint[name])} vs model {_shape(tensor)}"
-    for name in checkpoint:
-        if name not in model:
-            return f"unexpected key {name} (the checkpoint has it, the model does not)"
-    return None
 
 
 def _check_latent_space(where: str, path, saved: dict, tensors: dict, latent) -> None:
