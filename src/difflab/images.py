@@ -122,8 +122,7 @@ def check_output_folder(folder: str | Path) -> Path:
         what = "the output" if existing == folder else f"{existing}, above the output {folder},"
         raise NotADirectoryError(f"{what} is a file, not a folder: give another --out")
     try:
-        with tempfile.TemporaryFile(dir=existing):
-            pass
+        tempfile.TemporaryFile(dir=existing).close()  # can a file be created there?
     except OSError as err:
         raise PermissionError(f"cannot write in {existing} ({err.strerror or err}): give another --out or fix "
                               "its permissions") from None

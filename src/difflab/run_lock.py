@@ -22,6 +22,7 @@ says so).
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import errno
 import json
@@ -147,9 +148,8 @@ class RunLock:
             return
         fd, self._fd = self._fd, None
         try:
-            os.unlink(self.path)
-        except OSError:  # left behind: the next run takes it over (no process holds its lock)
-            pass
+            with contextlib.suppress(OSError):  # left behind: the next run takes it over (no process holds its lock)
+                os.unlink(self.path)
         finally:
             os.close(fd)  # drops the flock
 
