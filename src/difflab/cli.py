@@ -18,6 +18,7 @@ COMMANDS = [
     "difflab.commands.demo",
     "difflab.commands.train",
     "difflab.commands.sample",
+    "difflab.commands.invert",
     "difflab.commands.tune_steps",
     "difflab.commands.eval",
     "difflab.commands.bpd",
