@@ -19,6 +19,7 @@ COMMANDS = [
     "difflab.commands.train",
     "difflab.commands.sample",
     "difflab.commands.invert",
+    "difflab.commands.edit",
     "difflab.commands.tune_steps",
     "difflab.commands.eval",
     "difflab.commands.bpd",

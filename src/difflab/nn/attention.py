@@ -9,9 +9,15 @@ d^(−1/4) before the product is not needed.
 cross-attention alike; :class:`SelfAttention` is the projection layer around it (DiT's block
 uses it on patches), and :class:`SpatialSelfAttention` is the U-Net block that lets every pixel
 of a feature map attend to every other (DDPM's and ADM's attention block).
+
+Attention processors (DESIGN.md, "How the applications plug in"): a layer's ``processor``, None
+by default, is a function ``probs -> probs`` of the attention maps softmax(Q Kᵀ/√d), (N, heads,
+Lq, Lk); prompt-to-prompt (:mod:`difflab.editing`) installs one for a call and removes it after.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -47,7 +53,11 @@ def resolve_num_heads(channels: int, num_heads: int = 1, num_head_channels: int 
     return channels // num_head_channels
 
 
-def multi_head_attention(q: Tensor, k: Tensor, v: Tensor, num_heads: int, key_mask: Tensor | None = None) -> Tensor:
+AttentionProcessor = Callable[[Tensor], Tensor]  # the maps (N, heads, Lq, Lk) -> the maps to use
+
+
+def multi_head_attention(q: Tensor, k: Tensor, v: Tensor, num_heads: int, key_mask: Tensor | None = None,
+                         processor: AttentionProcessor | None = None) -> Tensor:
     """softmax(Q Kᵀ / √d) V for each of ``num_heads`` heads of width d = C / num_heads.
 
     Args:
@@ -55,6 +65,9 @@ def multi_head_attention(q: Tensor, k: Tensor, v: Tensor, num_heads: int, key_ma
         num_heads: the channels are split into this many contiguous groups of d channels.
         key_mask: optional bool (N, Lk), True for real tokens: padding keys get no attention.
             A row with no real token attends to all of them (so it stays finite).
+        processor: optional function of the attention maps (see the module docstring). The maps
+            are then computed explicitly as well; samples whose maps it leaves unchanged keep the
+            fused kernel's output bit for bit, the others get ``processor(maps) · V``.
 
     Returns:
         (N, Lq, C), the heads concatenated back in channel order.
@@ -68,7 +81,23 @@ def multi_head_attention(q: Tensor, k: Tensor, v: Tensor, num_heads: int, key_ma
         key_mask = key_mask | ~key_mask.any(dim=1, keepdim=True)  # all padding: attend to all
         attn_mask = key_mask[:, None, None, :]  # (N, 1, 1, Lk), broadcast over heads and queries
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)  # (N, heads, Lq, d)
+    if processor is not None:
+        out = _processed(q, k, v, attn_mask, out, processor)
     return out.transpose(1, 2).reshape(n, lq, c)  # (N, Lq, C)
+
+
+def _processed(q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None, out: Tensor,
+               processor: AttentionProcessor) -> Tensor:
+    """``out`` with the samples whose maps ``processor`` changes recomputed from the new maps."""
+    scores = (q @ k.transpose(-1, -2)) * q.shape[-1] ** -0.5  # (N, heads, Lq, Lk)
+    if attn_mask is not None:
+        scores = scores.masked_fill(~attn_mask, float("-inf"))
+    probs = scores.softmax(dim=-1)
+    new = processor(probs)
+    changed = (new != probs).flatten(1).any(dim=1)  # (N,)
+    if not bool(changed.any()):
+        return out
+    return torch.where(changed[:, None, None, None], new.to(v.dtype) @ v, out)
 
 
 class SelfAttention(nn.Module):
@@ -84,10 +113,11 @@ class SelfAttention(nn.Module):
         self.num_heads = resolve_num_heads(dim, num_heads)
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
+        self.processor: AttentionProcessor | None = None  # see the module docstring
 
     def forward(self, x: Tensor) -> Tensor:
         q, k, v = self.qkv(x).chunk(3, dim=-1)  # 3 × (N, L, C)
-        return self.proj(multi_head_attention(q, k, v, self.num_heads))  # (N, L, C)
+        return self.proj(multi_head_attention(q, k, v, self.num_heads, processor=self.processor))  # (N, L, C)
 
 
 class SpatialSelfAttention(nn.Module):

@@ -19,13 +19,14 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .attention import SelfAttention, multi_head_attention, resolve_num_heads
+from .attention import AttentionProcessor, SelfAttention, multi_head_attention, resolve_num_heads
 from .init import zero_module
 from .norm import GroupNorm32
 
 
 class CrossAttention(nn.Module):
-    """Queries from the image tokens (N, L, C), keys and values from the context (N, Lc, D)."""
+    """Queries from the image tokens (N, L, C), keys and values from the context (N, Lc, D);
+    ``processor``: see :mod:`difflab.nn.attention` (its maps are (N, heads, L, Lc))."""
 
     def __init__(self, dim: int, context_dim: int, num_heads: int):
         super().__init__()
@@ -33,10 +34,12 @@ class CrossAttention(nn.Module):
         self.q = nn.Linear(dim, dim, bias=False)
         self.kv = nn.Linear(context_dim, 2 * dim, bias=False)
         self.proj = nn.Linear(dim, dim)
+        self.processor: AttentionProcessor | None = None
 
     def forward(self, x: Tensor, context: Tensor, mask: Tensor | None = None) -> Tensor:
         k, v = self.kv(context.to(x.dtype)).chunk(2, dim=-1)  # 2 × (N, Lc, C)
-        return self.proj(multi_head_attention(self.q(x), k, v, self.num_heads, mask))  # (N, L, C)
+        out = multi_head_attention(self.q(x), k, v, self.num_heads, mask, processor=self.processor)  # (N, L, C)
+        return self.proj(out)
 
 
 class GEGLU(nn.Module):

@@ -1,0 +1,89 @@
+"""``difflab edit RUN --prompt P --edit P*``: prompt-to-prompt editing of a text model's samples."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers) -> None:
+    from ..editing import MODES
+    from ..sampling import SAMPLERS, SPACINGS
+
+    p = subparsers.add_parser(
+        "edit",
+        help="prompt-to-prompt: sample a prompt and its edit from the same noise",
+        description="Prompt-to-prompt (Hertz et al. 2022) on a text model with cross-attention: each source "
+        "image (--prompt) and its edit (--edit) share their noise, and the edit takes the source's attention maps "
+        "for the first steps, so it keeps the layout and changes what the edited words say. Writes grid.png "
+        "(each row: source, edit), source/ and edit/ (one PNG per image). See docs/editing.md.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("checkpoint", help="a run folder or its checkpoint/ folder (a text model)")
+    p.add_argument("--prompt", required=True, metavar="TEXT", help="the source prompt")
+    p.add_argument("--edit", metavar="TEXT", help="the edited prompt (default: the source prompt, for --reweight)")
+    p.add_argument("--mode", choices=MODES, default="replace",
+                   help="replace: a word swap of equal token count; refine: added words (the other tokens are "
+                        "aligned to the source's); reweight: refine's alignment, with --reweight")
+    p.add_argument("--reweight", action="append", metavar="WORD=SCALE", default=[],
+                   help="scale the attention to WORD of the edit prompt (repeatable; 1 = unchanged)")
+    p.add_argument("--cross-replace", type=float, default=0.8, metavar="F",
+                   help="the fraction of the steps in which the edit takes the source's cross-attention maps")
+    p.add_argument("--self-replace", type=float, default=0.4, metavar="F",
+                   help="the fraction of the steps in which the edit takes the source's self-attention maps")
+    p.add_argument("--n", type=int, default=4, help="number of source/edit pairs")
+    p.add_argument("--seed", type=int, default=0, help="pair i uses noise seed SEED+i")
+    p.add_argument("--noise", metavar="NPZ", help="start the pairs from this noise (from `difflab invert`) "
+                   "instead of the seeds' (--n defaults to its count)")
+    p.add_argument("--method", choices=sorted(SAMPLERS), default="ddim", help="sampler")
+    p.add_argument("--steps", type=int, help="sampler steps (default: the checkpoint's)")
+    p.add_argument("--spacing", choices=sorted(SPACINGS), help="step spacing (default: the checkpoint's)")
+    p.add_argument("--guidance-scale", type=float, metavar="W",
+                   help="classifier-free guidance weight (default: the checkpoint's)")
+    p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA weights")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--out", default="edits", help="output folder")
+    p.set_defaults(func=run)
+
+
+def parse_reweight(items: list[str]) -> dict[str, float]:
+    """``["WORD=SCALE", ...]`` as ``{word: scale}``."""
+    weights = {}
+    for item in items:
+        word, sep, scale = item.rpartition("=")
+        try:
+            weights[word.strip()] = float(scale)
+        except ValueError:
+            sep = ""
+        if not sep or not word.strip():
+            raise ValueError(f"--reweight {item!r}: expected WORD=SCALE, e.g. --reweight sandal=2")
+    return weights
+
+
+def run(args) -> int:
+    from pathlib import Path
+
+    from ..device import pick_device
+    from ..editing import prompt_to_prompt
+    from ..images import check_output_folder, save_grid, save_images
+    from ..pipelines import DiffusionModel, Guidance
+    from .sample import read_noise
+
+    reweight = parse_reweight(args.reweight)
+    if args.n < 1:
+        raise ValueError(f"--n must be at least 1, got {args.n}")
+    out = check_output_folder(Path(args.out))
+    model = DiffusionModel.load(args.checkpoint, use_ema=not args.no_ema, device=pick_device(args.device))
+    noise = read_noise(args.noise) if args.noise else None
+    n = len(noise) if noise is not None else args.n
+    sources, edits, _ = prompt_to_prompt(
+        model, args.prompt, args.edit, mode=args.mode, reweight=reweight, cross_replace=args.cross_replace,
+        self_replace=args.self_replace, seed=args.seed, n=n, method=args.method, steps=args.steps,
+        spacing=args.spacing, guidance=Guidance(scale=args.guidance_scale), noise=noise)
+    save_images(sources, out / "source")
+    save_images(edits, out / "edit")
+    pairs = [image for pair in zip(sources, edits) for image in pair]
+    import torch
+
+    grid = save_grid(torch.stack(pairs), out / "grid.png", nrow=2, upscale=max(1, 64 // sources.shape[-1]))
+    print(f"difflab edit: {n} pairs ({args.mode}) in {out} (grid: {grid}; each row: source, edit)")
+    return 0

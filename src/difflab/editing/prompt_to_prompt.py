@@ -1,0 +1,87 @@
+"""Prompt-to-prompt editing (Hertz et al. 2022): a source prompt and its edit sampled together.
+
+Each pair (source i, edit i) shares its starting noise (seed i's, or a DDIM inversion's) and the
+sampler's noise; the n sources and n edits run in one batch ``[sources; edits]`` through the
+plan's guided denoiser, with :class:`~difflab.editing.PromptToPromptControl` installed on the
+network for that call only. The controller learns the step from the noise level each model call
+gets (any sampler; τ·T counts solver steps), through a thin wrapper around the model function:
+nothing in the sampling path changes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+from torch import Tensor
+
+from ..pipelines.generate import SamplerSettings, batches, plan
+from ..pipelines.guidance_policy import Guidance
+from ..pipelines.loading import DiffusionModel
+from .attention_control import PromptToPromptControl, attention_controller, has_cross_attention
+from .tokens import token_map
+
+MODES = ("replace", "refine", "reweight")
+
+
+class _StepTracker:
+    """The model function, telling the controller the solver step of each call's noise level."""
+
+    def __init__(self, model, schedule, sigmas: Tensor, control: PromptToPromptControl):
+        self.model, self.schedule, self.control = model, schedule, control
+        self.levels = sigmas[:-1].double().cpu()  # the level each step starts from, decreasing
+
+    def __call__(self, x_t: Tensor, t: Tensor, **cond) -> Tensor:
+        sigma = float(self.schedule.sigma(t[:1].detach().double().cpu()))
+        self.control.step = int((self.levels > sigma * (1 + 1e-4)).sum())  # steps already behind
+        return self.model(x_t, t, **cond)
+
+
+def prompt_to_prompt(model: DiffusionModel, prompt: str, edit: str | None = None, *, mode: str = "replace",
+                     reweight: dict[str, float] | None = None, cross_replace: float = 0.8, self_replace: float = 0.4,
+                     n: int = 1, seed: int = 0, seeds: list[int] | None = None, method: str = "ddim",
+                     steps: int | None = None, spacing: str | None = None, guidance: Guidance | None = None,
+                     noise: Tensor | None = None, **options) -> tuple[Tensor, Tensor, PromptToPromptControl]:
+    """Sources and edits as uint8 (n, C, H, W) each, and the controller (its ``calls`` counts).
+
+    Args:
+        model: a text model with cross-attention (U-Net with ``context_dim``, DiT with cross-attention).
+        prompt: the source prompt P; edit: the edited prompt P* (default: P, for reweighting).
+        mode: ``replace`` (word swap, equal token counts), ``refine`` (added words: the aligned
+            tokens take the source's maps) or ``reweight`` (refine's alignment, for use with ``reweight``).
+        reweight: ``{word: scale}`` for words of the edit prompt (any mode).
+        cross_replace, self_replace: the fractions τ_c, τ_s of the steps with the source's maps.
+        n, seed, seeds: n pairs, pair i from seed ``seed + i`` (or ``seeds[i]``).
+        method, steps, spacing, guidance, options: the sampler and guidance, as for ``generate``.
+        noise: (n, C, H, W) starting noise for the pairs, e.g. ``invert_images`` of real images.
+
+    Raises:
+        ValueError: a model without cross-attention or text conditioning, an unknown mode, replace
+            with different token counts, a reweighted word not in the edit prompt.
+    """
+    if not has_cross_attention(model.network) or not model.text_encoder:
+        kind = "class-conditional" if model.num_classes else "unconditional"
+        raise ValueError(f"prompt-to-prompt edits the cross-attention to a prompt, and this model has none "
+                         f"({kind}, no text encoder): train a text model (model.text_encoder, e.g. "
+                         "configs with data.text_conditional=true)")
+    if mode not in MODES:
+        raise ValueError(f"unknown prompt-to-prompt mode {mode!r}; choose one of: {', '.join(MODES)}")
+    edit = prompt if edit is None else edit
+    seeds = list(seeds) if seeds is not None else list(range(seed, seed + n))
+    n = len(seeds)
+    settings = SamplerSettings.resolve(model, method, steps, spacing, **options)
+    job = plan(model, 2 * n, settings, seeds=seeds + seeds, guidance=guidance, prompts=[prompt] * n + [edit] * n)
+    tokens = token_map(job.text, prompt, edit, mode, reweight)
+    control = PromptToPromptControl(n, tokens, settings.steps, cross_replace, self_replace)
+    sigmas = settings.walk(model)
+    denoiser = job.denoiser
+    job = dataclasses.replace(job, denoiser=denoiser.with_model(_StepTracker(denoiser.model, denoiser.schedule,
+                                                                              sigmas, control)))
+    if noise is not None:
+        if tuple(noise.shape) != (n, *model.image_shape):
+            raise ValueError(f"the noise must have shape {(n, *model.image_shape)} (one per pair), "
+                             f"got {tuple(noise.shape)}")
+        noise = torch.cat([noise, noise])
+    with attention_controller(model.network, control):
+        images = torch.cat([images for _, images in batches(job, batch_size=2 * n, noise=noise)])
+    return images[:n], images[n:], control

@@ -1,0 +1,118 @@
+"""Prompt-to-prompt (issue 19, item 4): the attention controller, the token alignment, the
+pipeline and `difflab edit` on tiny text runs (the trainable word encoder)."""
+
+import pytest
+import torch
+
+from difflab.cli import main as cli
+from difflab.conditioning import TextConditioning
+from difflab.editing import prompt_to_prompt, token_map
+from difflab.pipelines import DiffusionModel, Guidance, generate
+from difflab.training.trainer import train
+from helpers import perturb_head, text_run, tiny_config
+
+# Fake Fashion-MNIST captions are templated from the class names ("a photo of a sneaker", ...).
+PROMPT, EDIT = "a photo of a sneaker", "a photo of a sandal"
+
+
+@pytest.fixture(scope="module")
+def text_model(tmp_path_factory):
+    """A tiny text U-Net whose zero-initialized layers are perturbed, so every attention matters."""
+    run = text_run(tmp_path_factory.mktemp("p2p"), "small")
+    model = DiffusionModel.load(run)
+    perturb_head(model.network)
+    return run, model
+
+
+def sample_kwargs():
+    return {"steps": 6, "guidance": Guidance(scale=2.0)}
+
+
+def test_identical_prompts_give_plain_sampling_bit_for_bit(text_model):
+    _, model = text_model
+    sources, edits, _ = prompt_to_prompt(model, PROMPT, PROMPT, n=2, seed=3, **sample_kwargs())
+    plain, _ = generate(model, 4, method="ddim", seeds=[3, 4, 3, 4], prompts=[PROMPT], **sample_kwargs())
+    assert torch.equal(sources, edits)
+    assert torch.equal(torch.cat([sources, edits]), plain)
+
+
+def test_all_ones_reweighting_is_the_identity(text_model):
+    _, model = text_model
+    sources, edits, _ = prompt_to_prompt(model, PROMPT, mode="reweight", reweight={"sneaker": 1.0}, n=2,
+                                         **sample_kwargs())
+    assert torch.equal(sources, edits)
+    _, heavier, _ = prompt_to_prompt(model, PROMPT, mode="reweight", reweight={"sneaker": 3.0}, n=2,
+                                     **sample_kwargs())
+    assert not torch.equal(sources, heavier)
+
+
+def test_an_edit_changes_the_image_and_keeps_the_source(text_model):
+    _, model = text_model
+    sources, edits, control = prompt_to_prompt(model, PROMPT, EDIT, n=2, **sample_kwargs())
+    plain, _ = generate(model, 2, method="ddim", prompts=[PROMPT], **sample_kwargs())
+    assert not torch.equal(sources, edits)
+    assert (sources.float() - plain.float()).abs().max() <= 1  # the source is (to rounding) plain sampling
+    # the controller saw every cross-attention call: one per transformer block per step (CFG batches both)
+    blocks = sum(1 for name, _ in model.network.named_modules() if name.endswith(".cross"))
+    assert control.calls["cross"] == 6 * blocks and control.calls["self"] > 0
+
+
+def test_refine_aligns_the_added_words(text_model):
+    _, model = text_model
+    text = TextConditioning(model.text_encoder)
+    tokens = token_map(text, PROMPT, "a photo of a red sneaker", "refine")
+    # [CLS] a photo of a red sneaker: "red" (position 5) is new, "sneaker" (6) takes the source's 5
+    assert tokens.alpha[:7].tolist() == [1, 1, 1, 1, 1, 0, 1] and tokens.source[6] == 5
+    sources, edits, _ = prompt_to_prompt(model, PROMPT, "a photo of a red sneaker", mode="refine", n=1,
+                                         **sample_kwargs())
+    assert sources.shape == edits.shape == (1, 1, 8, 8)
+
+
+def test_replace_with_different_token_counts_is_one_clear_error(text_model, tmp_path, capsys):
+    run, model = text_model
+    with pytest.raises(ValueError, match="same token count"):
+        prompt_to_prompt(model, PROMPT, "a photo of a red sandal", **sample_kwargs())
+    assert cli(["edit", str(run), "--prompt", PROMPT, "--edit", "a photo of a red sandal", "--n", "1",
+                "--out", str(tmp_path / "e")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--mode refine" in err
+
+
+def test_a_model_without_cross_attention_is_one_clear_error(tmp_path, capsys):
+    run = train(tiny_config(tmp_path / "cls", "train.steps=1"), progress=False).parent
+    assert cli(["edit", str(run), "--prompt", PROMPT, "--edit", EDIT, "--n", "1", "--out", str(tmp_path / "e")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "cross-attention" in err and "class-conditional" in err
+
+
+def test_edit_command_writes_the_grid_and_the_images(text_model, tmp_path):
+    run, _ = text_model
+    out = tmp_path / "edit"
+    assert cli(["edit", str(run), "--prompt", PROMPT, "--edit", EDIT, "--n", "2", "--steps", "4",
+                "--reweight", "sandal=2", "--out", str(out)]) == 0
+    assert (out / "grid.png").is_file()
+    assert sorted(p.name for p in (out / "source").iterdir()) == ["00000.png", "00001.png"]
+    assert sorted(p.name for p in (out / "edit").iterdir()) == ["00000.png", "00001.png"]
+
+
+def test_the_controller_sees_every_attention_of_a_dit_with_cross_attention():
+    from difflab.editing import PromptToPromptControl, TokenMap, attention_controller
+    from difflab.models import build_model
+
+    net = build_model({"name": "dit", "image_size": 8, "in_channels": 1, "patch_size": 2, "hidden_size": 16,
+                       "depth": 2, "num_heads": 2, "context_dim": 12}).eval()
+    perturb_head(net)
+    x, t = torch.randn(4, 1, 8, 8), torch.full((4,), 10.0)
+    context, mask = torch.randn(4, 5, 12), torch.tensor([[True] * 3 + [False] * 2] * 4)
+    plain = net(x, t, context=context, context_mask=mask)
+    same = TokenMap(torch.arange(5), torch.zeros(5), torch.ones(5))  # edits keep their own maps
+    control = PromptToPromptControl(2, same, steps=1, cross_replace=1.0)
+    with torch.no_grad(), attention_controller(net, control):
+        assert torch.equal(net(x, t, context=context, context_mask=mask), plain)
+    assert control.calls == {"cross": 2, "self": 2}
+    swap = TokenMap(torch.arange(5), torch.ones(5), torch.ones(5))  # edits take the sources' maps
+    control = PromptToPromptControl(2, swap, steps=1, cross_replace=1.0, self_replace=0.0)
+    with torch.no_grad(), attention_controller(net, control):
+        edited = net(x, t, context=context, context_mask=mask)
+    assert torch.equal(edited[:2], plain[:2]) and not torch.allclose(edited[2:], plain[2:])
+    assert all(m.processor is None for m in net.modules() if hasattr(m, "processor"))  # removed afterwards
