@@ -43,6 +43,7 @@ def register(subparsers) -> None:
                    help="DDIM inversion instead of sampling: map the images of IMAGE_DIR (resized to the model's size) "
                         "to the noise that DDIM turns back into them, written to OUT/noise.npz; uses --steps, "
                         "--spacing and --class/--prompt, without guidance")
+    add_editing_arguments(p)
     p.add_argument("--batch-size", type=int, default=256, help="images per sampler call")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA weights")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
@@ -51,6 +52,47 @@ def register(subparsers) -> None:
                    help="continue an interrupted run into the same --out: make only the images not written yet "
                         "(each image's PNG is written as its batch finishes)")
     p.set_defaults(func=run)
+
+
+def add_editing_arguments(p) -> None:
+    """img2img and inpainting (docs/editing.md)."""
+    from ..pipelines.inpaint import INPAINT_MODES, MASK_SHAPES
+
+    p.add_argument("--init-image", metavar="IMG_OR_DIR",
+                   help="img2img / SDEdit: start from this image (or every image of this folder), resized to the "
+                        "model's size, noised part way (--strength); --n defaults to the number of images")
+    p.add_argument("--strength", type=float, metavar="S",
+                   help="how far to noise the init image, in [0, 1]: 0 = the input unchanged, 1 = from pure noise "
+                        "(default with a mask: 1)")
+    p.add_argument("--strength-steps", choices=["diffusers", "fixed"], default="diffusers",
+                   help="diffusers: run int(steps*strength) of the steps; fixed: run exactly --steps steps over the "
+                        "truncated range (A1111 / ComfyUI)")
+    p.add_argument("--mask", metavar="PNG", help="inpaint: a mask image, white = repaint (resized if needed)")
+    p.add_argument("--mask-box", metavar="X0,Y0,X1,Y1", help="inpaint the box x0,y0,x1,y1 (pixels, end excluded)")
+    p.add_argument("--mask-shape", choices=MASK_SHAPES, help="inpaint a built-in region")
+    p.add_argument("--mask-blur", type=float, default=0.0, metavar="PIXELS",
+                   help="feather the mask inward by this many pixels (outside pixels stay exact)")
+    p.add_argument("--inpaint", choices=INPAINT_MODES, default="blend",
+                   help="blend: replace the known region after each step (any sampler); repaint: RePaint's "
+                        "resampling (Lugmayr et al. 2022; DDPM steps, --steps levels)")
+    p.add_argument("--repaint-jumps", type=int, default=10, metavar="J", help="RePaint's jump length")
+    p.add_argument("--repaint-resample", type=int, default=10, metavar="R",
+                   help="RePaint's number of resamplings (jump_n_sample)")
+
+
+def edit_from_args(args, model):
+    """The :class:`~difflab.pipelines.generate.Edit` the editing flags ask for, or None."""
+    from ..pipelines.pipeline import make_edit
+
+    masks = [flag for flag in ("mask", "mask_box", "mask_shape") if getattr(args, flag, None)]
+    if len(masks) > 1:
+        raise ValueError("give one of --mask, --mask-box and --mask-shape")
+    if not args.init_image:
+        if masks or args.strength is not None:
+            raise ValueError("--strength and the mask flags edit an image: give it with --init-image IMG_OR_DIR")
+        return None
+    return make_edit(model, args.init_image, args.strength, args.strength_steps, args.mask or args.mask_shape,
+                     args.inpaint, args.mask_blur, args.repaint_jumps, args.repaint_resample, args.mask_box)
 
 
 def add_sampler_arguments(p) -> None:
@@ -173,7 +215,8 @@ def run(args) -> int:
     if args.invert:
         return invert_images(args, model)
     noise = read_noise(args.noise) if args.noise else None
-    n = len(noise) if noise is not None and args.n is None else (args.n or 64)
+    edit = edit_from_args(args, model)
+    n = len(noise) if noise is not None and args.n is None else (args.n or (len(edit.init) if edit else 64))
     guidance = guidance_from_args(args, device)
     prompts = read_prompts(args)
     kwargs = schedule_from_args(args, model, guidance)
@@ -181,7 +224,7 @@ def run(args) -> int:
     settings = SamplerSettings.resolve(model, kwargs.pop("method"), kwargs.pop("steps"), kwargs.pop("spacing", None),
                                        kwargs.pop("sigmas", None), **kwargs)
     job = plan(model, n, settings, seed=args.seed, class_index=args.class_index, guidance=guidance, prompts=prompts,
-               threshold=threshold, precision=args.precision, compile=args.compile)
+               threshold=threshold, precision=args.precision, compile=args.compile, edit=edit)
     return write_samples(job, out_dir, args, noise)
 
 
@@ -219,7 +262,7 @@ def write_samples(job, out_dir, args, noise=None) -> int:
     per_class = labels is not None and args.class_index is None
     upscale = max(1, 64 // shown.shape[-1])
     grid_record = {**job.image_record(0), "seeds": job.seeds[: len(shown)]}
-    for key in ("seed", "prompt", "class", "class_name"):
+    for key in ("seed", "prompt", "class", "class_name", "init_image"):
         grid_record.pop(key, None)
     grid = save_grid(shown, out_dir / "grid.png", nrow=len(class_names) if per_class else None, upscale=upscale,
                      pnginfo=png_text(grid_record))
@@ -261,6 +304,42 @@ def apply_png_record(args) -> None:
     if args.precision == "auto":
         args.precision = record.get("precision", "auto")
     args.no_tuned = True  # the record names its schedule: a tuned file written since must not change it
+    apply_edit_record(args, record)
+
+
+def apply_edit_record(args, record: dict) -> None:
+    """An img2img / inpainting record's init image, strength and mask: remade from the recorded
+    init image's path, which must still exist (the PNG does not hold the input)."""
+    from pathlib import Path
+
+    if "strength" not in record and "inpaint" not in record:
+        return
+    if not args.init_image:
+        path = record.get("init_image")
+        if not path or not Path(path).is_file():
+            raise ValueError(f"{args.from_png} is an edit of the image {path or '(given in memory)'}, which is not "
+                             "there any more: give it with --init-image IMG")
+        args.init_image = path
+    if args.strength is None:
+        args.strength = record.get("strength")
+    args.strength_steps = record.get("strength_mode", args.strength_steps)
+    mask = record.get("mask")
+    if "inpaint" in record and not (args.mask or args.mask_box or args.mask_shape):
+        if mask is None:
+            raise ValueError(f"{args.from_png} was inpainted with a mask given in memory: give it with --mask PNG")
+        if mask.startswith("box:"):
+            args.mask_box = mask[4:]
+        elif mask.startswith("shape:"):
+            args.mask_shape = mask[6:]
+        elif Path(mask).is_file():
+            args.mask = mask
+        else:
+            raise ValueError(f"{args.from_png} was inpainted with the mask {mask}, which is not there any more: "
+                             "give it with --mask PNG")
+        args.inpaint = record["inpaint"]
+        args.mask_blur = record.get("mask_blur", 0.0)
+        args.repaint_jumps = record.get("repaint_jumps", args.repaint_jumps)
+        args.repaint_resample = record.get("repaint_resample", args.repaint_resample)
 
 
 def read_noise(path: str):

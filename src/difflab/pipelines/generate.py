@@ -41,6 +41,8 @@ from ..sampling import (
     strength_tail,
 )
 from ..sampling.compiled import compile_denoiser
+from ..sampling.repaint import repaint, repaint_sigmas
+from ..sampling.spacing import fixed_strength_walk
 from .guidance_policy import (
     Guidance,
     class_labels_for,
@@ -49,6 +51,8 @@ from .guidance_policy import (
     guided_denoiser,
     unconditional_text,
 )
+from .img2img import InitImages, check_strength, encode
+from .inpaint import Inpainting, blend_callback
 from .loading import DiffusionModel
 
 
@@ -84,10 +88,59 @@ class SamplerSettings:
             raise ValueError(f"unknown step spacing {spacing!r}; choose one of: {', '.join(SPACINGS)}")
         return cls(method, steps, spacing, sigmas, options)
 
-    def walk(self, model: DiffusionModel, strength: float | None = None) -> Tensor:
-        """The noise levels the solver walks (the tail of them for img2img's ``strength``)."""
+    def walk(self, model: DiffusionModel, strength: float | None = None, mode: str = "diffusers") -> Tensor:
+        """The noise levels the solver walks; for img2img's ``strength`` in (0, 1] the tail of them:
+        ``mode="diffusers"`` the last ⌊steps·strength⌋ steps of the walk
+        (:func:`~difflab.sampling.strength_tail`), ``"fixed"`` exactly ``steps`` steps, the tail of
+        a walk of ⌊steps/strength⌋ (:func:`~difflab.sampling.spacing.fixed_strength_walk`)."""
+        check_strength(strength, mode)
+        if strength is not None and mode == "fixed":
+            if self.sigmas is not None:
+                raise ValueError("the fixed strength convention needs a spacing to stretch, not explicit sigmas: "
+                                 "use strength_mode='diffusers' (--strength-steps diffusers) with --sigmas")
+            return fixed_strength_walk(model.schedule, self.steps, self.spacing, strength)
         sigmas = self.sigmas if self.sigmas is not None else get_sigmas(model.schedule, self.steps, self.spacing)
         return strength_tail(sigmas, strength) if strength is not None else sigmas
+
+
+@dataclass
+class Edit:
+    """What makes a run an edit of given images (docs/editing.md): the ``init`` images (img2img's
+    start, inpainting's original), img2img's ``strength`` in [0, 1] with its step convention
+    ``strength_mode`` (diffusers | fixed), and an :class:`~.inpaint.Inpainting` mask. Without a
+    strength an inpainting starts from pure noise (strength 1)."""
+
+    init: InitImages
+    strength: float | None = None
+    strength_mode: str = "diffusers"
+    inpaint: Inpainting | None = None
+
+    def __post_init__(self):
+        check_strength(self.strength, self.strength_mode)
+        if self.strength is None and self.inpaint is None:
+            raise ValueError("an image-to-image run needs a strength in [0, 1] (--strength S)")
+        if self.inpaint is not None and self.inpaint.mode == "repaint" and self.strength not in (None, 1, 1.0):
+            raise ValueError("RePaint starts from pure noise: drop the strength (or give 1) with --inpaint repaint")
+
+    def repeat_to(self, n: int) -> Edit:
+        """The edit of n images: image i edits input i mod N (with mask i mod N)."""
+        if len(self.init) != n and n % len(self.init) and len(self.init) > 1:
+            raise ValueError(f"{len(self.init)} init images for {n} images: give one, or one per image")
+        inpaint = self.inpaint.repeat_to(n) if self.inpaint is not None else None
+        if inpaint is not None and len(self.inpaint.mask) not in (1, len(self.init), n):
+            raise ValueError(f"{len(self.inpaint.mask)} masks for {len(self.init)} init images: give one, or one each")
+        return Edit(self.init.repeat_to(n), self.strength, self.strength_mode, inpaint)
+
+    @property
+    def level(self) -> float:
+        return 1.0 if self.strength is None else float(self.strength)
+
+    def record(self, i: int) -> dict:
+        record = {"init_image": self.init.paths[i], "strength": self.strength,
+                  "strength_mode": self.strength_mode if self.level not in (0.0, 1.0) else None}
+        if self.inpaint is not None:
+            record.update(self.inpaint.record())
+        return record
 
 
 @dataclass
@@ -106,6 +159,7 @@ class GenerationPlan:
     seeds: list[int]  # one per image
     threshold: float | None = None
     precision: str = "auto"
+    edit: Edit | None = None  # img2img / inpainting (one init image per image)
 
     @property
     def device(self) -> torch.device:
@@ -138,13 +192,15 @@ class GenerationPlan:
             "classifier_scale": guidance.classifier_scale if guidance.classifier else None,
             "classifier_mode": guidance.classifier_mode, "threshold": self.threshold, "precision": self.precision,
             "size": list(model.record.image_shape), "difflab": __version__,
+            **(self.edit.record(i) if self.edit is not None else {}),
         }
         return {key: value for key, value in record.items() if value is not None}
 
 
 def plan(model: DiffusionModel, n: int, settings: SamplerSettings, *, seed: int = 0, seeds: list[int] | None = None,
          class_index: int | None = None, guidance: Guidance | None = None, prompts: list[str] | None = None,
-         threshold: float | None = None, precision: str = "auto", compile: bool = False) -> GenerationPlan:
+         threshold: float | None = None, precision: str = "auto", compile: bool = False,
+         edit: Edit | None = None) -> GenerationPlan:
     """Resolve labels, prompts, seeds and the guided denoiser of n images (see :func:`generate`)."""
     if n < 1:
         raise ValueError(f"the number of images must be at least 1, got {n}")
@@ -167,8 +223,11 @@ def plan(model: DiffusionModel, n: int, settings: SamplerSettings, *, seed: int 
     # An unconditional model sees labels only through an active classifier (s = 0: none at all).
     classifier_active = guidance.classifier is not None and guidance.classifier_scale != 0
     labels_used = labels is not None and (model.num_classes > 0 or classifier_active)
+    edit = edit.repeat_to(n) if edit is not None else None
+    if edit is not None:
+        settings.walk(model, edit.strength if edit.level not in (0.0, 1.0) else None, edit.strength_mode)
     return GenerationPlan(model, settings, guidance, scale, denoiser, labels, labels_used, text, prompts, seeds,
-                          threshold, precision)
+                          threshold, precision, edit)
 
 
 @dataclass
@@ -189,17 +248,34 @@ class Generated:
 
 def batches(job: GenerationPlan, *, batch_size: int = 256, indices: list[int] | None = None, progress: bool = False,
             noise: Tensor | None = None, x_start: Tensor | None = None, strength: float | None = None,
-            callback=None) -> Iterator[tuple[list[int], Tensor]]:
+            strength_mode: str = "diffusers", callback=None) -> Iterator[tuple[list[int], Tensor]]:
     """Sample the plan's images batch by batch: yields (image indices, their uint8 images) as each
     batch finishes, so a caller can write them before the next one (``difflab sample`` streams
     them to disk and resumes by skipping the indices it has). ``indices``: which of the plan's
     images to make (default: all); ``noise`` and ``x_start`` are given for all of the plan's
-    images. See :func:`generate` for the rest."""
-    model, n = job.model, len(job.seeds)
+    images. See :func:`generate` for the rest.
+
+    A plan with an :class:`Edit` uses these same hooks: its init images (encoded) are ``x_start``,
+    its strength and convention choose the walk, and its mask adds the blend callback (or runs
+    :func:`~difflab.sampling.repaint.repaint` instead of the solver) and the paste-back."""
+    model, n, edit = job.model, len(job.seeds), job.edit
     if batch_size < 1:
         raise ValueError(f"the batch size must be at least 1, got {batch_size}")
     autocast = precision_autocast(job.precision, model.device)  # checks the precision before any work
-    sigmas = job.settings.walk(model, strength)
+    if edit is not None:
+        if x_start is not None or strength is not None:
+            raise ValueError("give the init images and strength once: in the plan's edit or as x_start/strength")
+        strength, strength_mode = edit.level, edit.strength_mode
+    check_strength(strength, strength_mode)
+    # strength 1 is text-to-image (pure noise, the whole walk); 0 is the input, no step at all
+    partial = strength is not None and 0.0 < strength < 1.0
+    inpaint = edit.inpaint if edit is not None else None
+    if inpaint is not None and inpaint.mode == "repaint":
+        if job.settings.sigmas is not None:
+            raise ValueError("RePaint walks its own up-and-down schedule: drop --sigmas")
+        sigmas = repaint_sigmas(model.schedule, job.settings.steps, inpaint.jump_length, inpaint.resample)
+    elif strength != 0.0:
+        sigmas = job.settings.walk(model, strength if partial else None, strength_mode)
     if x_start is not None and strength is None and job.settings.sigmas is None:
         raise ValueError("x_start needs the level to start from: give strength (img2img) or sigmas")
     for name, given in (("noise", noise), ("x_start", x_start)):
@@ -214,18 +290,45 @@ def batches(job: GenerationPlan, *, batch_size: int = 256, indices: list[int] | 
         starts = tqdm(starts, desc="sample", unit="batch")
     for start in starts:
         chunk = indices[start : start + batch_size]
+        originals = edit.init.images[chunk] if edit is not None else None
+        if strength == 0.0 or (inpaint is not None and not bool((inpaint.mask[chunk] > 0).any())):
+            yield chunk, _unchanged(model, originals, x_start, chunk)  # the input itself: no step runs
+            continue
         source = NoiseSource(seeds=[job.seeds[i] for i in chunk])
         like = torch.empty((len(chunk), *model.image_shape), device=model.device)
         x_T = source(like)  # each image's first draw is its start, drawn even when `noise` replaces it,
         if noise is not None:  # so its stochastic noise is the same either way
             x_T = noise[chunk].to(model.device)
-        x0 = x_start[chunk].to(model.device) if x_start is not None else None
+        if edit is not None:
+            x0 = encode(model, originals)
+        else:
+            x0 = x_start[chunk].to(model.device) if x_start is not None else None
+        step_callback, mask = callback, None
+        if inpaint is not None:
+            mask = inpaint.model_mask(model, chunk)
+            if inpaint.mode == "blend":
+                step_callback = blend_callback(x0, mask, [job.seeds[i] for i in chunk], callback)
         with autocast:
-            x = sample(job.denoiser, x_T, sigmas=sigmas, method=job.settings.method, cond=job.cond(chunk),
-                       noise_source=source, x_start=x0, callback=callback, **job.settings.options)
+            if inpaint is not None and inpaint.mode == "repaint":
+                x = x_T * float(model.schedule.prior_std(sigmas[0]))
+                x = repaint(job.denoiser.bind(**job.cond(chunk)), x, sigmas, known=x0, mask=mask, eta=inpaint.eta,
+                            noise_source=source, callback=callback)
+            else:
+                x = sample(job.denoiser, x_T, sigmas=sigmas, method=job.settings.method, cond=job.cond(chunk),
+                           noise_source=source, x_start=x0 if partial or strength is None else None,
+                           callback=step_callback, **job.settings.options)
         if model.latent is not None:
             x = model.latent.decode(x)
-        yield chunk, to_uint8(x).cpu()
+        images = to_uint8(x).cpu()
+        yield chunk, inpaint.paste(images, originals, chunk) if inpaint is not None else images
+
+
+def _unchanged(model, originals: Tensor | None, x_start: Tensor | None, chunk: list[int]) -> Tensor:
+    """Strength 0 (or an empty mask): the input images as they are (for ``x_start`` alone, decoded)."""
+    if originals is not None:
+        return originals.clone()
+    x = x_start[chunk].to(model.device)
+    return to_uint8(model.latent.decode(x) if model.latent is not None else x).cpu()
 
 
 def run(job: GenerationPlan, **options) -> Generated:
@@ -256,7 +359,9 @@ def generate(
     noise: Tensor | None = None,
     x_start: Tensor | None = None,
     strength: float | None = None,
+    strength_mode: str = "diffusers",
     callback=None,
+    edit: Edit | None = None,
     **options,
 ) -> tuple[Tensor, Tensor | None]:
     """n samples as uint8 (N, C, H, W), with their class labels (None if unconditional and unguided);
@@ -279,15 +384,17 @@ def generate(
 
     Hooks: ``noise`` gives the starting noise (unit scale, e.g. from DDIM inversion);
     ``x_start`` (in the model's space: latents for a latent model) starts from data noised to the
-    first level of the walk, ``strength`` in (0, 1] choosing the last ⌊steps·strength⌋ steps
-    (img2img, diffusers' convention); ``callback(step)`` sees each
+    first level of the walk, ``strength`` in [0, 1] choosing the last ⌊steps·strength⌋ steps
+    (img2img, diffusers' convention; ``strength_mode="fixed"``: exactly ``steps`` steps; 0 returns
+    the input, 1 starts from pure noise); ``edit`` (:class:`Edit`) gives init images, strength and
+    an inpainting mask instead (:mod:`.img2img`, :mod:`.inpaint`); ``callback(step)`` sees each
     :class:`~difflab.sampling.Step` of each batch and may return a replacement for ``step.x``.
     """
     if negative_prompt is not None:
         guidance = dataclasses.replace(guidance or Guidance(), negative_prompt=negative_prompt)
     settings = SamplerSettings.resolve(model, method, steps, spacing, sigmas, **options)
     job = plan(model, n, settings, seed=seed, seeds=seeds, class_index=class_index, guidance=guidance,
-               prompts=prompts, threshold=threshold, precision=precision, compile=compile)
+               prompts=prompts, threshold=threshold, precision=precision, compile=compile, edit=edit)
     out = run(job, batch_size=batch_size, progress=progress, noise=noise, x_start=x_start, strength=strength,
-              callback=callback)
+              strength_mode=strength_mode, callback=callback)
     return out.images, out.labels

@@ -19,8 +19,10 @@ import torch
 
 from ..device import pick_device
 from ..images import to_pil
-from .generate import Generated, SamplerSettings, plan, run
+from .generate import Edit, Generated, SamplerSettings, plan, run
 from .guidance_policy import Guidance
+from .img2img import load_init_images, pixel_shape
+from .inpaint import MASK_SHAPES, Inpainting, as_mask, box_mask, read_mask, shape_mask
 from .loading import DiffusionModel, NoisyClassifierModel
 from .png_info import RECORD_KEY, parameters_text, read_record
 
@@ -61,7 +63,7 @@ class Pipeline:
         prompt: str | list[str] | None = None,
         *,
         class_label: int | str | None = None,
-        n: int = 1,
+        n: int | None = None,
         seed: int = 0,
         seeds: list[int] | None = None,
         method: str | None = None,
@@ -82,6 +84,14 @@ class Pipeline:
         x_start: torch.Tensor | None = None,
         strength: float | None = None,
         callback=None,
+        image=None,
+        strength_mode: str = "diffusers",
+        mask=None,
+        mask_box=None,
+        inpaint: str = "blend",
+        mask_blur: float = 0.0,
+        repaint_jumps: int = 10,
+        repaint_resample: int = 10,
         progress: bool = False,
         output: str = "pil",
         **options,
@@ -94,6 +104,12 @@ class Pipeline:
         ``seeds[i]``); ``classifier``: a noisy classifier run (or loaded model) for classifier
         guidance; ``**options``: the sampler's (``eta``, ``variance``, ``order`` …). The rest is
         :func:`~difflab.pipelines.generate`'s.
+
+        Editing (docs/editing.md): ``image`` (a path, a folder, PIL image(s) or a uint8 tensor; n
+        defaults to their count) with ``strength`` in [0, 1] and ``strength_mode`` (diffusers |
+        fixed) is img2img; with ``mask`` (a path, PIL image or tensor, white/1 = repaint; or a
+        shape name of :data:`~.inpaint.MASK_SHAPES`) it is inpainting by ``inpaint`` = blend or
+        repaint (``repaint_jumps``, ``repaint_resample``), ``mask_blur`` feathering it (pixels).
         """
         if output not in OUTPUTS:
             raise ValueError(f"unknown output {output!r}; choose one of: {', '.join(OUTPUTS)}")
@@ -104,8 +120,16 @@ class Pipeline:
                             classifier_mode=classifier_mode, negative_prompt=negative_prompt)
         prompts = [prompt] if isinstance(prompt, str) else prompt
         settings = SamplerSettings.resolve(self.model, method, steps, spacing, sigmas, **options)
+        edit = None
+        if image is not None:
+            edit = make_edit(self.model, image, strength, strength_mode, mask, inpaint, mask_blur, repaint_jumps,
+                             repaint_resample, mask_box)
+            strength = None
+        elif mask is not None or mask_box is not None:
+            raise ValueError("a mask needs the image to inpaint: pass image=...")
+        n = n if n is not None else (len(seeds) if seeds else len(edit.init) if edit is not None else 1)
         job = plan(self.model, n, settings, seed=seed, seeds=seeds, class_index=self.class_index(class_label),
-                   guidance=guidance, prompts=prompts, threshold=threshold, precision=precision)
+                   guidance=guidance, prompts=prompts, threshold=threshold, precision=precision, edit=edit)
         out = run(job, batch_size=batch_size, progress=progress, noise=noise, x_start=x_start, strength=strength,
                   callback=callback)
         return self._as(out, output)
@@ -141,3 +165,27 @@ class Pipeline:
             pil.info["parameters"] = parameters_text(record)
             images.append(pil)
         return images
+
+
+def make_edit(model, image, strength=None, strength_mode="diffusers", mask=None, inpaint="blend", mask_blur=0.0,
+              repaint_jumps=10, repaint_resample=10, mask_box=None) -> Edit:
+    """The :class:`~.generate.Edit` of init ``image`` and an optional ``mask`` (a path, PIL image,
+    tensor or shape name) or ``mask_box`` (x0,y0,x1,y1): what the pipeline and ``difflab sample``
+    build from their arguments."""
+    init = load_init_images(image, model)
+    size = pixel_shape(model)[1:]
+    inpainting = None
+    if mask is not None or mask_box is not None:
+        if mask is not None and mask_box is not None:
+            raise ValueError("give one mask: a mask image or shape, or a mask box")
+        if mask_box is not None:
+            text = mask_box if isinstance(mask_box, str) else ",".join(map(str, mask_box))
+            masks, source = box_mask(text, size)[None], f"box:{text}"
+        elif isinstance(mask, str) and mask in MASK_SHAPES:
+            masks, source = shape_mask(mask, size)[None], f"shape:{mask}"
+        elif isinstance(mask, (str, Path)):
+            masks, source = read_mask(mask, size), str(mask)
+        else:
+            masks, source = as_mask(mask, size), None
+        inpainting = Inpainting(masks, inpaint, repaint_jumps, repaint_resample, blur=mask_blur, source=source)
+    return Edit(init, strength, strength_mode, inpainting)

@@ -113,3 +113,13 @@ def strength_tail(sigmas: Tensor, strength: float) -> Tensor:
         raise ValueError(f"strength {strength} of {steps} steps runs no step (int({steps} x {strength}) = 0): "
                          f"raise the strength to at least {1 / steps:.3g} or the steps")
     return sigmas[steps - kept :]
+
+
+def fixed_strength_walk(schedule, steps: int, spacing, strength: float, final_denoise: bool = True) -> Tensor:
+    """img2img's "fixed steps" convention (A1111's "do exactly the amount of steps", ComfyUI's
+    denoise): exactly ``steps`` solver steps, the tail of a walk of ⌊steps/strength⌋ steps, so
+    they start near the level a full walk reaches at ``strength`` and run to the end."""
+    if not 0.0 < strength <= 1.0:
+        raise ValueError(f"strength must be in (0, 1], got {strength}")
+    total = max(steps, int(steps / strength + 1e-9))  # 1e-9: 3 / 0.3 is 10.000000000000002, 7 / 0.7 is 10
+    return get_sigmas(schedule, total, spacing, final_denoise)[-(steps + 1):]

@@ -1,0 +1,129 @@
+"""Image-to-image (SDEdit, Meng et al. 2022): the starting images of an edit.
+
+An img2img run is text-to-image with another start: the input, resized to the model's size (and
+encoded by a latent model's autoencoder), noised to the first level of the truncated walk
+(:func:`~difflab.sampling.spacing.strength_walk`), then sampled from there by the same
+:func:`~difflab.pipelines.generate.batches`. This module only turns what the user gives — paths,
+a folder, PIL images, uint8 tensors — into uint8 (N, C, H, W) images at the model's pixel size,
+remembering where each came from (the PNG record's ``init_image``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..data.image_folder import IMAGE_EXTENSIONS
+from ..errors import UserError
+
+STRENGTH_MODES = ("diffusers", "fixed")
+
+
+@dataclass
+class InitImages:
+    """uint8 (N, C, H, W) images at the model's pixel size, and the file each came from (None for
+    an image given in memory)."""
+
+    images: Tensor
+    paths: list[str | None]
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def repeat_to(self, n: int) -> InitImages:
+        """Image i of n is input i mod N (one input, many seeds: n variations of it)."""
+        index = [i % len(self) for i in range(n)]
+        return InitImages(self.images[index], [self.paths[i] for i in index])
+
+
+def pixel_shape(model) -> tuple[int, int, int]:
+    """(C, H, W) of the model's images (a latent model's autoencoder's pixels)."""
+    return tuple(model.latent.image_shape) if model.latent is not None else tuple(model.image_shape)
+
+
+def check_strength(strength: float | None, mode: str = "diffusers") -> None:
+    """One clear error for a strength outside [0, 1] or an unknown step convention."""
+    if mode not in STRENGTH_MODES:
+        raise ValueError(f"unknown strength step convention {mode!r}; choose one of: {', '.join(STRENGTH_MODES)}")
+    if strength is not None and not (isinstance(strength, (int, float)) and 0.0 <= strength <= 1.0):
+        raise ValueError(f"strength must be in [0, 1] (0 = the input unchanged, 1 = from pure noise), got {strength}")
+
+
+def _read(path: Path, channels: int, size: tuple[int, int]) -> Tensor:
+    from PIL import Image, UnidentifiedImageError
+
+    if not path.is_file():
+        raise UserError(f"init image {path} does not exist: give an image file or a folder of images")
+    try:
+        with Image.open(path) as image:
+            image = image.convert("L" if channels == 1 else "RGB")
+            return _resize(image, size)
+    except (UnidentifiedImageError, OSError) as error:
+        raise UserError(f"init image {path} cannot be read as an image ({error}); give a PNG, JPEG or WebP") from None
+
+
+def _resize(image, size: tuple[int, int]) -> Tensor:
+    from PIL import Image
+
+    height, width = size
+    if image.size != (width, height):
+        image = image.resize((width, height), Image.Resampling.BICUBIC)
+    array = np.asarray(image, dtype=np.uint8)
+    array = array[:, :, None] if array.ndim == 2 else array
+    return torch.from_numpy(array.copy()).permute(2, 0, 1)
+
+
+def load_init_images(source, model) -> InitImages:
+    """The init images of ``source`` — a path to an image or a folder of images (sorted by name), a
+    PIL image, a uint8 tensor (C, H, W) or (N, C, H, W), or a list of these — at the model's pixel
+    size and channels (resized bicubically where they differ)."""
+    channels, height, width = pixel_shape(model)
+    items = source if isinstance(source, (list, tuple)) else [source]
+    images, paths = [], []
+    for item in items:
+        if isinstance(item, (str, Path)):
+            path = Path(item)
+            if path.is_dir():
+                files = sorted(p for p in path.rglob("*") if p.name.lower().endswith(IMAGE_EXTENSIONS))
+                if not files:
+                    raise UserError(f"init image folder {path} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
+                images += [_read(f, channels, (height, width)) for f in files]
+                paths += [str(f) for f in files]
+            else:
+                images.append(_read(path, channels, (height, width)))
+                paths.append(str(path))
+        elif isinstance(item, Tensor):
+            batch = item[None] if item.ndim == 3 else item
+            if batch.dtype != torch.uint8 or batch.ndim != 4 or batch.shape[1] != channels:
+                raise ValueError(f"an init image tensor must be uint8 (N, {channels}, H, W) or ({channels}, H, W), "
+                                 f"got {batch.dtype} {tuple(item.shape)}")
+            if tuple(batch.shape[2:]) != (height, width):
+                batch = torch.nn.functional.interpolate(batch.float(), (height, width), mode="bicubic",
+                                                        align_corners=False).round().clamp(0, 255).to(torch.uint8)
+            images += list(batch.cpu())
+            paths += [None] * len(batch)
+        elif hasattr(item, "convert") and hasattr(item, "size"):  # a PIL image
+            images.append(_resize(item.convert("L" if channels == 1 else "RGB"), (height, width)))
+            paths.append(None)
+        else:
+            raise ValueError(f"an init image must be a path, a PIL image or a uint8 tensor, got {type(item).__name__}")
+    return InitImages(torch.stack(images), paths)
+
+
+def encode(model, images: Tensor) -> Tensor:
+    """The images (uint8) in the model's space: [−1, 1] pixels, or a latent model's latents (the
+    autoencoder's mean, so the same image gives the same latents)."""
+    from ..data.convert import to_float
+    from ..models.autoencoder import DiagonalGaussian
+
+    x = to_float(images.to(model.device))
+    if model.latent is None:
+        return x
+    with torch.no_grad():
+        encoded = model.latent.autoencoder.encode(x)
+    latents = encoded.mean if isinstance(encoded, DiagonalGaussian) else encoded
+    return latents.float() * model.latent.scale
