@@ -57,6 +57,31 @@ def test_an_edit_changes_the_image_and_keeps_the_source(text_model):
     assert control.calls["cross"] == 6 * blocks and control.calls["self"] > 0
 
 
+def test_local_blend_keeps_the_source_outside_the_words_region(text_model):
+    from difflab.editing import LocalBlend
+    from difflab.sampling import Step
+
+    positions = torch.tensor([False, True, False])
+    blend = LocalBlend(1, positions, positions, steps=4, threshold=0.5, start=0.0)
+    probs = torch.zeros(2, 1, 16, 3)  # (2 rows, 1 head, 4x4 queries, 3 keys)
+    probs[:, 0, 0, 1] = 1.0  # the word is attended to from the top-left query only
+    blend.record(probs)
+    source, edit = torch.zeros(1, 1, 8, 8), torch.ones(1, 1, 8, 8)
+    out = blend(Step(0, 4, 1.0, 0.5, torch.cat([source, edit]), torch.cat([source, edit])))
+    assert torch.equal(out[0], source[0]) and out[1].sum() > 0
+    inside = out[1, 0] == 1
+    assert inside[:4, :4].all() and not inside[4:, :].any() and not inside[:, 4:].any()  # 3x3 max-pool: 2x2 cells
+
+    _, model = text_model
+    sources, plain_edits, _ = prompt_to_prompt(model, PROMPT, EDIT, n=2, **sample_kwargs())
+    blended_sources, edits, control = prompt_to_prompt(model, PROMPT, EDIT, n=2, blend_words=["sneaker", "sandal"],
+                                                       **sample_kwargs())
+    assert torch.equal(blended_sources, sources) and not control.blend.maps  # every step's maps used
+    assert (edits != sources).sum() <= (plain_edits != sources).sum()
+    with pytest.raises(ValueError, match="none of its words"):
+        prompt_to_prompt(model, PROMPT, EDIT, blend_words=["boot"], **sample_kwargs())
+
+
 def test_refine_aligns_the_added_words(text_model):
     _, model = text_model
     text = TextConditioning(model.text_encoder)
@@ -89,7 +114,7 @@ def test_edit_command_writes_the_grid_and_the_images(text_model, tmp_path):
     run, _ = text_model
     out = tmp_path / "edit"
     assert cli(["edit", str(run), "--prompt", PROMPT, "--edit", EDIT, "--n", "2", "--steps", "4",
-                "--reweight", "sandal=2", "--out", str(out)]) == 0
+                "--reweight", "sandal=2", "--local-blend", "sandal", "--out", str(out)]) == 0
     assert (out / "grid.png").is_file()
     assert sorted(p.name for p in (out / "source").iterdir()) == ["00000.png", "00001.png"]
     assert sorted(p.name for p in (out / "edit").iterdir()) == ["00000.png", "00001.png"]

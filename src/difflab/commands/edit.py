@@ -30,6 +30,11 @@ def register(subparsers) -> None:
                    help="the fraction of the steps in which the edit takes the source's cross-attention maps")
     p.add_argument("--self-replace", type=float, default=0.4, metavar="F",
                    help="the fraction of the steps in which the edit takes the source's self-attention maps")
+    p.add_argument("--local-blend", action="append", metavar="WORD", default=[],
+                   help="local blend: change only where WORD (of either prompt) is drawn, keep the source elsewhere "
+                        "(repeatable; e.g. --local-blend sneaker --local-blend sandal)")
+    p.add_argument("--blend-threshold", type=float, default=0.3, metavar="T",
+                   help="local blend: a pixel is in the words' region where their attention exceeds T x its maximum")
     p.add_argument("--n", type=int, default=4, help="number of source/edit pairs")
     p.add_argument("--seed", type=int, default=0, help="pair i uses noise seed SEED+i")
     p.add_argument("--noise", metavar="NPZ", help="start the pairs from this noise (from `difflab invert`) "
@@ -78,7 +83,8 @@ def run(args) -> int:
     sources, edits, _ = prompt_to_prompt(
         model, args.prompt, args.edit, mode=args.mode, reweight=reweight, cross_replace=args.cross_replace,
         self_replace=args.self_replace, seed=args.seed, n=n, method=args.method, steps=args.steps,
-        spacing=args.spacing, guidance=Guidance(scale=args.guidance_scale), noise=noise)
+        spacing=args.spacing, guidance=Guidance(scale=args.guidance_scale), noise=noise,
+        blend_words=args.local_blend, blend_threshold=args.blend_threshold)
     save_images(sources, out / "source")
     save_images(edits, out / "edit")
     pairs = [image for pair in zip(sources, edits) for image in pair]

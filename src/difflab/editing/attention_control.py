@@ -43,6 +43,8 @@ class PromptToPromptControl:
 
     Attributes:
         calls: how many cross- and self-attention maps it has seen (``{"cross": k, "self": m}``).
+        blend: a :class:`~difflab.editing.local_blend.LocalBlend` that gets every cross-attention
+            map before the edit (None: no local blend).
     """
 
     def __init__(self, pairs: int, tokens: TokenMap, steps: int, cross_replace: float = 0.8,
@@ -54,11 +56,14 @@ class PromptToPromptControl:
         self.cross_steps, self.self_steps = int(steps * cross_replace), int(steps * self_replace)
         self.step = 0
         self.calls = {"cross": 0, "self": 0}
+        self.blend = None
 
     def cross_attention(self, probs: Tensor) -> Tensor:
         """The cross-attention maps (N, heads, Lq, Lk) with the edit rows' maps injected and reweighted."""
         self.calls["cross"] += 1
         n = self.pairs
+        if self.blend is not None:
+            self.blend.record(probs)
         if self.step >= self.cross_steps or probs.shape[0] < 2 * n:
             return probs
         source, edit = probs[:n], probs[n : 2 * n]

@@ -19,7 +19,8 @@ from ..pipelines.generate import SamplerSettings, batches, plan
 from ..pipelines.guidance_policy import Guidance
 from ..pipelines.loading import DiffusionModel
 from .attention_control import PromptToPromptControl, attention_controller, has_cross_attention
-from .tokens import token_map
+from .local_blend import LocalBlend
+from .tokens import token_map, word_positions
 
 MODES = ("replace", "refine", "reweight")
 
@@ -41,7 +42,8 @@ def prompt_to_prompt(model: DiffusionModel, prompt: str, edit: str | None = None
                      reweight: dict[str, float] | None = None, cross_replace: float = 0.8, self_replace: float = 0.4,
                      n: int = 1, seed: int = 0, seeds: list[int] | None = None, method: str = "ddim",
                      steps: int | None = None, spacing: str | None = None, guidance: Guidance | None = None,
-                     noise: Tensor | None = None, **options) -> tuple[Tensor, Tensor, PromptToPromptControl]:
+                     noise: Tensor | None = None, blend_words: list[str] | None = None, blend_threshold: float = 0.3,
+                     **options) -> tuple[Tensor, Tensor, PromptToPromptControl]:
     """Sources and edits as uint8 (n, C, H, W) each, and the controller (its ``calls`` counts).
 
     Args:
@@ -54,6 +56,8 @@ def prompt_to_prompt(model: DiffusionModel, prompt: str, edit: str | None = None
         n, seed, seeds: n pairs, pair i from seed ``seed + i`` (or ``seeds[i]``).
         method, steps, spacing, guidance, options: the sampler and guidance, as for ``generate``.
         noise: (n, C, H, W) starting noise for the pairs, e.g. ``invert_images`` of real images.
+        blend_words: local blend (:mod:`.local_blend`): the edit changes only where these words
+            (looked up in both prompts) are drawn; blend_threshold: its mask's threshold.
 
     Raises:
         ValueError: a model without cross-attention or text conditioning, an unknown mode, replace
@@ -73,6 +77,9 @@ def prompt_to_prompt(model: DiffusionModel, prompt: str, edit: str | None = None
     job = plan(model, 2 * n, settings, seeds=seeds + seeds, guidance=guidance, prompts=[prompt] * n + [edit] * n)
     tokens = token_map(job.text, prompt, edit, mode, reweight)
     control = PromptToPromptControl(n, tokens, settings.steps, cross_replace, self_replace)
+    if blend_words:
+        control.blend = LocalBlend(n, word_positions(job.text, prompt, blend_words),
+                                   word_positions(job.text, edit, blend_words), settings.steps, blend_threshold)
     sigmas = settings.walk(model)
     denoiser = job.denoiser
     job = dataclasses.replace(job, denoiser=denoiser.with_model(_StepTracker(denoiser.model, denoiser.schedule,
@@ -83,5 +90,6 @@ def prompt_to_prompt(model: DiffusionModel, prompt: str, edit: str | None = None
                              f"got {tuple(noise.shape)}")
         noise = torch.cat([noise, noise])
     with attention_controller(model.network, control):
-        images = torch.cat([images for _, images in batches(job, batch_size=2 * n, noise=noise)])
+        images = torch.cat([images for _, images in batches(job, batch_size=2 * n, noise=noise,
+                                                             callback=control.blend)])
     return images[:n], images[n:], control

@@ -90,3 +90,11 @@ def find_positions(tokens: list[str], pieces: list[str]) -> list[int]:
     width = len(pieces)
     return [start + i for start in range(len(tokens) - width + 1) if width and tokens[start : start + width] == pieces
             for i in range(width)]
+
+
+def word_positions(text: TextConditioning, prompt: str, words: list[str]) -> Tensor:
+    """A bool (max_length,) mask of the key positions of ``words`` in ``prompt`` (absent words: none)."""
+    tokens, mask = prompt_tokens(text, prompt), torch.zeros(text.max_length, dtype=torch.bool)
+    for word in words:
+        mask[find_positions(tokens, word_pieces(text, word))] = True
+    return mask
