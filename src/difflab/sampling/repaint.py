@@ -53,13 +53,11 @@ def repaint_timesteps(steps: int, jump_length: int = 10, jump_n_sample: int = 10
 
 def repaint_levels(steps: int, jump_length: int = 10, jump_n_sample: int = 10) -> list[int]:
     """The level index of the state before and after every move of :func:`repaint_timesteps`
-    (−1 is the end, σ = 0): it starts at the first index and goes down or up one at a time."""
+    (−1 is the end, σ = 0). After index t, going down or up, the state is at t − 1: a step down
+    from t calls the model at level t; diffusers' ``undo_step(x, t_last)`` before the model call
+    at t = t_last + 1 brings the state from t_last − 1 up to t_last."""
     timesteps = repaint_timesteps(steps, jump_length, jump_n_sample)
-    levels, last = [timesteps[0]], timesteps[0] + 1
-    for t in timesteps:
-        levels.append(t - 1 if t < last else t)
-        last = t
-    return levels
+    return [timesteps[0]] + [t - 1 for t in timesteps]
 
 
 def repaint_sigmas(schedule, steps: int, jump_length: int = 10, jump_n_sample: int = 10) -> Tensor:
