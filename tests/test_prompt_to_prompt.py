@@ -1,8 +1,10 @@
 """Prompt-to-prompt (issue 19, item 4): the attention controller, the token alignment, the
 pipeline and `difflab edit` on tiny text runs (the trainable word encoder)."""
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from difflab.cli import main as cli
 from difflab.conditioning import TextConditioning
@@ -141,3 +143,21 @@ def test_the_controller_sees_every_attention_of_a_dit_with_cross_attention():
         edited = net(x, t, context=context, context_mask=mask)
     assert torch.equal(edited[:2], plain[:2]) and not torch.allclose(edited[2:], plain[2:])
     assert all(m.processor is None for m in net.modules() if hasattr(m, "processor"))  # removed afterwards
+
+
+def test_edit_starts_from_an_inversion(text_model, tmp_path):
+    """`difflab invert --prompt` then `difflab edit --noise`: identical prompts give the inverted images back."""
+    run, model = text_model
+    images, _ = generate(model, 2, method="ddim", steps=6, prompts=[PROMPT], guidance=Guidance(scale=1.0))
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i, image in enumerate(images):
+        Image.fromarray(image[0].numpy()).save(folder / f"{i}.png")
+    assert cli(["invert", str(run), "--images", str(folder), "--prompt", PROMPT, "--steps", "6",
+                "--out", str(tmp_path / "inv")]) == 0
+    noise = torch.from_numpy(np.load(tmp_path / "inv" / "noise.npz")["noise"])
+    sources, _, _ = prompt_to_prompt(model, PROMPT, EDIT, steps=6, guidance=Guidance(scale=1.0), noise=noise)
+    assert sources.shape == images.shape and (sources.float() - images.float()).abs().mean() < 8
+    assert cli(["edit", str(run), "--prompt", PROMPT, "--edit", EDIT, "--noise", str(tmp_path / "inv" / "noise.npz"),
+                "--steps", "6", "--guidance-scale", "1", "--out", str(tmp_path / "e")]) == 0
+    assert len(list((tmp_path / "e" / "edit").iterdir())) == 2

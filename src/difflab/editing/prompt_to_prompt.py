@@ -53,7 +53,8 @@ def prompt_to_prompt(model: DiffusionModel, prompt: str, edit: str | None = None
             tokens take the source's maps) or ``reweight`` (refine's alignment, for use with ``reweight``).
         reweight: ``{word: scale}`` for words of the edit prompt (any mode).
         cross_replace, self_replace: the fractions τ_c, τ_s of the steps with the source's maps.
-        n, seed, seeds: n pairs, pair i from seed ``seed + i`` (or ``seeds[i]``).
+        n, seed, seeds: n pairs (default with ``noise``: one per noise), pair i from seed ``seed + i``
+            (or ``seeds[i]``).
         method, steps, spacing, guidance, options: the sampler and guidance, as for ``generate``.
         noise: (n, C, H, W) starting noise for the pairs, e.g. ``invert_images`` of real images.
         blend_words: local blend (:mod:`.local_blend`): the edit changes only where these words
@@ -71,7 +72,8 @@ def prompt_to_prompt(model: DiffusionModel, prompt: str, edit: str | None = None
     if mode not in MODES:
         raise ValueError(f"unknown prompt-to-prompt mode {mode!r}; choose one of: {', '.join(MODES)}")
     edit = prompt if edit is None else edit
-    seeds = list(seeds) if seeds is not None else list(range(seed, seed + n))
+    if seeds is None:
+        seeds = list(range(seed, seed + (len(noise) if noise is not None else n)))
     n = len(seeds)
     settings = SamplerSettings.resolve(model, method, steps, spacing, **options)
     job = plan(model, 2 * n, settings, seeds=seeds + seeds, guidance=guidance, prompts=[prompt] * n + [edit] * n)
