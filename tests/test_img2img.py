@@ -172,3 +172,29 @@ def test_explicit_x_start_hook_still_works(run):
                        torch.full((2, 1, 8, 8), 128, dtype=torch.uint8))
     settings = SamplerSettings.resolve(model, steps=4)
     assert len(settings.walk(model, 0.5, "fixed")) == 5
+
+
+def test_classifier_guidance_and_a_text_model_edit(run, inputs, tmp_path):
+    """img2img under classifier guidance (an unconditional-style noisy classifier on the digits),
+    and img2img + inpainting on a text-conditioned model, from the CLI."""
+    from helpers import TINY, text_run
+
+    sets = sum((["--set", o.replace("model.name=unet", "model.name=noisy_classifier")] for o in TINY), [])
+    assert cli(["train-classifier", "--noisy", "configs/demo-digits.yaml", *sets, "--set", "train.steps=2",
+                "--no-progress", "--out", str(tmp_path / "clf")]) == 0
+    base = ["sample", str(run), "--init-image", str(inputs), "--strength", "0.5", "--steps", "4", "--class", "3"]
+    assert cli([*base, "--out", str(tmp_path / "plain")]) == 0
+    assert cli([*base, "--classifier", str(tmp_path / "clf"), "--classifier-scale", "50",
+                "--out", str(tmp_path / "guided")]) == 0
+    plain = np.load(tmp_path / "plain" / "samples.npz")
+    guided = np.load(tmp_path / "guided" / "samples.npz")
+    assert not np.array_equal(plain[plain.files[0]], guided[guided.files[0]])
+    assert read_record(tmp_path / "guided" / "images" / "00000.png")["classifier_scale"] == 50
+
+    text = text_run(tmp_path, "small")
+    out = tmp_path / "text"
+    assert cli(["sample", str(text), "--init-image", str(inputs), "--strength", "0.7", "--mask-shape", "top-half",
+                "--prompt", "a shirt", "--steps", "4", "--out", str(out)]) == 0
+    made = np.asarray(Image.open(out / "images" / "00000.png"))
+    assert np.array_equal(made[4:], np.asarray(Image.open(inputs / "0.png"))[4:])
+    assert read_record(out / "images" / "00000.png")["prompt"] == "a shirt"
