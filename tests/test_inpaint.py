@@ -178,3 +178,15 @@ def test_pipeline_and_cli_inpaint_and_record_it(runs, inputs, tmp_path, capsys):
     assert cli(["sample", str(runs["unet"]), "--init-image", str(inputs), "--mask", str(tmp_path / "none.png"),
                 "--out", str(tmp_path / "y")]) != 0
     assert "mask" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("kind", ["dit", "latent"])
+def test_img2img_on_a_dit_and_a_latent_model(runs, inputs, kind):
+    model = DiffusionModel.load(runs[kind])
+    init = load_init_images(inputs, model)
+    assert torch.equal(generate(model, 3, steps=4, edit=Edit(init, 0.0))[0], init.images)
+    assert torch.equal(generate(model, 3, steps=4, seed=2, edit=Edit(init, 1.0))[0], generate(model, 3, steps=4,
+                                                                                               seed=2)[0])
+    half, _ = generate(model, 3, steps=4, seed=2, edit=Edit(init, 0.5, "fixed"))
+    assert half.shape == init.images.shape and torch.equal(half, generate(model, 3, steps=4, seed=2, batch_size=1,
+                                                                           edit=Edit(init, 0.5, "fixed"))[0])
