@@ -190,7 +190,7 @@ def test_invert_then_sample_with_ddim_gives_the_images_back(runs, tmp_path):
     folder.mkdir()
     for i, image in enumerate(images):
         Image.fromarray(image[0].numpy()).save(folder / f"{i}.png")
-    assert cli(["sample", str(runs["plain"]), "--invert", str(folder), "--class", "2", "--steps", "10",
+    assert cli(["invert", str(runs["plain"]), "--images", str(folder), "--class", "2", "--steps", "10",
                 "--out", str(tmp_path / "inv")]) == 0
     noise = np.load(tmp_path / "inv" / "noise.npz")["noise"]
     assert noise.shape == (3, 1, 8, 8)

@@ -15,7 +15,7 @@ def register(subparsers) -> None:
         "one PNG per image under images/ (each with its generation parameters in a PNG text chunk), and "
         "samples.npz (uint8 NHWC, with labels for class-conditional models). Method, steps and spacing "
         "default to the checkpoint's sample settings. --from-png IMAGE makes a saved image again; "
-        "--invert DIR maps images to their DDIM noise instead.",
+        "`difflab invert` maps images to the DDIM noise that --noise maps back.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("checkpoint", nargs="?",
@@ -37,12 +37,8 @@ def register(subparsers) -> None:
     p.add_argument("--prompts", metavar="FILE", help="a text file with one prompt per line (text-conditioned models)")
     add_guidance_arguments(p)
     p.add_argument("--noise", metavar="NPZ",
-                   help="start from this noise instead of the seeds' (an .npz from --invert: array 'noise', "
+                   help="start from this noise instead of the seeds' (an .npz from `difflab invert`: array 'noise', "
                         "N x C x H x W; --n defaults to its count); with --method ddim it maps inverted images back")
-    p.add_argument("--invert", metavar="IMAGE_DIR",
-                   help="DDIM inversion instead of sampling: map the images of IMAGE_DIR (resized to the model's size) "
-                        "to the noise that DDIM turns back into them, written to OUT/noise.npz; uses --steps, "
-                        "--spacing and --class/--prompt, without guidance")
     add_editing_arguments(p)
     p.add_argument("--batch-size", type=int, default=256, help="images per sampler call")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA weights")
@@ -212,8 +208,6 @@ def run(args) -> int:
     out_dir = check_output_folder(Path(args.out))  # before any work: not a file, writable
     device = pick_device(args.device)
     model = DiffusionModel.load(args.checkpoint, use_ema=not args.no_ema, device=device)
-    if args.invert:
-        return invert_images(args, model)
     noise = read_noise(args.noise) if args.noise else None
     edit = edit_from_args(args, model)
     n = len(noise) if noise is not None and args.n is None else (args.n or (len(edit.init) if edit else 64))
@@ -343,7 +337,7 @@ def apply_edit_record(args, record: dict) -> None:
 
 
 def read_noise(path: str):
-    """The ``noise`` array of an .npz written by ``--invert`` (N, C, H, W)."""
+    """The ``noise`` array of an .npz written by ``difflab invert`` (N, C, H, W)."""
     from pathlib import Path
 
     import numpy as np
@@ -353,36 +347,8 @@ def read_noise(path: str):
         raise FileNotFoundError(f"--noise {path} does not exist")
     with np.load(path) as npz:
         if "noise" not in npz.files:
-            raise ValueError(f"{path} has no array 'noise': give an .npz written by `difflab sample --invert`")
+            raise ValueError(f"{path} has no array 'noise': give an .npz written by `difflab invert`")
         return torch.from_numpy(npz["noise"]).float()
-
-
-def invert_images(args, model) -> int:
-    """``--invert DIR``: DDIM inversion of a folder of images to OUT/noise.npz."""
-    from pathlib import Path
-
-    import numpy as np
-
-    from ..data import load_image_folder, to_float
-    from ..pipelines import Guidance, SamplerSettings, plan
-    from ..sampling import invert
-
-    channels, size = (model.latent.image_shape if model.latent else model.image_shape)[:2]
-    images = load_image_folder(args.invert, resolution=size, channels=channels, use_cache=False).images
-    x0 = to_float(images).to(model.device)
-    if model.latent is not None:
-        x0 = model.latent.encode(x0)
-    settings = SamplerSettings.resolve(model, "ddim", args.steps, args.spacing)
-    job = plan(model, len(x0), settings, class_index=args.class_index, guidance=Guidance(scale=1.0),
-               prompts=read_prompts(args))
-    noise = invert(job.denoiser, x0, steps=settings.steps, spacing=settings.spacing, cond=job.cond(range(len(x0))))
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    np.savez(out / "noise.npz", noise=noise.float().cpu().numpy())
-    print(f"difflab sample: {len(x0)} images inverted ({settings.steps} DDIM steps, {settings.spacing}) to "
-          f"{out / 'noise.npz'}; `difflab sample RUN --noise {out / 'noise.npz'} --method ddim --steps "
-          f"{settings.steps} --spacing {settings.spacing}` maps them back")
-    return 0
 
 
 def safe_name(name: str) -> str:
