@@ -231,6 +231,7 @@ def write_samples(job, out_dir, args, noise=None) -> int:
     ``samples.npz`` from the PNGs, without holding them all in memory, and the grids."""
     from ..images import image_path, read_pngs, save_grid, save_images, save_npz_from_files
     from ..pipelines import batches
+    from ..pipelines.generate import grid_record
     from ..pipelines.png_info import png_text, read_record
 
     n, folder = len(job.seeds), out_dir / "images"
@@ -255,11 +256,8 @@ def write_samples(job, out_dir, args, noise=None) -> int:
     class_names = job.model.class_names or (job.guidance.classifier.class_names if job.guidance.classifier else [])
     per_class = labels is not None and args.class_index is None
     upscale = max(1, 64 // shown.shape[-1])
-    grid_record = {**job.image_record(0), "seeds": job.seeds[: len(shown)]}
-    for key in ("seed", "prompt", "class", "class_name", "init_image"):
-        grid_record.pop(key, None)
     grid = save_grid(shown, out_dir / "grid.png", nrow=len(class_names) if per_class else None, upscale=upscale,
-                     pnginfo=png_text(grid_record))
+                     pnginfo=png_text(grid_record(job.image_record(0), job.seeds[: len(shown)])))
     if per_class:  # one grid per class as well: grids/CLASS.png
         for index, name in enumerate(class_names):
             if (labels == index).any():

@@ -240,10 +240,17 @@ class Generated:
     records: list[dict]
 
     def grid_record(self) -> dict:
-        """The record of a grid of these images: the shared parameters and every image's seed."""
-        record = {key: value for key, value in self.records[0].items() if key not in ("seed", "prompt", "class",
-                                                                                        "class_name")}
-        return {**record, "seeds": [r["seed"] for r in self.records]}
+        """The record of a grid of these images (see :func:`grid_record`)."""
+        return grid_record(self.records[0], [r["seed"] for r in self.records])
+
+
+PER_IMAGE_KEYS = ("seed", "prompt", "class", "class_name", "init_image")  # what differs between the images of one run
+
+
+def grid_record(first: dict, seeds: list[int]) -> dict:
+    """The record of a grid: the first image's record less what differs per image, and every
+    shown image's seed."""
+    return {**{key: value for key, value in first.items() if key not in PER_IMAGE_KEYS}, "seeds": list(seeds)}
 
 
 def batches(job: GenerationPlan, *, batch_size: int = 256, indices: list[int] | None = None, progress: bool = False,
