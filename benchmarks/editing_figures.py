@@ -20,10 +20,11 @@ import torch
 
 from difflab.data import load_dataset
 from difflab.images import save_grid
+from difflab.masks import shape_mask
 from difflab.pipelines import DiffusionModel, Guidance, generate
 from difflab.pipelines.generate import Edit
 from difflab.pipelines.img2img import InitImages
-from difflab.pipelines.inpaint import Inpainting, shape_mask
+from difflab.pipelines.inpaint import Inpainting
 
 STRENGTHS = (0.3, 0.5, 0.7, 0.9, 1.0)
 

@@ -9,10 +9,11 @@ from PIL import Image
 import difflab
 from difflab.cli import main as cli
 from difflab.errors import UserError
+from difflab.masks import box_mask, shape_mask
 from difflab.pipelines import DiffusionModel, generate
 from difflab.pipelines.generate import Edit
 from difflab.pipelines.img2img import load_init_images
-from difflab.pipelines.inpaint import Inpainting, as_mask, box_mask, feather, read_mask, shape_mask
+from difflab.pipelines.inpaint import Inpainting, as_mask, feather, read_mask
 from difflab.pipelines.png_info import read_record
 from difflab.sampling.repaint import repaint, repaint_levels, repaint_sigmas, repaint_timesteps
 from difflab.schedules import linear

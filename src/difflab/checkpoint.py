@@ -483,6 +483,8 @@ class ModelRecord:
         image_shape: (C, H, W) of what the network sees (latents for a latent model).
         class_names: the classes of a class-conditional model (or a classifier); empty otherwise.
         text_encoder: the text encoder of a caption-conditioned model; None otherwise.
+        image_condition: the image concatenated to the network's input (``"inpaint"``: mask and
+            masked image, :mod:`difflab.image_condition`); None otherwise.
         latent: a latent model's autoencoder (:meth:`difflab.latent.LatentSpace.to_config`).
         train_config: the whole training config (:class:`difflab.training.config.Config` as a dict).
         step: the training step the weights are from.
@@ -498,6 +500,7 @@ class ModelRecord:
     learned_variance: bool = False
     class_names: list[str] = field(default_factory=list)
     text_encoder: dict | None = None
+    image_condition: str | None = None
     latent: dict | None = None
     train_config: dict = field(default_factory=dict)
     step: int | None = None

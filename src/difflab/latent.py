@@ -107,15 +107,22 @@ class LatentSpace:
                 "latent_shape": list(self.latent_shape), "source": self.source}
 
     @torch.no_grad()
-    def encode(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """scale · E(x) for images (uint8, or float in [−1, 1]) of shape (N, C, H, W)."""
-        from .models.autoencoder import encode_latents
+    def encode(self, images: Tensor, generator: torch.Generator | None = None, mean: bool = False) -> Tensor:
+        """scale · E(x) for images (uint8, or float in [−1, 1]) of shape (N, C, H, W): a posterior
+        sample (what diffusion trains on), or with ``mean`` a KL autoencoder's posterior mean (the
+        same image always gives the same latents: img2img's start, an inpainting model's input)."""
+        from .models.autoencoder import DiagonalGaussian, encode_latents
 
         x = to_float(images) if images.dtype == torch.uint8 else images
         if tuple(x.shape[1:]) != self.image_shape:
             raise ValueError(f"the autoencoder takes images of shape {self.image_shape}, got {tuple(x.shape[1:])}; "
                              "set data.resolution / data.channels to match it")
-        return encode_latents(self.autoencoder, x, generator).float() * self.scale
+        if mean:
+            encoded = self.autoencoder.encode(x)
+            latents = encoded.mean if isinstance(encoded, DiagonalGaussian) else encoded
+        else:
+            latents = encode_latents(self.autoencoder, x, generator)
+        return latents.float() * self.scale
 
     @torch.no_grad()
     def encode_all(self, images: Tensor, batch_size: int = 256, generator: torch.Generator | None = None,

@@ -52,7 +52,8 @@ def register(subparsers) -> None:
 
 def add_editing_arguments(p) -> None:
     """img2img and inpainting (docs/editing.md)."""
-    from ..pipelines.inpaint import INPAINT_MODES, MASK_SHAPES
+    from ..masks import MASK_SHAPES
+    from ..pipelines.inpaint import INPAINT_MODES
 
     p.add_argument("--init-image", metavar="IMG_OR_DIR",
                    help="img2img / SDEdit: start from this image (or every image of this folder), resized to the "
@@ -68,9 +69,11 @@ def add_editing_arguments(p) -> None:
     p.add_argument("--mask-shape", choices=MASK_SHAPES, help="inpaint a built-in region")
     p.add_argument("--mask-blur", type=float, default=0.0, metavar="PIXELS",
                    help="feather the mask inward by this many pixels (outside pixels stay exact)")
-    p.add_argument("--inpaint", choices=INPAINT_MODES, default="blend",
+    p.add_argument("--inpaint", choices=INPAINT_MODES,
                    help="blend: replace the known region after each step (any sampler); repaint: RePaint's "
-                        "resampling (Lugmayr et al. 2022; DDPM steps, --steps levels)")
+                        "resampling (Lugmayr et al. 2022; DDPM steps, --steps levels); model: a mask-conditioned "
+                        "model (trained with diffusion.image_condition: inpaint) fills it alone (default: model for "
+                        "such a model, blend otherwise)")
     p.add_argument("--repaint-jumps", type=int, default=10, metavar="J", help="RePaint's jump length")
     p.add_argument("--repaint-resample", type=int, default=10, metavar="R",
                    help="RePaint's number of resamplings (jump_n_sample)")

@@ -7,6 +7,9 @@ and DiT alike (the caption side, captions → these inputs, is :mod:`difflab.con
 * **Context tokens**: ``context`` (N, L, context_dim) with its padding mask, e.g. a frozen text
   encoder's states; or, for a network holding a trainable text encoder (``text_encoder``), the
   caption's ``input_ids`` and ``token_mask``, which it encodes itself.
+* **Concatenated image**: ``concat`` (N, concat_channels, H, W) joined to the noisy input along
+  the channels (an inpainting model's mask and masked image; SD-inpainting, SR3/ADM upsamplers).
+  It is never dropped for guidance: CFG's two branches see the same image.
 
 A network using these helpers has ``config`` (with ``num_classes``, ``context_dim`` and
 ``text_encoder``), ``label_embed`` (``nn.Embedding`` or None) and ``text_encoder`` (a
@@ -20,7 +23,8 @@ from torch import Tensor, nn
 
 
 def validate_conditioning(config) -> None:
-    """Check a network config's ``num_classes``, ``context_dim`` and ``text_encoder`` fields.
+    """Check a network config's ``num_classes``, ``context_dim``, ``text_encoder`` and
+    ``concat_channels`` fields.
 
     Raises:
         ValueError: naming the field (``UNetConfig.context_dim``, ``DiTConfig.num_classes``, …) and the fix.
@@ -30,6 +34,9 @@ def validate_conditioning(config) -> None:
         raise ValueError(f"{name}.num_classes must be >= 0 (0 = unconditional), got {config.num_classes}")
     if config.context_dim < 0:
         raise ValueError(f"{name}.context_dim must be >= 0 (0 = no cross-attention), got {config.context_dim}")
+    if getattr(config, "concat_channels", 0) < 0:
+        raise ValueError(f"{name}.concat_channels must be >= 0 (0 = no concatenated image), "
+                         f"got {config.concat_channels}")
     if config.text_encoder is not None:
         if config.text_encoder.get("name") != "small":
             raise ValueError(f"{name}.text_encoder holds a trainable encoder ({{'name': 'small', ...}}); "
@@ -73,3 +80,25 @@ def context_tokens(net: nn.Module, context: Tensor | None, context_mask: Tensor 
         raise ValueError(f"this {name} has context_dim={dim}: pass context=(N, L, {dim}) tokens" if dim else
                          f"context was given to a {name} without cross-attention; set {config_name}.context_dim")
     return context, context_mask
+
+
+def concat_image(net: nn.Module, x: Tensor, concat: Tensor | None) -> Tensor:
+    """``x`` with ``concat`` joined along the channels, for a network with ``concat_channels`` > 0;
+    ``x`` itself for one without.
+
+    Raises:
+        ValueError: the image is missing, unexpected, or not (N, concat_channels, H, W) like x.
+    """
+    name, want = type(net).__name__, getattr(net.config, "concat_channels", 0)
+    if not want:
+        if concat is not None:
+            raise ValueError(f"an image (concat) was given to a {name} without image conditioning; "
+                             f"set {type(net.config).__name__}.concat_channels")
+        return x
+    expected = (x.shape[0], want, *x.shape[2:])
+    if concat is None:
+        raise ValueError(f"this {name} is image-conditioned: pass concat={expected} (e.g. an inpainting mask "
+                         "and masked image)")
+    if tuple(concat.shape) != expected:
+        raise ValueError(f"this {name} takes concat of shape {expected}, got {tuple(concat.shape)}")
+    return torch.cat([x, concat.to(x.dtype)], dim=1)

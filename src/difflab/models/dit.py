@@ -41,7 +41,7 @@ from torch import Tensor, nn
 from ..nn import SelfAttention, TimestepMLP, modulate, sincos_position_embedding_2d
 from ..nn.transformer import CrossAttention
 from ..text.small import SmallTextEncoder
-from .conditioning import add_label_embedding, context_tokens, validate_conditioning
+from .conditioning import add_label_embedding, concat_image, context_tokens, validate_conditioning
 
 
 @dataclass
@@ -66,6 +66,8 @@ class DiTConfig:
         text_encoder: a trainable text encoder inside the network (``{"name": "small", "vocab":
             [...], "dim": context_dim, ...}``, :mod:`difflab.text.small`): the model then takes
             token ids (``input_ids``, ``token_mask``) instead of ``context``, and trains it.
+        concat_channels: channels of an image concatenated to the input before patching
+            (``concat``: an inpainting model's mask and masked image, ...).
     """
 
     in_channels: int = 4
@@ -81,6 +83,7 @@ class DiTConfig:
     num_classes: int = 0
     context_dim: int = 0
     text_encoder: dict | None = None
+    concat_channels: int = 0
 
     def __post_init__(self):
         if self.out_channels is None:
@@ -196,7 +199,8 @@ class DiT(nn.Module):
         d, p = cfg.hidden_size, cfg.patch_size
         self.out_channels = cfg.out_channels * (2 if cfg.learned_sigma else 1)
 
-        self.patch_embed = nn.Conv2d(cfg.in_channels, d, kernel_size=p, stride=p)  # a linear map of each patch
+        # a linear map of each patch (of the image and any concatenated one)
+        self.patch_embed = nn.Conv2d(cfg.in_channels + cfg.concat_channels, d, kernel_size=p, stride=p)
         # Fixed, not learned (§3.2); recomputed at construction, so not saved in checkpoints.
         self.register_buffer("pos_embed", sincos_position_embedding_2d(d, cfg.grid_size)[None], persistent=False)
         self.time_embed = TimestepMLP(cfg.frequency_dim, d)
@@ -235,7 +239,7 @@ class DiT(nn.Module):
 
     def forward(self, x: Tensor, t: Tensor, class_labels: Tensor | None = None, context: Tensor | None = None,
                 context_mask: Tensor | None = None, input_ids: Tensor | None = None,
-                token_mask: Tensor | None = None) -> Tensor:
+                token_mask: Tensor | None = None, concat: Tensor | None = None) -> Tensor:
         """Predict ε, x₀ or v (and the variance output with ``learned_sigma``) for noisy images or
         latents x (N, in_channels, image_size, image_size) at the schedule's float times t (N,).
 
@@ -243,7 +247,8 @@ class DiT(nn.Module):
         ``class_labels`` (N,) in [0, num_classes], the last being the null label and ``None``
         meaning it; ``context`` (N, L, context_dim) with its bool ``context_mask`` (True = real
         token), exactly when ``context_dim > 0``; or ``input_ids`` and ``token_mask`` (N, L) for
-        the built-in trainable ``text_encoder``.
+        the built-in trainable ``text_encoder``; ``concat`` (N, concat_channels, H, W), an image
+        concatenated to x, exactly when ``concat_channels > 0``.
 
         Returns (N, out_channels · (2 if learned_sigma else 1), image_size, image_size) in x's dtype.
         """
@@ -254,7 +259,8 @@ class DiT(nn.Module):
         c = self.time_embed(t)  # (N, D)
         c = add_label_embedding(self, c, class_labels)  # + the class's (or null label's) embedding
         context, context_mask = context_tokens(self, context, context_mask, input_ids, token_mask)
-        h = self.patch_embed(x).flatten(2).transpose(1, 2) + self.pos_embed  # (N, T, D), row-major patches
+        h = concat_image(self, x, concat)  # (N, in_channels + concat_channels, H, W)
+        h = self.patch_embed(h).flatten(2).transpose(1, 2) + self.pos_embed  # (N, T, D), row-major patches
         for block in self.blocks:
             h = block(h, c, context, context_mask)  # (N, T, D)
         h = self.final(h, c)  # (N, T, p·p·C_out)

@@ -40,7 +40,7 @@ from ..nn import GroupNorm32, SpatialSelfAttention, TimestepMLP, zero_module
 from ..nn.transformer import SpatialTransformer
 from ..nn.upsample import Upsample, tap_matrix, upsample_conv3x3
 from ..text.small import SmallTextEncoder
-from .conditioning import add_label_embedding, context_tokens, validate_conditioning
+from .conditioning import add_label_embedding, concat_image, context_tokens, validate_conditioning
 from .pyramid import check_positive, check_pyramid, level_resolutions
 
 
@@ -75,6 +75,9 @@ class UNetConfig:
         text_encoder: a trainable text encoder inside the network (``{"name": "small", "vocab":
             [...], "dim": context_dim, ...}``, :mod:`difflab.text.small`): the model then takes
             token ids (``input_ids``, ``token_mask``) instead of ``context``, and trains it.
+        concat_channels: channels of an image concatenated to the input (``concat``): a mask and
+            masked image for an inpainting model, a low-resolution image for an upsampler; the
+            output keeps ``out_channels``.
     """
 
     in_channels: int = 3
@@ -97,6 +100,7 @@ class UNetConfig:
     context_dim: int = 0
     transformer_depth: int = 1
     text_encoder: dict | None = None
+    concat_channels: int = 0
 
     def __post_init__(self):
         # JSON turns tuples into lists; keep the dataclass hashable and comparable.
@@ -115,7 +119,7 @@ class UNetConfig:
         """Raise ``ValueError`` naming the field and the fix for an inconsistent configuration."""
         check_positive(self, ("in_channels", "out_channels", "transformer_depth"))
         check_pyramid(self, "U-Net")  # channel_mult, image_size, attention, norm_groups, heads, dropout
-        validate_conditioning(self)  # num_classes, context_dim, text_encoder
+        validate_conditioning(self)  # num_classes, context_dim, text_encoder, concat_channels
 
 
 class ResBlock(nn.Module):
@@ -246,7 +250,7 @@ def build_encoder(cfg: UNetConfig, blocks: UNetBlocks) -> tuple[nn.Conv2d, nn.Mo
     """
     widths = blocks.widths
     ch = widths[0]
-    stem = nn.Conv2d(cfg.in_channels, ch, 3, padding=1)
+    stem = nn.Conv2d(cfg.in_channels + cfg.concat_channels, ch, 3, padding=1)
     skip_channels = [ch]  # consumed in reverse by the decoder
     encoder = nn.ModuleList()
     for level, (width, resolution) in enumerate(zip(widths, cfg.resolutions)):
@@ -319,7 +323,7 @@ class UNet(nn.Module):
 
     def forward(self, x: Tensor, t: Tensor, class_labels: Tensor | None = None, context: Tensor | None = None,
                 context_mask: Tensor | None = None, input_ids: Tensor | None = None,
-                token_mask: Tensor | None = None) -> Tensor:
+                token_mask: Tensor | None = None, concat: Tensor | None = None) -> Tensor:
         """Predict ε, x₀ or v (and the variance output with ``learned_sigma``).
 
         Args:
@@ -332,6 +336,8 @@ class UNet(nn.Module):
             context_mask: bool (N, L), True for real tokens; padding gets no attention.
             input_ids, token_mask: caption token ids and mask (N, L) for the built-in trainable
                 text encoder (``text_encoder``), which turns them into ``context``.
+            concat: (N, concat_channels, image_size, image_size), concatenated to x (needed
+                exactly when ``concat_channels > 0``).
 
         Returns:
             (N, out_channels · (2 if learned_sigma else 1), image_size, image_size) in x's dtype.
@@ -339,7 +345,8 @@ class UNet(nn.Module):
         emb = self.time_embed(t)  # (N, 4·model_channels)
         emb = add_label_embedding(self, emb, class_labels)  # + the class's (or null label's) embedding
         context, context_mask = context_tokens(self, context, context_mask, input_ids, token_mask)
-        h, skips = run_encoder(self, x, emb, context, context_mask)  # (N, C_last, H/2^(L-1), W/2^(L-1)), skips
+        h = concat_image(self, x, concat)  # (N, in_channels + concat_channels, H, W)
+        h, skips = run_encoder(self, h, emb, context, context_mask)  # (N, C_last, H/2^(L-1), W/2^(L-1)), skips
         for block in self.decoder:
             h = block(torch.cat([h, skips.pop() * self.concat_scale], dim=1), emb, context, context_mask)
         return self.head(h).to(x.dtype)  # (N, C_out, H, W)
@@ -361,6 +368,7 @@ class UNet(nn.Module):
                 ("resblock up/down", cfg.resblock_updown),
                 ("learned sigma", cfg.learned_sigma),
                 (f"{cfg.num_classes} classes", cfg.num_classes),
+                (f"{cfg.concat_channels} concatenated input channels", cfg.concat_channels),
             )
             if on
         ]

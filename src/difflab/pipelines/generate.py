@@ -26,9 +26,10 @@ from torch import Tensor
 
 from .. import __version__
 from ..conditioning import TextConditioning
-from ..data.convert import to_uint8
+from ..data.convert import to_float, to_uint8
 from ..denoiser import Denoiser
 from ..device import precision_autocast
+from ..image_condition import inpaint_condition
 from ..sampling import (
     DEFAULT_METHOD,
     DEFAULT_SPACING,
@@ -51,7 +52,7 @@ from .guidance_policy import (
     guided_denoiser,
     unconditional_text,
 )
-from .img2img import InitImages, check_strength, encode
+from .img2img import InitImages, check_strength, encode, pixel_shape
 from .inpaint import Inpainting, blend_callback
 from .loading import DiffusionModel
 
@@ -171,7 +172,20 @@ class GenerationPlan:
         cond = {"class_labels": self.labels[indices].to(self.device)} if self.labels_used else {}
         if self.text is not None:
             cond.update(self.text.encode([self.prompts[i] for i in indices]))
+        if self.model.image_condition == "inpaint":
+            cond["concat"] = self.inpaint_inputs(indices)
         return cond
+
+    def inpaint_inputs(self, indices: list[int]) -> Tensor:
+        """A mask-conditioned model's mask and masked image for these images: the edit's, or for
+        generation without one an all-ones mask (everything repainted) and an empty image."""
+        inpaint = self.edit.inpaint if self.edit is not None else None
+        c, h, w = pixel_shape(self.model)
+        if inpaint is not None:
+            mask, pixels = inpaint.mask[indices], to_float(self.edit.init.images[indices])
+        else:
+            mask, pixels = torch.ones(len(indices), 1, h, w), torch.zeros(len(indices), c, h, w)
+        return inpaint_condition(mask.to(self.device), pixels.to(self.device), self.model.latent)
 
     def image_record(self, i: int) -> dict:
         """The generation parameters of image i: what ``difflab sample --from-png`` needs to make
@@ -224,6 +238,10 @@ def plan(model: DiffusionModel, n: int, settings: SamplerSettings, *, seed: int 
     classifier_active = guidance.classifier is not None and guidance.classifier_scale != 0
     labels_used = labels is not None and (model.num_classes > 0 or classifier_active)
     edit = edit.repeat_to(n) if edit is not None else None
+    if edit is not None and edit.inpaint is not None and edit.inpaint.mode == "model" and \
+            model.image_condition != "inpaint":
+        raise ValueError("this model was not trained for inpainting (diffusion.image_condition: inpaint): "
+                         "use --inpaint blend or --inpaint repaint")
     if edit is not None:
         settings.walk(model, edit.strength if edit.level not in (0.0, 1.0) else None, edit.strength_mode)
     return GenerationPlan(model, settings, guidance, scale, denoiser, labels, labels_used, text, prompts, seeds,

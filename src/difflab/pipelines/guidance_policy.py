@@ -118,7 +118,8 @@ def guided_denoiser(model: DiffusionModel, guidance: Guidance, method: str, text
     if classifier is not None:
         classifier.check_matches(model)
     mode = guidance.classifier_mode or ("mean" if method == "ddpm" else "epsilon")
-    uncond = (lambda cond: text_uncond) if text_uncond is not None else null_class_labels(model.num_classes)
+    # the caption swapped for the unconditional one; any other input (an inpainting model's image) kept
+    uncond = (lambda cond: {**cond, **text_uncond}) if text_uncond is not None else null_class_labels(model.num_classes)
     return guide(model.denoiser(threshold=threshold), scale=scale, uncond=uncond,
                  rescale=guidance.rescale, interval=guidance.interval,
                  classifier=classifier.network if classifier is not None else None,

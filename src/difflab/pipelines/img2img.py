@@ -118,12 +118,6 @@ def encode(model, images: Tensor) -> Tensor:
     """The images (uint8) in the model's space: [−1, 1] pixels, or a latent model's latents (the
     autoencoder's mean, so the same image gives the same latents)."""
     from ..data.convert import to_float
-    from ..models.autoencoder import DiagonalGaussian
 
     x = to_float(images.to(model.device))
-    if model.latent is None:
-        return x
-    with torch.no_grad():
-        encoded = model.latent.autoencoder.encode(x)
-    latents = encoded.mean if isinstance(encoded, DiagonalGaussian) else encoded
-    return latents.float() * model.latent.scale
+    return x if model.latent is None else model.latent.encode(x, mean=True)

@@ -2,7 +2,7 @@
 
 A mask is float (N, 1, H, W) in [0, 1] at the model's pixel size, 1 (white in a PNG) where the
 image is repainted. It comes from a PNG, a box (``--mask-box x0,y0,x1,y1``, pixels, end
-exclusive) or a named shape (:data:`MASK_SHAPES`); one of another size is resized, with a warning.
+exclusive) or a named shape (:data:`difflab.masks.MASK_SHAPES`); one of another size is resized, with a warning.
 
 * **blend** (any sampler): after each step the known region is replaced by the original noised to
   the step's new level, x = m·x + (1 − m)·(x₀ + σₙ·ε) (ε from the image's own blend stream,
@@ -28,41 +28,7 @@ from torch import Tensor
 from ..errors import UserError
 from ..sampling.common import NoiseSource
 
-MASK_SHAPES = ("left-half", "right-half", "top-half", "bottom-half", "centre")
-INPAINT_MODES = ("blend", "repaint")
-
-
-def shape_mask(name: str, size: tuple[int, int]) -> Tensor:
-    """A named mask (1, H, W): a half of the image, or the centre square of half its side."""
-    height, width = size
-    mask = torch.zeros(1, height, width)
-    if name == "left-half":
-        mask[..., : width // 2] = 1
-    elif name == "right-half":
-        mask[..., width // 2 :] = 1
-    elif name == "top-half":
-        mask[..., : height // 2, :] = 1
-    elif name == "bottom-half":
-        mask[..., height // 2 :, :] = 1
-    elif name in ("centre", "center"):
-        mask[..., height // 4 : height - height // 4, width // 4 : width - width // 4] = 1
-    else:
-        raise ValueError(f"unknown mask shape {name!r}; choose one of: {', '.join(MASK_SHAPES)}")
-    return mask
-
-
-def box_mask(box, size: tuple[int, int]) -> Tensor:
-    """The box x0,y0,x1,y1 (pixels, x1 and y1 excluded; a string or 4 ints) as a mask (1, H, W)."""
-    height, width = size
-    try:
-        x0, y0, x1, y1 = (int(v) for v in (box.split(",") if isinstance(box, str) else box))
-    except (TypeError, ValueError):
-        raise ValueError(f"a mask box is x0,y0,x1,y1 (four integers), got {box!r}") from None
-    if not (0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height):
-        raise ValueError(f"mask box {box!r} is not inside the {width}x{height} image with x0 < x1 and y0 < y1")
-    mask = torch.zeros(1, height, width)
-    mask[..., y0:y1, x0:x1] = 1
-    return mask
+INPAINT_MODES = ("blend", "repaint", "model")
 
 
 def read_mask(path, size: tuple[int, int]) -> Tensor:

@@ -81,6 +81,12 @@ class DiffusionModel:
         return self.record.text_encoder
 
     @property
+    def image_condition(self) -> str | None:
+        """The image concatenated to the network's input (``"inpaint"``: a mask-conditioned
+        inpainting model, :mod:`difflab.image_condition`); None otherwise."""
+        return self.record.image_condition
+
+    @property
     def config(self) -> dict:
         """The checkpoint's ``config.json`` as a mapping."""
         return self.record.to_dict()

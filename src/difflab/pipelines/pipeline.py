@@ -19,10 +19,11 @@ import torch
 
 from ..device import pick_device
 from ..images import to_pil
+from ..masks import MASK_SHAPES, box_mask, shape_mask
 from .generate import Edit, Generated, SamplerSettings, plan, run
 from .guidance_policy import Guidance
 from .img2img import load_init_images, pixel_shape
-from .inpaint import MASK_SHAPES, Inpainting, as_mask, box_mask, read_mask, shape_mask
+from .inpaint import Inpainting, as_mask, read_mask
 from .loading import DiffusionModel, NoisyClassifierModel
 from .png_info import RECORD_KEY, parameters_text, read_record
 
@@ -88,7 +89,7 @@ class Pipeline:
         strength_mode: str = "diffusers",
         mask=None,
         mask_box=None,
-        inpaint: str = "blend",
+        inpaint: str | None = None,
         mask_blur: float = 0.0,
         repaint_jumps: int = 10,
         repaint_resample: int = 10,
@@ -108,8 +109,9 @@ class Pipeline:
         Editing (docs/editing.md): ``image`` (a path, a folder, PIL image(s) or a uint8 tensor; n
         defaults to their count) with ``strength`` in [0, 1] and ``strength_mode`` (diffusers |
         fixed) is img2img; with ``mask`` (a path, PIL image or tensor, white/1 = repaint; or a
-        shape name of :data:`~.inpaint.MASK_SHAPES`) it is inpainting by ``inpaint`` = blend or
-        repaint (``repaint_jumps``, ``repaint_resample``), ``mask_blur`` feathering it (pixels).
+        shape name of :data:`difflab.masks.MASK_SHAPES`) it is inpainting by ``inpaint`` = blend,
+        repaint (``repaint_jumps``, ``repaint_resample``) or model (a mask-conditioned model's own;
+        the default for one, blend otherwise), ``mask_blur`` feathering it (pixels).
         """
         if output not in OUTPUTS:
             raise ValueError(f"unknown output {output!r}; choose one of: {', '.join(OUTPUTS)}")
@@ -167,11 +169,12 @@ class Pipeline:
         return images
 
 
-def make_edit(model, image, strength=None, strength_mode="diffusers", mask=None, inpaint="blend", mask_blur=0.0,
+def make_edit(model, image, strength=None, strength_mode="diffusers", mask=None, inpaint=None, mask_blur=0.0,
               repaint_jumps=10, repaint_resample=10, mask_box=None) -> Edit:
     """The :class:`~.generate.Edit` of init ``image`` and an optional ``mask`` (a path, PIL image,
     tensor or shape name) or ``mask_box`` (x0,y0,x1,y1): what the pipeline and ``difflab sample``
-    build from their arguments."""
+    build from their arguments. ``inpaint`` None: a mask-conditioned model's own inpainting
+    (``model``), blend for any other."""
     init = load_init_images(image, model)
     size = pixel_shape(model)[1:]
     inpainting = None
@@ -187,5 +190,6 @@ def make_edit(model, image, strength=None, strength_mode="diffusers", mask=None,
             masks, source = read_mask(mask, size), str(mask)
         else:
             masks, source = as_mask(mask, size), None
+        inpaint = inpaint or ("model" if model.image_condition == "inpaint" else "blend")
         inpainting = Inpainting(masks, inpaint, repaint_jumps, repaint_resample, blur=mask_blur, source=source)
     return Edit(init, strength, strength_mode, inpainting)

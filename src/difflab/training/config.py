@@ -23,7 +23,9 @@ from pathlib import Path
 
 import yaml
 
+from ..image_condition import IMAGE_CONDITIONS
 from ..losses import WEIGHTINGS
+from ..masks import MAKERS as MASK_KINDS
 from ..process import PREDICTION_TYPES
 from ..sampling.sample import DEFAULT_METHOD, DEFAULT_SPACING, DEFAULT_STEPS, SAMPLERS
 from ..sampling.spacing import SPACINGS
@@ -70,6 +72,11 @@ class DiffusionConfig:
     learned_variance: bool = False  # improved DDPM's hybrid loss
     vlb_weight: float = 0.001
     cond_drop_prob: float = 0.0  # classifier-free guidance: drop the class / caption this often
+    # An image concatenated to the network's input (difflab.image_condition): "inpaint" trains a
+    # mask-conditioned inpainting model on random masks, drawn with the weights of inpaint_masks
+    # (null: box 0.35, strokes 0.35, border 0.2, full 0.1; difflab.masks).
+    image_condition: str | None = None
+    inpaint_masks: dict | None = None
 
 
 @dataclass
@@ -222,6 +229,12 @@ def _optional(check):
     return lambda v: v is None or check(v)
 
 
+def _mask_mix(mix) -> bool:
+    weights = list(mix.values())
+    valid = bool(mix) and set(mix) <= set(MASK_KINDS) and all(_number(w) and w >= 0 for w in weights)
+    return valid and sum(weights) > 0
+
+
 _MAX_SIDE = 4096  # pixels: a larger square is a typo, and would be allocated for every image before training
 
 # key → (check, the allowed values in words). Types are checked first (the dataclass annotations).
@@ -239,6 +252,10 @@ RULES: dict[str, tuple[Callable[[object], bool], str]] = {
     "diffusion.min_snr_gamma": (_between(0, math.inf, open_low=True, open_high=True), "a finite number > 0"),
     "diffusion.vlb_weight": (_between(0, math.inf, open_high=True), "a finite number >= 0"),
     "diffusion.cond_drop_prob": (_between(0, 1, open_high=True), "in [0, 1)"),
+    "diffusion.image_condition": (lambda v: v is None or v in IMAGE_CONDITIONS,
+                                  "null or one of " + ", ".join(IMAGE_CONDITIONS)),
+    "diffusion.inpaint_masks": (lambda v: v is None or _mask_mix(v), "null or weights >= 0 (not all 0) of some of "
+                                + ", ".join(MASK_KINDS) + ", e.g. {box: 1, strokes: 1}"),
     "autoencoder.l1_weight": (_between(0, math.inf, open_high=True), "a finite number >= 0"),
     "autoencoder.l2_weight": (_between(0, math.inf, open_high=True), "a finite number >= 0"),
     "autoencoder.kl_weight": (_between(0, math.inf, open_high=True), "a finite number >= 0"),

@@ -278,11 +278,16 @@ def _train(cfg: Config, rt: distributed.Runtime, out: Path, resume, init_from, o
         g = _step_generator(cfg.train.seed, step, device)
         torch.manual_seed(cfg.train.seed * 7_919 + step)  # dropout
         idx = batch_indices(len(images), global_batch, step, cfg.train.seed).to(device)
+        pixels = None  # the pixels of a latent batch, for an objective that needs them
         if latent_cache is not None:
             x0 = latent_cache[0][idx]
+            flip = None
             if cfg.data.hflip:
                 flip = (torch.rand(global_batch, generator=g, device=device) < 0.5).view(-1, 1, 1, 1)
                 x0 = torch.where(flip, latent_cache[1][idx], x0)
+            if objective.needs_pixels:
+                pixels = to_float(images[idx])
+                pixels = pixels if flip is None else torch.where(flip, pixels.flip(-1), pixels)
         else:
             x0 = to_float(images[idx])
             if cfg.data.hflip:
@@ -290,8 +295,9 @@ def _train(cfg: Config, rt: distributed.Runtime, out: Path, resume, init_from, o
             if cfg.data.random_crop:
                 x0 = random_crop(x0, cfg.data.random_crop, g)
             if latent is not None:  # encoded on the fly
+                pixels = x0 if objective.needs_pixels else None
                 x0 = latent.encode(x0, generator=g)
-        inputs = objective.draw(x0, idx, step, g)  # t, ε, label dropout, ...: the whole global batch's
+        inputs = objective.draw(x0, idx, step, g, pixels)  # t, ε, label dropout, ...: the whole global batch's
         inputs = take_rows(inputs, slice(rt.rank * local_batch, (rt.rank + 1) * local_batch))
 
         # -- forward / backward over micro-batches -----------------------------------------

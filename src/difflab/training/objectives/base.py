@@ -15,7 +15,7 @@ The loop calls, in order::
     objective.attach(model)                       # the built network (its full config, shapes)
     record = objective.checkpoint_config(init_from)
     for step ...:
-        inputs = objective.draw(x0, idx, step, g)   # the global batch's tensors, batch first
+        inputs = objective.draw(x0, idx, step, g, pixels)   # the global batch's tensors, batch first
         ... sliced to this process, then to each micro-batch ...
         out = objective.loss(net, micro_inputs)     # StepLoss(loss, metrics)
         objective.preview(ema_model, path)          # every train.sample_every steps (None: no grid)
@@ -87,6 +87,7 @@ class Objective(ABC):
     """
 
     kind: str = DIFFUSION_KIND
+    needs_pixels: bool = False  # draw() gets the batch's pixels beside latents (an inpainting model's masked image)
 
     def __init__(self, config: Config, data: TrainingData):
         """Check ``config`` against the data (a :class:`~difflab.training.config.ConfigError`
@@ -105,9 +106,12 @@ class Objective(ABC):
         self.spec = model_config_dict(model)
 
     @abstractmethod
-    def draw(self, x0: Tensor, idx: Tensor, step: int, generator: torch.Generator) -> Inputs:
+    def draw(self, x0: Tensor, idx: Tensor, step: int, generator: torch.Generator,
+             pixels: Tensor | None = None) -> Inputs:
         """The inputs of step ``step`` for the whole *global* batch: ``x0`` (the batch's images or
-        latents, in [−1, 1] for pixels), ``idx`` (their dataset rows) and every random draw the
+        latents, in [−1, 1] for pixels), ``idx`` (their dataset rows), ``pixels`` (the same
+        images in pixels, flipped alike, when :attr:`needs_pixels` and x0 are latents; else None)
+        and every random draw the
         loss needs (t, ε, label dropout, ...). Draws come from ``generator`` (seeded by (seed,
         step)) or from generators seeded by (seed, step) in the same way, never from global state,
         so a resumed run and N processes repeat them; the trainer slices the rows afterwards."""

@@ -1,7 +1,9 @@
 """The diffusion objective: a denoiser trained on xₜ ~ q(xₜ | x₀) at random t (DDPM, Ho et al.
 2020, Alg. 1), with the prediction, weighting and hybrid loss of :func:`difflab.losses.diffusion_loss`,
 conditioned on class labels or captions that are dropped with ``diffusion.cond_drop_prob`` for
-classifier-free guidance (Ho & Salimans 2022). Previews are samples from the EMA weights."""
+classifier-free guidance (Ho & Salimans 2022), and optionally on an image concatenated to the input
+(``diffusion.image_condition: inpaint``: a random mask per image and the masked image,
+:mod:`difflab.image_condition`). Previews are samples from the EMA weights."""
 
 from __future__ import annotations
 
@@ -13,6 +15,8 @@ from torch import Tensor
 from ... import losses
 from ...checkpoint import DIFFUSION_KIND, ModelRecord
 from ...conditioning import TextConditioning, select
+from ...image_condition import concat_channels, inpaint_condition
+from ...masks import random_masks
 from ...pipelines.preview import preview_grid
 from ...schedules import get_schedule
 from ..config import Config, ConfigError
@@ -55,6 +59,9 @@ class DiffusionObjective(Objective):
                 raise ConfigError(self.missing_labels.format(name=dataset.name) + "; put each class's images in "
                                   "their own sub-folder (FOLDER/CLASS/image.png)")
             self.labels = dataset.labels.to(data.device)
+        self.image_condition = config.diffusion.image_condition
+        # a latent inpainting model's masked image is encoded from pixels
+        self.needs_pixels = self.image_condition is not None and data.latent is not None
         self.text_config = self.text_encoder_config()
         self.text = TextConditioning(self.text_config, data.device) if self.text_config else None
         if self.text is not None:  # every distinct caption encoded once; rows gathered per step
@@ -81,6 +88,7 @@ class DiffusionObjective(Objective):
             "num_classes": len(self.data.dataset.class_names) if self.labels is not None else 0,
             **({"context_dim": self.text.dim} if text else {}),
             **({"text_encoder": text} if text and text.get("name") == "small" else {}),
+            **({"concat_channels": concat_channels(self.image_condition, channels)} if self.image_condition else {}),
         }
 
     def draw_t_and_noise(self, x0: Tensor, step: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
@@ -89,7 +97,8 @@ class DiffusionObjective(Objective):
         t = losses.sample_training_t(self.schedule, n, torch.Generator().manual_seed(self.config.train.seed + step))
         return t, torch.randn(x0.shape, generator=generator, device=x0.device)
 
-    def draw(self, x0: Tensor, idx: Tensor, step: int, generator: torch.Generator) -> Inputs:
+    def draw(self, x0: Tensor, idx: Tensor, step: int, generator: torch.Generator,
+             pixels: Tensor | None = None) -> Inputs:
         cfg, n = self.config, x0.shape[0]
         t, noise = self.draw_t_and_noise(x0, step, generator)
         cond = {}
@@ -102,7 +111,16 @@ class DiffusionObjective(Objective):
         if self.text is not None:  # caption dropout: the empty caption is the null condition
             drop_text = torch.rand(n, generator=generator, device=x0.device) < cfg.diffusion.cond_drop_prob
             cond.update(select(self.caption_table, self.caption_rows[idx], self.null_caption, drop_text))
+        if self.image_condition == "inpaint":  # never dropped: CFG's two branches see the same image
+            cond["concat"] = self.inpaint_inputs(x0 if pixels is None else pixels, step)
         return {"x0": x0, "t": t, "noise": noise, "cond": cond}
+
+    def inpaint_inputs(self, pixels: Tensor, step: int) -> Tensor:
+        """Random masks (their own CPU generator, seeded by seed and step) and the masked images,
+        as the network's ``concat`` input."""
+        masks_g = torch.Generator().manual_seed(0x5A5C_0000 + 1_000_003 * self.config.train.seed + step)
+        masks = random_masks(len(pixels), tuple(pixels.shape[-2:]), masks_g, self.config.diffusion.inpaint_masks)
+        return inpaint_condition(masks.to(pixels.device), pixels, self.data.latent)
 
     def loss(self, net, inputs: Inputs) -> StepLoss:
         d = self.config.diffusion
@@ -128,6 +146,7 @@ class DiffusionObjective(Objective):
             kind=self.kind, model=self.spec, schedule=self.schedule.to_config(), image_shape=self.data.shape,
             prediction=cfg.diffusion.prediction, learned_variance=cfg.diffusion.learned_variance,
             class_names=list(self.data.dataset.class_names) if self.labels is not None else [],
-            text_encoder=self.text_config, latent=latent.to_config() if latent is not None else None,
+            text_encoder=self.text_config, image_condition=self.image_condition,
+            latent=latent.to_config() if latent is not None else None,
             train_config=cfg.to_dict(), init_from=init_from,
         ).to_dict()
