@@ -54,6 +54,7 @@ def add_editing_arguments(p) -> None:
     """img2img and inpainting (docs/editing.md)."""
     from ..masks import MASK_SHAPES
     from ..pipelines.inpaint import INPAINT_MODES
+    from ..pipelines.inpaint_area import INPAINT_AREAS
 
     p.add_argument("--init-image", metavar="IMG_OR_DIR",
                    help="img2img / SDEdit: start from this image (or every image of this folder), resized to the "
@@ -74,6 +75,12 @@ def add_editing_arguments(p) -> None:
                         "resampling (Lugmayr et al. 2022; DDPM steps, --steps levels); model: a mask-conditioned "
                         "model (trained with diffusion.image_condition: inpaint) fills it alone (default: model for "
                         "such a model, blend otherwise)")
+    p.add_argument("--inpaint-area", choices=INPAINT_AREAS, default="whole",
+                   help="whole: the image resized to the model's size; masked: only a crop around the mask is "
+                        "repainted at the model's resolution and pasted back, the image keeping its size "
+                        "(A1111's 'Only masked', for images larger than the model)")
+    p.add_argument("--inpaint-padding", type=int, default=32, metavar="PIXELS",
+                   help="with --inpaint-area masked: context pixels around the mask's bounding box")
     p.add_argument("--repaint-jumps", type=int, default=10, metavar="J", help="RePaint's jump length")
     p.add_argument("--repaint-resample", type=int, default=10, metavar="R",
                    help="RePaint's number of resamplings (jump_n_sample)")
@@ -91,7 +98,8 @@ def edit_from_args(args, model):
             raise ValueError("--strength and the mask flags edit an image: give it with --init-image IMG_OR_DIR")
         return None
     return make_edit(model, args.init_image, args.strength, args.strength_steps, args.mask or args.mask_shape,
-                     args.inpaint, args.mask_blur, args.repaint_jumps, args.repaint_resample, args.mask_box)
+                     args.inpaint, args.mask_blur, args.repaint_jumps, args.repaint_resample, args.mask_box,
+                     args.inpaint_area, args.inpaint_padding)
 
 
 def add_sampler_arguments(p) -> None:
@@ -335,6 +343,8 @@ def apply_edit_record(args, record: dict) -> None:
         args.mask_blur = record.get("mask_blur", 0.0)
         args.repaint_jumps = record.get("repaint_jumps", args.repaint_jumps)
         args.repaint_resample = record.get("repaint_resample", args.repaint_resample)
+        args.inpaint_area = record.get("inpaint_area", "whole")
+        args.inpaint_padding = record.get("inpaint_padding", args.inpaint_padding)
 
 
 def read_noise(path: str):

@@ -54,6 +54,7 @@ from .guidance_policy import (
 )
 from .img2img import InitImages, check_strength, encode, pixel_shape
 from .inpaint import Inpainting, blend_callback
+from .inpaint_area import MaskedArea
 from .loading import DiffusionModel
 
 
@@ -109,12 +110,15 @@ class Edit:
     """What makes a run an edit of given images (docs/editing.md): the ``init`` images (img2img's
     start, inpainting's original), img2img's ``strength`` in [0, 1] with its step convention
     ``strength_mode`` (diffusers | fixed), and an :class:`~.inpaint.Inpainting` mask. Without a
-    strength an inpainting starts from pure noise (strength 1)."""
+    strength an inpainting starts from pure noise (strength 1). ``area``: inpainting only the
+    masked area of larger images (:mod:`.inpaint_area`): ``init`` and the mask are then the crops
+    at the model's size, and the results are pasted into ``area``'s full-size originals."""
 
     init: InitImages
     strength: float | None = None
     strength_mode: str = "diffusers"
     inpaint: Inpainting | None = None
+    area: MaskedArea | None = None
 
     def __post_init__(self):
         check_strength(self.strength, self.strength_mode)
@@ -130,7 +134,8 @@ class Edit:
         inpaint = self.inpaint.repeat_to(n) if self.inpaint is not None else None
         if inpaint is not None and len(self.inpaint.mask) not in (1, len(self.init), n):
             raise ValueError(f"{len(self.inpaint.mask)} masks for {len(self.init)} init images: give one, or one each")
-        return Edit(self.init.repeat_to(n), self.strength, self.strength_mode, inpaint)
+        area = self.area.repeat_to(n) if self.area is not None else None
+        return Edit(self.init.repeat_to(n), self.strength, self.strength_mode, inpaint, area)
 
     @property
     def level(self) -> float:
@@ -141,6 +146,8 @@ class Edit:
                   "strength_mode": self.strength_mode if self.level not in (0.0, 1.0) else None}
         if self.inpaint is not None:
             record.update(self.inpaint.record())
+        if self.area is not None:
+            record.update(inpaint_area="masked", inpaint_padding=self.area.padding, mask_blur=self.area.blur or None)
         return record
 
 
@@ -317,6 +324,8 @@ def batches(job: GenerationPlan, *, batch_size: int = 256, indices: list[int] | 
         chunk = indices[start : start + batch_size]
         originals = edit.init.images[chunk] if edit is not None else None
         if strength == 0.0 or (inpaint is not None and not bool((inpaint.mask[chunk] > 0).any())):
+            if edit is not None and edit.area is not None:
+                originals = edit.area.originals[chunk]  # the full-size inputs
             yield chunk, _unchanged(model, originals, x_start, chunk)  # the input itself: no step runs
             continue
         source = NoiseSource(seeds=[job.seeds[i] for i in chunk])
@@ -345,7 +354,11 @@ def batches(job: GenerationPlan, *, batch_size: int = 256, indices: list[int] | 
         if model.latent is not None:
             x = model.latent.decode(x)
         images = to_uint8(x).cpu()
-        yield chunk, inpaint.paste(images, originals, chunk) if inpaint is not None else images
+        if inpaint is not None:
+            images = inpaint.paste(images, originals, chunk)
+        if edit is not None and edit.area is not None:
+            images = edit.area.paste(images, chunk)  # the crops back into the full-size images
+        yield chunk, images
 
 
 def _unchanged(model, originals: Tensor | None, x_start: Tensor | None, chunk: list[int]) -> Tensor:

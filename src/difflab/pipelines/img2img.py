@@ -53,7 +53,7 @@ def check_strength(strength: float | None, mode: str = "diffusers") -> None:
         raise ValueError(f"strength must be in [0, 1] (0 = the input unchanged, 1 = from pure noise), got {strength}")
 
 
-def _read(path: Path, channels: int, size: tuple[int, int]) -> Tensor:
+def _read(path: Path, channels: int, size: tuple[int, int] | None) -> Tensor:
     from PIL import Image, UnidentifiedImageError
 
     if not path.is_file():
@@ -66,10 +66,10 @@ def _read(path: Path, channels: int, size: tuple[int, int]) -> Tensor:
         raise UserError(f"init image {path} cannot be read as an image ({error}); give a PNG, JPEG or WebP") from None
 
 
-def _resize(image, size: tuple[int, int]) -> Tensor:
+def _resize(image, size: tuple[int, int] | None) -> Tensor:
     from PIL import Image
 
-    height, width = size
+    height, width = size if size is not None else image.size[::-1]
     if image.size != (width, height):
         image = image.resize((width, height), Image.Resampling.BICUBIC)
     array = np.asarray(image, dtype=np.uint8)
@@ -77,11 +77,28 @@ def _resize(image, size: tuple[int, int]) -> Tensor:
     return torch.from_numpy(array.copy()).permute(2, 0, 1)
 
 
-def load_init_images(source, model) -> InitImages:
+def load_init_images(source, model, native: bool = False) -> InitImages:
     """The init images of ``source`` — a path to an image or a folder of images (sorted by name), a
     PIL image, a uint8 tensor (C, H, W) or (N, C, H, W), or a list of these — at the model's pixel
-    size and channels (resized bicubically where they differ)."""
+    size and channels (resized bicubically where they differ); with ``native`` at their own size,
+    which they must share (inpainting only the masked area, :mod:`.inpaint_area`)."""
     channels, height, width = pixel_shape(model)
+    if native:
+        return _same_size(load_init_images_at(source, channels, None))
+    return load_init_images_at(source, channels, (height, width))
+
+
+def _same_size(images: InitImages) -> InitImages:
+    sizes = sorted({tuple(image.shape[-2:]) for image in images.images})
+    if len(sizes) > 1:
+        raise UserError(f"the init images have different sizes ({', '.join(f'{w}x{h}' for h, w in sizes)}): "
+                        "inpainting only the masked area keeps each image's size, so give images of one size")
+    return InitImages(torch.stack(list(images.images)), images.paths)
+
+
+def load_init_images_at(source, channels: int, size: tuple[int, int] | None) -> InitImages:
+    """:func:`load_init_images` at ``size`` (H, W), or each image's own size for None (a list of
+    (C, H, W) tensors then: they may differ)."""
     items = source if isinstance(source, (list, tuple)) else [source]
     images, paths = [], []
     for item in items:
@@ -91,27 +108,27 @@ def load_init_images(source, model) -> InitImages:
                 files = sorted(p for p in path.rglob("*") if p.name.lower().endswith(IMAGE_EXTENSIONS))
                 if not files:
                     raise UserError(f"init image folder {path} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
-                images += [_read(f, channels, (height, width)) for f in files]
+                images += [_read(f, channels, size) for f in files]
                 paths += [str(f) for f in files]
             else:
-                images.append(_read(path, channels, (height, width)))
+                images.append(_read(path, channels, size))
                 paths.append(str(path))
         elif isinstance(item, Tensor):
             batch = item[None] if item.ndim == 3 else item
             if batch.dtype != torch.uint8 or batch.ndim != 4 or batch.shape[1] != channels:
                 raise ValueError(f"an init image tensor must be uint8 (N, {channels}, H, W) or ({channels}, H, W), "
                                  f"got {batch.dtype} {tuple(item.shape)}")
-            if tuple(batch.shape[2:]) != (height, width):
-                batch = torch.nn.functional.interpolate(batch.float(), (height, width), mode="bicubic",
+            if size is not None and tuple(batch.shape[2:]) != tuple(size):
+                batch = torch.nn.functional.interpolate(batch.float(), tuple(size), mode="bicubic",
                                                         align_corners=False).round().clamp(0, 255).to(torch.uint8)
             images += list(batch.cpu())
             paths += [None] * len(batch)
         elif hasattr(item, "convert") and hasattr(item, "size"):  # a PIL image
-            images.append(_resize(item.convert("L" if channels == 1 else "RGB"), (height, width)))
+            images.append(_resize(item.convert("L" if channels == 1 else "RGB"), size))
             paths.append(None)
         else:
             raise ValueError(f"an init image must be a path, a PIL image or a uint8 tensor, got {type(item).__name__}")
-    return InitImages(torch.stack(images), paths)
+    return InitImages(torch.stack(images) if size is not None else images, paths)
 
 
 def encode(model, images: Tensor) -> Tensor:

@@ -22,8 +22,9 @@ from ..images import to_pil
 from ..masks import MASK_SHAPES, box_mask, shape_mask
 from .generate import Edit, Generated, SamplerSettings, plan, run
 from .guidance_policy import Guidance
-from .img2img import load_init_images, pixel_shape
+from .img2img import InitImages, load_init_images, pixel_shape
 from .inpaint import Inpainting, as_mask, read_mask
+from .inpaint_area import INPAINT_AREAS, MaskedArea
 from .loading import DiffusionModel, NoisyClassifierModel
 from .png_info import RECORD_KEY, parameters_text, read_record
 
@@ -93,6 +94,8 @@ class Pipeline:
         mask_blur: float = 0.0,
         repaint_jumps: int = 10,
         repaint_resample: int = 10,
+        inpaint_area: str = "whole",
+        inpaint_padding: int = 32,
         progress: bool = False,
         output: str = "pil",
         **options,
@@ -111,7 +114,9 @@ class Pipeline:
         fixed) is img2img; with ``mask`` (a path, PIL image or tensor, white/1 = repaint; or a
         shape name of :data:`difflab.masks.MASK_SHAPES`) it is inpainting by ``inpaint`` = blend,
         repaint (``repaint_jumps``, ``repaint_resample``) or model (a mask-conditioned model's own;
-        the default for one, blend otherwise), ``mask_blur`` feathering it (pixels).
+        the default for one, blend otherwise), ``mask_blur`` feathering it (pixels);
+        ``inpaint_area="masked"`` repaints only a crop around the mask (grown by ``inpaint_padding``
+        pixels) at the model's resolution, for images larger than the model, which keep their size.
         """
         if output not in OUTPUTS:
             raise ValueError(f"unknown output {output!r}; choose one of: {', '.join(OUTPUTS)}")
@@ -125,7 +130,7 @@ class Pipeline:
         edit = None
         if image is not None:
             edit = make_edit(self.model, image, strength, strength_mode, mask, inpaint, mask_blur, repaint_jumps,
-                             repaint_resample, mask_box)
+                             repaint_resample, mask_box, inpaint_area, inpaint_padding)
             strength = None
         elif mask is not None or mask_box is not None:
             raise ValueError("a mask needs the image to inpaint: pass image=...")
@@ -170,13 +175,20 @@ class Pipeline:
 
 
 def make_edit(model, image, strength=None, strength_mode="diffusers", mask=None, inpaint=None, mask_blur=0.0,
-              repaint_jumps=10, repaint_resample=10, mask_box=None) -> Edit:
+              repaint_jumps=10, repaint_resample=10, mask_box=None, inpaint_area="whole",
+              inpaint_padding=32) -> Edit:
     """The :class:`~.generate.Edit` of init ``image`` and an optional ``mask`` (a path, PIL image,
     tensor or shape name) or ``mask_box`` (x0,y0,x1,y1): what the pipeline and ``difflab sample``
     build from their arguments. ``inpaint`` None: a mask-conditioned model's own inpainting
-    (``model``), blend for any other."""
-    init = load_init_images(image, model)
-    size = pixel_shape(model)[1:]
+    (``model``), blend for any other. ``inpaint_area="masked"`` repaints only a crop around the
+    mask, grown by ``inpaint_padding`` pixels, of images kept at their own size (:mod:`.inpaint_area`)."""
+    if inpaint_area not in INPAINT_AREAS:
+        raise ValueError(f"unknown inpaint area {inpaint_area!r}; choose one of: {', '.join(INPAINT_AREAS)}")
+    only_masked = inpaint_area == "masked"
+    if only_masked and mask is None and mask_box is None:
+        raise ValueError("inpainting only the masked area needs a mask (--mask, --mask-box or --mask-shape)")
+    init = load_init_images(image, model, native=only_masked)
+    size = tuple(init.images.shape[-2:]) if only_masked else pixel_shape(model)[1:]
     inpainting = None
     if mask is not None or mask_box is not None:
         if mask is not None and mask_box is not None:
@@ -191,5 +203,10 @@ def make_edit(model, image, strength=None, strength_mode="diffusers", mask=None,
         else:
             masks, source = as_mask(mask, size), None
         inpaint = inpaint or ("model" if model.image_condition == "inpaint" else "blend")
+        if only_masked:  # the crops become the edit; the area pastes them back
+            area = MaskedArea.around(init.images, masks, inpaint_padding, pixel_shape(model)[1:], mask_blur)
+            crops, crop_masks = area.crops(pixel_shape(model)[1:])
+            inpainting = Inpainting(crop_masks, inpaint, repaint_jumps, repaint_resample, source=source)
+            return Edit(InitImages(crops, init.paths), strength, strength_mode, inpainting, area)
         inpainting = Inpainting(masks, inpaint, repaint_jumps, repaint_resample, blur=mask_blur, source=source)
     return Edit(init, strength, strength_mode, inpainting)
