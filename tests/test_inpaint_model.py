@@ -103,7 +103,24 @@ def inpaint_run(tmp_path_factory):
 def test_training_records_the_condition(inpaint_run):
     model = DiffusionModel.load(inpaint_run)
     assert model.image_condition == "inpaint" and model.network.config.concat_channels == 2
-    assert model.network.stem.in_channels == 3
+    assert model.network.stem.in_channels == 1 and model.network.concat_input.in_channels == 2
+
+
+@pytest.mark.parametrize("name", ["unet", "dit"])
+def test_init_from_an_unconditioned_model_starts_as_it(tmp_path, name):
+    """The new image channels start at zero: before any step the widened model's outputs equal
+    the source's bit for bit, whatever the image (issue 20's zero-initialised conditioning)."""
+    dit = ["model.name=dit", "model.options={patch_size: 2, hidden_size: 16, depth: 1, num_heads: 2}"]
+    extra = dit if name == "dit" else []
+    source = train(tiny_config(tmp_path / "source", "train.steps=2", *extra), progress=False).parent
+    widened = train(tiny_config(tmp_path / "widened", "train.steps=1", "optim.lr=0",
+                                "diffusion.image_condition=inpaint", *extra), progress=False, init_from=source).parent
+    old, new = DiffusionModel.load(source, use_ema=False), DiffusionModel.load(widened, use_ema=False)
+    assert new.network.config.concat_channels == 2 and new.network.concat_input.weight.eq(0).all()
+    x, t, labels = torch.randn(4, 1, 8, 8), torch.full((4,), 30.0), torch.tensor([0, 1, 2, 10])
+    expected = old.network(x, t, class_labels=labels)
+    for concat in (torch.zeros(4, 2, 8, 8), torch.randn(4, 2, 8, 8)):
+        assert torch.equal(new.network(x, t, class_labels=labels, concat=concat), expected)
 
 
 @pytest.mark.parametrize("key,value", [("diffusion.image_condition", "depth"),

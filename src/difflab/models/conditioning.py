@@ -8,8 +8,9 @@ and DiT alike (the caption side, captions → these inputs, is :mod:`difflab.con
   encoder's states; or, for a network holding a trainable text encoder (``text_encoder``), the
   caption's ``input_ids`` and ``token_mask``, which it encodes itself.
 * **Concatenated image**: ``concat`` (N, concat_channels, H, W) joined to the noisy input along
-  the channels (an inpainting model's mask and masked image; SD-inpainting, SR3/ADM upsamplers).
-  It is never dropped for guidance: CFG's two branches see the same image.
+  the channels (an inpainting model's mask and masked image; SD-inpainting, SR3/ADM upsamplers),
+  its first-layer weights kept apart and zero-initialised (:func:`concat_features`). It is never
+  dropped for guidance: CFG's two branches see the same image.
 
 A network using these helpers has ``config`` (with ``num_classes``, ``context_dim`` and
 ``text_encoder``), ``label_embed`` (``nn.Embedding`` or None) and ``text_encoder`` (a
@@ -82,9 +83,14 @@ def context_tokens(net: nn.Module, context: Tensor | None, context_mask: Tensor 
     return context, context_mask
 
 
-def concat_image(net: nn.Module, x: Tensor, concat: Tensor | None) -> Tensor:
-    """``x`` with ``concat`` joined along the channels, for a network with ``concat_channels`` > 0;
-    ``x`` itself for one without.
+def concat_features(net: nn.Module, x: Tensor, concat: Tensor | None) -> Tensor | None:
+    """The concatenated image's contribution to ``net``'s first layer (``net.concat_input``, a
+    zero-initialised map of ``concat_channels`` to the first layer's width), or None for a
+    network without image conditioning.
+
+    The first layer of [x, concat] is first(x) + concat_input(concat): the same map, with the
+    image's weights kept apart and starting at zero, so a network widened from an unconditioned
+    checkpoint (``--init-from``) starts as that network, bit for bit.
 
     Raises:
         ValueError: the image is missing, unexpected, or not (N, concat_channels, H, W) like x.
@@ -94,11 +100,14 @@ def concat_image(net: nn.Module, x: Tensor, concat: Tensor | None) -> Tensor:
         if concat is not None:
             raise ValueError(f"an image (concat) was given to a {name} without image conditioning; "
                              f"set {type(net.config).__name__}.concat_channels")
-        return x
+        return None
     expected = (x.shape[0], want, *x.shape[2:])
     if concat is None:
         raise ValueError(f"this {name} is image-conditioned: pass concat={expected} (e.g. an inpainting mask "
                          "and masked image)")
     if tuple(concat.shape) != expected:
         raise ValueError(f"this {name} takes concat of shape {expected}, got {tuple(concat.shape)}")
-    return torch.cat([x, concat.to(x.dtype)], dim=1)
+    return net.concat_input(concat.to(x.dtype))
+
+
+CONCAT_INPUT = "concat_input"  # the module name of the image's first-layer weights (zero-initialised)

@@ -41,7 +41,7 @@ from torch import Tensor, nn
 from ..nn import SelfAttention, TimestepMLP, modulate, sincos_position_embedding_2d
 from ..nn.transformer import CrossAttention
 from ..text.small import SmallTextEncoder
-from .conditioning import add_label_embedding, concat_image, context_tokens, validate_conditioning
+from .conditioning import add_label_embedding, concat_features, context_tokens, validate_conditioning
 
 
 @dataclass
@@ -199,8 +199,10 @@ class DiT(nn.Module):
         d, p = cfg.hidden_size, cfg.patch_size
         self.out_channels = cfg.out_channels * (2 if cfg.learned_sigma else 1)
 
-        # a linear map of each patch (of the image and any concatenated one)
-        self.patch_embed = nn.Conv2d(cfg.in_channels + cfg.concat_channels, d, kernel_size=p, stride=p)
+        self.patch_embed = nn.Conv2d(cfg.in_channels, d, kernel_size=p, stride=p)  # a linear map of each patch
+        # the patch embedding's weights for a concatenated image, apart and zero (models/conditioning.py)
+        self.concat_input = nn.Conv2d(cfg.concat_channels, d, kernel_size=p, stride=p, bias=False) \
+            if cfg.concat_channels else None
         # Fixed, not learned (§3.2); recomputed at construction, so not saved in checkpoints.
         self.register_buffer("pos_embed", sincos_position_embedding_2d(d, cfg.grid_size)[None], persistent=False)
         self.time_embed = TimestepMLP(cfg.frequency_dim, d)
@@ -236,6 +238,8 @@ class DiT(nn.Module):
         for layer in zero:
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
+        if self.concat_input is not None:
+            nn.init.zeros_(self.concat_input.weight)
 
     def forward(self, x: Tensor, t: Tensor, class_labels: Tensor | None = None, context: Tensor | None = None,
                 context_mask: Tensor | None = None, input_ids: Tensor | None = None,
@@ -259,8 +263,9 @@ class DiT(nn.Module):
         c = self.time_embed(t)  # (N, D)
         c = add_label_embedding(self, c, class_labels)  # + the class's (or null label's) embedding
         context, context_mask = context_tokens(self, context, context_mask, input_ids, token_mask)
-        h = concat_image(self, x, concat)  # (N, in_channels + concat_channels, H, W)
-        h = self.patch_embed(h).flatten(2).transpose(1, 2) + self.pos_embed  # (N, T, D), row-major patches
+        h = self.patch_embed(x)  # (N, D, H/p, W/p)
+        concat_h = concat_features(self, x, concat)
+        h = (h if concat_h is None else h + concat_h).flatten(2).transpose(1, 2) + self.pos_embed  # (N, T, D)
         for block in self.blocks:
             h = block(h, c, context, context_mask)  # (N, T, D)
         h = self.final(h, c)  # (N, T, p·p·C_out)

@@ -40,7 +40,7 @@ from ..nn import GroupNorm32, SpatialSelfAttention, TimestepMLP, zero_module
 from ..nn.transformer import SpatialTransformer
 from ..nn.upsample import Upsample, tap_matrix, upsample_conv3x3
 from ..text.small import SmallTextEncoder
-from .conditioning import add_label_embedding, concat_image, context_tokens, validate_conditioning
+from .conditioning import add_label_embedding, concat_features, context_tokens, validate_conditioning
 from .pyramid import check_positive, check_pyramid, level_resolutions
 
 
@@ -250,7 +250,7 @@ def build_encoder(cfg: UNetConfig, blocks: UNetBlocks) -> tuple[nn.Conv2d, nn.Mo
     """
     widths = blocks.widths
     ch = widths[0]
-    stem = nn.Conv2d(cfg.in_channels + cfg.concat_channels, ch, 3, padding=1)
+    stem = nn.Conv2d(cfg.in_channels, ch, 3, padding=1)
     skip_channels = [ch]  # consumed in reverse by the decoder
     encoder = nn.ModuleList()
     for level, (width, resolution) in enumerate(zip(widths, cfg.resolutions)):
@@ -266,11 +266,14 @@ def build_encoder(cfg: UNetConfig, blocks: UNetBlocks) -> tuple[nn.Conv2d, nn.Mo
     return stem, encoder, middle, skip_channels
 
 
-def run_encoder(net: nn.Module, x: Tensor, emb: Tensor, *context) -> tuple[Tensor, list[Tensor]]:
+def run_encoder(net: nn.Module, x: Tensor, emb: Tensor, *context,
+                concat_h: Tensor | None = None) -> tuple[Tensor, list[Tensor]]:
     """Apply ``net.stem``, ``net.encoder`` and ``net.middle`` (``context`` = the context tokens and
-    their mask, if any); returns the middle block's output and every encoder output (the
-    decoder's skip connections)."""
+    their mask, if any; ``concat_h``: a concatenated image's share of the stem, added to it);
+    returns the middle block's output and every encoder output (the decoder's skip connections)."""
     h = net.stem(x)  # (N, C_0, H, W)
+    if concat_h is not None:
+        h = h + concat_h
     skips = [h]
     for block in net.encoder:
         h = block(h, emb, *context)
@@ -302,6 +305,9 @@ class UNet(nn.Module):
         blocks = UNetBlocks(cfg, emb_dim)
         self.stem, self.encoder, self.middle, skip_channels = build_encoder(cfg, blocks)
         widths = blocks.widths
+        # the stem's weights for a concatenated image, apart and zero (models/conditioning.py)
+        self.concat_input = (zero_module(nn.Conv2d(cfg.concat_channels, widths[0], 3, padding=1, bias=False))
+                             if cfg.concat_channels else None)
         ch = widths[-1]
 
         self.decoder = nn.ModuleList()
@@ -345,8 +351,9 @@ class UNet(nn.Module):
         emb = self.time_embed(t)  # (N, 4·model_channels)
         emb = add_label_embedding(self, emb, class_labels)  # + the class's (or null label's) embedding
         context, context_mask = context_tokens(self, context, context_mask, input_ids, token_mask)
-        h = concat_image(self, x, concat)  # (N, in_channels + concat_channels, H, W)
-        h, skips = run_encoder(self, h, emb, context, context_mask)  # (N, C_last, H/2^(L-1), W/2^(L-1)), skips
+        concat_h = concat_features(self, x, concat)  # the image's share of the stem (None without)
+        # (N, C_last, H/2^(L-1), W/2^(L-1)) and the skips
+        h, skips = run_encoder(self, x, emb, context, context_mask, concat_h=concat_h)
         for block in self.decoder:
             h = block(torch.cat([h, skips.pop() * self.concat_scale], dim=1), emb, context, context_mask)
         return self.head(h).to(x.dtype)  # (N, C_out, H, W)

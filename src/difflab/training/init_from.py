@@ -7,6 +7,11 @@ The architectures must match exactly: the first tensor that does not is one clea
 differs from the new run's ``data.autoencoder`` (its latents would mean something else), or a
 trainable text encoder whose vocabulary differs (its token embeddings would). The
 checkpoint records where the weights came from as ``init_from = {"path", "step"}``.
+
+One difference is allowed: a run that adds a concatenated image (``concat_channels``, e.g.
+``diffusion.image_condition: inpaint``) to the source's architecture keeps its own zero weights
+for the image (the ``concat_input`` layer), so it starts as the source model, bit for bit, and
+fine-tuning teaches it to use the image (Stable Diffusion's inpainting model was made this way).
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import torch
 
 from ..checkpoint import find_checkpoint, load_state
 from ..models import state_dict_mismatch
+from ..models.conditioning import CONCAT_INPUT
 from .config import ConfigError
 
 
@@ -70,6 +76,9 @@ def load_initial_weights(path: str | Path, kind: str, model: torch.nn.Module, em
     _check_latent_space(where, path, saved, tensors, latent)
     _check_vocabulary(where, saved, model)
     for group, target in (("model", model.state_dict()), ("ema", ema.state_dict())):
+        # a new concatenated image keeps its zero-initialised weights
+        tensors[group] = {**{k: v for k, v in target.items() if k.split(".")[0] == CONCAT_INPUT},
+                          **tensors[group]}
         problem = state_dict_mismatch(tensors[group], target)
         if problem:
             raise ConfigError(f"{where}: its {group} weights do not fit this run's model: {problem}; use the "
