@@ -174,6 +174,15 @@ def test_explicit_x_start_hook_still_works(run):
     assert len(settings.walk(model, 0.5, "fixed")) == 5
 
 
+@pytest.mark.parametrize("mode,expected", [("diffusers", 5), ("fixed", 10)])
+def test_pipeline_x_start_honours_the_strength_convention(run, mode, expected):
+    """Regression: Pipeline(x_start=, strength=, strength_mode="fixed") ran the diffusers convention."""
+    steps = []
+    difflab.Pipeline.load(run)(class_label=0, n=1, x_start=torch.zeros(1, 1, 8, 8), strength=0.5, strength_mode=mode,
+                               method="ddim", steps=10, callback=lambda step: steps.append(step), output="tensor")
+    assert len(steps) == expected
+
+
 def test_classifier_guidance_and_a_text_model_edit(run, inputs, tmp_path):
     """img2img under classifier guidance (an unconditional-style noisy classifier on the digits),
     and img2img + inpainting on a text-conditioned model, from the CLI."""

@@ -542,6 +542,16 @@ class ModelRecord:
         return self.train_config.get("diffusion", {}).get("cond_drop_prob", 0.0) > 0
 
     @property
+    def low_res(self) -> dict | None:
+        """A super-resolution model's low-resolution input: ``{"size", "upsample", "aug_max"}``
+        (from the training config); None for any other model."""
+        if self.image_condition != "low_res":
+            return None
+        d = self.train_config.get("diffusion", {})
+        return {"size": d.get("low_res"), "upsample": d.get("low_res_upsample", "bicubic"),
+                "aug_max": d.get("aug_max", 0.0)}
+
+    @property
     def sample_defaults(self) -> dict:
         """The training config's ``sample`` section: method, steps, spacing, guidance_scale."""
         return self.train_config.get("sample", {})

@@ -20,6 +20,7 @@ COMMANDS = [
     "difflab.commands.sample",
     "difflab.commands.invert",
     "difflab.commands.edit",
+    "difflab.commands.cascade",
     "difflab.commands.tune_steps",
     "difflab.commands.eval",
     "difflab.commands.bpd",

@@ -8,7 +8,17 @@ beside xₜ, the mask m (1 = repaint) and the masked image x₀·(1 − m), the 
 and the mask area-averaged down to the latent grid, so 1 + c channels either way (c = the
 model's channels). Trained with random masks (:func:`difflab.masks.random_masks`), fully masked
 images included, the model also generates from nothing: an all-ones mask and a zero image.
-The condition is never dropped for classifier-free guidance: both branches see it.
+
+``low_res`` (super-resolution: SR3, Saharia et al. 2021; ADM's upsamplers, Dhariwal & Nichol
+2021 §4.2; Cascaded Diffusion Models, Ho et al. 2022): the network sees the low-resolution image
+upsampled to its grid (bicubic by default). Training pairs come from the high-resolution images
+by area downsampling (:func:`downsample`). With noise-conditioning augmentation (Ho et al. 2022,
+§4.2) the low-resolution image is first noised to a random level a ∈ [0, a_max] along a cosine
+path, cos(aπ/2)·x + sin(aπ/2)·ε (:func:`noise_augment`: a = 0 clean, a = 1 pure noise), and the
+network is told a (``aug_level``); sampling picks one level. A latent model gets the low-resolution
+*pixels* resized to its latent grid, as Stable Diffusion's ×4 upscaler does.
+
+Neither condition is dropped for classifier-free guidance: both branches see the image.
 """
 
 from __future__ import annotations
@@ -17,7 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-IMAGE_CONDITIONS = ("inpaint",)
+IMAGE_CONDITIONS = ("inpaint", "low_res")
+UPSAMPLING = ("bicubic", "bilinear", "nearest")
 
 
 def check_image_condition(kind: str | None) -> None:
@@ -25,10 +36,13 @@ def check_image_condition(kind: str | None) -> None:
         raise ValueError(f"unknown image condition {kind!r}; choose one of: {', '.join(IMAGE_CONDITIONS)} (or null)")
 
 
-def concat_channels(kind: str | None, channels: int) -> int:
-    """The channels the condition adds to a network whose images (or latents) have ``channels``."""
+def concat_channels(kind: str | None, channels: int, pixel_channels: int | None = None) -> int:
+    """The channels the condition adds to a network whose images (or latents) have ``channels``
+    (``pixel_channels``: a latent model's image channels)."""
     check_image_condition(kind)
-    return 0 if kind is None else 1 + channels
+    if kind is None:
+        return 0
+    return 1 + channels if kind == "inpaint" else (pixel_channels or channels)
 
 
 @torch.no_grad()
@@ -47,3 +61,33 @@ def inpaint_condition(mask: Tensor, pixels: Tensor, latent=None) -> Tensor:
         return torch.cat([mask, masked], dim=1)
     z = latent.encode(masked, mean=True)
     return torch.cat([F.interpolate(mask, size=tuple(z.shape[-2:]), mode="area"), z], dim=1)
+
+
+def downsample(pixels: Tensor, side: int) -> Tensor:
+    """The low-resolution images of a super-resolution pair: area averaging to ``side`` × ``side``."""
+    if side >= pixels.shape[-1]:
+        raise ValueError(f"the low resolution {side} must be below the images' {pixels.shape[-1]}")
+    return F.interpolate(pixels, size=(side, side), mode="area")
+
+
+def noise_augment(low: Tensor, level: Tensor, noise: Tensor) -> Tensor:
+    """cos(aπ/2)·low + sin(aπ/2)·ε for each image's level a (N,) in [0, 1] (variance preserving)."""
+    angle = level.to(low.dtype).view(-1, 1, 1, 1) * (torch.pi / 2)
+    return torch.cos(angle) * low + torch.sin(angle) * noise
+
+
+def upsample(low: Tensor, size: tuple[int, int], mode: str = "bicubic") -> Tensor:
+    """The low-resolution images resized to the network's grid ``size`` (H, W)."""
+    if mode not in UPSAMPLING:
+        raise ValueError(f"unknown upsampling {mode!r}; choose one of: {', '.join(UPSAMPLING)}")
+    if tuple(low.shape[-2:]) == tuple(size):
+        return low
+    corners = {} if mode == "nearest" else {"align_corners": False}
+    return F.interpolate(low, size=tuple(size), mode=mode, **corners)
+
+
+def low_res_condition(low: Tensor, level: Tensor, noise: Tensor, size: tuple[int, int],
+                      mode: str = "bicubic") -> Tensor:
+    """The ``concat`` input of a super-resolution model: the low-resolution images (N, C, h, w) in
+    [−1, 1], noise-augmented to ``level`` (N,) with ``noise`` like them, upsampled to ``size``."""
+    return upsample(noise_augment(low, level, noise), size, mode)

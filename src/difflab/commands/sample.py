@@ -40,6 +40,7 @@ def register(subparsers) -> None:
                    help="start from this noise instead of the seeds' (an .npz from `difflab invert`: array 'noise', "
                         "N x C x H x W; --n defaults to its count); with --method ddim it maps inverted images back")
     add_editing_arguments(p)
+    add_super_resolution_arguments(p)
     p.add_argument("--batch-size", type=int, default=256, help="images per sampler call")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA weights")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
@@ -84,6 +85,16 @@ def add_editing_arguments(p) -> None:
     p.add_argument("--repaint-jumps", type=int, default=10, metavar="J", help="RePaint's jump length")
     p.add_argument("--repaint-resample", type=int, default=10, metavar="R",
                    help="RePaint's number of resamplings (jump_n_sample)")
+
+
+def add_super_resolution_arguments(p) -> None:
+    """The low-resolution inputs of a super-resolution model (docs/image-conditioning.md)."""
+    p.add_argument("--cond-image", metavar="IMG_OR_DIR",
+                   help="a super-resolution model's low-resolution input(s): an image or a folder (resized to the "
+                        "model's low resolution with a warning if needed); --n defaults to their count")
+    p.add_argument("--aug-level", type=float, metavar="A",
+                   help="noise-conditioning augmentation level of the low-resolution input, in [0, 1] (0 = clean; "
+                        "default: the checkpoint's sample.aug_level)")
 
 
 def edit_from_args(args, model):
@@ -221,7 +232,13 @@ def run(args) -> int:
     model = DiffusionModel.load(args.checkpoint, use_ema=not args.no_ema, device=device)
     noise = read_noise(args.noise) if args.noise else None
     edit = edit_from_args(args, model)
-    n = len(noise) if noise is not None and args.n is None else (args.n or (len(edit.init) if edit else 64))
+    cond_images = None
+    if args.cond_image:
+        from ..pipelines.super_resolution import load_cond_images
+
+        cond_images = load_cond_images(args.cond_image, model)
+    given = len(noise) if noise is not None else len(edit.init) if edit else len(cond_images) if cond_images else 64
+    n = args.n or given
     guidance = guidance_from_args(args, device)
     prompts = read_prompts(args)
     kwargs = schedule_from_args(args, model, guidance)
@@ -229,7 +246,8 @@ def run(args) -> int:
     settings = SamplerSettings.resolve(model, kwargs.pop("method"), kwargs.pop("steps"), kwargs.pop("spacing", None),
                                        kwargs.pop("sigmas", None), **kwargs)
     job = plan(model, n, settings, seed=args.seed, class_index=args.class_index, guidance=guidance, prompts=prompts,
-               threshold=threshold, precision=args.precision, compile=args.compile, edit=edit)
+               threshold=threshold, precision=args.precision, compile=args.compile, edit=edit,
+               cond_images=cond_images, aug_level=args.aug_level)
     return write_samples(job, out_dir, args, noise)
 
 
@@ -308,6 +326,15 @@ def apply_png_record(args) -> None:
         args.precision = record.get("precision", "auto")
     args.no_tuned = True  # the record names its schedule: a tuned file written since must not change it
     apply_edit_record(args, record)
+    if "cond_image" in record and not args.cond_image:
+        from pathlib import Path
+
+        if not Path(record["cond_image"]).is_file():
+            raise ValueError(f"{args.from_png} upsamples the image {record['cond_image']}, which is not there any "
+                             "more: give it with --cond-image IMG")
+        args.cond_image = record["cond_image"]
+    if args.aug_level is None:
+        args.aug_level = record.get("aug_level")
 
 
 def apply_edit_record(args, record: dict) -> None:

@@ -35,6 +35,9 @@ def validate_conditioning(config) -> None:
         raise ValueError(f"{name}.num_classes must be >= 0 (0 = unconditional), got {config.num_classes}")
     if config.context_dim < 0:
         raise ValueError(f"{name}.context_dim must be >= 0 (0 = no cross-attention), got {config.context_dim}")
+    if getattr(config, "aug_level", False) and not getattr(config, "concat_channels", 0):
+        raise ValueError(f"{name}.aug_level embeds the noise level of a concatenated image: set "
+                         f"{name}.concat_channels too (or aug_level=False)")
     if getattr(config, "concat_channels", 0) < 0:
         raise ValueError(f"{name}.concat_channels must be >= 0 (0 = no concatenated image), "
                          f"got {config.concat_channels}")
@@ -110,4 +113,32 @@ def concat_features(net: nn.Module, x: Tensor, concat: Tensor | None) -> Tensor 
     return net.concat_input(concat.to(x.dtype))
 
 
-CONCAT_INPUT = "concat_input"  # the module name of the image's first-layer weights (zero-initialised)
+def add_aug_level_embedding(net: nn.Module, emb: Tensor, aug_level: Tensor | None) -> Tensor:
+    """``emb`` plus the embedding of the concatenated image's noise level ``aug_level`` (N,) in
+    [0, 1] (noise-conditioning augmentation, Ho et al. 2022, "Cascaded Diffusion Models" §4.2),
+    for a network with ``aug_level``; ``emb`` itself for one without. The embedding is the time
+    embedding's recipe on 1000·level, its last layer zero-initialised.
+
+    Raises:
+        ValueError: the level is missing, unexpected or not (N,).
+    """
+    name = type(net).__name__
+    if net.aug_embed is None:
+        if aug_level is not None:
+            raise ValueError(f"aug_level was given to a {name} trained without noise-conditioning augmentation")
+        return emb
+    if aug_level is None:
+        raise ValueError(f"this {name} was trained with noise-conditioning augmentation: pass aug_level (N,) in "
+                         "[0, 1], the noise level of its conditioning image (0 = clean)")
+    aug_level = torch.as_tensor(aug_level, dtype=emb.dtype, device=emb.device)
+    aug_level = aug_level.expand(emb.shape[0]) if aug_level.ndim == 0 else aug_level
+    if aug_level.shape != emb.shape[:1]:
+        raise ValueError(f"aug_level must have shape ({emb.shape[0]},), got {tuple(aug_level.shape)}")
+    return emb + net.aug_embed(aug_level * 1000)
+
+
+# the modules a network gains with an image condition: zero-initialised, so a network widened from
+# an unconditioned checkpoint (--init-from) starts as it
+CONCAT_INPUT = "concat_input"
+AUG_EMBED = "aug_embed"
+ZERO_INIT_MODULES = (CONCAT_INPUT, AUG_EMBED)

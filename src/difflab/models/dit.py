@@ -41,7 +41,13 @@ from torch import Tensor, nn
 from ..nn import SelfAttention, TimestepMLP, modulate, sincos_position_embedding_2d
 from ..nn.transformer import CrossAttention
 from ..text.small import SmallTextEncoder
-from .conditioning import add_label_embedding, concat_features, context_tokens, validate_conditioning
+from .conditioning import (
+    add_aug_level_embedding,
+    add_label_embedding,
+    concat_features,
+    context_tokens,
+    validate_conditioning,
+)
 
 
 @dataclass
@@ -68,6 +74,8 @@ class DiTConfig:
             token ids (``input_ids``, ``token_mask``) instead of ``context``, and trains it.
         concat_channels: channels of an image concatenated to the input before patching
             (``concat``: an inpainting model's mask and masked image, ...).
+        aug_level: the network also takes ``aug_level`` (N,) in [0, 1], the noise level of its
+            concatenated image (noise-conditioning augmentation).
     """
 
     in_channels: int = 4
@@ -84,6 +92,7 @@ class DiTConfig:
     context_dim: int = 0
     text_encoder: dict | None = None
     concat_channels: int = 0
+    aug_level: bool = False
 
     def __post_init__(self):
         if self.out_channels is None:
@@ -208,6 +217,7 @@ class DiT(nn.Module):
         self.time_embed = TimestepMLP(cfg.frequency_dim, d)
         # Index num_classes is the "null" label used when the label is dropped (classifier-free guidance).
         self.label_embed = nn.Embedding(cfg.num_classes + 1, d) if cfg.num_classes else None
+        self.aug_embed = TimestepMLP(cfg.frequency_dim, d) if cfg.aug_level else None
         self.blocks = nn.ModuleList(DiTBlock(d, cfg.num_heads, cfg.mlp_ratio, cfg.context_dim)
                                     for _ in range(cfg.depth))
         self.final = FinalLayer(d, p, self.out_channels)
@@ -240,10 +250,14 @@ class DiT(nn.Module):
             nn.init.zeros_(layer.bias)
         if self.concat_input is not None:
             nn.init.zeros_(self.concat_input.weight)
+        if self.aug_embed is not None:  # starts as the network without it
+            nn.init.normal_(self.aug_embed.mlp[0].weight, std=0.02)
+            nn.init.zeros_(self.aug_embed.mlp[2].weight)
 
     def forward(self, x: Tensor, t: Tensor, class_labels: Tensor | None = None, context: Tensor | None = None,
                 context_mask: Tensor | None = None, input_ids: Tensor | None = None,
-                token_mask: Tensor | None = None, concat: Tensor | None = None) -> Tensor:
+                token_mask: Tensor | None = None, concat: Tensor | None = None,
+                aug_level: Tensor | None = None) -> Tensor:
         """Predict ε, x₀ or v (and the variance output with ``learned_sigma``) for noisy images or
         latents x (N, in_channels, image_size, image_size) at the schedule's float times t (N,).
 
@@ -252,7 +266,8 @@ class DiT(nn.Module):
         meaning it; ``context`` (N, L, context_dim) with its bool ``context_mask`` (True = real
         token), exactly when ``context_dim > 0``; or ``input_ids`` and ``token_mask`` (N, L) for
         the built-in trainable ``text_encoder``; ``concat`` (N, concat_channels, H, W), an image
-        concatenated to x, exactly when ``concat_channels > 0``.
+        concatenated to x, exactly when ``concat_channels > 0``, with ``aug_level`` (N,) its noise
+        level in [0, 1] when the config's ``aug_level`` is set.
 
         Returns (N, out_channels · (2 if learned_sigma else 1), image_size, image_size) in x's dtype.
         """
@@ -262,6 +277,7 @@ class DiT(nn.Module):
                              f"got {tuple(x.shape)}; the position embedding fixes the image size")
         c = self.time_embed(t)  # (N, D)
         c = add_label_embedding(self, c, class_labels)  # + the class's (or null label's) embedding
+        c = add_aug_level_embedding(self, c, aug_level)  # + the conditioning image's noise level's
         context, context_mask = context_tokens(self, context, context_mask, input_ids, token_mask)
         h = self.patch_embed(x)  # (N, D, H/p, W/p)
         concat_h = concat_features(self, x, concat)

@@ -40,7 +40,13 @@ from ..nn import GroupNorm32, SpatialSelfAttention, TimestepMLP, zero_module
 from ..nn.transformer import SpatialTransformer
 from ..nn.upsample import Upsample, tap_matrix, upsample_conv3x3
 from ..text.small import SmallTextEncoder
-from .conditioning import add_label_embedding, concat_features, context_tokens, validate_conditioning
+from .conditioning import (
+    add_aug_level_embedding,
+    add_label_embedding,
+    concat_features,
+    context_tokens,
+    validate_conditioning,
+)
 from .pyramid import check_positive, check_pyramid, level_resolutions
 
 
@@ -78,6 +84,8 @@ class UNetConfig:
         concat_channels: channels of an image concatenated to the input (``concat``): a mask and
             masked image for an inpainting model, a low-resolution image for an upsampler; the
             output keeps ``out_channels``.
+        aug_level: the network also takes ``aug_level`` (N,) in [0, 1], the noise level of its
+            concatenated image (noise-conditioning augmentation of super-resolution cascades).
     """
 
     in_channels: int = 3
@@ -101,6 +109,7 @@ class UNetConfig:
     transformer_depth: int = 1
     text_encoder: dict | None = None
     concat_channels: int = 0
+    aug_level: bool = False
 
     def __post_init__(self):
         # JSON turns tuples into lists; keep the dataclass hashable and comparable.
@@ -308,6 +317,9 @@ class UNet(nn.Module):
         # the stem's weights for a concatenated image, apart and zero (models/conditioning.py)
         self.concat_input = (zero_module(nn.Conv2d(cfg.concat_channels, widths[0], 3, padding=1, bias=False))
                              if cfg.concat_channels else None)
+        self.aug_embed = TimestepMLP(cfg.model_channels, emb_dim) if cfg.aug_level else None
+        if self.aug_embed is not None:
+            zero_module(self.aug_embed.mlp[-1])
         ch = widths[-1]
 
         self.decoder = nn.ModuleList()
@@ -329,7 +341,8 @@ class UNet(nn.Module):
 
     def forward(self, x: Tensor, t: Tensor, class_labels: Tensor | None = None, context: Tensor | None = None,
                 context_mask: Tensor | None = None, input_ids: Tensor | None = None,
-                token_mask: Tensor | None = None, concat: Tensor | None = None) -> Tensor:
+                token_mask: Tensor | None = None, concat: Tensor | None = None,
+                aug_level: Tensor | None = None) -> Tensor:
         """Predict ε, x₀ or v (and the variance output with ``learned_sigma``).
 
         Args:
@@ -344,12 +357,15 @@ class UNet(nn.Module):
                 text encoder (``text_encoder``), which turns them into ``context``.
             concat: (N, concat_channels, image_size, image_size), concatenated to x (needed
                 exactly when ``concat_channels > 0``).
+            aug_level: (N,) in [0, 1], the noise level of ``concat`` (needed exactly when the
+                config's ``aug_level`` is set).
 
         Returns:
             (N, out_channels · (2 if learned_sigma else 1), image_size, image_size) in x's dtype.
         """
         emb = self.time_embed(t)  # (N, 4·model_channels)
         emb = add_label_embedding(self, emb, class_labels)  # + the class's (or null label's) embedding
+        emb = add_aug_level_embedding(self, emb, aug_level)  # + the conditioning image's noise level's
         context, context_mask = context_tokens(self, context, context_mask, input_ids, token_mask)
         concat_h = concat_features(self, x, concat)  # the image's share of the stem (None without)
         # (N, C_last, H/2^(L-1), W/2^(L-1)) and the skips

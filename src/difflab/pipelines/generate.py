@@ -29,7 +29,7 @@ from ..conditioning import TextConditioning
 from ..data.convert import to_float, to_uint8
 from ..denoiser import Denoiser
 from ..device import precision_autocast
-from ..image_condition import inpaint_condition
+from ..image_condition import inpaint_condition, low_res_condition
 from ..sampling import (
     DEFAULT_METHOD,
     DEFAULT_SPACING,
@@ -168,6 +168,8 @@ class GenerationPlan:
     threshold: float | None = None
     precision: str = "auto"
     edit: Edit | None = None  # img2img / inpainting (one init image per image)
+    cond_images: InitImages | None = None  # a super-resolution model's low-resolution inputs, one per image
+    aug_level: float = 0.0  # their noise-conditioning augmentation level
 
     @property
     def device(self) -> torch.device:
@@ -181,7 +183,20 @@ class GenerationPlan:
             cond.update(self.text.encode([self.prompts[i] for i in indices]))
         if self.model.image_condition == "inpaint":
             cond["concat"] = self.inpaint_inputs(indices)
+        elif self.model.image_condition == "low_res":
+            cond.update(self.low_res_inputs(indices))
         return cond
+
+    def low_res_inputs(self, indices: list[int]) -> dict:
+        """A super-resolution model's inputs for these images: each low-resolution image noised to
+        the plan's augmentation level (ε from the image's own stream, seeded by its seed) and
+        upsampled to the model's grid; the level as ``aug_level`` when the model takes it."""
+        low_res = self.model.record.low_res
+        low = to_float(self.cond_images.images[indices].to(self.device))
+        noise = NoiseSource(seeds=[aug_seed(self.seeds[i]) for i in indices])(low)
+        level = torch.full((len(indices),), float(self.aug_level), device=self.device)
+        concat = low_res_condition(low, level, noise, tuple(self.model.image_shape[-2:]), low_res["upsample"])
+        return {"concat": concat, **({"aug_level": level} if low_res["aug_max"] > 0 else {})}
 
     def inpaint_inputs(self, indices: list[int]) -> Tensor:
         """A mask-conditioned model's mask and masked image for these images: the edit's, or for
@@ -213,6 +228,8 @@ class GenerationPlan:
             "classifier_scale": guidance.classifier_scale if guidance.classifier else None,
             "classifier_mode": guidance.classifier_mode, "threshold": self.threshold, "precision": self.precision,
             "size": list(model.record.image_shape), "difflab": __version__,
+            "cond_image": self.cond_images.paths[i] if self.cond_images is not None else None,
+            "aug_level": self.aug_level if self.cond_images is not None else None,
             **(self.edit.record(i) if self.edit is not None else {}),
         }
         return {key: value for key, value in record.items() if value is not None}
@@ -221,7 +238,8 @@ class GenerationPlan:
 def plan(model: DiffusionModel, n: int, settings: SamplerSettings, *, seed: int = 0, seeds: list[int] | None = None,
          class_index: int | None = None, guidance: Guidance | None = None, prompts: list[str] | None = None,
          threshold: float | None = None, precision: str = "auto", compile: bool = False,
-         edit: Edit | None = None) -> GenerationPlan:
+         edit: Edit | None = None, cond_images: InitImages | None = None,
+         aug_level: float | None = None) -> GenerationPlan:
     """Resolve labels, prompts, seeds and the guided denoiser of n images (see :func:`generate`)."""
     if n < 1:
         raise ValueError(f"the number of images must be at least 1, got {n}")
@@ -251,8 +269,38 @@ def plan(model: DiffusionModel, n: int, settings: SamplerSettings, *, seed: int 
                          "use --inpaint blend or --inpaint repaint")
     if edit is not None:
         settings.walk(model, edit.strength if edit.level not in (0.0, 1.0) else None, edit.strength_mode)
+    cond_images, aug_level = check_cond_images(model, n, cond_images, aug_level)
     return GenerationPlan(model, settings, guidance, scale, denoiser, labels, labels_used, text, prompts, seeds,
-                          threshold, precision, edit)
+                          threshold, precision, edit, cond_images, aug_level)
+
+
+def aug_seed(seed: int) -> int:
+    """The seed of image ``seed``'s noise-conditioning augmentation: its own stream."""
+    return (int(seed) * 0x2545F491 + 0xA06) % (2**63)
+
+
+def check_cond_images(model: DiffusionModel, n: int, cond_images: InitImages | None,
+                      aug_level: float | None) -> tuple[InitImages | None, float]:
+    """The conditioning images of n images (image i gets image i mod N) and the augmentation
+    level (default: the checkpoint's ``sample.aug_level``); one clear error for a model that
+    needs none or one that needs them."""
+    if model.image_condition != "low_res":
+        if cond_images is not None or aug_level is not None:
+            raise ValueError("this model takes no conditioning image (it was trained without "
+                             "diffusion.image_condition: low_res): drop --cond-image / --aug-level")
+        return None, 0.0
+    if cond_images is None:
+        raise ValueError(f"this is a super-resolution model: give the {model.record.low_res['size']}-pixel "
+                         "low-resolution images to upsample (--cond-image IMG_OR_DIR, or cond_image=...)")
+    if len(cond_images) != n and (n % len(cond_images) and len(cond_images) > 1):
+        raise ValueError(f"{len(cond_images)} conditioning images for {n} images: give one, or one per image")
+    level = model.record.sample_defaults.get("aug_level", 0.0) if aug_level is None else float(aug_level)
+    if not 0.0 <= level <= 1.0:
+        raise ValueError(f"the augmentation level must be in [0, 1] (0 = clean), got {level}")
+    if level > 0 and not model.record.low_res["aug_max"]:
+        raise ValueError("this model was trained without noise-conditioning augmentation (diffusion.aug_max = 0): "
+                         "drop --aug-level")
+    return cond_images.repeat_to(n), level
 
 
 @dataclass
@@ -269,7 +317,8 @@ class Generated:
         return grid_record(self.records[0], [r["seed"] for r in self.records])
 
 
-PER_IMAGE_KEYS = ("seed", "prompt", "class", "class_name", "init_image")  # what differs between the images of one run
+# what differs between the images of one run
+PER_IMAGE_KEYS = ("seed", "prompt", "class", "class_name", "init_image", "cond_image")
 
 
 def grid_record(first: dict, seeds: list[int]) -> dict:
@@ -400,6 +449,8 @@ def generate(
     strength_mode: str = "diffusers",
     callback=None,
     edit: Edit | None = None,
+    cond_images: InitImages | None = None,
+    aug_level: float | None = None,
     **options,
 ) -> tuple[Tensor, Tensor | None]:
     """n samples as uint8 (N, C, H, W), with their class labels (None if unconditional and unguided);
@@ -427,12 +478,17 @@ def generate(
     the input, 1 starts from pure noise); ``edit`` (:class:`Edit`) gives init images, strength and
     an inpainting mask instead (:mod:`.img2img`, :mod:`.inpaint`); ``callback(step)`` sees each
     :class:`~difflab.sampling.Step` of each batch and may return a replacement for ``step.x``.
+
+    A super-resolution model needs ``cond_images`` (:func:`~.super_resolution.load_cond_images`:
+    image i upsamples image i mod N) and takes ``aug_level``, the noise-conditioning augmentation
+    level (default: the checkpoint's ``sample.aug_level``).
     """
     if negative_prompt is not None:
         guidance = dataclasses.replace(guidance or Guidance(), negative_prompt=negative_prompt)
     settings = SamplerSettings.resolve(model, method, steps, spacing, sigmas, **options)
     job = plan(model, n, settings, seed=seed, seeds=seeds, class_index=class_index, guidance=guidance,
-               prompts=prompts, threshold=threshold, precision=precision, compile=compile, edit=edit)
+               prompts=prompts, threshold=threshold, precision=precision, compile=compile, edit=edit,
+               cond_images=cond_images, aug_level=aug_level)
     out = run(job, batch_size=batch_size, progress=progress, noise=noise, x_start=x_start, strength=strength,
               strength_mode=strength_mode, callback=callback)
     return out.images, out.labels

@@ -27,6 +27,7 @@ from .inpaint import Inpainting, as_mask, read_mask
 from .inpaint_area import INPAINT_AREAS, MaskedArea
 from .loading import DiffusionModel, NoisyClassifierModel
 from .png_info import RECORD_KEY, parameters_text, read_record
+from .super_resolution import load_cond_images
 
 OUTPUTS = ("pil", "tensor", "numpy")
 
@@ -96,6 +97,8 @@ class Pipeline:
         repaint_resample: int = 10,
         inpaint_area: str = "whole",
         inpaint_padding: int = 32,
+        cond_image=None,
+        aug_level: float | None = None,
         progress: bool = False,
         output: str = "pil",
         **options,
@@ -117,6 +120,10 @@ class Pipeline:
         the default for one, blend otherwise), ``mask_blur`` feathering it (pixels);
         ``inpaint_area="masked"`` repaints only a crop around the mask (grown by ``inpaint_padding``
         pixels) at the model's resolution, for images larger than the model, which keep their size.
+
+        Super-resolution (docs/image-conditioning.md): ``cond_image`` gives an upsampler its
+        low-resolution input(s), in any form ``image`` takes (n defaults to their count), and
+        ``aug_level`` its noise-conditioning augmentation level.
         """
         if output not in OUTPUTS:
             raise ValueError(f"unknown output {output!r}; choose one of: {', '.join(OUTPUTS)}")
@@ -134,11 +141,14 @@ class Pipeline:
             strength = None
         elif mask is not None or mask_box is not None:
             raise ValueError("a mask needs the image to inpaint: pass image=...")
-        n = n if n is not None else (len(seeds) if seeds else len(edit.init) if edit is not None else 1)
+        cond_images = load_cond_images(cond_image, self.model) if cond_image is not None else None
+        n = n if n is not None else (len(seeds) if seeds else len(edit.init) if edit is not None else
+                                     len(cond_images) if cond_images is not None else 1)
         job = plan(self.model, n, settings, seed=seed, seeds=seeds, class_index=self.class_index(class_label),
-                   guidance=guidance, prompts=prompts, threshold=threshold, precision=precision, edit=edit)
+                   guidance=guidance, prompts=prompts, threshold=threshold, precision=precision, edit=edit,
+                   cond_images=cond_images, aug_level=aug_level)
         out = run(job, batch_size=batch_size, progress=progress, noise=noise, x_start=x_start, strength=strength,
-                  callback=callback)
+                  strength_mode=strength_mode, callback=callback)
         return self._as(out, output)
 
     def from_png(self, path: str | Path, output: str = "pil"):

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import yaml
 
-from ..image_condition import IMAGE_CONDITIONS
+from ..image_condition import IMAGE_CONDITIONS, UPSAMPLING
 from ..losses import WEIGHTINGS
 from ..masks import MAKERS as MASK_KINDS
 from ..process import PREDICTION_TYPES
@@ -77,6 +77,12 @@ class DiffusionConfig:
     # (null: box 0.35, strokes 0.35, border 0.2, full 0.1; difflab.masks).
     image_condition: str | None = None
     inpaint_masks: dict | None = None
+    # image_condition: low_res (super-resolution): the low-resolution side the training pairs are
+    # area-downsampled to, how it is upsampled to the network's grid, and the largest level of
+    # noise-conditioning augmentation (0: off; Ho et al. use up to ~0.5-ish levels).
+    low_res: int | None = None
+    low_res_upsample: str = "bicubic"
+    aug_max: float = 0.0
 
 
 @dataclass
@@ -135,6 +141,7 @@ class SampleConfig:
     steps: int = DEFAULT_STEPS
     spacing: str = DEFAULT_SPACING
     guidance_scale: float = 1.0  # classifier-free guidance weight (needs diffusion.cond_drop_prob > 0)
+    aug_level: float = 0.0  # a super-resolution model's noise-conditioning augmentation level at sampling
 
 
 @dataclass
@@ -254,6 +261,10 @@ RULES: dict[str, tuple[Callable[[object], bool], str]] = {
     "diffusion.cond_drop_prob": (_between(0, 1, open_high=True), "in [0, 1)"),
     "diffusion.image_condition": (lambda v: v is None or v in IMAGE_CONDITIONS,
                                   "null or one of " + ", ".join(IMAGE_CONDITIONS)),
+    "diffusion.low_res": (_optional(_between(1, _MAX_SIDE)), f"between 1 and {_MAX_SIDE}, or null"),
+    "diffusion.low_res_upsample": (lambda v: v in UPSAMPLING, "one of " + ", ".join(UPSAMPLING)),
+    "diffusion.aug_max": (_between(0, 1), "in [0, 1] (0: no noise-conditioning augmentation)"),
+    "sample.aug_level": (_between(0, 1), "in [0, 1]"),
     "diffusion.inpaint_masks": (lambda v: v is None or _mask_mix(v), "null or weights >= 0 (not all 0) of some of "
                                 + ", ".join(MASK_KINDS) + ", e.g. {box: 1, strokes: 1}"),
     "autoencoder.l1_weight": (_between(0, math.inf, open_high=True), "a finite number >= 0"),

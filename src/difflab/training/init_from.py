@@ -10,8 +10,9 @@ checkpoint records where the weights came from as ``init_from = {"path", "step"}
 
 One difference is allowed: a run that adds a concatenated image (``concat_channels``, e.g.
 ``diffusion.image_condition: inpaint``) to the source's architecture keeps its own zero weights
-for the image (the ``concat_input`` layer), so it starts as the source model, bit for bit, and
-fine-tuning teaches it to use the image (Stable Diffusion's inpainting model was made this way).
+for the image (the ``concat_input`` layer, and ``aug_embed``, its noise level's embedding), so it
+starts as the source model, bit for bit, and fine-tuning teaches it to use the image (Stable
+Diffusion's inpainting model was made this way).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import torch
 
 from ..checkpoint import find_checkpoint, load_state
 from ..models import state_dict_mismatch
-from ..models.conditioning import CONCAT_INPUT
+from ..models.conditioning import ZERO_INIT_MODULES
 from .config import ConfigError
 
 
@@ -77,7 +78,7 @@ def load_initial_weights(path: str | Path, kind: str, model: torch.nn.Module, em
     _check_vocabulary(where, saved, model)
     for group, target in (("model", model.state_dict()), ("ema", ema.state_dict())):
         # a new concatenated image keeps its zero-initialised weights
-        tensors[group] = {**{k: v for k, v in target.items() if k.split(".")[0] == CONCAT_INPUT},
+        tensors[group] = {**{k: v for k, v in target.items() if k.split(".")[0] in ZERO_INIT_MODULES},
                           **tensors[group]}
         problem = state_dict_mismatch(tensors[group], target)
         if problem:

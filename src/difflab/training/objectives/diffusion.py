@@ -2,8 +2,10 @@
 2020, Alg. 1), with the prediction, weighting and hybrid loss of :func:`difflab.losses.diffusion_loss`,
 conditioned on class labels or captions that are dropped with ``diffusion.cond_drop_prob`` for
 classifier-free guidance (Ho & Salimans 2022), and optionally on an image concatenated to the input
-(``diffusion.image_condition: inpaint``: a random mask per image and the masked image,
-:mod:`difflab.image_condition`). Previews are samples from the EMA weights."""
+(``diffusion.image_condition``, :mod:`difflab.image_condition`: ``inpaint``, a random mask per
+image and the masked image; ``low_res``, the image area-downsampled to ``diffusion.low_res``,
+noise-augmented up to ``diffusion.aug_max`` and upsampled again: super-resolution). Previews
+are samples from the EMA weights."""
 
 from __future__ import annotations
 
@@ -15,8 +17,10 @@ from torch import Tensor
 from ... import losses
 from ...checkpoint import DIFFUSION_KIND, ModelRecord
 from ...conditioning import TextConditioning, select
-from ...image_condition import concat_channels, inpaint_condition
+from ...data.convert import to_float, to_uint8
+from ...image_condition import concat_channels, downsample, inpaint_condition, low_res_condition
 from ...masks import random_masks
+from ...pipelines.img2img import InitImages
 from ...pipelines.preview import preview_grid
 from ...schedules import get_schedule
 from ..config import Config, ConfigError
@@ -60,8 +64,12 @@ class DiffusionObjective(Objective):
                                   "their own sub-folder (FOLDER/CLASS/image.png)")
             self.labels = dataset.labels.to(data.device)
         self.image_condition = config.diffusion.image_condition
-        # a latent inpainting model's masked image is encoded from pixels
+        # a latent model's conditioning image is made from the batch's pixels
         self.needs_pixels = self.image_condition is not None and data.latent is not None
+        low_res, side = config.diffusion.low_res, data.images.shape[-1]
+        if self.image_condition == "low_res" and not (low_res and low_res < side):
+            raise ConfigError(f"diffusion.image_condition: low_res needs diffusion.low_res, the low-resolution side "
+                              f"below the images' {side} (e.g. {side // 2}), got {low_res}")
         self.text_config = self.text_encoder_config()
         self.text = TextConditioning(self.text_config, data.device) if self.text_config else None
         if self.text is not None:  # every distinct caption encoded once; rows gathered per step
@@ -88,7 +96,9 @@ class DiffusionObjective(Objective):
             "num_classes": len(self.data.dataset.class_names) if self.labels is not None else 0,
             **({"context_dim": self.text.dim} if text else {}),
             **({"text_encoder": text} if text and text.get("name") == "small" else {}),
-            **({"concat_channels": concat_channels(self.image_condition, channels)} if self.image_condition else {}),
+            **({"concat_channels": concat_channels(self.image_condition, channels, self.data.images.shape[1])}
+               if self.image_condition else {}),
+            **({"aug_level": True} if self.image_condition == "low_res" and cfg.diffusion.aug_max > 0 else {}),
         }
 
     def draw_t_and_noise(self, x0: Tensor, step: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
@@ -113,7 +123,20 @@ class DiffusionObjective(Objective):
             cond.update(select(self.caption_table, self.caption_rows[idx], self.null_caption, drop_text))
         if self.image_condition == "inpaint":  # never dropped: CFG's two branches see the same image
             cond["concat"] = self.inpaint_inputs(x0 if pixels is None else pixels, step)
+        elif self.image_condition == "low_res":
+            cond.update(self.low_res_inputs(x0 if pixels is None else pixels, tuple(x0.shape[-2:]), generator))
         return {"x0": x0, "t": t, "noise": noise, "cond": cond}
+
+    def low_res_inputs(self, pixels: Tensor, size: tuple[int, int], generator: torch.Generator) -> dict:
+        """The low-resolution images of the batch, noised to random levels in [0, aug_max]
+        (noise-conditioning augmentation) and upsampled to the network's grid ``size``; with the
+        levels as ``aug_level`` when augmenting."""
+        d = self.config.diffusion
+        low = downsample(pixels, d.low_res)
+        level = torch.rand(len(low), generator=generator, device=low.device) * d.aug_max
+        noise = torch.randn(low.shape, generator=generator, device=low.device)
+        concat = low_res_condition(low, level, noise, size, d.low_res_upsample)
+        return {"concat": concat, **({"aug_level": level} if d.aug_max > 0 else {})}
 
     def inpaint_inputs(self, pixels: Tensor, step: int) -> Tensor:
         """Random masks (their own CPU generator, seeded by seed and step) and the masked images,
@@ -137,8 +160,13 @@ class DiffusionObjective(Objective):
         with the same seed and prompts, to the bit (:mod:`difflab.pipelines.preview`)."""
         n = self.config.train.num_preview
         prompts = list(self.data.dataset.captions[:n]) if self.text is not None else None
+        cond_images = None
+        if self.image_condition == "low_res":  # the first training images, downsampled
+            low = downsample(to_float(self.data.images[:n]), self.config.diffusion.low_res)
+            cond_images = InitImages(to_uint8(low).cpu(), [None] * len(low))
         return preview_grid(model, ModelRecord.from_dict(self.checkpoint_config()), path, n=n,
-                            seed=self.config.train.seed, prompts=prompts, latent=self.data.latent)
+                            seed=self.config.train.seed, prompts=prompts, latent=self.data.latent,
+                            cond_images=cond_images)
 
     def checkpoint_config(self, init_from: dict | None = None) -> dict:
         cfg, latent = self.config, self.data.latent
