@@ -17,6 +17,9 @@ class ImageDataset:
         class_names: the name of each class (empty when the set has no labels).
         captions: one caption per image, or None when the set has no captions.
         name: where the images came from, for messages and reports.
+        sources: for an image-editing dataset (see :mod:`difflab.data.paired_edits`), the
+            uint8 source image each edit starts from, same shape as ``images``; ``images``
+            are then the edited targets and ``captions`` the edit instructions. None otherwise.
     """
 
     images: torch.Tensor
@@ -24,6 +27,7 @@ class ImageDataset:
     class_names: list[str] = field(default_factory=list)
     captions: list[str] | None = None
     name: str = ""
+    sources: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         if self.images.dtype != torch.uint8 or self.images.ndim != 4:
@@ -36,6 +40,11 @@ class ImageDataset:
             raise ValueError(f"dataset {self.name!r}: {n} images but labels of shape {tuple(self.labels.shape)}")
         if self.captions is not None and len(self.captions) != n:
             raise ValueError(f"dataset {self.name!r}: {n} images but {len(self.captions)} captions")
+        if self.sources is not None and (self.sources.dtype != torch.uint8 or self.sources.shape != self.images.shape):
+            raise ValueError(
+                f"dataset {self.name!r}: sources must be a uint8 tensor shaped like the images "
+                f"{tuple(self.images.shape)}, got {self.sources.dtype} with shape {tuple(self.sources.shape)}"
+            )
 
     def __len__(self) -> int:
         return len(self.images)
@@ -51,6 +60,7 @@ class ImageDataset:
             class_names=list(self.class_names),
             captions=None if self.captions is None else [self.captions[i] for i in positions],
             name=self.name if name is None else name,
+            sources=None if self.sources is None else self.sources[index].contiguous(),
         )
 
     @property

@@ -11,6 +11,7 @@ from difflab.data.digits import load_digits
 from difflab.data.emoji import load_emoji
 from difflab.data.fashion_mnist import is_idx_directory, load_fashion_mnist
 from difflab.data.image_folder import load_image_folder
+from difflab.data.paired_edits import EDIT_BASES, SPLIT_SEEDS, paired_edits
 
 BUILTIN = {"digits": load_digits, "fashion-mnist": load_fashion_mnist, "emoji": load_emoji}
 
@@ -28,9 +29,10 @@ def load_dataset(name_or_path: str | Path, split: str = "train", resolution: int
     """Load a dataset as uint8 (N, C, H, W) images.
 
     Args:
-        name_or_path: a built-in name (``digits``, ``fashion-mnist``, ``emoji``), a folder
-            holding the Fashion-MNIST/MNIST IDX files, or an image folder (see
-            :mod:`difflab.data.image_folder`).
+        name_or_path: a built-in name (``digits``, ``fashion-mnist``, ``emoji``), an editing
+            set made from one (``edits-digits``, ``edits-fashion-mnist``, ``edits-emoji``; see
+            :mod:`difflab.data.paired_edits`), a folder holding the Fashion-MNIST/MNIST IDX
+            files, or an image folder (see :mod:`difflab.data.image_folder`).
         split: ``train`` or ``test`` (``emoji`` also has ``all``). An image folder uses its
             sub-folder of that name when it has one; otherwise the whole folder is the
             ``train`` split.
@@ -39,6 +41,13 @@ def load_dataset(name_or_path: str | Path, split: str = "train", resolution: int
         use_cache: read/write the decode cache (image folders and emoji).
     """
     name = str(name_or_path)
+    if name.startswith("edits-") and not Path(name).exists():
+        base = name.removeprefix("edits-")
+        if base not in EDIT_BASES:
+            raise ValueError(f"unknown instruction dataset {name!r}; choose one of: "
+                             f"{', '.join(f'edits-{b}' for b in sorted(EDIT_BASES))}")
+        # The base split at the requested size, then edited with that split's fixed seed.
+        return paired_edits(load_dataset(base, split, resolution, channels, use_cache), seed=SPLIT_SEEDS[split])
     if name == "emoji":  # drawn at the requested size rather than resized afterwards
         dataset = load_emoji(split, resolution, use_cache=use_cache)
     elif name in BUILTIN:
