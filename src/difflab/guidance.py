@@ -35,6 +35,7 @@ is taken with respect to the input image alone, so neither network's parameters 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -59,15 +60,17 @@ def null_class_labels(num_classes: int) -> Callable[[dict], dict]:
     return uncond
 
 
-def _cat_cond(cond: dict, uncond: dict, n: int) -> dict:
-    """One conditioning dict for the doubled batch [conditional; unconditional]."""
+def _cat_cond(cond: dict, uncond: dict, n: int, rows: int | None = None) -> dict:
+    """One conditioning dict for the doubled batch [conditional; unconditional] (``cond`` has
+    ``rows`` rows, n by default; ``uncond`` n, or 1 to broadcast)."""
     if cond.keys() != uncond.keys():
         raise ValueError(f"conditional and unconditional inputs differ in keys: {sorted(cond)} vs {sorted(uncond)}")
     out = {}
     for key, value in cond.items():
         other = uncond[key]
-        if isinstance(value, Tensor) and value.ndim and value.shape[0] == n:
-            out[key] = torch.cat([value, other.expand_as(value) if other.shape[0] == 1 else other])
+        if isinstance(value, Tensor) and value.ndim and value.shape[0] == (rows or n):
+            other = other.expand(n, *other.shape[1:]) if other.shape[0] == 1 else other
+            out[key] = torch.cat([value, other])
         elif value is None and other is None:
             out[key] = None
         else:
@@ -131,6 +134,44 @@ class ClassifierFreeGuidance:
         if active is not None and not bool(active.all()):
             guided = torch.where(process.broadcast_to(active, guided), guided, mean_c)
         return guided if var_c is None else torch.cat([guided, var_c], dim=1)
+
+
+class InstructPix2PixGuidance:
+    """Classifier-free guidance over two conditions, an image I and a text T (instruct-pix2pix,
+    Brooks et al. 2023, eq. 3)::
+
+        ε̂ = ε(∅, ∅) + s_I·(ε(I, ∅) − ε(∅, ∅)) + s_T·(ε(I, T) − ε(I, ∅))
+
+    the three predictions in one batched call. s_I = s_T = 1 is the fully conditioned model (one
+    call, no combination). A learned variance is the fully conditioned branch's.
+
+    Args:
+        model: a model trained with instruct-pix2pix's three-way conditioning dropout.
+        text_scale, image_scale: s_T and s_I.
+        text_uncond: ``cond`` with the text replaced by its null (the empty caption).
+        image_uncond: ``cond`` with the image replaced by its null (zeros).
+    """
+
+    def __init__(self, model, text_scale: float, image_scale: float, text_uncond: Callable[[dict], dict],
+                 image_uncond: Callable[[dict], dict], learned_variance: bool = False):
+        for name, value in (("text", text_scale), ("image", image_scale)):
+            if not math.isfinite(value):
+                raise ValueError(f"the {name} guidance scale must be a finite number, got {value}")
+        self.model, self.text_scale, self.image_scale = model, float(text_scale), float(image_scale)
+        self.text_uncond, self.image_uncond, self.learned_variance = text_uncond, image_uncond, learned_variance
+
+    def __call__(self, x_t: Tensor, t: Tensor, **cond) -> Tensor:
+        if self.text_scale == 1.0 and self.image_scale == 1.0:
+            return self.model(x_t, t, **cond)
+        n = x_t.shape[0]
+        image_only = self.text_uncond(cond)
+        neither = self.image_uncond(image_only)
+        both = _cat_cond(cond, image_only, n)
+        out = self.model(torch.cat([x_t] * 3), torch.cat([t] * 3), **_cat_cond(both, neither, n, rows=2 * n))
+        (full, var), (image, _), (null, _) = (process.split_variance(out[i * n:(i + 1) * n], self.learned_variance)
+                                              for i in range(3))
+        guided = null + self.image_scale * (image - null) + self.text_scale * (full - image)
+        return guided if var is None else torch.cat([guided, var], dim=1)
 
 
 def classifier_log_prob_gradient(classifier, x_t: Tensor, t: Tensor, labels: Tensor) -> Tensor:

@@ -18,7 +18,14 @@ path, cos(aπ/2)·x + sin(aπ/2)·ε (:func:`noise_augment`: a = 0 clean, a = 1 
 network is told a (``aug_level``); sampling picks one level. A latent model gets the low-resolution
 *pixels* resized to its latent grid, as Stable Diffusion's ×4 upscaler does.
 
-Neither condition is dropped for classifier-free guidance: both branches see the image.
+``source`` (instruct-pix2pix, Brooks et al. 2023): the image to edit, beside a written
+instruction (cross-attention). A latent model gets the source's latents as the reference code
+makes them: the posterior mean, *without* the latent scale. Unlike the others this condition is
+dropped in training and guided at sampling (:class:`difflab.guidance.InstructPix2PixGuidance`):
+its null is the zero image.
+
+The inpainting and super-resolution conditions are never dropped for classifier-free guidance:
+both branches see the image.
 """
 
 from __future__ import annotations
@@ -27,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-IMAGE_CONDITIONS = ("inpaint", "low_res")
+IMAGE_CONDITIONS = ("inpaint", "low_res", "source")
 UPSAMPLING = ("bicubic", "bilinear", "nearest")
 
 
@@ -42,6 +49,8 @@ def concat_channels(kind: str | None, channels: int, pixel_channels: int | None 
     check_image_condition(kind)
     if kind is None:
         return 0
+    if kind == "source":
+        return channels
     return 1 + channels if kind == "inpaint" else (pixel_channels or channels)
 
 
@@ -91,3 +100,17 @@ def low_res_condition(low: Tensor, level: Tensor, noise: Tensor, size: tuple[int
     """The ``concat`` input of a super-resolution model: the low-resolution images (N, C, h, w) in
     [−1, 1], noise-augmented to ``level`` (N,) with ``noise`` like them, upsampled to ``size``."""
     return upsample(noise_augment(low, level, noise), size, mode)
+
+
+@torch.no_grad()
+def source_condition(pixels: Tensor, latent=None) -> Tensor:
+    """The ``concat`` input of an instruct-pix2pix model: the source images (N, C, H, W) in
+    [−1, 1], or for a latent model their unscaled posterior-mean latents."""
+    return pixels if latent is None else latent.encode(pixels, mean=True) / latent.scale
+
+
+def three_way_dropout(u: Tensor, p: float) -> tuple[Tensor, Tensor]:
+    """instruct-pix2pix's conditioning dropout from one uniform draw u (N,) per image: the text
+    alone is dropped for u < p, both for p ≤ u < 2p, the image alone for 2p ≤ u < 3p (so each
+    case has probability p). Returns (drop_text, drop_image) as bool (N,)."""
+    return u < 2 * p, (u >= p) & (u < 3 * p)

@@ -1,4 +1,5 @@
-"""``difflab edit RUN --prompt P --edit P*``: prompt-to-prompt editing of a text model's samples."""
+"""``difflab edit RUN --prompt P --edit P*``: prompt-to-prompt editing of a text model's samples;
+``difflab edit RUN --image IMG --instruction TEXT``: an instruct-pix2pix model's edit of an image."""
 
 from __future__ import annotations
 
@@ -11,15 +12,23 @@ def register(subparsers) -> None:
 
     p = subparsers.add_parser(
         "edit",
-        help="prompt-to-prompt: sample a prompt and its edit from the same noise",
+        help="prompt-to-prompt, or instruct-pix2pix: edit images by a written instruction",
         description="Prompt-to-prompt (Hertz et al. 2022) on a text model with cross-attention: each source "
         "image (--prompt) and its edit (--edit) share their noise, and the edit takes the source's attention maps "
         "for the first steps, so it keeps the layout and changes what the edited words say. Writes grid.png "
-        "(each row: source, edit), source/ and edit/ (one PNG per image). See docs/editing.md.",
+        "(each row: source, edit), source/ and edit/ (one PNG per image). With --image and --instruction, an "
+        "instruct-pix2pix model (Brooks et al. 2023) edits the given images instead: OUT/images/ and OUT/pairs.png. "
+        "See docs/editing.md and docs/image-conditioning.md.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("checkpoint", help="a run folder or its checkpoint/ folder (a text model)")
-    p.add_argument("--prompt", required=True, metavar="TEXT", help="the source prompt")
+    p.add_argument("--prompt", metavar="TEXT", help="prompt-to-prompt: the source prompt")
+    p.add_argument("--image", metavar="IMG_OR_DIR",
+                   help="instruct-pix2pix: the image(s) to edit by --instruction (a model trained with "
+                        "diffusion.image_condition: source); writes OUT/images/ and OUT/grid.png (source, edit)")
+    p.add_argument("--instruction", metavar="TEXT", help="instruct-pix2pix: the edit, written ('make it red')")
+    p.add_argument("--image-guidance", type=float, metavar="S_I",
+                   help="instruct-pix2pix: image guidance s_I (default: the checkpoint's); --guidance-scale is s_T")
     p.add_argument("--edit", metavar="TEXT", help="the edited prompt (default: the source prompt, for --reweight)")
     p.add_argument("--mode", choices=MODES, default="replace",
                    help="replace: a word swap of equal token count; refine: added words (the other tokens are "
@@ -73,6 +82,11 @@ def run(args) -> int:
     from ..pipelines import DiffusionModel, Guidance
     from .sample import read_noise
 
+    if args.image or args.instruction:
+        return run_instruction(args)
+    if not args.prompt:
+        raise ValueError("give --prompt (and --edit) for prompt-to-prompt, or --image and --instruction for "
+                         "an instruct-pix2pix model")
     reweight = parse_reweight(args.reweight)
     if args.n < 1:
         raise ValueError(f"--n must be at least 1, got {args.n}")
@@ -92,4 +106,39 @@ def run(args) -> int:
 
     grid = save_grid(torch.stack(pairs), out / "grid.png", nrow=2, upscale=max(1, 64 // sources.shape[-1]))
     print(f"difflab edit: {n} pairs ({args.mode}) in {out} (grid: {grid}; each row: source, edit)")
+    return 0
+
+
+def run_instruction(args) -> int:
+    """``--image IMG --instruction TEXT``: an instruct-pix2pix model edits each image as told."""
+    from pathlib import Path
+
+    import torch
+
+    from ..device import pick_device
+    from ..images import check_output_folder, read_pngs, save_grid
+    from ..pipelines import DiffusionModel, Guidance, SamplerSettings, plan
+    from ..pipelines.super_resolution import load_cond_images
+    from .sample import write_samples
+
+    if not (args.image and args.instruction):
+        raise ValueError("instruct-pix2pix needs both --image IMG_OR_DIR and --instruction TEXT")
+    if args.prompt or args.edit:
+        raise ValueError("--prompt/--edit (prompt-to-prompt) and --image/--instruction (instruct-pix2pix) "
+                         "are two kinds of edit: give one")
+    out = check_output_folder(Path(args.out))
+    model = DiffusionModel.load(args.checkpoint, use_ema=not args.no_ema, device=pick_device(args.device))
+    if model.image_condition != "source":
+        raise ValueError(f"{args.checkpoint} is not an instruct-pix2pix model (trained with "
+                         "diffusion.image_condition: source): for prompt-to-prompt give --prompt and --edit")
+    sources = load_cond_images(args.image, model)
+    settings = SamplerSettings.resolve(model, args.method, args.steps, args.spacing)
+    job = plan(model, len(sources), settings, seed=args.seed, prompts=[args.instruction], cond_images=sources,
+               guidance=Guidance(scale=args.guidance_scale, image_scale=args.image_guidance))
+    args.resume, args.batch_size, args.class_index = False, 256, None  # what write_samples reads
+    write_samples(job, out, args)
+    edits = read_pngs(sorted((out / "images").glob("*.png")))
+    pairs = torch.stack([sources.images, edits], 1).flatten(0, 1)  # each row: source, edit
+    grid = save_grid(pairs, out / "pairs.png", nrow=2, upscale=max(1, 64 // edits.shape[-1]))
+    print(f"difflab edit: {len(edits)} images edited by {args.instruction!r} (source | edit: {grid})")
     return 0

@@ -90,8 +90,9 @@ def add_editing_arguments(p) -> None:
 def add_super_resolution_arguments(p) -> None:
     """The low-resolution inputs of a super-resolution model (docs/image-conditioning.md)."""
     p.add_argument("--cond-image", metavar="IMG_OR_DIR",
-                   help="a super-resolution model's low-resolution input(s): an image or a folder (resized to the "
-                        "model's low resolution with a warning if needed); --n defaults to their count")
+                   help="a super-resolution model's low-resolution input(s), or the image(s) an instruct-pix2pix "
+                        "model edits (its instruction is --prompt): an image or a folder (resized to the model's "
+                        "size with a warning if needed); --n defaults to their count")
     p.add_argument("--aug-level", type=float, metavar="A",
                    help="noise-conditioning augmentation level of the low-resolution input, in [0, 1] (0 = clean; "
                         "default: the checkpoint's sample.aug_level)")
@@ -197,6 +198,9 @@ def add_guidance_arguments(p, classifier_flag: str = "--classifier") -> None:
     p.add_argument("--negative-prompt", metavar="TEXT",
                    help="a text model's unconditional input for classifier-free guidance instead of the empty "
                         "caption: what the images should move away from (needs --guidance-scale > 1)")
+    p.add_argument("--image-guidance", type=float, metavar="S_I",
+                   help="an instruct-pix2pix model's image guidance s_I (with --guidance-scale its text guidance "
+                        "s_T; default: the checkpoint's sample.image_guidance_scale): higher keeps the source closer")
 
 
 def guidance_from_args(args, device):
@@ -209,7 +213,8 @@ def guidance_from_args(args, device):
     interval = tuple(args.guidance_interval) if args.guidance_interval else None
     return Guidance(scale=args.guidance_scale, rescale=args.guidance_rescale, interval=interval,
                     classifier=classifier, classifier_scale=args.classifier_scale,
-                    classifier_mode=args.classifier_mode, negative_prompt=getattr(args, "negative_prompt", None))
+                    classifier_mode=args.classifier_mode, negative_prompt=getattr(args, "negative_prompt", None),
+                    image_scale=getattr(args, "image_guidance", None))
 
 
 def run(args) -> int:
@@ -335,6 +340,8 @@ def apply_png_record(args) -> None:
         args.cond_image = record["cond_image"]
     if args.aug_level is None:
         args.aug_level = record.get("aug_level")
+    if getattr(args, "image_guidance", None) is None:
+        args.image_guidance = record.get("image_guidance_scale")
 
 
 def apply_edit_record(args, record: dict) -> None:

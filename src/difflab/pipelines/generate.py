@@ -29,7 +29,7 @@ from ..conditioning import TextConditioning
 from ..data.convert import to_float, to_uint8
 from ..denoiser import Denoiser
 from ..device import precision_autocast
-from ..image_condition import inpaint_condition, low_res_condition
+from ..image_condition import inpaint_condition, low_res_condition, source_condition
 from ..sampling import (
     DEFAULT_METHOD,
     DEFAULT_SPACING,
@@ -185,6 +185,9 @@ class GenerationPlan:
             cond["concat"] = self.inpaint_inputs(indices)
         elif self.model.image_condition == "low_res":
             cond.update(self.low_res_inputs(indices))
+        elif self.model.image_condition == "source":  # instruct-pix2pix: the images to edit
+            pixels = to_float(self.cond_images.images[indices].to(self.device))
+            cond["concat"] = source_condition(pixels, self.model.latent)
         return cond
 
     def low_res_inputs(self, indices: list[int]) -> dict:
@@ -229,7 +232,8 @@ class GenerationPlan:
             "classifier_mode": guidance.classifier_mode, "threshold": self.threshold, "precision": self.precision,
             "size": list(model.record.image_shape), "difflab": __version__,
             "cond_image": self.cond_images.paths[i] if self.cond_images is not None else None,
-            "aug_level": self.aug_level if self.cond_images is not None else None,
+            "aug_level": self.aug_level if self.model.image_condition == "low_res" else None,
+            "image_guidance_scale": guidance.image_scale if self.model.image_condition == "source" else None,
             **(self.edit.record(i) if self.edit is not None else {}),
         }
         return {key: value for key, value in record.items() if value is not None}
@@ -284,11 +288,20 @@ def check_cond_images(model: DiffusionModel, n: int, cond_images: InitImages | N
     """The conditioning images of n images (image i gets image i mod N) and the augmentation
     level (default: the checkpoint's ``sample.aug_level``); one clear error for a model that
     needs none or one that needs them."""
-    if model.image_condition != "low_res":
+    if model.image_condition not in ("low_res", "source"):
         if cond_images is not None or aug_level is not None:
             raise ValueError("this model takes no conditioning image (it was trained without "
-                             "diffusion.image_condition: low_res): drop --cond-image / --aug-level")
+                             "diffusion.image_condition: low_res or source): drop --cond-image / --aug-level")
         return None, 0.0
+    if model.image_condition == "source":
+        if cond_images is None:
+            raise ValueError("this is an instruct-pix2pix model: give the image to edit (--image IMG_OR_DIR, or "
+                             "cond_image=...)")
+        if aug_level is not None:
+            raise ValueError("--aug-level is for super-resolution models; drop it")
+        if len(cond_images) != n and (n % len(cond_images) and len(cond_images) > 1):
+            raise ValueError(f"{len(cond_images)} images to edit for {n} images: give one, or one per image")
+        return cond_images.repeat_to(n), 0.0
     if cond_images is None:
         raise ValueError(f"this is a super-resolution model: give the {model.record.low_res['size']}-pixel "
                          "low-resolution images to upsample (--cond-image IMG_OR_DIR, or cond_image=...)")

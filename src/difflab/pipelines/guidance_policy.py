@@ -14,7 +14,7 @@ import torch
 
 from ..conditioning import TextConditioning
 from ..denoiser import Denoiser
-from ..guidance import guide, null_class_labels
+from ..guidance import InstructPix2PixGuidance, guide, null_class_labels
 from .loading import DiffusionModel, NoisyClassifierModel
 
 
@@ -32,6 +32,8 @@ class Guidance:
             None picks Algorithm 1 for the ddpm sampler and Algorithm 2 otherwise.
         negative_prompt: a text model's unconditional input for CFG instead of the empty caption
             (None or ``""``: the empty caption the model was trained with).
+        image_scale: an instruct-pix2pix model's image guidance s_I (None = the checkpoint's
+            ``sample.image_guidance_scale``); ``scale`` is then its text guidance s_T.
     """
 
     scale: float | None = None
@@ -41,6 +43,7 @@ class Guidance:
     classifier_scale: float = 0.0
     classifier_mode: str | None = None
     negative_prompt: str | None = None
+    image_scale: float | None = None
 
 
 def class_names_of(model: DiffusionModel, guidance: Guidance) -> list[str]:
@@ -114,6 +117,11 @@ def guided_denoiser(model: DiffusionModel, guidance: Guidance, method: str, text
             raise ValueError("this model was trained without label dropout (diffusion.cond_drop_prob = 0), so its "
                              "unconditional prediction is untrained; retrain with diffusion.cond_drop_prob=0.1 "
                              "or sample with --guidance-scale 1")
+    if model.image_condition == "source":
+        return instruct_pix2pix_denoiser(model, guidance, scale, text_uncond, threshold)
+    if guidance.image_scale is not None:
+        raise ValueError("image guidance (--image-guidance) steers an instruct-pix2pix model (trained with "
+                         "diffusion.image_condition: source); this model has no image to guide by")
     classifier = guidance.classifier
     if classifier is not None:
         classifier.check_matches(model)
@@ -125,3 +133,25 @@ def guided_denoiser(model: DiffusionModel, guidance: Guidance, method: str, text
                  classifier=classifier.network if classifier is not None else None,
                  classifier_scale=guidance.classifier_scale, classifier_mode=mode,
                  model_takes_labels=model.num_classes > 0)
+
+
+def instruct_pix2pix_denoiser(model: DiffusionModel, guidance: Guidance, text_scale: float, text_uncond: dict | None,
+                              threshold: float | None = None) -> Denoiser:
+    """An instruct-pix2pix model's denoiser under its two guidance scales (s_T = ``text_scale``,
+    s_I = ``guidance.image_scale`` or the checkpoint's): :class:`~difflab.guidance.InstructPix2PixGuidance`."""
+    if guidance.classifier is not None or guidance.rescale or guidance.interval:
+        raise ValueError("an instruct-pix2pix model is guided by its image and text scales only: drop the classifier, "
+                         "--guidance-rescale and --guidance-interval")
+    if text_uncond is None:
+        raise ValueError("an instruct-pix2pix model needs its instruction as text: it has no text encoder")
+    image_scale = guidance.image_scale
+    if image_scale is None:
+        image_scale = model.record.sample_defaults.get("image_guidance_scale", 1.5)
+    denoiser = model.denoiser(threshold=threshold)
+
+    def image_uncond(cond: dict) -> dict:
+        return {**cond, "concat": torch.zeros_like(cond["concat"])}
+
+    guided = InstructPix2PixGuidance(denoiser.model, text_scale, image_scale, lambda cond: {**cond, **text_uncond},
+                                     image_uncond, learned_variance=model.learned_variance)
+    return denoiser.with_model(guided)

@@ -99,6 +99,7 @@ class Pipeline:
         inpaint_padding: int = 32,
         cond_image=None,
         aug_level: float | None = None,
+        image_guidance: float | None = None,
         progress: bool = False,
         output: str = "pil",
         **options,
@@ -123,7 +124,8 @@ class Pipeline:
 
         Super-resolution (docs/image-conditioning.md): ``cond_image`` gives an upsampler its
         low-resolution input(s), in any form ``image`` takes (n defaults to their count), and
-        ``aug_level`` its noise-conditioning augmentation level.
+        ``aug_level`` its noise-conditioning augmentation level. An instruct-pix2pix model edits
+        ``cond_image`` as ``prompt`` says, ``image_guidance`` (s_I) beside ``guidance_scale`` (s_T).
         """
         if output not in OUTPUTS:
             raise ValueError(f"unknown output {output!r}; choose one of: {', '.join(OUTPUTS)}")
@@ -131,7 +133,8 @@ class Pipeline:
             classifier = NoisyClassifierModel.load(classifier, device=self.model.device)
         guidance = Guidance(scale=guidance_scale, rescale=guidance_rescale, interval=guidance_interval,
                             classifier=classifier, classifier_scale=classifier_scale if classifier else 0.0,
-                            classifier_mode=classifier_mode, negative_prompt=negative_prompt)
+                            classifier_mode=classifier_mode, negative_prompt=negative_prompt,
+                            image_scale=image_guidance)
         prompts = [prompt] if isinstance(prompt, str) else prompt
         settings = SamplerSettings.resolve(self.model, method, steps, spacing, sigmas, **options)
         edit = None

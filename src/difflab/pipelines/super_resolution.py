@@ -26,15 +26,17 @@ def load_cond_images(source, model: DiffusionModel) -> InitImages:
     :func:`~.img2img.load_init_images` takes: paths, a folder, PIL images, uint8 tensors), at its
     low-resolution size — resized (bicubic) with a warning where they differ — and its channels."""
     low_res = model.record.low_res
-    if low_res is None:
+    if low_res is None and model.image_condition != "source":
         raise ValueError("this model takes no conditioning image (it was trained without "
-                         "diffusion.image_condition: low_res): drop --cond-image")
-    channels, side = model.record.train_config.get("data", {}).get("channels"), low_res["size"]
-    channels = channels or (model.latent.image_shape[0] if model.latent is not None else model.image_shape[0])
+                         "diffusion.image_condition: low_res or source): drop --cond-image")
+    pixels = model.latent.image_shape if model.latent is not None else model.image_shape
+    channels = model.record.train_config.get("data", {}).get("channels")
+    side = low_res["size"] if low_res is not None else pixels[-1]  # an instruct-pix2pix model's: its own size
+    channels = channels or pixels[0]
     native = load_init_images_at(source, channels, None)
     sizes = sorted({tuple(image.shape[-2:]) for image in native.images})
     if sizes != [(side, side)]:
-        warnings.warn(f"the conditioning images are {', '.join(f'{w}x{h}' for h, w in sizes)}, the model upsamples "
+        warnings.warn(f"the conditioning images are {', '.join(f'{w}x{h}' for h, w in sizes)}, the model takes "
                       f"{side}x{side} images: resized", stacklevel=2)
     return load_init_images_at(source, channels, (side, side))
 

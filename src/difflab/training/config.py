@@ -142,6 +142,7 @@ class SampleConfig:
     spacing: str = DEFAULT_SPACING
     guidance_scale: float = 1.0  # classifier-free guidance weight (needs diffusion.cond_drop_prob > 0)
     aug_level: float = 0.0  # a super-resolution model's noise-conditioning augmentation level at sampling
+    image_guidance_scale: float = 1.5  # an instruct-pix2pix model's image guidance s_I
 
 
 @dataclass
@@ -265,6 +266,7 @@ RULES: dict[str, tuple[Callable[[object], bool], str]] = {
     "diffusion.low_res_upsample": (lambda v: v in UPSAMPLING, "one of " + ", ".join(UPSAMPLING)),
     "diffusion.aug_max": (_between(0, 1), "in [0, 1] (0: no noise-conditioning augmentation)"),
     "sample.aug_level": (_between(0, 1), "in [0, 1]"),
+    "sample.image_guidance_scale": (_number, "a finite number"),
     "diffusion.inpaint_masks": (lambda v: v is None or _mask_mix(v), "null or weights >= 0 (not all 0) of some of "
                                 + ", ".join(MASK_KINDS) + ", e.g. {box: 1, strokes: 1}"),
     "autoencoder.l1_weight": (_between(0, math.inf, open_high=True), "a finite number >= 0"),

@@ -18,7 +18,14 @@ from ... import losses
 from ...checkpoint import DIFFUSION_KIND, ModelRecord
 from ...conditioning import TextConditioning, select
 from ...data.convert import to_float, to_uint8
-from ...image_condition import concat_channels, downsample, inpaint_condition, low_res_condition
+from ...image_condition import (
+    concat_channels,
+    downsample,
+    inpaint_condition,
+    low_res_condition,
+    source_condition,
+    three_way_dropout,
+)
 from ...masks import random_masks
 from ...pipelines.img2img import InitImages
 from ...pipelines.preview import preview_grid
@@ -65,16 +72,37 @@ class DiffusionObjective(Objective):
             self.labels = dataset.labels.to(data.device)
         self.image_condition = config.diffusion.image_condition
         # a latent model's conditioning image is made from the batch's pixels
-        self.needs_pixels = self.image_condition is not None and data.latent is not None
+        self.needs_pixels = self.image_condition in ("inpaint", "low_res") and data.latent is not None
         low_res, side = config.diffusion.low_res, data.images.shape[-1]
         if self.image_condition == "low_res" and not (low_res and low_res < side):
             raise ConfigError(f"diffusion.image_condition: low_res needs diffusion.low_res, the low-resolution side "
                               f"below the images' {side} (e.g. {side // 2}), got {low_res}")
+        self.sources = None
+        if self.image_condition == "source":
+            self.sources = self.check_source_data(config, data.dataset).to(data.device)
         self.text_config = self.text_encoder_config()
         self.text = TextConditioning(self.text_config, data.device) if self.text_config else None
         if self.text is not None:  # every distinct caption encoded once; rows gathered per step
             self.caption_table, self.caption_rows = self.text.table(dataset.captions)
             self.null_caption = self.text.null()
+
+    @staticmethod
+    def check_source_data(config: Config, dataset) -> Tensor:
+        """An instruct-pix2pix run's source images, after checking what the recipe needs."""
+        if getattr(dataset, "sources", None) is None:
+            raise ConfigError(f"diffusion.image_condition: source trains on an image-editing dataset with source "
+                              f"images; {dataset.name!r} has none: use data.dataset: edits-fashion-mnist, edits-emoji "
+                              "or edits-digits")
+        if not config.data.text_conditional:
+            raise ConfigError("diffusion.image_condition: source edits by written instructions: set "
+                              "data.text_conditional: true (the instructions are the captions)")
+        if config.data.hflip:
+            raise ConfigError("data.hflip would flip targets without their sources (and 'flip it horizontally' "
+                              "edits would mean nothing): set data.hflip: false")
+        if not 0 <= 3 * config.diffusion.cond_drop_prob <= 1:
+            raise ConfigError(f"diffusion.cond_drop_prob={config.diffusion.cond_drop_prob} is the probability of each "
+                              "of instruct-pix2pix's three dropouts (text, both, image): it must be at most 1/3")
+        return dataset.sources
 
     def uses_labels(self) -> bool:
         """Whether the network takes (or, for a classifier, predicts) the dataset's class labels."""
@@ -118,9 +146,17 @@ class DiffusionObjective(Objective):
                 drop = torch.rand(n, generator=generator, device=x0.device) < cfg.diffusion.cond_drop_prob
                 y = torch.where(drop, torch.full_like(y, self.spec["num_classes"]), y)
             cond["class_labels"] = y
-        if self.text is not None:  # caption dropout: the empty caption is the null condition
+        drop_image = None
+        if self.sources is not None:  # instruct-pix2pix: text, both or the image dropped, from one draw
+            u = torch.rand(n, generator=generator, device=x0.device)
+            drop_text, drop_image = three_way_dropout(u, cfg.diffusion.cond_drop_prob)
+        elif self.text is not None:
             drop_text = torch.rand(n, generator=generator, device=x0.device) < cfg.diffusion.cond_drop_prob
+        if self.text is not None:  # caption dropout: the empty caption is the null condition
             cond.update(select(self.caption_table, self.caption_rows[idx], self.null_caption, drop_text))
+        if drop_image is not None:  # the null image is zero
+            source = source_condition(to_float(self.sources[idx]), self.data.latent)
+            cond["concat"] = source * (~drop_image).to(source.dtype).view(-1, 1, 1, 1)
         if self.image_condition == "inpaint":  # never dropped: CFG's two branches see the same image
             cond["concat"] = self.inpaint_inputs(x0 if pixels is None else pixels, step)
         elif self.image_condition == "low_res":
@@ -164,6 +200,8 @@ class DiffusionObjective(Objective):
         if self.image_condition == "low_res":  # the first training images, downsampled
             low = downsample(to_float(self.data.images[:n]), self.config.diffusion.low_res)
             cond_images = InitImages(to_uint8(low).cpu(), [None] * len(low))
+        elif self.sources is not None:  # the first training sources, edited by their instructions
+            cond_images = InitImages(self.sources[:n].cpu(), [None] * min(n, len(self.sources)))
         return preview_grid(model, ModelRecord.from_dict(self.checkpoint_config()), path, n=n,
                             seed=self.config.train.seed, prompts=prompts, latent=self.data.latent,
                             cond_images=cond_images)
