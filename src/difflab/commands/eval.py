@@ -165,11 +165,16 @@ def run(args: argparse.Namespace) -> int:
     if args.save_ref_stats:
         save_statistics(args.save_ref_stats, reference.mu, reference.sigma)
         print(f"reference statistics written to {args.save_ref_stats}")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
-        print(f"results written to {args.json}")
+    write_json(args.json, report)
     return 0
+
+
+def write_json(path: Path | None, report: dict) -> None:
+    """``--json``: the report as JSON (nothing without the flag)."""
+    if path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(report, indent=2) + "\n")
+        print(f"results written to {path}")
 
 
 def run_super_resolution(args: argparse.Namespace) -> int:
@@ -229,8 +234,5 @@ def run_super_resolution(args: argparse.Namespace) -> int:
         sr, bi = report["sr"][key], report["bicubic"][key]
         ratio = f"{sr / bi:12.3f}" if bi else f"{'':>12}"
         print(f"{key:18}{sr:12.5g}{bi:12.5g}{ratio}")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
-        print(f"results written to {args.json}")
+    write_json(args.json, report)
     return 0
