@@ -135,3 +135,27 @@ def test_cli_edit_by_instruction(run, tmp_path, capsys):
     assert "not an instruct-pix2pix model" in capsys.readouterr().err
     assert cli(["sample", str(plain), "--image-guidance", "1.5", "--n", "1", "--out", str(tmp_path / "bad2")]) == 2
     assert "image guidance" in capsys.readouterr().err
+
+
+def test_latent_instruct_pix2pix_sees_unscaled_source_latents(tmp_path):
+    """A latent model's source is its posterior-mean latents without the latent scale (the
+    reference code's), at the latent grid; sampling edits through the autoencoder."""
+    from difflab.image_condition import source_condition
+    from helpers import TINY_AE
+
+    config = tmp_path / "ae.yaml"
+    config.write_text("model:\n  name: autoencoder_kl\n  preset: tiny\ntrain:\n  steps: 2\n")
+    ae_sets = sum((["--set", x] for x in TINY_AE[3:]), [])
+    assert cli(["train-autoencoder", str(config), *ae_sets, "--no-progress", "--out", str(tmp_path / "ae")]) == 0
+    run = train(tiny_config(tmp_path / "latent", "train.steps=2", *IP2P, f"data.autoencoder={tmp_path / 'ae'}",
+                            "model.options={model_channels: 8, channel_mult: [1, 2], num_res_blocks: 1, "
+                            "attention_resolutions: [2], num_heads: 1, norm_groups: 4}"), progress=False).parent
+    model = DiffusionModel.load(run)
+    assert model.network.config.concat_channels == model.image_shape[0]
+    pixels = torch.rand(2, 1, 8, 8) * 2 - 1
+    expected = model.latent.autoencoder.encode(pixels).mean
+    assert torch.allclose(source_condition(pixels, model.latent), expected, atol=1e-5)
+    sources = InitImages(torch.randint(0, 256, (2, 1, 8, 8), dtype=torch.uint8), [None, None])
+    images, _ = generate(model, 2, steps=2, prompts=["mirror it"], cond_images=sources,
+                         guidance=Guidance(scale=2.0, image_scale=1.5))
+    assert images.shape == (2, 1, 8, 8)
