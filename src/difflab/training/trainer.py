@@ -297,7 +297,9 @@ def _train(cfg: Config, rt: distributed.Runtime, out: Path, resume, init_from, o
             if latent is not None:  # encoded on the fly
                 pixels = x0 if objective.needs_pixels else None
                 x0 = latent.encode(x0, generator=g)
-        inputs = objective.draw(x0, idx, step, g, pixels)  # t, ε, label dropout, ...: the whole global batch's
+        # t, ε, label dropout, ...: the whole global batch's (the pixels only to an objective that asks)
+        inputs = objective.draw(x0, idx, step, g, pixels=pixels) if objective.needs_pixels else \
+            objective.draw(x0, idx, step, g)
         inputs = take_rows(inputs, slice(rt.rank * local_batch, (rt.rank + 1) * local_batch))
 
         # -- forward / backward over micro-batches -----------------------------------------

@@ -143,8 +143,7 @@ class AutoencoderObjective(Objective):
         check_random_crop(self.config, model)
         self.latent_shape, self.factor = tuple(model.latent_shape), model.config.factor
 
-    def draw(self, x0: Tensor, idx: Tensor, step: int, generator: torch.Generator,
-             pixels: Tensor | None = None) -> Inputs:
+    def draw(self, x0: Tensor, idx: Tensor, step: int, generator: torch.Generator) -> Inputs:
         # the noise is the ε of the posterior sample z = μ + σ·ε: latent-shaped
         shape = (x0.shape[0], self.latent_shape[0], *(n // self.factor for n in x0.shape[-2:]))
         return {"x0": x0, "noise": torch.randn(shape, generator=generator, device=x0.device)}

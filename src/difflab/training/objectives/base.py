@@ -15,7 +15,8 @@ The loop calls, in order::
     objective.attach(model)                       # the built network (its full config, shapes)
     record = objective.checkpoint_config(init_from)
     for step ...:
-        inputs = objective.draw(x0, idx, step, g, pixels)   # the global batch's tensors, batch first
+        inputs = objective.draw(x0, idx, step, g)   # the global batch's tensors, batch first
+                                                    # (+ pixels=... when objective.needs_pixels)
         ... sliced to this process, then to each micro-batch ...
         out = objective.loss(net, micro_inputs)     # StepLoss(loss, metrics)
         objective.preview(ema_model, path)          # every train.sample_every steps (None: no grid)
@@ -109,8 +110,9 @@ class Objective(ABC):
     def draw(self, x0: Tensor, idx: Tensor, step: int, generator: torch.Generator,
              pixels: Tensor | None = None) -> Inputs:
         """The inputs of step ``step`` for the whole *global* batch: ``x0`` (the batch's images or
-        latents, in [−1, 1] for pixels), ``idx`` (their dataset rows), ``pixels`` (the same
-        images in pixels, flipped alike, when :attr:`needs_pixels` and x0 are latents; else None)
+        latents, in [−1, 1] for pixels), ``idx`` (their dataset rows), ``pixels`` (passed only to
+        an objective with :attr:`needs_pixels`: the same images in pixels, flipped alike, when x0
+        are latents, else None)
         and every random draw the
         loss needs (t, ε, label dropout, ...). Draws come from ``generator`` (seeded by (seed,
         step)) or from generators seeded by (seed, step) in the same way, never from global state,

@@ -28,7 +28,7 @@ class NoisyClassifierObjective(DiffusionObjective):
             raise ConfigError("a noisy classifier predicts class labels and takes no captions: "
                               "set data.text_conditional=false")
 
-    def draw(self, x0: Tensor, idx, step: int, generator, pixels: Tensor | None = None) -> Inputs:
+    def draw(self, x0: Tensor, idx, step: int, generator) -> Inputs:
         t, noise = self.draw_t_and_noise(x0, step, generator)
         return {"x0": x0, "t": t, "noise": noise, "labels": self.labels[idx]}
 
