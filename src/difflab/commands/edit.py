@@ -25,7 +25,7 @@ def register(subparsers) -> None:
     p.add_argument("--prompt", metavar="TEXT", help="prompt-to-prompt: the source prompt")
     p.add_argument("--image", metavar="IMG_OR_DIR",
                    help="instruct-pix2pix: the image(s) to edit by --instruction (a model trained with "
-                        "diffusion.image_condition: source); writes OUT/images/ and OUT/grid.png (source, edit)")
+                        "diffusion.image_condition: source); writes OUT/images/ and OUT/pairs.png (source, edit)")
     p.add_argument("--instruction", metavar="TEXT", help="instruct-pix2pix: the edit, written ('make it red')")
     p.add_argument("--image-guidance", type=float, metavar="S_I",
                    help="instruct-pix2pix: image guidance s_I (default: the checkpoint's); --guidance-scale is s_T")
