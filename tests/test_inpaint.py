@@ -85,6 +85,33 @@ def test_repaint_undo_step_restores_the_marginal_of_the_higher_level():
     assert seen[0] == pytest.approx(4.0, rel=0.04) and torch.equal(out, torch.zeros_like(out))
 
 
+def test_repaint_shifts_the_mean_under_classifier_guidance_in_mean_mode():
+    """ADM Algorithm 1 in RePaint: a step down adds σ_up²·(s_prev/s)·g to the repainted region, as ddpm does."""
+    from difflab.denoiser import DenoiserOutput
+    from difflab.sampling.common import ancestral_sigma_up
+    from difflab.sampling.ddpm import step_factors
+
+    schedule = linear(100)
+    gradient = torch.full((2, 1, 4, 4), 0.3, dtype=torch.float64)
+
+    class Guided:
+        def __init__(self, shift):
+            self.schedule, self.shift = schedule, shift
+
+        def predict(self, x, sigma):
+            return DenoiserOutput(torch.zeros_like(x), None, gradient if self.shift else None)
+
+    sigma, sigma_next = float(schedule.sigma_max), 2.0
+    sigmas = torch.tensor([sigma, sigma_next], dtype=torch.float64)
+    x = torch.randn(2, 1, 4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) * sigma
+    mask = torch.ones(1, 1, 4, 4, dtype=torch.float64)
+    runs = [repaint(Guided(shift), x, sigmas, known=torch.zeros_like(x), mask=mask,
+                    noise_source=torch.Generator().manual_seed(1)) for shift in (False, True)]
+    _, factor = step_factors(schedule, sigma, sigma_next)
+    expected = ancestral_sigma_up(sigma, sigma_next) ** 2 * factor * gradient
+    assert torch.allclose(runs[1] - runs[0], expected)
+
+
 # -- masks ------------------------------------------------------------------------------------------
 def test_masks_from_shapes_boxes_and_pngs(tmp_path):
     left = shape_mask("left-half", (8, 8))

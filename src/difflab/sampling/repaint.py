@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 
 from .common import Callback, Step, ancestral_sigma_up, ancestral_update, as_noise_source
+from .ddpm import step_factors
 from .spacing import leading
 
 
@@ -77,7 +78,9 @@ def repaint(denoise, x: Tensor, sigmas: Tensor, *, known: Tensor, mask: Tensor, 
     (DDPM's posterior std for η = 1). Up σₙ → σ: x = x + √(σ² − σₙ²)·z (the undo step, module
     docstring). ``mask`` is 1 where the image is repainted, broadcastable to x; ``known`` is the
     original in the sampler's space; z comes from ``noise_source`` (the image's stream), z' from
-    ``known_noise`` (default: the same source). ``callback`` sees every step down.
+    ``known_noise`` (default: the same source). ``callback`` sees every step down. Classifier
+    guidance in ``mode="mean"`` (ADM Algorithm 1) shifts each step down's mean by Σ·s∇ log p, as
+    the ``ddpm`` sampler does (:func:`~difflab.sampling.ddpm.step_factors`).
     """
     noise = as_noise_source(noise_source)
     noise_known = as_noise_source(known_noise) if known_noise is not None else noise
@@ -88,10 +91,14 @@ def repaint(denoise, x: Tensor, sigmas: Tensor, *, known: Tensor, mask: Tensor, 
         if sigma_next > sigma:  # undo: back up to the higher level
             x = x + math.sqrt(sigma_next**2 - sigma**2) * noise(x)
             continue
-        denoised = denoise(x, sigma)
+        out = denoise.predict(x, sigma) if hasattr(denoise, "predict") else None
+        denoised = out.x0 if out is not None else denoise(x, sigma)
         sigma_up = eta * ancestral_sigma_up(sigma, sigma_next)
         x = ancestral_update(x, denoised, sigma, sigma_next, sigma_up)
         if sigma_next > 0:
+            if out is not None and out.mean_gradient is not None:  # ADM Algorithm 1: μ + Σ·s∇ log p(y | xₜ)
+                _, gradient_factor = step_factors(denoise.schedule, sigma, sigma_next)
+                x = x + sigma_up**2 * gradient_factor * out.mean_gradient
             x = x + sigma_up * noise(x)
             x = mask * x + (1 - mask) * (known + sigma_next * noise_known(x))
         else:
