@@ -89,6 +89,9 @@ def main(argv=None) -> int:
     p.add_argument("--guidance-scale", type=float, default=3.0, help="CFG weight, every mode")
     p.add_argument("--blend-method", default="ddim", help="the blend mode's and the inpainting model's sampler")
     p.add_argument("--steps", type=int, default=50, help="steps of blend and the inpainting model")
+    p.add_argument("--model-method", help="the inpainting model's sampler (default: --blend-method)")
+    p.add_argument("--model-steps", type=int, help="the inpainting model's steps (default: --steps)")
+    p.add_argument("--modes", nargs="+", default=["blend", "repaint", "model"], choices=["blend", "repaint", "model"])
     p.add_argument("--repaint-steps", type=int, default=50, help="RePaint's levels (DDPM steps)")
     p.add_argument("--repaint-jumps", type=int, default=10)
     p.add_argument("--repaint-resample", type=int, default=10)
@@ -106,7 +109,9 @@ def main(argv=None) -> int:
     modes = {"blend": (cfg_model, {"method": args.blend_method, "steps": args.steps}),
              "repaint": (cfg_model, {"steps": args.repaint_steps})}
     if args.inpaint_model:
-        modes["model"] = (DiffusionModel.load(args.inpaint_model), {"method": args.blend_method, "steps": args.steps})
+        modes["model"] = (DiffusionModel.load(args.inpaint_model),
+                          {"method": args.model_method or args.blend_method, "steps": args.model_steps or args.steps})
+    modes = {mode: modes[mode] for mode in args.modes if mode in modes}
     counters = {id(model): CallCounter(model.network, args.guidance_scale != 1) for model, _ in modes.values()}
     paths = [f"{args.data}:test[{i}]" for i in range(args.n)]
     results, grid_rows = [], []
