@@ -37,6 +37,8 @@ def main(argv=None) -> int:
     p.add_argument("--ref", default="fashion-mnist", help="dataset whose test split is the reference")
     p.add_argument("--max-ref", type=int, default=5000)
     p.add_argument("--classifier", help="an independent classifier (class accuracy of the upsampled images)")
+    p.add_argument("--method", help="the upsampler's sampler (default: the checkpoint's)")
+    p.add_argument("--steps", type=int, help="the upsampler's steps (default: the checkpoint's)")
     p.add_argument("--out", type=Path)
     args = p.parse_args(argv)
 
@@ -54,7 +56,8 @@ def main(argv=None) -> int:
         for label in labels.unique().tolist():  # each image upsampled under its base class
             index = (labels == label).nonzero().flatten().tolist()
             high[index], _ = generate(upsampler, len(index), seeds=index, class_index=label,
-                                      cond_images=InitImages(low[index], [None] * len(index)), aug_level=level)
+                                      cond_images=InitImages(low[index], [None] * len(index)), aug_level=level,
+                                      method=args.method, steps=args.steps)
         report = evaluate(ImageDataset(images=high, labels=labels, class_names=list(real.class_names), name="cascade"),
                           reference, extractor, classifier, options)
         row = {"aug_level": level, **{k: report[k] for k in ("fid", "kid", "precision", "recall", "class_accuracy")
