@@ -12,7 +12,7 @@ def register(subparsers) -> None:
         description="A cascade (Ho et al. 2022): sample --n images of the base run, then upsample them through each "
         "super-resolution run in turn (trained with diffusion.image_condition: low_res). Every stage gets the same "
         "seeds, classes and prompts. Writes OUT/stage-K/ (images, grid.png) for each stage, base = stage-0, and "
-        "OUT/cascade.png: each stage's grid side by side, upscaled to the last stage's size.",
+        "OUT/cascade.png: one row per stage (the first 16 images), upscaled to the last stage's size.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("base", help="the base run (unconditional, class- or text-conditioned)")
@@ -25,6 +25,7 @@ def register(subparsers) -> None:
                    help="noise-conditioning augmentation level of every upsampling stage (default: each "
                         "checkpoint's sample.aug_level)")
     p.add_argument("--guidance-scale", type=float, help="CFG weight of every stage (default: each checkpoint's)")
+    p.add_argument("--method", help="sampler of every stage (default: each checkpoint's)")
     p.add_argument("--steps", type=int, help="sampler steps of every stage (default: each checkpoint's)")
     p.add_argument("--batch-size", type=int, default=256, help="images per sampler call")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
@@ -50,7 +51,7 @@ def run(args) -> int:
     base = DiffusionModel.load(args.base, device=device)
     upsamplers = [DiffusionModel.load(run, device=device) for run in args.upsamplers]
     stages = cascade(base, upsamplers, args.n, seed=args.seed, class_index=args.class_index, prompts=args.prompt,
-                     aug_level=args.aug_level, guidance_scale=args.guidance_scale, steps=args.steps,
+                     aug_level=args.aug_level, guidance_scale=args.guidance_scale, steps=args.steps, method=args.method,
                      batch_size=args.batch_size, progress=True)
     side = stages[-1].images.shape[-1]
     shown = []
@@ -58,7 +59,9 @@ def run(args) -> int:
         save_images(stage.images, out / f"stage-{k}" / "images")
         save_grid(stage.images, out / f"stage-{k}" / "grid.png")
         shown.append(F.interpolate(stage.images.float(), size=(side, side), mode="nearest").byte())
-    save_grid(torch.stack(shown, 1).flatten(0, 1), out / "cascade.png", nrow=len(stages), upscale=max(1, 128 // side))
+    shown_n = min(args.n, 16)  # one row per stage, the first 16 images
+    save_grid(torch.cat([images[:shown_n] for images in shown]), out / "cascade.png", nrow=shown_n,
+              upscale=max(1, 64 // side))
     print(f"difflab cascade: {args.n} images through {len(stages)} stages "
           f"({' -> '.join(str(s.images.shape[-1]) for s in stages)} px) in {out} (side by side: {out / 'cascade.png'})")
     return 0
