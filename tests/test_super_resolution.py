@@ -144,3 +144,24 @@ def test_cascade(runs, tmp_path):
     out = tmp_path / "cascade"
     assert cli(["cascade", str(runs["base"]), str(runs["sr"]), "--n", "4", "--steps", "2", "--out", str(out)]) == 0
     assert (out / "cascade.png").is_file() and len(list((out / "stage-1" / "images").glob("*.png"))) == 4
+
+
+def test_latent_super_resolution_sees_low_res_pixels_on_the_latent_grid(tmp_path):
+    """A latent upsampler (Stable Diffusion's x4 upscaler's layout): the low-resolution pixels,
+    resized to the latent grid, beside the latents; sampling decodes full-size images."""
+    from helpers import TINY_AE
+
+    config = tmp_path / "ae.yaml"
+    config.write_text("model:\n  name: autoencoder_kl\n  preset: tiny\ntrain:\n  steps: 2\n")
+    ae_sets = sum((["--set", x] for x in TINY_AE[3:]), [])
+    assert cli(["train-autoencoder", str(config), *ae_sets, "--no-progress", "--out", str(tmp_path / "ae")]) == 0
+    run = train(tiny_config(tmp_path / "latent", "train.steps=2", *SR, f"data.autoencoder={tmp_path / 'ae'}",
+                            "model.options={model_channels: 8, channel_mult: [1, 2], num_res_blocks: 1, "
+                            "attention_resolutions: [2], num_heads: 1, norm_groups: 4}"), progress=False).parent
+    model = DiffusionModel.load(run)
+    assert model.network.config.concat_channels == 1  # the low-res image's pixel channels, not the latents'
+    low = InitImages(torch.randint(0, 256, (2, 1, 4, 4), dtype=torch.uint8), [None, None])
+    seen = []
+    model.network.register_forward_pre_hook(lambda m, a, kw: seen.append(kw["concat"].shape), with_kwargs=True)
+    images, _ = generate(model, 2, steps=2, cond_images=low, class_index=0)
+    assert images.shape == (2, 1, 8, 8) and seen[0][-2:] == model.image_shape[-2:]
