@@ -46,6 +46,16 @@ TINY_AE = [
 ]
 
 
+def tiny_autoencoder(folder):
+    """Train the tiny KL autoencoder on digits for 2 steps into ``folder``; returns it (a latent
+    model's ``data.autoencoder``)."""
+    config = folder.parent / f"{folder.name}.yaml"
+    config.write_text("model:\n  name: autoencoder_kl\n  preset: tiny\ntrain:\n  steps: 2\n")
+    sets = sum((["--set", x] for x in TINY_AE[3:]), [])
+    assert cli(["train-autoencoder", str(config), *sets, "--no-progress", "--out", str(folder)]) == 0
+    return folder
+
+
 def tiny_config(tmp_path, *extra):
     return load_config(None, TINY + [f"train.out_dir={tmp_path}"] + list(extra))
 

@@ -17,7 +17,7 @@ from difflab.pipelines.img2img import load_init_images
 from difflab.pipelines.inpaint import Inpainting
 from difflab.training.config import ConfigError, load_config
 from difflab.training.trainer import train
-from helpers import TINY_AE, tiny_config
+from helpers import tiny_autoencoder, tiny_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -154,10 +154,7 @@ def test_objective_draws_masks_and_masked_images(tmp_path):
 def test_latent_inpainting_model_trains_on_encoded_masked_images(tmp_path):
     """A latent inpainting model: the masked image is encoded (from the batch's pixels, flipped
     alike), the mask area-averaged to the latent grid; the trained model fills a mask."""
-    config = tmp_path / "ae.yaml"
-    config.write_text("model:\n  name: autoencoder_kl\n  preset: tiny\ntrain:\n  steps: 2\n")
-    ae_sets = sum((["--set", x] for x in TINY_AE[3:]), [])
-    assert cli(["train-autoencoder", str(config), *ae_sets, "--no-progress", "--out", str(tmp_path / "ae")]) == 0
+    tiny_autoencoder(tmp_path / "ae")
     run = train(tiny_config(tmp_path / "latent", "train.steps=2", f"data.autoencoder={tmp_path / 'ae'}",
                             "data.hflip=true", "diffusion.image_condition=inpaint",
                             "model.options={model_channels: 8, channel_mult: [1, 2], num_res_blocks: 1, "

@@ -13,7 +13,7 @@ from difflab.pipelines import DiffusionModel, Guidance, generate
 from difflab.pipelines.img2img import InitImages
 from difflab.training.config import ConfigError
 from difflab.training.trainer import train
-from helpers import tiny_config
+from helpers import tiny_autoencoder, tiny_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -141,12 +141,7 @@ def test_latent_instruct_pix2pix_sees_unscaled_source_latents(tmp_path):
     """A latent model's source is its posterior-mean latents without the latent scale (the
     reference code's), at the latent grid; sampling edits through the autoencoder."""
     from difflab.image_condition import source_condition
-    from helpers import TINY_AE
-
-    config = tmp_path / "ae.yaml"
-    config.write_text("model:\n  name: autoencoder_kl\n  preset: tiny\ntrain:\n  steps: 2\n")
-    ae_sets = sum((["--set", x] for x in TINY_AE[3:]), [])
-    assert cli(["train-autoencoder", str(config), *ae_sets, "--no-progress", "--out", str(tmp_path / "ae")]) == 0
+    tiny_autoencoder(tmp_path / "ae")
     run = train(tiny_config(tmp_path / "latent", "train.steps=2", *IP2P, f"data.autoencoder={tmp_path / 'ae'}",
                             "model.options={model_channels: 8, channel_mult: [1, 2], num_res_blocks: 1, "
                             "attention_resolutions: [2], num_heads: 1, norm_groups: 4}"), progress=False).parent

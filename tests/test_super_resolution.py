@@ -16,7 +16,7 @@ from difflab.pipelines.png_info import read_record
 from difflab.pipelines.super_resolution import cascade, load_cond_images
 from difflab.training.config import ConfigError
 from difflab.training.trainer import train
-from helpers import tiny_config
+from helpers import tiny_autoencoder, tiny_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -149,12 +149,7 @@ def test_cascade(runs, tmp_path):
 def test_latent_super_resolution_sees_low_res_pixels_on_the_latent_grid(tmp_path):
     """A latent upsampler (Stable Diffusion's x4 upscaler's layout): the low-resolution pixels,
     resized to the latent grid, beside the latents; sampling decodes full-size images."""
-    from helpers import TINY_AE
-
-    config = tmp_path / "ae.yaml"
-    config.write_text("model:\n  name: autoencoder_kl\n  preset: tiny\ntrain:\n  steps: 2\n")
-    ae_sets = sum((["--set", x] for x in TINY_AE[3:]), [])
-    assert cli(["train-autoencoder", str(config), *ae_sets, "--no-progress", "--out", str(tmp_path / "ae")]) == 0
+    tiny_autoencoder(tmp_path / "ae")
     run = train(tiny_config(tmp_path / "latent", "train.steps=2", *SR, f"data.autoencoder={tmp_path / 'ae'}",
                             "model.options={model_channels: 8, channel_mult: [1, 2], num_res_blocks: 1, "
                             "attention_resolutions: [2], num_heads: 1, norm_groups: 4}"), progress=False).parent
