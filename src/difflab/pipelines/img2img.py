@@ -53,17 +53,17 @@ def check_strength(strength: float | None, mode: str = "diffusers") -> None:
         raise ValueError(f"strength must be in [0, 1] (0 = the input unchanged, 1 = from pure noise), got {strength}")
 
 
-def _read(path: Path, channels: int, size: tuple[int, int] | None) -> Tensor:
+def _read(path: Path, channels: int, size: tuple[int, int] | None, what: str = "init image") -> Tensor:
     from PIL import Image, UnidentifiedImageError
 
     if not path.is_file():
-        raise UserError(f"init image {path} does not exist: give an image file or a folder of images")
+        raise UserError(f"{what} {path} does not exist: give an image file or a folder of images")
     try:
         with Image.open(path) as image:
             image = image.convert("L" if channels == 1 else "RGB")
             return _resize(image, size)
     except (UnidentifiedImageError, OSError) as error:
-        raise UserError(f"init image {path} cannot be read as an image ({error}); give a PNG, JPEG or WebP") from None
+        raise UserError(f"{what} {path} cannot be read as an image ({error}); give a PNG, JPEG or WebP") from None
 
 
 def _resize(image, size: tuple[int, int] | None) -> Tensor:
@@ -96,7 +96,8 @@ def _same_size(images: InitImages) -> InitImages:
     return InitImages(torch.stack(list(images.images)), images.paths)
 
 
-def load_init_images_at(source, channels: int, size: tuple[int, int] | None) -> InitImages:
+def load_init_images_at(source, channels: int, size: tuple[int, int] | None,
+                        what: str = "init image") -> InitImages:
     """:func:`load_init_images` at ``size`` (H, W), or each image's own size for None (a list of
     (C, H, W) tensors then: they may differ)."""
     items = source if isinstance(source, (list, tuple)) else [source]
@@ -107,16 +108,16 @@ def load_init_images_at(source, channels: int, size: tuple[int, int] | None) -> 
             if path.is_dir():
                 files = sorted(p for p in path.rglob("*") if p.name.lower().endswith(IMAGE_EXTENSIONS))
                 if not files:
-                    raise UserError(f"init image folder {path} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
-                images += [_read(f, channels, size) for f in files]
+                    raise UserError(f"{what} folder {path} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
+                images += [_read(f, channels, size, what) for f in files]
                 paths += [str(f) for f in files]
             else:
-                images.append(_read(path, channels, size))
+                images.append(_read(path, channels, size, what))
                 paths.append(str(path))
         elif isinstance(item, Tensor):
             batch = item[None] if item.ndim == 3 else item
             if batch.dtype != torch.uint8 or batch.ndim != 4 or batch.shape[1] != channels:
-                raise ValueError(f"an init image tensor must be uint8 (N, {channels}, H, W) or ({channels}, H, W), "
+                raise ValueError(f"a tensor given as {what} must be uint8 (N, {channels}, H, W) or ({channels}, H, W), "
                                  f"got {batch.dtype} {tuple(item.shape)}")
             if size is not None and tuple(batch.shape[2:]) != tuple(size):
                 batch = torch.nn.functional.interpolate(batch.float(), tuple(size), mode="bicubic",
@@ -127,7 +128,7 @@ def load_init_images_at(source, channels: int, size: tuple[int, int] | None) -> 
             images.append(_resize(item.convert("L" if channels == 1 else "RGB"), size))
             paths.append(None)
         else:
-            raise ValueError(f"an init image must be a path, a PIL image or a uint8 tensor, got {type(item).__name__}")
+            raise ValueError(f"each {what} must be a path, a PIL image or a uint8 tensor, got {type(item).__name__}")
     return InitImages(torch.stack(images) if size is not None else images, paths)
 
 

@@ -33,12 +33,12 @@ def load_cond_images(source, model: DiffusionModel) -> InitImages:
     channels = model.record.train_config.get("data", {}).get("channels")
     side = low_res["size"] if low_res is not None else pixels[-1]  # an instruct-pix2pix model's: its own size
     channels = channels or pixels[0]
-    native = load_init_images_at(source, channels, None)
+    native = load_init_images_at(source, channels, None, what="conditioning image")
     sizes = sorted({tuple(image.shape[-2:]) for image in native.images})
     if sizes != [(side, side)]:
         warnings.warn(f"the conditioning images are {', '.join(f'{w}x{h}' for h, w in sizes)}, the model takes "
                       f"{side}x{side} images: resized", stacklevel=2)
-    return load_init_images_at(source, channels, (side, side))
+    return load_init_images_at(source, channels, (side, side), what="conditioning image")
 
 
 @dataclass
