@@ -160,3 +160,19 @@ def test_latent_super_resolution_sees_low_res_pixels_on_the_latent_grid(tmp_path
     model.network.register_forward_pre_hook(lambda m, a, kw: seen.append(kw["concat"].shape), with_kwargs=True)
     images, _ = generate(model, 2, steps=2, cond_images=low, class_index=0)
     assert images.shape == (2, 1, 8, 8) and seen[0][-2:] == model.image_shape[-2:]
+
+
+def test_per_image_labels_equal_one_call_per_class(runs):
+    """generate(labels=...) gives image i its own class; the same images as one call per class."""
+    model = DiffusionModel.load(runs["base"])
+    labels = torch.tensor([3, 1, 3, 0])
+    together, got = generate(model, 4, seeds=[5, 6, 7, 8], labels=labels, steps=2)
+    assert torch.equal(got, labels)
+    for label in labels.unique().tolist():
+        rows = (labels == label).nonzero().flatten().tolist()
+        alone, _ = generate(model, len(rows), seeds=[5 + i for i in rows], class_index=label, steps=2)
+        assert torch.equal(together[rows], alone)
+    with pytest.raises(ValueError, match="not both"):
+        generate(model, 4, labels=labels, class_index=1, steps=2)
+    with pytest.raises(ValueError, match="class indices in 0..9"):
+        generate(model, 4, labels=torch.tensor([0, 1, 2, 10]), steps=2)

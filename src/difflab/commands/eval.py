@@ -208,13 +208,9 @@ def run_super_resolution(args: argparse.Namespace) -> int:
     n = min(args.n, len(reference))
     truth, labels = reference.images[:n], reference.labels[:n] if reference.labels is not None else None
     low = to_uint8(downsample(to_float(truth), low_res["size"]))
-    outputs = torch.empty_like(truth)
-    groups = [(c, (labels == c).nonzero().flatten().tolist()) for c in labels.unique().tolist()] \
-        if model.num_classes and labels is not None else [(None, list(range(n)))]
-    for label, rows in groups:  # each image upsampled under its own class
-        outputs[rows], _ = generate(model, len(rows), seeds=[args.seed + i for i in rows], class_index=label,
-                                    cond_images=InitImages(low[rows], [None] * len(rows)), aug_level=args.aug_level,
-                                    method=args.method, steps=args.steps, progress=True)
+    outputs, _ = generate(model, n, seed=args.seed, labels=labels if model.num_classes else None,  # its own class
+                          cond_images=InitImages(low, [None] * n), aug_level=args.aug_level, method=args.method,
+                          steps=args.steps, progress=True)
     bicubic = to_uint8(upsample(to_float(low), (side, side), "bicubic"))
     extractor = InceptionFeatures(args.weights, args.device, args.preprocess)
     classifier = load_classifier(args.classifier, extractor.device) if args.classifier else None

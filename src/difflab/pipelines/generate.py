@@ -243,7 +243,7 @@ def plan(model: DiffusionModel, n: int, settings: SamplerSettings, *, seed: int 
          class_index: int | None = None, guidance: Guidance | None = None, prompts: list[str] | None = None,
          threshold: float | None = None, precision: str = "auto", compile: bool = False,
          edit: Edit | None = None, cond_images: InitImages | None = None,
-         aug_level: float | None = None) -> GenerationPlan:
+         aug_level: float | None = None, labels: Tensor | None = None) -> GenerationPlan:
     """Resolve labels, prompts, seeds and the guided denoiser of n images (see :func:`generate`)."""
     if n < 1:
         raise ValueError(f"the number of images must be at least 1, got {n}")
@@ -251,7 +251,7 @@ def plan(model: DiffusionModel, n: int, settings: SamplerSettings, *, seed: int 
     seeds = list(seeds) if seeds is not None else list(range(seed, seed + n))
     if len(seeds) != n:
         raise ValueError(f"got {len(seeds)} seeds for {n} images: give one seed per image")
-    labels = class_labels_for(class_names_of(model, guidance), n, class_index)
+    labels = class_labels_for(class_names_of(model, guidance), n, class_index, labels)
     text = None
     if model.text_encoder:
         if not prompts:
@@ -448,6 +448,7 @@ def generate(
     seed: int = 0,
     seeds: list[int] | None = None,
     class_index: int | None = None,
+    labels: Tensor | None = None,
     guidance: Guidance | None = None,
     prompts: list[str] | None = None,
     negative_prompt: str | None = None,
@@ -476,7 +477,8 @@ def generate(
     the sampler's (``eta`` for ddim, ``variance`` for ddpm — learned by default where the model
     learned it —, ``order`` …), ``threshold`` Imagen's dynamic thresholding of x̂₀ (pixel models).
     Classes come from the model, or from the classifier for an unconditional model under
-    classifier guidance; without ``class_index`` every class is drawn in turn. A text-conditioned
+    classifier guidance; without ``class_index`` every class is drawn in turn, and ``labels`` gives
+    each image its own class (e.g. the true classes of images to upsample). A text-conditioned
     model needs ``prompts``; image i gets prompt i mod len(prompts); ``negative_prompt`` replaces
     the empty caption as CFG's unconditional input. ``precision``: the network's arithmetic,
     ``auto`` (bf16 autocast on a GPU, float32 on a CPU), ``bf16`` (bf16 autocast on either: 1.1–1.8×
@@ -499,7 +501,7 @@ def generate(
     if negative_prompt is not None:
         guidance = dataclasses.replace(guidance or Guidance(), negative_prompt=negative_prompt)
     settings = SamplerSettings.resolve(model, method, steps, spacing, sigmas, **options)
-    job = plan(model, n, settings, seed=seed, seeds=seeds, class_index=class_index, guidance=guidance,
+    job = plan(model, n, settings, seed=seed, seeds=seeds, class_index=class_index, labels=labels, guidance=guidance,
                prompts=prompts, threshold=threshold, precision=precision, compile=compile, edit=edit,
                cond_images=cond_images, aug_level=aug_level)
     out = run(job, batch_size=batch_size, progress=progress, noise=noise, x_start=x_start, strength=strength,

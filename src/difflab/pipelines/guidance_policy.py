@@ -52,9 +52,18 @@ def class_names_of(model: DiffusionModel, guidance: Guidance) -> list[str]:
     return model.class_names or (guidance.classifier.class_names if guidance.classifier else [])
 
 
-def class_labels_for(class_names: list[str], n: int, class_index: int | None) -> torch.Tensor | None:
-    """Labels for n samples: one class, or every class in turn; None without classes (an
-    unconditional model with no classifier to guide it)."""
+def class_labels_for(class_names: list[str], n: int, class_index: int | None,
+                     labels: torch.Tensor | None = None) -> torch.Tensor | None:
+    """Labels for n samples: one class, or every class in turn, or ``labels`` (one per sample);
+    None without classes (an unconditional model with no classifier to guide it)."""
+    if labels is not None:
+        if class_index is not None:
+            raise ValueError("give one class for all images (class_index) or one per image (labels), not both")
+        labels = torch.as_tensor(labels, dtype=torch.long).cpu()
+        if labels.shape != (n,) or not class_names or labels.min() < 0 or labels.max() >= len(class_names):
+            raise ValueError(f"labels must be {n} class indices in 0..{len(class_names) - 1}" if class_names else
+                             "this model is unconditional: it takes no class labels")
+        return labels
     if not class_names:
         if class_index is not None:
             raise ValueError("this model is unconditional: it was not trained with class labels (drop --class, "

@@ -12,7 +12,6 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass
 
-import torch
 from torch import Tensor
 
 from .generate import generate
@@ -68,17 +67,9 @@ def cascade(base: DiffusionModel, upsamplers: list[DiffusionModel], n: int, *, s
         if low_res["size"] != images.shape[-1]:
             raise ValueError(f"{upsampler.path} upsamples {low_res['size']}-pixel images, the stage before makes "
                              f"{images.shape[-1]}-pixel ones: order the stages by resolution")
-        same_classes = upsampler.num_classes and labels is not None
-        images_next = []
-        for label in (labels.unique().tolist() if same_classes else [None]):  # one call per class
-            rows = (labels == label).nonzero().flatten().tolist() if label is not None else list(range(n))
-            out, _ = generate(upsampler, len(rows), seeds=[seed + i for i in rows], class_index=label,
-                              prompts=[prompts[i % len(prompts)] for i in rows] if prompts else None,
-                              cond_images=InitImages(images[rows], [None] * len(rows)), aug_level=aug_level,
-                              guidance=guidance, steps=steps, method=method, batch_size=batch_size)
-            images_next.append((rows, out))
-        images = torch.empty((n, *images_next[0][1].shape[1:]), dtype=torch.uint8)
-        for rows, out in images_next:
-            images[rows] = out
+        same_classes = upsampler.num_classes and labels is not None  # each image under its base class
+        images, _ = generate(upsampler, n, seed=seed, labels=labels if same_classes else None, prompts=prompts,
+                             cond_images=InitImages(images, [None] * n), aug_level=aug_level, guidance=guidance,
+                             steps=steps, method=method, batch_size=batch_size)
         stages.append(CascadeStage(str(upsampler.path), images))
     return stages
