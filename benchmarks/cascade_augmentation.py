@@ -52,12 +52,8 @@ def main(argv=None) -> int:
     options = EvalOptions(kid_subset_size=min(1000, args.n))
     rows, shown = [], [torch.nn.functional.interpolate(low[:10].float(), size=(side, side)).byte()]
     for level in args.aug_levels:
-        high = torch.empty((args.n, channels, side, side), dtype=torch.uint8)
-        for label in labels.unique().tolist():  # each image upsampled under its base class
-            index = (labels == label).nonzero().flatten().tolist()
-            high[index], _ = generate(upsampler, len(index), seeds=index, class_index=label,
-                                      cond_images=InitImages(low[index], [None] * len(index)), aug_level=level,
-                                      method=args.method, steps=args.steps)
+        high, _ = generate(upsampler, args.n, labels=labels, cond_images=InitImages(low, [None] * args.n),
+                           aug_level=level, method=args.method, steps=args.steps)  # each under its base class
         report = evaluate(ImageDataset(images=high, labels=labels, class_names=list(real.class_names), name="cascade"),
                           reference, extractor, classifier, options)
         row = {"aug_level": level, **{k: report[k] for k in ("fid", "kid", "precision", "recall", "class_accuracy")

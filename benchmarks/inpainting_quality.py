@@ -122,14 +122,10 @@ def main(argv=None) -> int:
         row_images = [originals[:8], (originals[:8].float() * (1 - masks[:8]) + 255 * masks[:8] * 0.5).to(torch.uint8)]
         for mode, (model, options) in modes.items():
             start = time.perf_counter()
-            completed = torch.empty_like(originals)
-            for label in labels.unique().tolist():  # one class per call: the images' true classes
-                rows = (labels == label).nonzero().flatten().tolist()
-                edit = Edit(InitImages(originals[rows], [paths[i] for i in rows]),
-                            inpaint=Inpainting(masks[rows], mode, args.repaint_jumps, args.repaint_resample))
-                completed[rows], _ = generate(model, len(rows), seeds=rows, class_index=label, edit=edit,
-                                              guidance=Guidance(scale=args.guidance_scale),
-                                              batch_size=args.batch_size, **options)
+            edit = Edit(InitImages(originals, paths),
+                        inpaint=Inpainting(masks, mode, args.repaint_jumps, args.repaint_resample))
+            completed, _ = generate(model, args.n, labels=labels, edit=edit, batch_size=args.batch_size,
+                                    guidance=Guidance(scale=args.guidance_scale), **options)  # the true classes
             seconds = time.perf_counter() - start
             calls = counters[id(model)].take() / args.n
             stats = feature_statistics(extract_features(completed, inception, desc=f"inception {mode}").values)
