@@ -37,6 +37,7 @@ reads it, so neither side spells out keys of its own.
 from __future__ import annotations
 
 import errno
+import hashlib
 import itertools
 import json
 import os
@@ -66,6 +67,7 @@ _RESCUE = "restore the checkpoint from a copy, or resume from an older run"
 DIFFUSION_KIND = "diffusion"
 CLASSIFIER_KIND = "noisy_classifier"  # ADM's noisy classifier, trained by the same loop
 AUTOENCODER_KIND = "autoencoder"  # latent diffusion's KL / VQ autoencoders, trained by the same loop
+CONTROLNET_KIND = "controlnet"  # a ControlNet: the control branch of a frozen diffusion run
 
 
 class CheckpointWarning(UserWarning):
@@ -555,3 +557,15 @@ class ModelRecord:
     def sample_defaults(self) -> dict:
         """The training config's ``sample`` section: method, steps, spacing, guidance_scale."""
         return self.train_config.get("sample", {})
+
+
+def weights_sha256(state_dict: dict[str, torch.Tensor]) -> str:
+    """A SHA-256 of a network's weights: every tensor's name, dtype, shape and bytes (in the
+    standard contiguous layout, so channels-last copies hash alike), in name order. A ControlNet
+    records its base's, so a changed base is detected."""
+    digest = hashlib.sha256()
+    for name in sorted(state_dict):
+        tensor = state_dict[name].detach().cpu().contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()

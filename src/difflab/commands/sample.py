@@ -41,6 +41,7 @@ def register(subparsers) -> None:
                         "N x C x H x W; --n defaults to its count); with --method ddim it maps inverted images back")
     add_editing_arguments(p)
     add_super_resolution_arguments(p)
+    add_controlnet_arguments(p)
     p.add_argument("--batch-size", type=int, default=256, help="images per sampler call")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA weights")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
@@ -96,6 +97,70 @@ def add_super_resolution_arguments(p) -> None:
     p.add_argument("--aug-level", type=float, metavar="A",
                    help="noise-conditioning augmentation level of the low-resolution input, in [0, 1] (0 = clean; "
                         "default: the checkpoint's sample.aug_level)")
+
+
+def add_controlnet_arguments(p) -> None:
+    """The ControlNet flags (docs/controlnet.md); each repeatable, the k-th of each for the k-th --controlnet."""
+    g = p.add_argument_group("ControlNet (repeat each flag once per --controlnet, in the same order)")
+    g.add_argument("--controlnet", action="append", default=[], metavar="RUN",
+                   help="a ControlNet run from `difflab train-controlnet` on this base (several add up)")
+    g.add_argument("--control-image", action="append", default=[], metavar="IMG_OR_DIR",
+                   help="its control image(s), resized to the model's size: image i of the run uses image i mod N")
+    g.add_argument("--control-scale", action="append", default=[], metavar="S[,S...]",
+                   help="how much of it reaches the base: one number (0 = the base alone), or one per residual "
+                        "(skip connections shallow to deep, then the middle block); default: the checkpoint's")
+    g.add_argument("--control-start", action="append", type=float, default=[], metavar="F",
+                   help="the fraction of the sampling steps before which it is off (default 0)")
+    g.add_argument("--control-end", action="append", type=float, default=[], metavar="F",
+                   help="the fraction of the sampling steps after which it is off (default 1)")
+    g.add_argument("--control-preprocess", action="append", default=[], metavar="KIND",
+                   help="make the control image from a picture: canny, soft_edges, tile, grayscale, or auto (the "
+                        "ControlNet's own kind); default: the image is a ready control image")
+    g.add_argument("--guess-mode", action="store_true",
+                   help="no prompt to the control branches, deeper residuals weighted up (0.825^(K-1-k)), and "
+                        "under classifier-free guidance only the conditional branch controlled")
+    g.add_argument("--force", action="store_true",
+                   help="apply a ControlNet even if its base run's weights have changed since it was trained")
+
+
+def controls_from_args(args, model) -> list:
+    """The :class:`~difflab.pipelines.controlnet.Control` of each --controlnet."""
+    from ..pipelines.controlnet import Control, ControlNetModel, load_control_images
+
+    k = len(args.controlnet)
+    per_net = {"--control-image": args.control_image, "--control-scale": args.control_scale,
+               "--control-start": args.control_start, "--control-end": args.control_end,
+               "--control-preprocess": args.control_preprocess}
+    if not k:
+        given = [flag for flag, values in per_net.items() if values] + (["--guess-mode"] if args.guess_mode else [])
+        if given:
+            raise ValueError(f"{given[0]} belongs to a ControlNet: add --controlnet RUN")
+        return []
+    if len(args.control_image) != k:
+        raise ValueError(f"{k} --controlnet but {len(args.control_image)} --control-image: give one image (or "
+                         "folder) per ControlNet, in the same order")
+    for flag, values in per_net.items():
+        if len(values) not in (0, 1, k):
+            raise ValueError(f"{flag} was given {len(values)} times for {k} ControlNets: once for all, or once each")
+
+    def pick(values, i, default=None):
+        return values[i] if len(values) == k else values[0] if values else default
+
+    controls = []
+    for i, path in enumerate(args.controlnet):
+        net = ControlNetModel.load(path, device=model.device)
+        preprocess = pick(args.control_preprocess, i)
+        images = load_control_images(args.control_image[i], net, model, preprocess)
+        scale = pick(args.control_scale, i)
+        if scale is not None:
+            try:
+                values = [float(v) for v in str(scale).split(",")]
+            except ValueError:
+                raise ValueError(f"--control-scale takes a number or comma-separated numbers, got {scale!r}") from None
+            scale = values[0] if len(values) == 1 else values
+        controls.append(Control(net, images, scale, pick(args.control_start, i, 0.0), pick(args.control_end, i, 1.0),
+                                args.guess_mode, preprocess))
+    return controls
 
 
 def edit_from_args(args, model):
@@ -242,7 +307,9 @@ def run(args) -> int:
         from ..pipelines.super_resolution import load_cond_images
 
         cond_images = load_cond_images(args.cond_image, model)
-    given = len(noise) if noise is not None else len(edit.init) if edit else len(cond_images) if cond_images else 64
+    controls = controls_from_args(args, model)
+    given = len(noise) if noise is not None else len(edit.init) if edit else len(cond_images) if cond_images else \
+        len(controls[0].images) if controls else 64
     n = args.n or given
     guidance = guidance_from_args(args, device)
     prompts = read_prompts(args)
@@ -252,7 +319,7 @@ def run(args) -> int:
                                        kwargs.pop("sigmas", None), **kwargs)
     job = plan(model, n, settings, seed=args.seed, class_index=args.class_index, guidance=guidance, prompts=prompts,
                threshold=threshold, precision=args.precision, compile=args.compile, edit=edit,
-               cond_images=cond_images, aug_level=args.aug_level)
+               cond_images=cond_images, aug_level=args.aug_level, controls=controls, force_controls=args.force)
     return write_samples(job, out_dir, args, noise)
 
 
@@ -342,6 +409,32 @@ def apply_png_record(args) -> None:
         args.aug_level = record.get("aug_level")
     if getattr(args, "image_guidance", None) is None:
         args.image_guidance = record.get("image_guidance_scale")
+    apply_controlnet_record(args, record)
+
+
+def apply_controlnet_record(args, record: dict) -> None:
+    """The ControlNets of a record (each with its control image's path, which must still exist)."""
+    from pathlib import Path
+
+    nets = record.get("controlnets") or []
+    if not nets or args.controlnet:
+        return
+    for entry in nets:
+        if entry.get("control_image") is None or not Path(entry["control_image"]).is_file():
+            raise ValueError(f"{args.from_png} was controlled by the image {entry.get('control_image')}, which is not "
+                             "there (an image given in memory, or moved): give --controlnet and --control-image")
+    args.controlnet = [entry["controlnet"] for entry in nets]
+    args.control_image = [entry["control_image"] for entry in nets]
+    args.control_scale = [",".join(map(str, s)) if isinstance(s := entry["control_scale"], list) else str(s)
+                          for entry in nets]
+    args.control_start = [entry["control_start"] for entry in nets]
+    args.control_end = [entry["control_end"] for entry in nets]
+    args.guess_mode = any(entry.get("guess_mode") for entry in nets)
+    preprocess = [entry.get("control_preprocess") for entry in nets]
+    if any(preprocess):
+        if not all(preprocess):
+            raise ValueError(f"{args.from_png} mixes preprocessed and ready control images: give the flags again")
+        args.control_preprocess = preprocess
 
 
 def apply_edit_record(args, record: dict) -> None:

@@ -53,7 +53,7 @@ def save_dataset(path: Path, dataset: ImageDataset, extra: dict[str, str] | None
     if dataset.labels is not None:
         tensors["labels"] = dataset.labels.contiguous()
     metadata = {"name": dataset.name, "class_names": json.dumps(dataset.class_names),
-                "captions": json.dumps(dataset.captions)}
+                "captions": json.dumps(dataset.captions), "files": json.dumps(dataset.files)}
     metadata.update({f"extra.{key}": value for key, value in (extra or {}).items()})
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -83,7 +83,7 @@ def load_dataset_file(path: Path) -> ImageDataset:
     return ImageDataset(images=images, labels=labels,
                         class_names=json.loads(metadata.get("class_names", "[]")),
                         captions=json.loads(metadata.get("captions", "null")),
-                        name=metadata.get("name", str(path)))
+                        name=metadata.get("name", str(path)), files=json.loads(metadata.get("files", "null")))
 
 
 def read_extra(path: Path) -> dict[str, str]:

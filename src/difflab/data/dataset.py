@@ -28,6 +28,8 @@ class ImageDataset:
     captions: list[str] | None = None
     name: str = ""
     sources: torch.Tensor | None = None
+    controls: torch.Tensor | None = None
+    files: list[str] | None = None
 
     def __post_init__(self) -> None:
         if self.images.dtype != torch.uint8 or self.images.ndim != 4:
@@ -45,6 +47,15 @@ class ImageDataset:
                 f"dataset {self.name!r}: sources must be a uint8 tensor shaped like the images "
                 f"{tuple(self.images.shape)}, got {self.sources.dtype} with shape {tuple(self.sources.shape)}"
             )
+        if self.files is not None and len(self.files) != n:
+            raise ValueError(f"dataset {self.name!r}: {n} images but {len(self.files)} file names")
+        if self.controls is not None and (self.controls.dtype != torch.uint8 or self.controls.ndim != 4
+                                          or len(self.controls) != n
+                                          or self.controls.shape[-2:] != self.images.shape[-2:]):
+            raise ValueError(
+                f"dataset {self.name!r}: controls must be a uint8 tensor (N, C, H, W) with the images' N, H and W "
+                f"{tuple(self.images.shape)}, got {self.controls.dtype} with shape {tuple(self.controls.shape)}"
+            )
 
     def __len__(self) -> int:
         return len(self.images)
@@ -61,6 +72,8 @@ class ImageDataset:
             captions=None if self.captions is None else [self.captions[i] for i in positions],
             name=self.name if name is None else name,
             sources=None if self.sources is None else self.sources[index].contiguous(),
+            controls=None if self.controls is None else self.controls[index].contiguous(),
+            files=None if self.files is None else [self.files[i] for i in positions],
         )
 
     @property

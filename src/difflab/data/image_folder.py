@@ -48,7 +48,7 @@ log = logging.getLogger(__name__)
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
 METADATA_FILE = "metadata.jsonl"
 _GREY_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F")
-_CACHE_FORMAT = 2
+_CACHE_FORMAT = 3  # 3: the files' relative paths are kept (ControlNet pairs control images by name)
 _LOGGED_FILES = 20  # per-file warnings before the rest go to DEBUG (the summary still counts them)
 _NAMED_IN_SUMMARY = 5
 
@@ -418,7 +418,8 @@ def _decode(root: Path, resolution: int | None, channels: int | None) -> _Decode
         index = {name: i for i, name in enumerate(class_names)}
         labels = torch.tensor([index[c] for c in classes], dtype=torch.int64)
     dataset = ImageDataset(images=stacked, labels=labels, class_names=class_names,
-                           captions=read_captions(names, metadata_files), name=str(root))
+                           captions=read_captions(names, metadata_files), name=str(root),
+                           files=[_relative(root, path) for path in names])
     return _Decoded(dataset, total, pairs)
 
 

@@ -10,6 +10,7 @@ from difflab.data.dataset import ImageDataset
 from difflab.data.digits import load_digits
 from difflab.data.emoji import load_emoji
 from difflab.data.fashion_mnist import is_idx_directory, load_fashion_mnist
+from difflab.data.fill import load_fill
 from difflab.data.image_folder import load_image_folder
 from difflab.data.paired_edits import EDIT_BASES, SPLIT_SEEDS, paired_edits
 
@@ -29,7 +30,8 @@ def load_dataset(name_or_path: str | Path, split: str = "train", resolution: int
     """Load a dataset as uint8 (N, C, H, W) images.
 
     Args:
-        name_or_path: a built-in name (``digits``, ``fashion-mnist``, ``emoji``), an editing
+        name_or_path: a built-in name (``digits``, ``fashion-mnist``, ``emoji``, ``fill``: the
+            ControlNet toy of :mod:`difflab.data.fill`, drawn at ``resolution``), an editing
             set made from one (``edits-digits``, ``edits-fashion-mnist``, ``edits-emoji``; see
             :mod:`difflab.data.paired_edits`), a folder holding the Fashion-MNIST/MNIST IDX
             files, or an image folder (see :mod:`difflab.data.image_folder`).
@@ -50,12 +52,14 @@ def load_dataset(name_or_path: str | Path, split: str = "train", resolution: int
         return paired_edits(load_dataset(base, split, resolution, channels, use_cache), seed=SPLIT_SEEDS[split])
     if name == "emoji":  # drawn at the requested size rather than resized afterwards
         dataset = load_emoji(split, resolution, use_cache=use_cache)
+    elif name == "fill":
+        return load_fill(split, resolution)
     elif name in BUILTIN:
         dataset = BUILTIN[name](split)
     else:
         path = Path(name_or_path)
         if not path.exists():
-            raise FileNotFoundError(f"dataset {name!r} is neither a built-in ({', '.join(BUILTIN)}) "
+            raise FileNotFoundError(f"dataset {name!r} is neither a built-in ({', '.join([*BUILTIN, 'fill'])}) "
                                     f"nor an existing folder")
         if not path.is_dir():
             raise ValueError(f"dataset {name!r} must be a folder of images or of IDX files")

@@ -23,6 +23,7 @@ from torch import nn
 from .autoencoder import PRESETS as KL_PRESETS
 from .autoencoder import AutoencoderConfig, AutoencoderKL, DiagonalGaussian, estimate_latent_scale
 from .classifier import NoisyClassifier
+from .controlnet import ControlNet, ControlNetConfig
 from .dit import PRESETS as DIT_PRESETS
 from .dit import DiT, DiTConfig
 from .unet import PRESETS as UNET_PRESETS
@@ -47,6 +48,8 @@ MODELS: dict[str, ModelSpec] = {
     # Latent diffusion's first stages (Rombach et al. 2022), trained by the same trainer.
     "autoencoder_kl": ModelSpec(config=AutoencoderConfig, model=AutoencoderKL, presets=KL_PRESETS),
     "autoencoder_vq": ModelSpec(config=AutoencoderVQConfig, model=AutoencoderVQ, presets=VQ_PRESETS),
+    # The control branch of a frozen U-Net (Zhang et al. 2023): a copy of its encoder, zero convolutions.
+    "controlnet": ModelSpec(config=ControlNetConfig, model=ControlNet, presets={}),
 }
 
 AUTOENCODERS = ("autoencoder_kl", "autoencoder_vq")
@@ -127,7 +130,8 @@ def model_config_dict(model: nn.Module) -> dict:
 
 
 __all__ = [
-    "AUTOENCODERS", "MODELS", "AutoencoderConfig", "AutoencoderKL", "AutoencoderVQ", "AutoencoderVQConfig", "DiT",
-    "DiTConfig", "DiagonalGaussian", "ModelSpec", "NoisyClassifier", "UNet", "UNetConfig", "build_config",
-    "build_model", "estimate_latent_scale", "load_frozen", "model_config_dict", "state_dict_mismatch",
+    "AUTOENCODERS", "MODELS", "AutoencoderConfig", "ControlNet", "ControlNetConfig", "AutoencoderKL", "AutoencoderVQ",
+    "AutoencoderVQConfig", "DiT", "DiTConfig", "DiagonalGaussian", "ModelSpec", "NoisyClassifier", "UNet",
+    "UNetConfig", "build_config", "build_model", "estimate_latent_scale", "load_frozen", "model_config_dict",
+    "state_dict_mismatch",
 ]

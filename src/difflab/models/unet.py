@@ -30,6 +30,7 @@ time of shape (N,), as the rest of difflab expects (see :mod:`difflab.denoiser`)
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -290,6 +291,16 @@ def run_encoder(net: nn.Module, x: Tensor, emb: Tensor, *context,
     return net.middle(h, emb, *context), skips
 
 
+def add_control(h: Tensor, skips: list[Tensor], control: Sequence[Tensor]) -> tuple[Tensor, list[Tensor]]:
+    """The middle block's output and the skip connections plus a ControlNet's residuals (one per
+    skip, then the middle's; Zhang et al. 2023, eq. 4 and Fig. 3)."""
+    if len(control) != len(skips) + 1:
+        raise ValueError(f"the control residuals must be one per skip connection and one for the middle block "
+                         f"({len(skips) + 1}), got {len(control)}: the ControlNet was made for another network")
+    skips = [s + c.to(s.dtype) for s, c in zip(skips, control[:-1])]
+    return h + control[-1].to(h.dtype), skips
+
+
 class UNet(nn.Module):
     """ADM's U-Net as a model function ``(x_t, t, class_labels=None) -> prediction``.
 
@@ -342,7 +353,8 @@ class UNet(nn.Module):
     def forward(self, x: Tensor, t: Tensor, class_labels: Tensor | None = None, context: Tensor | None = None,
                 context_mask: Tensor | None = None, input_ids: Tensor | None = None,
                 token_mask: Tensor | None = None, concat: Tensor | None = None,
-                aug_level: Tensor | None = None) -> Tensor:
+                aug_level: Tensor | None = None, control: Sequence[Tensor] | None = None,
+                decoder: nn.Module | None = None) -> Tensor:
         """Predict ε, x₀ or v (and the variance output with ``learned_sigma``).
 
         Args:
@@ -359,20 +371,31 @@ class UNet(nn.Module):
                 exactly when ``concat_channels > 0``).
             aug_level: (N,) in [0, 1], the noise level of ``concat`` (needed exactly when the
                 config's ``aug_level`` is set).
+            control: residuals added to the skip connections and the middle block's output, one
+                per encoder output and the middle last (a ControlNet's, :mod:`.controlnet`).
+            decoder: the module whose ``decoder`` and ``head`` run instead of this network's (a
+                ControlNet trained with the base's decoder unlocked); None = this network's.
 
         Returns:
             (N, out_channels · (2 if learned_sigma else 1), image_size, image_size) in x's dtype.
         """
-        emb = self.time_embed(t)  # (N, 4·model_channels)
-        emb = add_label_embedding(self, emb, class_labels)  # + the class's (or null label's) embedding
-        emb = add_aug_level_embedding(self, emb, aug_level)  # + the conditioning image's noise level's
+        emb = self.embed(t, class_labels, aug_level)
         context, context_mask = context_tokens(self, context, context_mask, input_ids, token_mask)
         concat_h = concat_features(self, x, concat)  # the image's share of the stem (None without)
         # (N, C_last, H/2^(L-1), W/2^(L-1)) and the skips
         h, skips = run_encoder(self, x, emb, context, context_mask, concat_h=concat_h)
-        for block in self.decoder:
+        if control is not None:
+            h, skips = add_control(h, skips, control)
+        owner = self if decoder is None else decoder
+        for block in owner.decoder:
             h = block(torch.cat([h, skips.pop() * self.concat_scale], dim=1), emb, context, context_mask)
-        return self.head(h).to(x.dtype)  # (N, C_out, H, W)
+        return owner.head(h).to(x.dtype)  # (N, C_out, H, W)
+
+    def embed(self, t: Tensor, class_labels: Tensor | None = None, aug_level: Tensor | None = None) -> Tensor:
+        """The embedding every residual block sees: time, plus class label and noise level."""
+        emb = self.time_embed(t)  # (N, 4·model_channels)
+        emb = add_label_embedding(self, emb, class_labels)  # + the class's (or null label's) embedding
+        return add_aug_level_embedding(self, emb, aug_level)  # + the conditioning image's noise level's
 
     def num_parameters(self) -> int:
         """The number of parameters."""

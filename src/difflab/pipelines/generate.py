@@ -44,6 +44,7 @@ from ..sampling import (
 from ..sampling.compiled import compile_denoiser
 from ..sampling.repaint import repaint, repaint_sigmas
 from ..sampling.spacing import fixed_strength_walk
+from .controlnet import Control, ControlledNetwork, control_inputs, controlled_model
 from .guidance_policy import (
     Guidance,
     class_labels_for,
@@ -170,6 +171,7 @@ class GenerationPlan:
     edit: Edit | None = None  # img2img / inpainting (one init image per image)
     cond_images: InitImages | None = None  # a super-resolution model's low-resolution inputs, one per image
     aug_level: float = 0.0  # their noise-conditioning augmentation level
+    controls: list[Control] = field(default_factory=list)  # ControlNets, each with one control image per image
 
     @property
     def device(self) -> torch.device:
@@ -188,6 +190,8 @@ class GenerationPlan:
         elif self.model.image_condition == "source":  # instruct-pix2pix: the images to edit
             pixels = to_float(self.cond_images.images[indices].to(self.device))
             cond["concat"] = source_condition(pixels, self.model.latent)
+        if self.controls:
+            cond.update(control_inputs(self.controls, indices, self.device))
         return cond
 
     def low_res_inputs(self, indices: list[int]) -> dict:
@@ -235,6 +239,7 @@ class GenerationPlan:
             "aug_level": self.aug_level if self.model.image_condition == "low_res" else None,
             "image_guidance_scale": guidance.image_scale if self.model.image_condition == "source" else None,
             **(self.edit.record(i) if self.edit is not None else {}),
+            "controlnets": [c.record(i) for c in self.controls] or None,
         }
         return {key: value for key, value in record.items() if value is not None}
 
@@ -243,7 +248,8 @@ def plan(model: DiffusionModel, n: int, settings: SamplerSettings, *, seed: int 
          class_index: int | None = None, guidance: Guidance | None = None, prompts: list[str] | None = None,
          threshold: float | None = None, precision: str = "auto", compile: bool = False,
          edit: Edit | None = None, cond_images: InitImages | None = None,
-         aug_level: float | None = None, labels: Tensor | None = None) -> GenerationPlan:
+         aug_level: float | None = None, labels: Tensor | None = None, controls: list[Control] | None = None,
+         force_controls: bool = False) -> GenerationPlan:
     """Resolve labels, prompts, seeds and the guided denoiser of n images (see :func:`generate`)."""
     if n < 1:
         raise ValueError(f"the number of images must be at least 1, got {n}")
@@ -260,6 +266,9 @@ def plan(model: DiffusionModel, n: int, settings: SamplerSettings, *, seed: int 
         prompts = [prompts[i % len(prompts)] for i in range(n)]
     elif prompts:
         raise ValueError("this model is not text-conditioned: it was trained without captions (drop --prompt)")
+    controls = [c.repeat_to(n) for c in controls or []]
+    if controls:  # the base with its ControlNets, checked against them
+        model = controlled_model(model, controls, text.null() if text is not None else None, force_controls)
     scale = guidance_scale(model, guidance)
     denoiser = guided_denoiser(model, guidance, settings.method, unconditional_text(text, guidance, scale), threshold)
     denoiser = compile_denoiser(denoiser) if compile else denoiser
@@ -275,7 +284,7 @@ def plan(model: DiffusionModel, n: int, settings: SamplerSettings, *, seed: int 
         settings.walk(model, edit.strength if edit.level not in (0.0, 1.0) else None, edit.strength_mode)
     cond_images, aug_level = check_cond_images(model, n, cond_images, aug_level)
     return GenerationPlan(model, settings, guidance, scale, denoiser, labels, labels_used, text, prompts, seeds,
-                          threshold, precision, edit, cond_images, aug_level)
+                          threshold, precision, edit, cond_images, aug_level, controls)
 
 
 def aug_seed(seed: int) -> int:
@@ -370,6 +379,8 @@ def batches(job: GenerationPlan, *, batch_size: int = 256, indices: list[int] | 
         sigmas = repaint_sigmas(model.schedule, job.settings.steps, inpaint.jump_length, inpaint.resample)
     elif strength != 0.0:
         sigmas = job.settings.walk(model, strength if partial else None, strength_mode)
+    if isinstance(model.network, ControlledNetwork) and strength != 0.0:  # the walk its windows count steps in
+        model.network.walk = job.settings.walk(model) if inpaint is not None and inpaint.mode == "repaint" else sigmas
     if x_start is not None and strength is None and job.settings.sigmas is None:
         raise ValueError("x_start needs the level to start from: give strength (img2img) or sigmas")
     for name, given in (("noise", noise), ("x_start", x_start)):
@@ -465,6 +476,8 @@ def generate(
     edit: Edit | None = None,
     cond_images: InitImages | None = None,
     aug_level: float | None = None,
+    controls: list[Control] | None = None,
+    force_controls: bool = False,
     **options,
 ) -> tuple[Tensor, Tensor | None]:
     """n samples as uint8 (N, C, H, W), with their class labels (None if unconditional and unguided);
@@ -497,13 +510,17 @@ def generate(
     A super-resolution model needs ``cond_images`` (:func:`~.super_resolution.load_cond_images`:
     image i upsamples image i mod N) and takes ``aug_level``, the noise-conditioning augmentation
     level (default: the checkpoint's ``sample.aug_level``).
+
+    ``controls``: ControlNets (:class:`~.controlnet.Control`: network, control images, scale,
+    window, guess mode) whose residuals add up in the base U-Net; ``force_controls`` applies one
+    whose recorded base weights differ from ``model``'s.
     """
     if negative_prompt is not None:
         guidance = dataclasses.replace(guidance or Guidance(), negative_prompt=negative_prompt)
     settings = SamplerSettings.resolve(model, method, steps, spacing, sigmas, **options)
     job = plan(model, n, settings, seed=seed, seeds=seeds, class_index=class_index, labels=labels, guidance=guidance,
                prompts=prompts, threshold=threshold, precision=precision, compile=compile, edit=edit,
-               cond_images=cond_images, aug_level=aug_level)
+               cond_images=cond_images, aug_level=aug_level, controls=controls, force_controls=force_controls)
     out = run(job, batch_size=batch_size, progress=progress, noise=noise, x_start=x_start, strength=strength,
               strength_mode=strength_mode, callback=callback)
     return out.images, out.labels

@@ -112,6 +112,19 @@ def check_guidance(guidance: Guidance, scale: float) -> None:
         raise ValueError(f"the classifier scale must be a finite number, got {guidance.classifier_scale}")
 
 
+def uncontrolled_branch(uncond):
+    """``uncond`` that also marks its rows as classifier-free guidance's unconditional branch for
+    ControlNets in guess mode (``control_branch`` 0: no control there; :mod:`.controlnet`)."""
+
+    def mapped(cond: dict) -> dict:
+        out = uncond(cond)
+        if "control_branch" in cond:
+            out = {**out, "control_branch": torch.zeros_like(cond["control_branch"])}
+        return out
+
+    return mapped
+
+
 def guided_denoiser(model: DiffusionModel, guidance: Guidance, method: str, text_uncond: dict | None = None,
                     threshold: float | None = None) -> Denoiser:
     """The checkpoint's denoiser with classifier-free and/or classifier guidance applied
@@ -137,6 +150,7 @@ def guided_denoiser(model: DiffusionModel, guidance: Guidance, method: str, text
     mode = guidance.classifier_mode or ("mean" if method == "ddpm" else "epsilon")
     # the caption swapped for the unconditional one; any other input (an inpainting model's image) kept
     uncond = (lambda cond: {**cond, **text_uncond}) if text_uncond is not None else null_class_labels(model.num_classes)
+    uncond = uncontrolled_branch(uncond)
     return guide(model.denoiser(threshold=threshold), scale=scale, uncond=uncond,
                  rescale=guidance.rescale, interval=guidance.interval,
                  classifier=classifier.network if classifier is not None else None,
@@ -161,6 +175,7 @@ def instruct_pix2pix_denoiser(model: DiffusionModel, guidance: Guidance, text_sc
     def image_uncond(cond: dict) -> dict:
         return {**cond, "concat": torch.zeros_like(cond["concat"])}
 
-    guided = InstructPix2PixGuidance(denoiser.model, text_scale, image_scale, lambda cond: {**cond, **text_uncond},
-                                     image_uncond, learned_variance=model.learned_variance)
+    guided = InstructPix2PixGuidance(denoiser.model, text_scale, image_scale,
+                                     uncontrolled_branch(lambda cond: {**cond, **text_uncond}),
+                                     uncontrolled_branch(image_uncond), learned_variance=model.learned_variance)
     return denoiser.with_model(guided)

@@ -20,6 +20,7 @@ import torch
 from ..device import pick_device
 from ..images import to_pil
 from ..masks import MASK_SHAPES, box_mask, shape_mask
+from .controlnet import build_controls
 from .generate import Edit, Generated, SamplerSettings, plan, run
 from .guidance_policy import Guidance
 from .img2img import InitImages, load_init_images, pixel_shape
@@ -100,6 +101,14 @@ class Pipeline:
         cond_image=None,
         aug_level: float | None = None,
         image_guidance: float | None = None,
+        controlnet=None,
+        control_image=None,
+        control_scale=None,
+        control_start=0.0,
+        control_end=1.0,
+        guess_mode: bool = False,
+        control_preprocess=None,
+        force: bool = False,
         progress: bool = False,
         output: str = "pil",
         **options,
@@ -126,6 +135,14 @@ class Pipeline:
         low-resolution input(s), in any form ``image`` takes (n defaults to their count), and
         ``aug_level`` its noise-conditioning augmentation level. An instruct-pix2pix model edits
         ``cond_image`` as ``prompt`` says, ``image_guidance`` (s_I) beside ``guidance_scale`` (s_T).
+
+        ControlNet (docs/controlnet.md): ``controlnet`` (a ``train-controlnet`` run or a loaded
+        :class:`~.controlnet.ControlNetModel`; a list for several, whose residuals add up) with
+        ``control_image`` (any form ``image`` takes; a list with one entry per ControlNet for
+        several; n defaults to their count), ``control_scale`` (a number, or one per residual),
+        ``control_start`` / ``control_end`` (the fractions of the steps it acts in),
+        ``guess_mode``, ``control_preprocess`` (make the control image from a picture: canny,
+        soft_edges, tile, grayscale, auto) and ``force`` (apply it to changed base weights).
         """
         if output not in OUTPUTS:
             raise ValueError(f"unknown output {output!r}; choose one of: {', '.join(OUTPUTS)}")
@@ -145,11 +162,18 @@ class Pipeline:
         elif mask is not None or mask_box is not None:
             raise ValueError("a mask needs the image to inpaint: pass image=...")
         cond_images = load_cond_images(cond_image, self.model) if cond_image is not None else None
+        controls = []
+        if controlnet is not None:
+            controls = build_controls(self.model, controlnet, control_image, control_scale, control_start, control_end,
+                                      guess_mode, control_preprocess)
+        elif control_image is not None:
+            raise ValueError("a control image needs its ControlNet: pass controlnet=...")
         n = n if n is not None else (len(seeds) if seeds else len(edit.init) if edit is not None else
-                                     len(cond_images) if cond_images is not None else 1)
+                                     len(cond_images) if cond_images is not None else
+                                     len(controls[0].images) if controls else 1)
         job = plan(self.model, n, settings, seed=seed, seeds=seeds, class_index=self.class_index(class_label),
                    guidance=guidance, prompts=prompts, threshold=threshold, precision=precision, edit=edit,
-                   cond_images=cond_images, aug_level=aug_level)
+                   cond_images=cond_images, aug_level=aug_level, controls=controls, force_controls=force)
         out = run(job, batch_size=batch_size, progress=progress, noise=noise, x_start=x_start, strength=strength,
                   strength_mode=strength_mode, callback=callback)
         return self._as(out, output)

@@ -146,6 +146,18 @@ class SampleConfig:
 
 
 @dataclass
+class ControlNetSection:
+    """A ControlNet run (``difflab train-controlnet CONFIG --base RUN``; docs/controlnet.md)."""
+
+    base: str | None = None  # the frozen base run (a difflab diffusion run with a U-Net); --base sets it
+    control: dict = field(default_factory=lambda: {"kind": "canny"})  # difflab.controls: kind and its options
+    hint_widths: tuple = (16, 32, 64)  # the hint encoder's widths
+    prompt_drop: float = 0.5  # the paper's 50% empty prompts (the null label for a class-conditional base)
+    unlock_decoder: bool = False  # the reference's sd_locked: false: also train a copy of the base's decoder
+    control_scale: float = 1.0  # the sampling default of the checkpoint (and of the previews)
+
+
+@dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -154,6 +166,7 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
+    controlnet: ControlNetSection = field(default_factory=ControlNetSection)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -302,6 +315,10 @@ RULES: dict[str, tuple[Callable[[object], bool], str]] = {
     "sample.steps": (_at_least(1), "an integer >= 1"),
     "sample.spacing": (lambda v: v in SPACINGS, "a step spacing: " + ", ".join(SPACINGS)),
     "sample.guidance_scale": (_number, "a finite number"),
+    "controlnet.hint_widths": (lambda v: len(v) >= 1 and all(_at_least(1)(w) for w in v),
+                               "a list of integer widths >= 1, e.g. [16, 32, 64]"),
+    "controlnet.prompt_drop": (_between(0, 1), "in [0, 1]"),
+    "controlnet.control_scale": (_number, "a finite number"),
 }
 
 

@@ -21,11 +21,13 @@ from .autoencoder import (
 )
 from .base import Inputs, Objective, StepLoss, TrainingData, take_rows
 from .classifier import NoisyClassifierObjective
+from .controlnet import ControlNetObjective
 from .diffusion import DiffusionObjective, text_encoder_config
 
 # model.name → objective; every other model name trains a diffusion model.
 OBJECTIVES: dict[str, type[Objective]] = {
     "noisy_classifier": NoisyClassifierObjective,
+    "controlnet": ControlNetObjective,
     **{name: AutoencoderObjective for name in AUTOENCODERS},
 }
 
@@ -36,7 +38,8 @@ def objective_for(config: Config) -> type[Objective]:
 
 
 __all__ = [
-    "OBJECTIVES", "AutoencoderObjective", "DiffusionObjective", "Inputs", "NoisyClassifierObjective", "Objective",
+    "OBJECTIVES", "AutoencoderObjective", "ControlNetObjective",
+    "DiffusionObjective", "Inputs", "NoisyClassifierObjective", "Objective",
     "StepLoss", "TrainingData", "autoencoder_loss", "autoencoder_spec", "check_random_crop", "evaluate",
     "objective_for", "preview_images", "reconstruction_grid", "take_rows",
     "text_encoder_config",
