@@ -61,7 +61,7 @@ def tiny_config(tmp_path, *extra):
     return load_config(None, TINY + [f"train.out_dir={tmp_path}"] + list(extra))
 
 
-def assert_two_processes_match_one(tmp_path, overrides, port):
+def assert_two_processes_match_one(tmp_path, overrides, port, kind="diffusion"):
     """Train with ``overrides`` in one process and under torchrun in two; compare the weights."""
     args = [f"--set={s}" for s in overrides]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -80,7 +80,7 @@ def assert_two_processes_match_one(tmp_path, overrides, port):
         if result.returncode == 0 or "received by PID" not in result.stderr:
             break
     assert result.returncode == 0, result.stderr[-2000:]
-    w1, w2 = load_state(one)[1]["model"], load_state(two)[1]["model"]
+    w1, w2 = load_state(one, kind=kind)[1]["model"], load_state(two, kind=kind)[1]["model"]
     for key, value in w1.items():
         torch.testing.assert_close(w2[key], value, rtol=1e-4, atol=1e-5)
 

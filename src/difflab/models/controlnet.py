@@ -30,6 +30,7 @@ it reaches the base at sampling are :mod:`difflab.pipelines.controlnet`'s.
 from __future__ import annotations
 
 import copy
+import json
 import math
 from dataclasses import asdict, dataclass
 
@@ -63,6 +64,7 @@ class ControlNetConfig:
     unlock_decoder: bool = False
 
     def __post_init__(self):
+        self.base = json.loads(json.dumps(self.base))  # one form (lists, not tuples) however it was given
         self.hint_widths = tuple(int(w) for w in self.hint_widths)
         self.validate()
 
