@@ -14,11 +14,13 @@ from difflab.cli import main as cli
 from difflab.data.fill import draw_fill, load_fill
 from difflab.errors import UserError
 from difflab.images import save_images
-from difflab.models import UNet, UNetConfig, build_model, model_config_dict
-from difflab.models.controlnet import ControlNet, HintEncoder, guess_mode_scales
+from difflab.models import DiT, DiTConfig, UNet, UNetConfig, build_model, model_config_dict
+from difflab.models.controlnet import ControlNet, DiTControlNet, HintEncoder, guess_mode_scales
 from difflab.pipelines import DiffusionModel, generate
 from difflab.pipelines.controlnet import Control, ControlledNetwork, ControlNetModel, controlnet_inputs, walk_index
+from difflab.pipelines.generate import Edit
 from difflab.pipelines.img2img import InitImages
+from difflab.pipelines.inpaint import Inpainting
 from difflab.training.config import ConfigError, load_config
 from difflab.training.objectives import ControlNetObjective
 from difflab.training.trainer import train
@@ -240,13 +242,44 @@ def test_bad_input_is_one_clear_message(runs, tmp_path, capsys):
     assert "train-controlnet" in capsys.readouterr().err
 
 
-def test_a_dit_base_is_refused_clearly(tmp_path):
-    dit = TINY[:4] + ["model.name=dit", "model.options={patch_size: 2, hidden_size: 16, depth: 1, num_heads: 2}"] + \
+def test_a_fresh_dit_controlnet_leaves_the_dit_bit_identical():
+    torch.manual_seed(0)
+    base = DiT(DiTConfig(in_channels=3, image_size=8, patch_size=2, hidden_size=16, depth=3, num_heads=2,
+                         num_classes=3, context_dim=6)).eval()
+    perturb_head(base)
+    net = DiTControlNet.from_model(base, hint_channels=1, hint_widths=(4, 8)).eval()
+    assert len(net.blocks) == net.num_residuals == 2  # half the depth, rounded up (PixArt-δ: 13 of 28)
+    x, t, y = torch.randn(2, 3, 8, 8), torch.tensor([3.0, 600.0]), torch.tensor([0, 2])
+    cond = {"class_labels": y, "context": torch.randn(2, 4, 6)}
+    with torch.no_grad():
+        residuals = net(x, t, torch.rand(2, 1, 8, 8), **cond)
+        assert [tuple(r.shape) for r in residuals] == [(2, 16, 16)] * 2 and not any(r.any() for r in residuals)
+        assert torch.equal(base(x, t, **cond, control=residuals), base(x, t, **cond))
+        perturb_head(net)  # trained: the residuals reach the base
+        assert not torch.equal(base(x, t, **cond, control=net(x, t, torch.rand(2, 1, 8, 8), **cond)),
+                               base(x, t, **cond))
+    rebuilt = build_model(json.loads(json.dumps(model_config_dict(net))))
+    assert isinstance(rebuilt, DiTControlNet) and rebuilt.config == net.config
+
+
+def test_a_controlnet_on_a_dit_base_trains_and_samples(tmp_path):
+    dit = TINY[:4] + ["model.name=dit", "model.options={patch_size: 2, hidden_size: 16, depth: 2, num_heads: 2}"] + \
         TINY[5:]
-    train(load_config(None, dit + FILL + [f"train.out_dir={tmp_path / 'dit'}", "train.steps=1"]), progress=False)
-    config = load_config(None, TINY + FILL + CN + [f"controlnet.base={tmp_path / 'dit'}", f"train.out_dir={tmp_path}"])
-    with pytest.raises(ConfigError, match="a DiT has no skip connections"):
-        train(config, progress=False, objective=ControlNetObjective)
+    base = tmp_path / "dit"
+    train(load_config(None, dit + FILL + [f"train.out_dir={base}", "train.steps=2"]), progress=False)
+    config = load_config(None, TINY + FILL + CN + [f"controlnet.base={base}", f"train.out_dir={tmp_path / 'cn'}"])
+    train(config, progress=False, objective=ControlNetObjective)
+    net = ControlNetModel.load(tmp_path / "cn")
+    assert isinstance(net.network, DiTControlNet) and net.network.num_residuals == 1
+    model = DiffusionModel.load(base)
+    data, _ = draw_fill(2, 8, 1)
+    control = Control(net, InitImages(data.controls, [None, None]), 0.0)
+    assert torch.equal(generate(model, 2, labels=data.labels, steps=3)[0],
+                       generate(model, 2, labels=data.labels, steps=3, controls=[control])[0])
+    unlocked = load_config(None, TINY + FILL + CN + [f"controlnet.base={base}", "controlnet.unlock_decoder=true",
+                                                     f"train.out_dir={tmp_path / 'u'}"])
+    with pytest.raises(ConfigError, match="a DiT has none"):
+        train(unlocked, progress=False, objective=ControlNetObjective)
 
 
 def test_the_fill_set_is_deterministic_with_outlines_as_controls():
@@ -254,3 +287,43 @@ def test_the_fill_set_is_deterministic_with_outlines_as_controls():
     assert torch.equal(a.images, b.images) and torch.equal(a.controls, b.controls)
     assert a.controls.shape == (2000, 1, 16, 16) and a.captions[0] == f"a {a.class_names[int(a.labels[0])]} circle"
     assert not torch.equal(load_fill("train", 16).images[:10], a.images[:10])
+
+
+def test_controlnets_compose_with_img2img_and_inpainting(runs):
+    base_path, net = runs
+    base = DiffusionModel.load(base_path)
+    data, _ = draw_fill(2, 8, 11)
+    init = InitImages(data.images, [None, None])
+    mask = torch.zeros(2, 1, 8, 8)
+    mask[..., :4] = 1
+    for edit in (Edit(init, strength=0.6), Edit(init, inpaint=Inpainting(mask, "blend"))):
+        plain, _ = generate(base, 2, labels=data.labels, steps=5, edit=edit)
+        off, _ = generate(base, 2, labels=data.labels, steps=5, edit=edit, controls=[control_of(net, 2, 0.0)[0]])
+        on_control = control_of(net, 2, 1.0)[0]
+        perturb_head(on_control.net.network)
+        on, _ = generate(base, 2, labels=data.labels, steps=5, edit=edit, controls=[on_control])
+        assert torch.equal(plain, off) and not torch.equal(plain, on)
+        if edit.inpaint is not None:  # the kept half stays the original's, control or not
+            assert torch.equal(on[..., 4:], data.images[..., 4:])
+
+
+def test_an_unlocked_decoder_is_trained_and_used(runs, tmp_path):
+    base, _ = runs
+    before = weights_sha256(DiffusionModel.load(base).network.state_dict())
+    config = load_config(None, TINY + FILL + CN + [f"controlnet.base={base}", "controlnet.unlock_decoder=true",
+                                                   f"train.out_dir={tmp_path}"])
+    train(config, progress=False, objective=ControlNetObjective)
+    net = ControlNetModel.load(tmp_path)
+    tensors = load_state(tmp_path, kind="controlnet")[1]["model"]
+    assert any(k.startswith("decoder.") for k in tensors) and any(k.startswith("head.") for k in tensors)
+    model = DiffusionModel.load(base)
+    assert weights_sha256(model.network.state_dict()) == before
+    head = model.network.head[-1].weight
+    assert not torch.equal(net.network.head[-1].weight, head)  # the copy moved, the base did not
+    control, labels = Control(net, InitImages(draw_fill(2, 8, 3)[0].controls, [None, None]), 0.0), torch.tensor([0, 1])
+    # at scale 0 the residuals are off, yet the unlocked decoder is the ControlNet's
+    controlled = ControlledNetwork(model.network, [control], model.schedule)
+    x, t = torch.randn(2, 3, 8, 8), torch.full((2,), 20.0)
+    with torch.no_grad():
+        assert torch.equal(controlled(x, t, class_labels=labels),
+                           model.network(x, t, class_labels=labels, decoder=net.network))

@@ -23,7 +23,7 @@ from torch import nn
 from .autoencoder import PRESETS as KL_PRESETS
 from .autoencoder import AutoencoderConfig, AutoencoderKL, DiagonalGaussian, estimate_latent_scale
 from .classifier import NoisyClassifier
-from .controlnet import ControlNet, ControlNetConfig
+from .controlnet import CONTROLNET_NAMES, ControlNet, ControlNetConfig, DiTControlNet, controlnet_for
 from .dit import PRESETS as DIT_PRESETS
 from .dit import DiT, DiTConfig
 from .unet import PRESETS as UNET_PRESETS
@@ -50,6 +50,8 @@ MODELS: dict[str, ModelSpec] = {
     "autoencoder_vq": ModelSpec(config=AutoencoderVQConfig, model=AutoencoderVQ, presets=VQ_PRESETS),
     # The control branch of a frozen U-Net (Zhang et al. 2023): a copy of its encoder, zero convolutions.
     "controlnet": ModelSpec(config=ControlNetConfig, model=ControlNet, presets={}),
+    # A DiT's control branch (PixArt-δ): copies of its first blocks, zero linear layers after each.
+    "dit_controlnet": ModelSpec(config=ControlNetConfig, model=DiTControlNet, presets={}),
 }
 
 AUTOENCODERS = ("autoencoder_kl", "autoencoder_vq")
@@ -130,7 +132,8 @@ def model_config_dict(model: nn.Module) -> dict:
 
 
 __all__ = [
-    "AUTOENCODERS", "MODELS", "AutoencoderConfig", "ControlNet", "ControlNetConfig", "AutoencoderKL", "AutoencoderVQ",
+    "AUTOENCODERS", "CONTROLNET_NAMES", "MODELS", "AutoencoderConfig", "ControlNet", "ControlNetConfig",
+    "DiTControlNet", "controlnet_for", "AutoencoderKL", "AutoencoderVQ",
     "AutoencoderVQConfig", "DiT", "DiTConfig", "DiagonalGaussian", "ModelSpec", "NoisyClassifier", "UNet",
     "UNetConfig", "build_config", "build_model", "estimate_latent_scale", "load_frozen", "model_config_dict",
     "state_dict_mismatch",

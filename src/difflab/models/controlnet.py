@@ -23,6 +23,14 @@ convolution to the base's first width. The copy's first layer sees ``stem(x_t) +
 With ``unlock_decoder`` the ControlNet also carries a trainable copy of the base's decoder and
 output head, which the controlled model then uses (the reference's ``sd_locked = False``).
 
+**DiT** (:class:`DiTControlNet`): a transformer has no skip connections, so the control branch
+follows PixArt-δ (Chen et al. 2024, "PIXART-δ", §3.2, the "ControlNet-Transformer"): trainable
+copies of the base's first ``copy_depth`` blocks (PixArt-δ: 13 of 28; default half the depth)
+read the noisy tokens plus the control image's tokens (the hint encoder downsampling by
+``hint_factor × patch_size`` straight to the token grid, its last layer zero: PixArt-δ's
+``before_proj``), and the output of copy k, through a zero-initialised linear layer
+(``after_proj``), is added to the output of base block k.
+
 This module is the network; the scale, guess mode and the schedule window that decide how much of
 it reaches the base at sampling are :mod:`difflab.pipelines.controlnet`'s.
 """
@@ -36,8 +44,9 @@ from dataclasses import asdict, dataclass
 
 from torch import Tensor, nn
 
-from ..nn import TimestepMLP, zero_module
+from ..nn import TimestepMLP, sincos_position_embedding_2d, zero_module
 from .conditioning import add_aug_level_embedding, add_label_embedding, concat_features, context_tokens
+from .dit import DiT, DiTBlock, DiTConfig
 from .unet import UNet, UNetBlocks, UNetConfig, build_encoder, run_encoder
 
 GUESS_MODE_BASE = 0.825  # guess mode scales residual k of K by 0.825^(K − 1 − k) (the reference code, K = 13)
@@ -48,13 +57,16 @@ class ControlNetConfig:
     """Hyper-parameters of :class:`ControlNet`; plain values only (JSON round trip).
 
     Attributes:
-        base: the base network's complete config (``model_config_dict``, ``name`` = ``unet``).
+        base: the base network's complete config (``model_config_dict``: ``name`` unet or dit).
         hint_channels: channels of the control image (1 for edges and outlines, 3 for RGB).
         hint_factor: control image side / the network's side: 1 for a pixel model, the
             autoencoder's downsampling factor for a latent one (a power of 2).
         hint_widths: the hint encoder's widths; each width gets two 3×3 convolutions, the first
             ``log2(hint_factor)`` transitions between widths have stride 2.
-        unlock_decoder: also train a copy of the base's decoder and head (``sd_locked: false``).
+        unlock_decoder: also train a copy of the base's decoder and head (``sd_locked: false``;
+            a U-Net's only).
+        copy_depth: a DiT base's blocks copied into the control branch (0 = half its depth,
+            rounded up); unused for a U-Net, whose whole encoder is copied.
     """
 
     base: dict
@@ -62,6 +74,7 @@ class ControlNetConfig:
     hint_factor: int = 1
     hint_widths: tuple[int, ...] = (16, 32, 64)
     unlock_decoder: bool = False
+    copy_depth: int = 0
 
     def __post_init__(self):
         self.base = json.loads(json.dumps(self.base))  # one form (lists, not tuples) however it was given
@@ -69,10 +82,25 @@ class ControlNetConfig:
         self.validate()
 
     @property
-    def unet(self) -> UNetConfig:
-        """The base U-Net's config."""
+    def base_name(self) -> str:
+        return self.base.get("name", "unet")
+
+    @property
+    def network(self) -> UNetConfig | DiTConfig:
+        """The base network's config (a U-Net's or a DiT's)."""
         options = {k: v for k, v in self.base.items() if k not in ("name", "preset")}
-        return UNetConfig(**options)
+        return (UNetConfig if self.base_name == "unet" else DiTConfig)(**options)
+
+    @property
+    def blocks_copied(self) -> int:
+        """A DiT base's copied blocks."""
+        depth = int(self.base.get("depth", 0))
+        return self.copy_depth or (depth + 1) // 2
+
+    @property
+    def total_factor(self) -> int:
+        """The hint encoder's downsampling: the autoencoder's factor, times a DiT's patch size."""
+        return self.hint_factor * (int(self.base.get("patch_size", 1)) if self.base_name == "dit" else 1)
 
     # the conditioning helpers (models/conditioning.py) read these from a network's config
     @property
@@ -89,9 +117,13 @@ class ControlNetConfig:
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the field and the fix."""
-        if self.base.get("name", "unet") != "unet":
-            raise ValueError(f"ControlNet controls difflab's U-Net; the base is a {self.base.get('name')!r} "
-                             "network (a DiT has no skip connections to feed): train the base as model.name: unet")
+        if self.base_name not in CONTROLNET_NAMES:
+            raise ValueError(f"a ControlNet controls a U-Net or a DiT; the base is a {self.base_name!r} network")
+        if self.unlock_decoder and self.base_name != "unet":
+            raise ValueError("unlock_decoder trains a copy of a U-Net's decoder; a DiT has none: set it false")
+        if self.base_name == "dit" and not 1 <= self.blocks_copied <= int(self.base.get("depth", 0)):
+            raise ValueError(f"ControlNetConfig.copy_depth must be in [1, {self.base.get('depth')}] (the DiT's depth), "
+                             f"got {self.copy_depth}")
         if self.hint_channels < 1:
             raise ValueError(f"ControlNetConfig.hint_channels must be >= 1, got {self.hint_channels}")
         factor = self.hint_factor
@@ -100,11 +132,13 @@ class ControlNetConfig:
                              f"factor for latents), got {factor}")
         if not self.hint_widths or min(self.hint_widths) < 1:
             raise ValueError(f"ControlNetConfig.hint_widths must be positive widths, got {self.hint_widths}")
-        if len(self.hint_widths) - 1 < int(math.log2(factor)):
-            raise ValueError(f"the hint encoder needs {int(math.log2(factor))} stride-2 steps for hint_factor "
-                             f"{factor} but its {len(self.hint_widths)} widths give {len(self.hint_widths) - 1}: "
-                             "add widths to ControlNetConfig.hint_widths")
-        self.unet.validate()
+        steps = int(math.log2(self.total_factor))
+        if len(self.hint_widths) - 1 < steps:
+            raise ValueError(f"the hint encoder needs {steps} stride-2 steps (hint_factor {factor}"
+                             + (f" x patch size {self.base.get('patch_size')}" if self.base_name == "dit" else "")
+                             + f") but its {len(self.hint_widths)} widths give {len(self.hint_widths) - 1}: add widths "
+                             "to ControlNetConfig.hint_widths")
+        self.network.validate()
 
 
 class HintEncoder(nn.Module):
@@ -134,8 +168,11 @@ class ControlNet(nn.Module):
 
     def __init__(self, config: ControlNetConfig):
         super().__init__()
+        if config.base_name != "unet":
+            raise ValueError("this ControlNet feeds a U-Net's skip connections; a DiT base takes a DiTControlNet "
+                             "(model name dit_controlnet)")
         self.config = config
-        unet = config.unet
+        unet = config.network
         emb_dim = 4 * unet.model_channels
         # the base's own embeddings and encoder, copied (from_model) and trained
         self.time_embed = TimestepMLP(unet.model_channels, emb_dim)
@@ -163,8 +200,8 @@ class ControlNet(nn.Module):
         block (and decoder and head with ``unlock_decoder``); the hint encoder and zero
         convolutions fresh (the zero ones at zero)."""
         if not isinstance(base, UNet):
-            raise ValueError(f"ControlNet controls difflab's U-Net, not a {type(base).__name__} (a DiT has no skip "
-                             "connections to feed)")
+            raise ValueError(f"ControlNet.from_model takes a U-Net, not a {type(base).__name__} (controlnet_for picks "
+                             "the ControlNet of any base)")
         config = ControlNetConfig({"name": "unet", **asdict(base.config)}, hint_channels, hint_factor,
                                   hint_widths, unlock_decoder)
         net = cls(config).to(next(base.parameters()).device)
@@ -181,16 +218,13 @@ class ControlNet(nn.Module):
             if mine is not None:
                 mine.load_state_dict(copy.deepcopy(theirs.state_dict()))
 
+    @property
+    def num_residuals(self) -> int:
+        """Residuals it returns: one per skip connection, then the middle block's."""
+        return len(self.zero_convs) + 1
+
     def check_hint(self, x: Tensor, hint: Tensor) -> None:
-        """One clear error for a control image that does not fit the network."""
-        cfg = self.config
-        f = cfg.hint_factor
-        expected = (x.shape[0], cfg.hint_channels, x.shape[-2] * f, x.shape[-1] * f)
-        if hint.ndim != 4 or tuple(hint.shape[1:]) != expected[1:]:
-            raise ValueError(f"this ControlNet takes control images of {cfg.hint_channels} channel(s) at "
-                             f"{expected[2]}x{expected[3]} pixels (the model's size), got shape {tuple(hint.shape)}")
-        if hint.shape[0] != x.shape[0]:
-            raise ValueError(f"{hint.shape[0]} control images for a batch of {x.shape[0]}")
+        check_hint(self.config, x, hint)
 
     def forward(self, x: Tensor, t: Tensor, control_image: Tensor, class_labels: Tensor | None = None,
                 context: Tensor | None = None, context_mask: Tensor | None = None, concat: Tensor | None = None,
@@ -223,6 +257,109 @@ class ControlNet(nn.Module):
         return (f"ControlNet {self.num_parameters() / 1e6:.2f}M params: {len(self.zero_convs) + 1} zero convolutions, "
                 f"hint {cfg.hint_channels} ch x{cfg.hint_factor} through widths {list(cfg.hint_widths)}"
                 + (", base decoder unlocked" if cfg.unlock_decoder else ""))
+
+
+def check_hint(config: ControlNetConfig, x: Tensor, hint: Tensor) -> None:
+    """One clear error for a control image that does not fit the network."""
+    f = config.hint_factor
+    expected = (config.hint_channels, x.shape[-2] * f, x.shape[-1] * f)
+    if hint.ndim != 4 or tuple(hint.shape[1:]) != expected:
+        raise ValueError(f"this ControlNet takes control images of {config.hint_channels} channel(s) at "
+                         f"{expected[1]}x{expected[2]} pixels (the model's size), got shape {tuple(hint.shape)}")
+    if hint.shape[0] != x.shape[0]:
+        raise ValueError(f"{hint.shape[0]} control images for a batch of {x.shape[0]}")
+
+
+class DiTControlNet(nn.Module):
+    """The control branch of a DiT (PixArt-δ's ControlNet-Transformer; see the module docstring):
+    ``(x_t, t, control_image, **cond) -> residuals``, one (N, T, D) per copied block, to pass as
+    ``DiT(..., control=...)``."""
+
+    def __init__(self, config: ControlNetConfig):
+        super().__init__()
+        if config.base_name != "dit":
+            raise ValueError("a DiTControlNet controls a DiT; a U-Net base takes a ControlNet (model name controlnet)")
+        self.config = config
+        dit = config.network
+        d, p = dit.hidden_size, dit.patch_size
+        self.time_embed = TimestepMLP(dit.frequency_dim, d)
+        self.label_embed = nn.Embedding(dit.num_classes + 1, d) if dit.num_classes else None
+        self.text_encoder = None  # the base's (frozen) encoder makes the context
+        self.aug_embed = TimestepMLP(dit.frequency_dim, d) if dit.aug_level else None
+        self.patch_embed = nn.Conv2d(dit.in_channels, d, kernel_size=p, stride=p)
+        self.concat_input = (nn.Conv2d(dit.concat_channels, d, kernel_size=p, stride=p, bias=False)
+                             if dit.concat_channels else None)
+        self.register_buffer("pos_embed", sincos_position_embedding_2d(d, dit.grid_size)[None], persistent=False)
+        self.blocks = nn.ModuleList(DiTBlock(d, dit.num_heads, dit.mlp_ratio, dit.context_dim)
+                                    for _ in range(config.blocks_copied))
+        # to the token grid in one go; its last layer zero (PixArt-δ's before_proj)
+        self.hint = HintEncoder(config.hint_channels, config.hint_widths, config.total_factor, d)
+        self.zero_linears = nn.ModuleList(zero_module(nn.Linear(d, d)) for _ in self.blocks)  # after_proj
+
+    @classmethod
+    def from_model(cls, base: DiT, hint_channels: int = 3, hint_factor: int = 1,
+                   hint_widths: tuple[int, ...] = (16, 32, 64), copy_depth: int = 0) -> DiTControlNet:
+        """A DiT ControlNet for ``base``: its config, and copies of its embeddings and first blocks."""
+        config = ControlNetConfig({"name": "dit", **asdict(base.config)}, hint_channels, hint_factor, hint_widths,
+                                  copy_depth=copy_depth)
+        net = cls(config).to(next(base.parameters()).device)
+        net.copy_base(base)
+        return net
+
+    def copy_base(self, base: DiT) -> None:
+        for name in ("time_embed", "label_embed", "aug_embed", "patch_embed", "concat_input"):
+            mine = getattr(self, name)
+            if mine is not None:
+                mine.load_state_dict(copy.deepcopy(getattr(base, name).state_dict()))
+        for mine, theirs in zip(self.blocks, base.blocks):
+            mine.load_state_dict(copy.deepcopy(theirs.state_dict()))
+
+    @property
+    def num_residuals(self) -> int:
+        return len(self.blocks)
+
+    def check_hint(self, x: Tensor, hint: Tensor) -> None:
+        check_hint(self.config, x, hint)
+
+    def forward(self, x: Tensor, t: Tensor, control_image: Tensor, class_labels: Tensor | None = None,
+                context: Tensor | None = None, context_mask: Tensor | None = None, concat: Tensor | None = None,
+                aug_level: Tensor | None = None) -> list[Tensor]:
+        """One residual (N, T, D) per copied block, for the base's block outputs (arguments as
+        :meth:`ControlNet.forward`)."""
+        self.check_hint(x, control_image)
+        c = self.time_embed(t)
+        c = add_label_embedding(self, c, class_labels)
+        c = add_aug_level_embedding(self, c, aug_level)
+        context, context_mask = context_tokens(self, context, context_mask, None, None)
+        h = self.patch_embed(x)
+        image = concat_features(self, x, concat)
+        h = (h if image is None else h + image).flatten(2).transpose(1, 2) + self.pos_embed  # (N, T, D)
+        h = h + self.hint(control_image.to(x.dtype)).flatten(2).transpose(1, 2)
+        out = []
+        for block, zero in zip(self.blocks, self.zero_linears):
+            h = block(h, c, context, context_mask)
+            out.append(zero(h))
+        return out
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def summary(self) -> str:
+        cfg = self.config
+        return (f"DiT ControlNet {self.num_parameters() / 1e6:.2f}M params: {len(self.blocks)} copied blocks, hint "
+                f"{cfg.hint_channels} ch x{cfg.total_factor} through widths {list(cfg.hint_widths)}")
+
+
+CONTROLNET_NAMES = {"unet": "controlnet", "dit": "dit_controlnet"}  # base network → its ControlNet's model name
+
+
+def controlnet_for(base: nn.Module, **options) -> ControlNet | DiTControlNet:
+    """The ControlNet of ``base`` (a U-Net or a DiT), copied from it (``from_model``)."""
+    if isinstance(base, UNet):
+        return ControlNet.from_model(base, **options)
+    if isinstance(base, DiT):
+        return DiTControlNet.from_model(base, **options)
+    raise ValueError(f"a ControlNet controls a U-Net or a DiT, not a {type(base).__name__}")
 
 
 def guess_mode_scales(n: int) -> list[float]:

@@ -257,7 +257,7 @@ class DiT(nn.Module):
     def forward(self, x: Tensor, t: Tensor, class_labels: Tensor | None = None, context: Tensor | None = None,
                 context_mask: Tensor | None = None, input_ids: Tensor | None = None,
                 token_mask: Tensor | None = None, concat: Tensor | None = None,
-                aug_level: Tensor | None = None) -> Tensor:
+                aug_level: Tensor | None = None, control: list[Tensor] | None = None) -> Tensor:
         """Predict ε, x₀ or v (and the variance output with ``learned_sigma``) for noisy images or
         latents x (N, in_channels, image_size, image_size) at the schedule's float times t (N,).
 
@@ -267,7 +267,9 @@ class DiT(nn.Module):
         token), exactly when ``context_dim > 0``; or ``input_ids`` and ``token_mask`` (N, L) for
         the built-in trainable ``text_encoder``; ``concat`` (N, concat_channels, H, W), an image
         concatenated to x, exactly when ``concat_channels > 0``, with ``aug_level`` (N,) its noise
-        level in [0, 1] when the config's ``aug_level`` is set.
+        level in [0, 1] when the config's ``aug_level`` is set. ``control``: a ControlNet's token
+        residuals (N, T, D), the k-th added to the output of block k (PixArt-δ's ControlNet-
+        Transformer, :class:`~difflab.models.controlnet.DiTControlNet`).
 
         Returns (N, out_channels · (2 if learned_sigma else 1), image_size, image_size) in x's dtype.
         """
@@ -282,8 +284,13 @@ class DiT(nn.Module):
         h = self.patch_embed(x)  # (N, D, H/p, W/p)
         concat_h = concat_features(self, x, concat)
         h = (h if concat_h is None else h + concat_h).flatten(2).transpose(1, 2) + self.pos_embed  # (N, T, D)
-        for block in self.blocks:
+        if control is not None and len(control) > len(self.blocks):
+            raise ValueError(f"{len(control)} control residuals for a DiT of depth {len(self.blocks)}: the "
+                             "ControlNet was made for another network")
+        for k, block in enumerate(self.blocks):
             h = block(h, c, context, context_mask)  # (N, T, D)
+            if control is not None and k < len(control):
+                h = h + control[k].to(h.dtype)
         h = self.final(h, c)  # (N, T, p·p·C_out)
         return unpatchify(h, cfg.patch_size, self.out_channels).to(x.dtype)  # (N, C_out, H, W)
 

@@ -35,8 +35,8 @@ from torch import Tensor, nn
 from ..checkpoint import CONTROLNET_KIND, find_checkpoint, load_state, weights_sha256
 from ..controls import ControlSpec, make_controls, to_hint
 from ..errors import UserError
-from ..models import UNet, load_frozen
-from ..models.controlnet import ControlNet, guess_mode_scales
+from ..models import DiT, UNet, load_frozen
+from ..models.controlnet import ControlNet, DiTControlNet, guess_mode_scales
 from .img2img import InitImages, load_init_images_at, pixel_shape
 from .loading import DiffusionModel
 
@@ -45,7 +45,7 @@ from .loading import DiffusionModel
 class ControlNetModel:
     """A trained ControlNet (frozen) and its checkpoint's ``config.json`` (``record``)."""
 
-    network: ControlNet
+    network: ControlNet | DiTControlNet
     record: dict
     path: Path | None = None
 
@@ -111,7 +111,7 @@ class Control:
     def __post_init__(self):
         if self.scale is None:
             self.scale = self.net.default_scale
-        n = len(self.net.network.zero_convs) + 1
+        n = self.net.network.num_residuals
         scales = list(self.scale) if isinstance(self.scale, (list, tuple)) else [float(self.scale)] * n
         if len(scales) != n:
             raise UserError(f"a per-layer control scale needs {n} values (one per skip connection and the middle "
@@ -169,10 +169,10 @@ def walk_index(sigmas: Tensor, sigma: float) -> int:
 
 
 class ControlledNetwork(nn.Module):
-    """The base U-Net with ControlNets: ``(x_t, t, control, control_branch, **cond)``.
+    """The base network with ControlNets: ``(x_t, t, control, control_branch, **cond)``.
 
     Args:
-        base: the base network (a :class:`~difflab.models.UNet`).
+        base: the base network (a :class:`~difflab.models.UNet` or :class:`~difflab.models.DiT`).
         controls: the :class:`Control` of each ControlNet (their networks are used, their images
             come in ``control``).
         schedule: the base's noise schedule (t → σ for the windows).
@@ -212,8 +212,9 @@ class ControlledNetwork(nn.Module):
     def forward(self, x: Tensor, t: Tensor, control: Tensor | None = None, control_branch: Tensor | None = None,
                 **cond) -> Tensor:
         active = self.active(t)
+        decoder = {"decoder": self.decoder_owner} if self.decoder_owner is not None else {}
         if not any(active):
-            return self.base(x, t, **cond, decoder=self.decoder_owner)
+            return self.base(x, t, **cond, **decoder)
         if control is None:
             raise ValueError("this network is controlled: pass control= (the control images, concatenated)")
         residuals, offset, n = None, 0, x.shape[0]
@@ -232,7 +233,7 @@ class ControlledNetwork(nn.Module):
                 rows = control_branch.to(x.dtype).view(-1, 1, 1, 1)
             scaled = [r * s if rows is None else r * s * rows for r, s in zip(out, c.residual_scales)]
             residuals = scaled if residuals is None else [a + b for a, b in zip(residuals, scaled)]
-        return self.base(x, t, **cond, control=residuals, decoder=self.decoder_owner)
+        return self.base(x, t, **cond, control=residuals, **decoder)
 
 
 def controlnet_inputs(base: nn.Module, cond: dict, null: dict | None = None) -> dict:
@@ -264,9 +265,9 @@ def controlled_model(model: DiffusionModel, controls: list[Control], null_cond: 
     """``model`` with ``controls`` applied: the same record, schedule and autoencoder, its network
     a :class:`ControlledNetwork`. Checks each ControlNet against the base and its images'
     channels and size first."""
-    if not isinstance(model.network, UNet):
-        raise UserError(f"ControlNet controls difflab's U-Net; {model.path} is a {type(model.network).__name__} "
-                        "(a DiT has no skip connections to feed): sample it without --controlnet")
+    if not isinstance(model.network, (UNet, DiT)):
+        raise UserError(f"a ControlNet controls a U-Net or a DiT; {model.path} is a {type(model.network).__name__}: "
+                        "sample it without --controlnet")
     _, height, width = pixel_shape(model)
     for c in controls:
         c.net.check_base(model, force)

@@ -154,6 +154,7 @@ class ControlNetSection:
     hint_widths: tuple = (16, 32, 64)  # the hint encoder's widths
     prompt_drop: float = 0.5  # the paper's 50% empty prompts (the null label for a class-conditional base)
     unlock_decoder: bool = False  # the reference's sd_locked: false: also train a copy of the base's decoder
+    copy_depth: int = 0  # a DiT base's blocks copied into the control branch (0: half its depth)
     control_scale: float = 1.0  # the sampling default of the checkpoint (and of the previews)
 
 
@@ -318,6 +319,7 @@ RULES: dict[str, tuple[Callable[[object], bool], str]] = {
     "controlnet.hint_widths": (lambda v: len(v) >= 1 and all(_at_least(1)(w) for w in v),
                                "a list of integer widths >= 1, e.g. [16, 32, 64]"),
     "controlnet.prompt_drop": (_between(0, 1), "in [0, 1]"),
+    "controlnet.copy_depth": (_at_least(0), "an integer >= 0 (0: half the DiT's depth)"),
     "controlnet.control_scale": (_number, "a finite number"),
 }
 

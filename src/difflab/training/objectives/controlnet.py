@@ -27,7 +27,7 @@ from ...checkpoint import CONTROLNET_KIND, weights_sha256
 from ...conditioning import select
 from ...controls import ControlSpec, make_controls, to_hint
 from ...images import save_grid
-from ...models import UNet
+from ...models import CONTROLNET_NAMES, DiT, UNet
 from ...pipelines.controlnet import Control, ControlNetModel, controlnet_inputs
 from ...pipelines.generate import SamplerSettings, plan, run
 from ...pipelines.img2img import InitImages
@@ -47,9 +47,11 @@ def load_base(config: Config, data: TrainingData) -> DiffusionModel:
         base = DiffusionModel.load(path, device=data.device)
     except (OSError, ValueError) as err:
         raise ConfigError(f"controlnet.base ({path}): {err}") from None
-    if not isinstance(base.network, UNet):
-        raise ConfigError(f"controlnet.base ({path}) is a {type(base.network).__name__}; ControlNet controls "
-                          "difflab's U-Net (a DiT has no skip connections to feed): give a U-Net run")
+    if not isinstance(base.network, (UNet, DiT)):
+        raise ConfigError(f"controlnet.base ({path}) is a {type(base.network).__name__}; a ControlNet controls a "
+                          "U-Net or a DiT")
+    if isinstance(base.network, DiT) and config.controlnet.unlock_decoder:
+        raise ConfigError("controlnet.unlock_decoder trains a copy of a U-Net's decoder; a DiT has none: set it false")
     if base.image_condition is not None:
         raise ConfigError(f"controlnet.base ({path}) is an image-conditioned model ({base.image_condition}); train "
                           "a ControlNet on a text-, class-conditional or unconditional base")
@@ -108,9 +110,10 @@ class ControlNetObjective(DiffusionObjective):
 
     def model_spec(self) -> dict:
         cn = self.config.controlnet
-        return {"name": "controlnet", "base": self.base.record.model, "hint_channels": self.controls.shape[1],
+        base = self.base.record.model
+        return {"name": CONTROLNET_NAMES[base["name"]], "base": base, "hint_channels": self.controls.shape[1],
                 "hint_factor": self.controls.shape[-1] // self.data.shape[-1], "hint_widths": cn.hint_widths,
-                "unlock_decoder": cn.unlock_decoder}
+                "unlock_decoder": cn.unlock_decoder, "copy_depth": cn.copy_depth}
 
     def attach(self, model) -> None:
         super().attach(model)
@@ -133,11 +136,11 @@ class ControlNetObjective(DiffusionObjective):
 
     def loss(self, net, inputs: Inputs) -> StepLoss:
         base, d = self.base, self.config.diffusion
-        decoder = self.network if self.config.controlnet.unlock_decoder else None
+        decoder = {"decoder": self.network} if self.config.controlnet.unlock_decoder else {}
 
         def controlled(x_t: Tensor, t: Tensor, control_image: Tensor, **cond) -> Tensor:
             residuals = net(x_t, t, control_image, **controlnet_inputs(base.network, cond))
-            return base.network(x_t, t, **cond, control=residuals, decoder=decoder)
+            return base.network(x_t, t, **cond, control=residuals, **decoder)
 
         out = losses.diffusion_loss(
             controlled, inputs["x0"], self.schedule, prediction=base.prediction, weighting=d.weighting,
