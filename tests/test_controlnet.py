@@ -327,3 +327,19 @@ def test_an_unlocked_decoder_is_trained_and_used(runs, tmp_path):
     with torch.no_grad():
         assert torch.equal(controlled(x, t, class_labels=labels),
                            model.network(x, t, class_labels=labels, decoder=net.network))
+
+
+def test_bad_controlnet_configs_are_one_clear_error_before_training(runs, tmp_path):
+    base, _ = runs
+    cases = {
+        "give --base RUN": [],
+        "data.hflip": [f"controlnet.base={base}", "data.hflip=true"],
+        "data.class_conditional must be True": [f"controlnet.base={base}", "data.class_conditional=false"],
+        "unknown control kind": [f"controlnet.base={base}", "controlnet.control={kind: depth}"],
+        "does not exist": [f"controlnet.base={tmp_path / 'nothing'}"],
+        "makes 3x8x8 images": [f"controlnet.base={base}", "data.resolution=16"],
+    }
+    for message, extra in cases.items():
+        config = load_config(None, TINY + FILL + CN + [f"train.out_dir={tmp_path / 'out'}"] + extra)
+        with pytest.raises(ConfigError, match=message):
+            train(config, progress=False, objective=ControlNetObjective)
