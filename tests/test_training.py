@@ -202,3 +202,16 @@ def test_bpd_command_scores_a_checkpoint(tmp_path, capsys):
     assert cli(["bpd", str(tmp_path), "--data", "digits:test", "--n", "3", "--json", str(out)]) == 0
     result = json.loads(out.read_text())
     assert result["images"] == 3 and 0 < result["bits_per_dim"] < 20
+
+
+def test_excluded_classes_are_left_out_and_keep_their_label_slots():
+    from difflab.data.load import load_dataset
+    from difflab.training.trainer import exclude_classes
+
+    digits = load_dataset("digits")
+    kept = exclude_classes(digits, ("3", "7"))
+    assert len(kept) == len(digits) - int(((digits.labels == 3) | (digits.labels == 7)).sum())
+    assert not bool(((kept.labels == 3) | (kept.labels == 7)).any()) and kept.class_names == digits.class_names
+    assert exclude_classes(digits, ()) is digits
+    with pytest.raises(ConfigError, match="'eleven' is not a class of digits"):
+        exclude_classes(digits, ("eleven",))

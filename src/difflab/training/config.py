@@ -49,6 +49,7 @@ class DataConfig:
     text_conditional: bool = False  # condition on the dataset's captions (model.text_encoder)
     autoencoder: str | None = None  # latent diffusion: a `difflab train-autoencoder` run to train in the latents of
     latent_cache: bool = True  # encode the dataset once (True) or every batch on the fly (False)
+    exclude_classes: tuple = ()  # class names left out of training (e.g. [ankle boot]: a class to personalise later)
 
 
 @dataclass
@@ -265,6 +266,7 @@ RULES: dict[str, tuple[Callable[[object], bool], str]] = {
     "data.split": (_text, "a split name such as train or test"),
     "data.resolution": (_optional(_between(1, _MAX_SIDE)), f"between 1 and {_MAX_SIDE}, or null (the dataset's own)"),
     "data.channels": (lambda v: v in (None, 1, 3) and not isinstance(v, bool), "1, 3 or null (the dataset's own)"),
+    "data.exclude_classes": (lambda v: all(isinstance(name, str) for name in v), "a list of class names"),
     "data.random_crop": (_optional(_between(1, _MAX_SIDE)), f"between 1 and {_MAX_SIDE}, or null (no crops)"),
     "data.autoencoder": (_optional(_text), "the folder of a `difflab train-autoencoder` run, or null"),
     "model.name": (_text, "a model name (unet, dit, noisy_classifier, autoencoder_kl, autoencoder_vq)"),

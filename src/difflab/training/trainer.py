@@ -58,6 +58,21 @@ def batch_indices(n: int, batch: int, step: int, seed: int) -> torch.Tensor:
     return perm[position * batch : (position + 1) * batch]
 
 
+def exclude_classes(dataset, names: tuple[str, ...]):
+    """``dataset`` without the images of the classes ``names`` (which keep their label indices, so
+    a model trained without a class still has its slot: personalisation adds it back)."""
+    if not names:
+        return dataset
+    lower = [c.lower() for c in dataset.class_names]  # "ankle boot" names "Ankle boot"
+    unknown = [name for name in names if name.lower() not in lower]
+    if unknown:
+        raise ConfigError(f"config key 'data.exclude_classes': {unknown[0]!r} is not a class of {dataset.name} "
+                          f"({', '.join(dataset.class_names) or 'it has no classes'})")
+    drop = torch.tensor([lower.index(name.lower()) for name in names])
+    kept = ~torch.isin(dataset.labels, drop)
+    return dataset.subset(kept, name=f"{dataset.name} without {', '.join(names)}")
+
+
 def _step_generator(seed: int, step: int, device: torch.device) -> torch.Generator:
     return torch.Generator(device).manual_seed((seed * 7_919 + step) % (2**63 - 1))
 
@@ -189,6 +204,7 @@ def _train(cfg: Config, rt: distributed.Runtime, out: Path, resume, init_from, o
         dataset = load_dataset(cfg.data.dataset, cfg.data.split, cfg.data.resolution, cfg.data.channels)
     except ValueError as err:
         raise ConfigError(f"config key 'data.dataset' ({cfg.data.dataset!r}): {err}") from None
+    dataset = exclude_classes(dataset, cfg.data.exclude_classes)
     images = dataset.images.to(device)
     latent, latent_cache = None, None
     if cfg.data.autoencoder:  # latent diffusion: train on scale·E(x) of a frozen autoencoder
