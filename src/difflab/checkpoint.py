@@ -68,6 +68,7 @@ DIFFUSION_KIND = "diffusion"
 CLASSIFIER_KIND = "noisy_classifier"  # ADM's noisy classifier, trained by the same loop
 AUTOENCODER_KIND = "autoencoder"  # latent diffusion's KL / VQ autoencoders, trained by the same loop
 CONTROLNET_KIND = "controlnet"  # a ControlNet: the control branch of a frozen diffusion run
+LORA_KIND = "lora"  # a LoRA's adapters on a frozen diffusion run
 
 
 class CheckpointWarning(UserWarning):

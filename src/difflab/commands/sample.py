@@ -120,7 +120,20 @@ def add_controlnet_arguments(p) -> None:
                    help="no prompt to the control branches, deeper residuals weighted up (0.825^(K-1-k)), and "
                         "under classifier-free guidance only the conditional branch controlled")
     g.add_argument("--force", action="store_true",
-                   help="apply a ControlNet even if its base run's weights have changed since it was trained")
+                   help="apply a ControlNet or LoRA even if its base run's weights have changed since it was trained "
+                        "(a LoRA for another architecture: load the layers that match)")
+    p.add_argument("--lora", action="append", default=[], metavar="FILE[:SCALE]",
+                   help="a LoRA (a .safetensors file in difflab's, PEFT's or kohya's layout, or a train-lora run) at "
+                        "SCALE (default 1); repeat to combine several (docs/personalisation.md)")
+
+
+def add_loras(model, args) -> None:
+    """Load every --lora FILE[:SCALE] onto the model."""
+    from ..pipelines.lora import add_lora, parse_lora_arg
+
+    for text in getattr(args, "lora", []):
+        path, scale = parse_lora_arg(text)
+        add_lora(model, path, scale, force=getattr(args, "force", False))
 
 
 def controls_from_args(args, model) -> list:
@@ -300,6 +313,7 @@ def run(args) -> int:
     out_dir = check_output_folder(Path(args.out))  # before any work: not a file, writable
     device = pick_device(args.device)
     model = DiffusionModel.load(args.checkpoint, use_ema=not args.no_ema, device=device)
+    add_loras(model, args)
     noise = read_noise(args.noise) if args.noise else None
     edit = edit_from_args(args, model)
     cond_images = None
@@ -410,6 +424,8 @@ def apply_png_record(args) -> None:
     if getattr(args, "image_guidance", None) is None:
         args.image_guidance = record.get("image_guidance_scale")
     apply_controlnet_record(args, record)
+    if record.get("loras") and not args.lora:
+        args.lora = [f"{entry['path']}:{entry['scale']}" for entry in record["loras"]]
 
 
 def apply_controlnet_record(args, record: dict) -> None:

@@ -26,6 +26,7 @@ from .classifier import NoisyClassifier
 from .controlnet import CONTROLNET_NAMES, ControlNet, ControlNetConfig, DiTControlNet, controlnet_for
 from .dit import PRESETS as DIT_PRESETS
 from .dit import DiT, DiTConfig
+from .lora import LoraSpec, TrainableLora
 from .unet import PRESETS as UNET_PRESETS
 from .unet import UNet, UNetConfig
 from .vq import PRESETS as VQ_PRESETS
@@ -52,6 +53,8 @@ MODELS: dict[str, ModelSpec] = {
     "controlnet": ModelSpec(config=ControlNetConfig, model=ControlNet, presets={}),
     # A DiT's control branch (PixArt-δ): copies of its first blocks, zero linear layers after each.
     "dit_controlnet": ModelSpec(config=ControlNetConfig, model=DiTControlNet, presets={}),
+    # Low-rank adapters on a frozen network's layers (Hu et al. 2021): the adapters are the model.
+    "lora": ModelSpec(config=LoraSpec, model=TrainableLora, presets={}),
 }
 
 AUTOENCODERS = ("autoencoder_kl", "autoencoder_vq")
@@ -127,7 +130,7 @@ def model_config_dict(model: nn.Module) -> dict:
     """The complete dictionary (``name`` and every field) that rebuilds ``model``'s architecture."""
     for name, spec in MODELS.items():
         if isinstance(model, spec.model):
-            return {"name": name, **asdict(model.config)}
+            return {"name": name, **(model.config_dict if hasattr(model, "config_dict") else asdict(model.config))}
     raise ValueError(f"{type(model).__name__} is not a registered difflab model; known: {sorted(MODELS)}")
 
 

@@ -21,6 +21,7 @@ saved before the first merge, bit for bit.
 
 from __future__ import annotations
 
+import copy
 import fnmatch
 import math
 from collections.abc import Iterable
@@ -153,13 +154,28 @@ class LoraNetwork(nn.Module):
         self._hooks = []
         self.bind(network)
 
+    def __deepcopy__(self, memo):
+        """A copy of the adapters beside the same network, not hooked into it (an EMA's shadow:
+        :meth:`bind` it to run it)."""
+        clone = self.__class__.__new__(self.__class__)
+        memo[id(self)] = clone
+        for key, value in self.__dict__.items():
+            clone.__dict__[key] = value if key == "_network" else [] if key == "_hooks" else copy.deepcopy(value, memo)
+        clone._network = [self.network]
+        return clone
+
+    def unbind(self) -> None:
+        """Take the hooks off the network (the adapters stay; :meth:`bind` puts them back)."""
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks = []
+
     def bind(self, network: nn.Module) -> None:
         """Run the adapters on ``network`` (the same architecture) from now on: e.g. the trained
         base's weights in place of the network the adapters were built beside."""
         if self.merged:
             raise ValueError("unmerge the LoRA before moving it to another network")
-        for hook in self._hooks:
-            hook.remove()
+        self.unbind()
         modules = dict(network.named_modules())
         missing = [name for name in self.layer_names if name not in modules]
         if missing:
@@ -222,9 +238,7 @@ class LoraNetwork(nn.Module):
     def remove(self) -> None:
         """Unmerge and take the adapters off the network (unload)."""
         self.unmerge()
-        for hook in self._hooks:
-            hook.remove()
-        self._hooks = []
+        self.unbind()
 
     def lora_state_dict(self) -> dict[str, Tensor]:
         """The adapters' weights in PEFT's key layout: ``{layer}.lora_A.weight`` (down), ``.lora_B.weight`` (up)."""
@@ -260,3 +274,39 @@ def _originals(module: nn.Module) -> list[tuple[int, Tensor]]:
     if not hasattr(module, "_lora_originals"):
         module._lora_originals = []
     return module._lora_originals
+
+
+@dataclass
+class LoraSpec:
+    """A trainable LoRA as a registered model (``{"name": "lora", "base": {...}, "rank": 4, ...}``):
+    the base network's complete config and the :class:`LoraConfig` fields. Built, it is a
+    :class:`LoraNetwork` beside a freshly built base network, which the trainer then rebinds to the
+    real base (:meth:`LoraNetwork.bind`)."""
+
+    base: dict
+    rank: int = 4
+    alpha: float | None = None
+    targets: tuple[str, ...] = DEFAULT_TARGETS
+    dropout: float = 0.0
+    rslora: bool = False
+
+    def __post_init__(self):
+        self.targets = tuple(self.targets)
+
+    @property
+    def lora(self) -> LoraConfig:
+        return LoraConfig(self.rank, self.alpha, self.targets, self.dropout, self.rslora)
+
+
+class TrainableLora(LoraNetwork):
+    """A :class:`LoraNetwork` built from a :class:`LoraSpec` (the model registry's ``lora``)."""
+
+    def __init__(self, spec: LoraSpec):
+        from . import build_model
+
+        super().__init__(build_model(spec.base), spec.lora)
+        self.spec = spec
+
+    @property
+    def config_dict(self) -> dict:
+        return asdict(self.spec)

@@ -57,6 +57,7 @@ from .img2img import InitImages, check_strength, encode, pixel_shape
 from .inpaint import Inpainting, blend_callback
 from .inpaint_area import MaskedArea
 from .loading import DiffusionModel
+from .lora import lora_records
 
 
 @dataclass
@@ -240,6 +241,7 @@ class GenerationPlan:
             "image_guidance_scale": guidance.image_scale if self.model.image_condition == "source" else None,
             **(self.edit.record(i) if self.edit is not None else {}),
             "controlnets": [c.record(i) for c in self.controls] or None,
+            "loras": lora_records(self.model),
         }
         return {key: value for key, value in record.items() if value is not None}
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -27,6 +27,7 @@ class DiffusionModel:
         latent: a latent model's autoencoder, which decodes its samples; None for a pixel model.
         path: the checkpoint folder it was loaded from (None for a model built in memory, e.g. the
             trainer's previews).
+        loras: the LoRAs loaded onto the network (:mod:`difflab.pipelines.lora`).
     """
 
     network: torch.nn.Module
@@ -34,6 +35,7 @@ class DiffusionModel:
     schedule: NoiseSchedule
     latent: LatentSpace | None = None
     path: Path | None = None
+    loras: list = field(default_factory=list)  # LoRAs on the network (pipelines/lora.py), in loading order
 
     @classmethod
     def load(cls, path: str | Path, use_ema: bool = True, device: str | torch.device = "cpu") -> DiffusionModel:

@@ -27,6 +27,7 @@ from .img2img import InitImages, load_init_images, pixel_shape
 from .inpaint import Inpainting, as_mask, read_mask
 from .inpaint_area import INPAINT_AREAS, MaskedArea
 from .loading import DiffusionModel, NoisyClassifierModel
+from .lora import add_lora
 from .png_info import RECORD_KEY, parameters_text, read_record
 from .super_resolution import load_cond_images
 
@@ -49,6 +50,29 @@ class Pipeline:
         when one is visible)."""
         device = pick_device(device) if isinstance(device, str) else device
         return cls(DiffusionModel.load(path, use_ema=use_ema, device=device))
+
+    def load_lora(self, path: str | Path, scale: float = 1.0, force: bool = False):
+        """Load a LoRA (a file of any layout, or a train-lora run) onto this pipeline's network at
+        ``scale``; several combine. Returns the :class:`~difflab.models.lora.LoraNetwork` (its
+        ``scale`` may be changed later)."""
+        return add_lora(self.model, path, scale, force)
+
+    def fuse_lora(self) -> None:
+        """Merge the loaded LoRAs into the weights (faster sampling; the same images to float tolerance)."""
+        for lora in self.model.loras:
+            lora.merge()
+
+    def unfuse_lora(self) -> None:
+        """Restore the weights from before :meth:`fuse_lora`, bit for bit (the LoRAs stay loaded)."""
+        for lora in reversed(self.model.loras):
+            lora.unmerge()
+
+    def unload_lora(self) -> None:
+        """Take every LoRA off (unfused first): the base model again."""
+        self.unfuse_lora()
+        for lora in self.model.loras:
+            lora.remove()
+        self.model.loras.clear()
 
     @property
     def class_names(self) -> list[str]:

@@ -160,6 +160,20 @@ class ControlNetSection:
 
 
 @dataclass
+class LoraSection:
+    """A LoRA run (``difflab train-lora CONFIG --base RUN --images DIR --prompt TEXT``; docs/personalisation.md)."""
+
+    base: str | None = None  # the frozen base run; --base sets it
+    prompt: str | None = None  # the caption of every training image (a text model); --prompt sets it
+    class_name: str | None = None  # the class of every training image (a class-conditional model); --class
+    rank: int = 4
+    alpha: float | None = None  # null: alpha = rank (scale 1)
+    targets: tuple = ("*.attn.qkv", "*.attn.proj", "*.cross.q", "*.cross.kv", "*.cross.proj")
+    dropout: float = 0.0
+    rslora: bool = False  # scale alpha / sqrt(rank)
+
+
+@dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -169,6 +183,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
     controlnet: ControlNetSection = field(default_factory=ControlNetSection)
+    lora: LoraSection = field(default_factory=LoraSection)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -322,6 +337,10 @@ RULES: dict[str, tuple[Callable[[object], bool], str]] = {
                                "a list of integer widths >= 1, e.g. [16, 32, 64]"),
     "controlnet.prompt_drop": (_between(0, 1), "in [0, 1]"),
     "controlnet.copy_depth": (_at_least(0), "an integer >= 0 (0: half the DiT's depth)"),
+    "lora.rank": (_at_least(1), "an integer >= 1"),
+    "lora.dropout": (_between(0, 1, open_high=True), "in [0, 1)"),
+    "lora.targets": (lambda v: len(v) > 0 and all(isinstance(p, str) for p in v),
+                     "a list of module-name patterns, e.g. ['*.attn.qkv', '*.cross.kv']"),
     "controlnet.control_scale": (_number, "a finite number"),
 }
 

@@ -23,11 +23,13 @@ from .base import Inputs, Objective, StepLoss, TrainingData, take_rows
 from .classifier import NoisyClassifierObjective
 from .controlnet import ControlNetObjective
 from .diffusion import DiffusionObjective, text_encoder_config
+from .lora import LoraObjective
 
 # model.name → objective; every other model name trains a diffusion model.
 OBJECTIVES: dict[str, type[Objective]] = {
     "noisy_classifier": NoisyClassifierObjective,
     "controlnet": ControlNetObjective,
+    "lora": LoraObjective,
     **{name: AutoencoderObjective for name in AUTOENCODERS},
 }
 
@@ -38,7 +40,7 @@ def objective_for(config: Config) -> type[Objective]:
 
 
 __all__ = [
-    "OBJECTIVES", "AutoencoderObjective", "ControlNetObjective",
+    "OBJECTIVES", "AutoencoderObjective", "ControlNetObjective", "LoraObjective",
     "DiffusionObjective", "Inputs", "NoisyClassifierObjective", "Objective",
     "StepLoss", "TrainingData", "autoencoder_loss", "autoencoder_spec", "check_random_crop", "evaluate",
     "objective_for", "preview_images", "reconstruction_grid", "take_rows",

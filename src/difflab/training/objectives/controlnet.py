@@ -27,47 +27,15 @@ from ...checkpoint import CONTROLNET_KIND, weights_sha256
 from ...conditioning import select
 from ...controls import ControlSpec, make_controls, to_hint
 from ...images import save_grid
-from ...models import CONTROLNET_NAMES, DiT, UNet
+from ...models import CONTROLNET_NAMES, DiT
 from ...pipelines.controlnet import Control, ControlNetModel, controlnet_inputs
 from ...pipelines.generate import SamplerSettings, plan, run
 from ...pipelines.img2img import InitImages
-from ...pipelines.loading import DiffusionModel
 from ...pipelines.png_info import png_text
 from ..config import Config, ConfigError
 from .base import Inputs, StepLoss, TrainingData
 from .diffusion import DiffusionObjective
-
-
-def load_base(config: Config, data: TrainingData) -> DiffusionModel:
-    """The frozen base run of a ControlNet run, checked against the run's data."""
-    path = config.controlnet.base
-    if not path:
-        raise ConfigError("a ControlNet is trained on a base run: give --base RUN (or controlnet.base)")
-    try:
-        base = DiffusionModel.load(path, device=data.device)
-    except (OSError, ValueError) as err:
-        raise ConfigError(f"controlnet.base ({path}): {err}") from None
-    if not isinstance(base.network, (UNet, DiT)):
-        raise ConfigError(f"controlnet.base ({path}) is a {type(base.network).__name__}; a ControlNet controls a "
-                          "U-Net or a DiT")
-    if isinstance(base.network, DiT) and config.controlnet.unlock_decoder:
-        raise ConfigError("controlnet.unlock_decoder trains a copy of a U-Net's decoder; a DiT has none: set it false")
-    if base.image_condition is not None:
-        raise ConfigError(f"controlnet.base ({path}) is an image-conditioned model ({base.image_condition}); train "
-                          "a ControlNet on a text-, class-conditional or unconditional base")
-    mine = data.latent.to_config() if data.latent is not None else None
-    if (base.record.latent is None) != (mine is None) or (
-            mine is not None and base.record.latent["latent_scale"] != mine["latent_scale"]):
-        where = base.record.latent["source"] if base.record.latent else "pixels"
-        raise ConfigError(f"controlnet.base ({path}) works in {where}; set data.autoencoder to the same autoencoder "
-                          "as the base (or none for a pixel model)")
-    if tuple(base.image_shape) != tuple(data.shape):
-        raise ConfigError(f"controlnet.base ({path}) makes {'x'.join(map(str, base.image_shape))} images but the "
-                          f"data gives {'x'.join(map(str, data.shape))}: set data.resolution and data.channels "
-                          "to the base's")
-    if config.data.hflip:
-        raise ConfigError("data.hflip would flip the images without their control images: set data.hflip: false")
-    return base
+from .frozen_base import load_base
 
 
 class ControlNetObjective(DiffusionObjective):
@@ -76,7 +44,12 @@ class ControlNetObjective(DiffusionObjective):
     kind = CONTROLNET_KIND
 
     def __init__(self, config: Config, data: TrainingData):
-        self.base = load_base(config, data)
+        self.base = load_base(config.controlnet.base, "controlnet.base", "--base RUN", data)
+        if isinstance(self.base.network, DiT) and config.controlnet.unlock_decoder:
+            raise ConfigError("controlnet.unlock_decoder trains a copy of a U-Net's decoder; a DiT has none: set it "
+                              "false")
+        if config.data.hflip:
+            raise ConfigError("data.hflip would flip the images without their control images: set data.hflip: false")
         if config.diffusion.image_condition is not None:
             raise ConfigError("diffusion.image_condition does not apply to a ControlNet run: remove it")
         super().__init__(config, data)

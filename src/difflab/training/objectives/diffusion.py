@@ -144,7 +144,7 @@ class DiffusionObjective(Objective):
             y = self.labels[idx]
             if cfg.diffusion.cond_drop_prob > 0:  # the null label (index num_classes) trains the unconditional model
                 drop = torch.rand(n, generator=generator, device=x0.device) < cfg.diffusion.cond_drop_prob
-                y = torch.where(drop, torch.full_like(y, self.spec["num_classes"]), y)
+                y = torch.where(drop, torch.full_like(y, len(self.data.dataset.class_names)), y)
             cond["class_labels"] = y
         drop_image = None
         if self.sources is not None:  # instruct-pix2pix: text, both or the image dropped, from one draw
