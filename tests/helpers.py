@@ -9,6 +9,7 @@ import sys
 
 import numpy as np
 import torch
+from PIL import Image
 
 from difflab.checkpoint import load_state
 from difflab.cli import main as cli
@@ -120,3 +121,13 @@ def text_run(tmp_path, encoder: str):
                 "--set", "diffusion.cond_drop_prob=0.2", "--set", "train.steps=3", "--no-progress",
                 "--out", str(out)]) == 0
     return out
+
+
+def pictures(folder, n=4, channels=1, side=8):
+    """``n`` random ``side``-pixel pictures (grey, or RGB) as PNGs in ``folder``: a subject to personalise on."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        array = rng.integers(0, 256, (side, side) if channels == 1 else (side, side, 3), dtype=np.uint8)
+        Image.fromarray(array).save(folder / f"{i}.png")
+    return folder

@@ -18,18 +18,9 @@ from difflab.pipelines import DiffusionModel
 from difflab.training.config import ConfigError, load_config
 from difflab.training.objectives import LoraObjective
 from difflab.training.trainer import train
-from helpers import TINY, text_run
+from helpers import TINY, pictures, text_run
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def pictures(folder, n=4, channels=1, side=8):
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(0)
-    for i in range(n):
-        array = rng.integers(0, 256, (side, side) if channels == 1 else (side, side, 3), dtype=np.uint8)
-        Image.fromarray(array).save(folder / f"{i}.png")
-    return folder
 
 
 def lora_config(tmp_path):

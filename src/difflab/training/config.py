@@ -174,6 +174,20 @@ class LoraSection:
 
 
 @dataclass
+class DreamBoothSection:
+    """A DreamBooth run (``difflab train-dreambooth CONFIG --base RUN --images DIR --instance-prompt ...
+    --class-prompt ...``; docs/personalisation.md)."""
+
+    base: str | None = None  # the base run; --base sets it
+    instance_prompt: str | None = None  # the subject's prompt with its rare token, e.g. "a photo of a sks boot"
+    class_prompt: str | None = None  # the prior's prompt, e.g. "a photo of a boot" (null: no prior preservation)
+    class_name: str | None = None  # a class-conditional base: the subject's class
+    prior_images: int = 100  # class images the frozen base generates (once; cached in train.out_dir/class-images)
+    prior_weight: float = 1.0  # lambda of mse_instance + lambda * mse_prior
+    lora: bool = False  # train LoRA adapters (the lora section's rank, alpha, targets) instead of the whole model
+
+
+@dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -184,6 +198,7 @@ class Config:
     sample: SampleConfig = field(default_factory=SampleConfig)
     controlnet: ControlNetSection = field(default_factory=ControlNetSection)
     lora: LoraSection = field(default_factory=LoraSection)
+    dreambooth: DreamBoothSection = field(default_factory=DreamBoothSection)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -338,6 +353,8 @@ RULES: dict[str, tuple[Callable[[object], bool], str]] = {
     "controlnet.prompt_drop": (_between(0, 1), "in [0, 1]"),
     "controlnet.copy_depth": (_at_least(0), "an integer >= 0 (0: half the DiT's depth)"),
     "lora.rank": (_at_least(1), "an integer >= 1"),
+    "dreambooth.prior_images": (_at_least(1), "an integer >= 1"),
+    "dreambooth.prior_weight": (_between(0, math.inf, open_high=True), "a finite number >= 0"),
     "lora.dropout": (_between(0, 1, open_high=True), "in [0, 1)"),
     "lora.targets": (lambda v: len(v) > 0 and all(isinstance(p, str) for p in v),
                      "a list of module-name patterns, e.g. ['*.attn.qkv', '*.cross.kv']"),

@@ -23,6 +23,7 @@ from .base import Inputs, Objective, StepLoss, TrainingData, take_rows
 from .classifier import NoisyClassifierObjective
 from .controlnet import ControlNetObjective
 from .diffusion import DiffusionObjective, text_encoder_config
+from .dreambooth import DreamBoothLoraObjective, DreamBoothObjective
 from .lora import LoraObjective
 
 # model.name → objective; every other model name trains a diffusion model.
@@ -40,7 +41,8 @@ def objective_for(config: Config) -> type[Objective]:
 
 
 __all__ = [
-    "OBJECTIVES", "AutoencoderObjective", "ControlNetObjective", "LoraObjective",
+    "OBJECTIVES", "AutoencoderObjective", "ControlNetObjective", "DreamBoothLoraObjective",
+    "DreamBoothObjective", "LoraObjective",
     "DiffusionObjective", "Inputs", "NoisyClassifierObjective", "Objective",
     "StepLoss", "TrainingData", "autoencoder_loss", "autoencoder_spec", "check_random_crop", "evaluate",
     "objective_for", "preview_images", "reconstruction_grid", "take_rows",
