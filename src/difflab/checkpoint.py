@@ -69,6 +69,7 @@ CLASSIFIER_KIND = "noisy_classifier"  # ADM's noisy classifier, trained by the s
 AUTOENCODER_KIND = "autoencoder"  # latent diffusion's KL / VQ autoencoders, trained by the same loop
 CONTROLNET_KIND = "controlnet"  # a ControlNet: the control branch of a frozen diffusion run
 LORA_KIND = "lora"  # a LoRA's adapters on a frozen diffusion run
+EMBEDDING_KIND = "embedding"  # textual inversion's learned word for a frozen text model
 
 
 class CheckpointWarning(UserWarning):

@@ -34,9 +34,10 @@ class TextConditioning:
         encoder_config: the text encoder's dictionary (see :func:`difflab.text.build_text_encoder`);
             for ``"small"`` it must hold the vocabulary.
         device: where the tensors (and a frozen encoder) live.
+        words: learned words to add (textual inversion, :meth:`add_words`).
     """
 
-    def __init__(self, encoder_config: dict, device: torch.device | str = "cpu"):
+    def __init__(self, encoder_config: dict, device: torch.device | str = "cpu", words: Sequence = ()):
         name = encoder_config.get("name")
         if name not in FROZEN_ENCODERS + TRAINABLE_ENCODERS:
             raise ValueError(f"unknown text encoder {name!r}; "
@@ -52,6 +53,19 @@ class TextConditioning:
 
             self.tokenizer = WordTokenizer(self.config["vocab"])
             self.max_length = self.config.get("max_length", 77)
+        self.add_words(words)
+
+    def add_words(self, words: Sequence) -> None:
+        """Learned words (:class:`~difflab.text.inversion.TokenEmbedding`, textual inversion): the
+        frozen encoder gets their vectors, the trainable one's tokenizer their ids (the network's
+        own encoder holds its vectors)."""
+        from .text.inversion import add_word, encoder_parts, teach_tokenizer
+
+        for word in words:
+            if self.frozen:
+                add_word(*encoder_parts(self.encoder), word)
+            else:
+                teach_tokenizer(self.tokenizer, word.word, len(word.vectors))
 
     @property
     def dim(self) -> int:

@@ -122,18 +122,24 @@ def add_controlnet_arguments(p) -> None:
     g.add_argument("--force", action="store_true",
                    help="apply a ControlNet or LoRA even if its base run's weights have changed since it was trained "
                         "(a LoRA for another architecture: load the layers that match)")
+    p.add_argument("--embedding", action="append", default=[], metavar="FILE",
+                   help="learned words (textual inversion: an embedding file or a train-embedding run) to use in "
+                        "prompts; repeatable")
     p.add_argument("--lora", action="append", default=[], metavar="FILE[:SCALE]",
                    help="a LoRA (a .safetensors file in difflab's, PEFT's or kohya's layout, or a train-lora run) at "
                         "SCALE (default 1); repeat to combine several (docs/personalisation.md)")
 
 
 def add_loras(model, args) -> None:
-    """Load every --lora FILE[:SCALE] onto the model."""
+    """Load every --lora FILE[:SCALE] and --embedding FILE onto the model."""
+    from ..pipelines.embeddings import add_embedding
     from ..pipelines.lora import add_lora, parse_lora_arg
 
     for text in getattr(args, "lora", []):
         path, scale = parse_lora_arg(text)
         add_lora(model, path, scale, force=getattr(args, "force", False))
+    for path in getattr(args, "embedding", []):
+        add_embedding(model, path)
 
 
 def controls_from_args(args, model) -> list:
@@ -426,6 +432,8 @@ def apply_png_record(args) -> None:
     apply_controlnet_record(args, record)
     if record.get("loras") and not args.lora:
         args.lora = [f"{entry['path']}:{entry['scale']}" for entry in record["loras"]]
+    if record.get("embeddings") and not args.embedding:
+        args.embedding = list(record["embeddings"])
 
 
 def apply_controlnet_record(args, record: dict) -> None:

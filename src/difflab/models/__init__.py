@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..text.inversion import LearnedWord, LearnedWordSpec
 from .autoencoder import PRESETS as KL_PRESETS
 from .autoencoder import AutoencoderConfig, AutoencoderKL, DiagonalGaussian, estimate_latent_scale
 from .classifier import NoisyClassifier
@@ -55,6 +56,8 @@ MODELS: dict[str, ModelSpec] = {
     "dit_controlnet": ModelSpec(config=ControlNetConfig, model=DiTControlNet, presets={}),
     # Low-rank adapters on a frozen network's layers (Hu et al. 2021): the adapters are the model.
     "lora": ModelSpec(config=LoraSpec, model=TrainableLora, presets={}),
+    # Textual inversion's new word (Gal et al. 2022): its embedding vectors are the model.
+    "textual_inversion": ModelSpec(config=LearnedWordSpec, model=LearnedWord, presets={}),
 }
 
 AUTOENCODERS = ("autoencoder_kl", "autoencoder_vq")

@@ -279,7 +279,8 @@ def controlled_model(model: DiffusionModel, controls: list[Control], null_cond: 
     for c in controls:
         c.net.network.to(device)
     network = ControlledNetwork(model.network, controls, model.schedule, null_cond)
-    return DiffusionModel(network, model.record, model.schedule, model.latent, model.path, model.loras)
+    return DiffusionModel(network, model.record, model.schedule, model.latent, model.path, model.loras,
+                          model.embeddings)
 
 
 def build_controls(model: DiffusionModel, controlnet, control_image, scale=None, start=0.0, end=1.0,

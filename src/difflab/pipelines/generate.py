@@ -242,6 +242,7 @@ class GenerationPlan:
             **(self.edit.record(i) if self.edit is not None else {}),
             "controlnets": [c.record(i) for c in self.controls] or None,
             "loras": lora_records(self.model),
+            "embeddings": list(dict.fromkeys(str(e.path) for e in self.model.embeddings)) or None,
         }
         return {key: value for key, value in record.items() if value is not None}
 
@@ -264,7 +265,7 @@ def plan(model: DiffusionModel, n: int, settings: SamplerSettings, *, seed: int 
     if model.text_encoder:
         if not prompts:
             raise ValueError("this model is text-conditioned: give a prompt (--prompt TEXT or --prompts FILE)")
-        text = TextConditioning(model.text_encoder, model.device)
+        text = TextConditioning(model.text_encoder, model.device, [e.token for e in model.embeddings])
         prompts = [prompts[i % len(prompts)] for i in range(n)]
     elif prompts:
         raise ValueError("this model is not text-conditioned: it was trained without captions (drop --prompt)")

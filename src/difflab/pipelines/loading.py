@@ -36,6 +36,7 @@ class DiffusionModel:
     latent: LatentSpace | None = None
     path: Path | None = None
     loras: list = field(default_factory=list)  # LoRAs on the network (pipelines/lora.py), in loading order
+    embeddings: list = field(default_factory=list)  # learned words (textual inversion, pipelines/embeddings.py)
 
     @classmethod
     def load(cls, path: str | Path, use_ema: bool = True, device: str | torch.device = "cpu") -> DiffusionModel:

@@ -21,6 +21,7 @@ from ..device import pick_device
 from ..images import to_pil
 from ..masks import MASK_SHAPES, box_mask, shape_mask
 from .controlnet import build_controls
+from .embeddings import add_embedding
 from .generate import Edit, Generated, SamplerSettings, plan, run
 from .guidance_policy import Guidance
 from .img2img import InitImages, load_init_images, pixel_shape
@@ -56,6 +57,11 @@ class Pipeline:
         ``scale``; several combine. Returns the :class:`~difflab.models.lora.LoraNetwork` (its
         ``scale`` may be changed later)."""
         return add_lora(self.model, path, scale, force)
+
+    def load_embedding(self, path: str | Path) -> list[str]:
+        """Add the learned words of an embedding file (or train-embedding run) to the text encoder;
+        returns the words, to use in prompts."""
+        return [loaded.token.word for loaded in add_embedding(self.model, path)]
 
     def fuse_lora(self) -> None:
         """Merge the loaded LoRAs into the weights (faster sampling; the same images to float tolerance)."""

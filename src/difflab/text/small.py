@@ -97,7 +97,10 @@ class WordTokenizer:
         if isinstance(texts, str):
             raise TypeError("pass a list of texts, e.g. tokenizer([caption], max_length=77)")
         check_max_length(max_length, limit=10**9, minimum=1, what="a word tokenizer ([CLS] included)")
-        sequences = [[self.cls_id, *(self.ids.get(w, self.unk_id) for w in split_words(text))][:max_length]
+        added = getattr(self, "added", {})  # learned words (text/inversion.py): each its own ids
+        sequences = [[self.cls_id, *(i for w in split_words(text)
+                                     for i in ([self.ids[t] for t in added[w]] if w in added
+                                               else [self.ids.get(w, self.unk_id)]))][:max_length]
                      for text in texts]
         return pad_token_ids(sequences, self.pad_id, max_length, padding)
 

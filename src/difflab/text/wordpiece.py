@@ -152,7 +152,8 @@ class WordPieceTokenizer:
                 tokens.append(part)
                 continue
             for word in self.split_words(self.normalize(part)):
-                tokens.extend(self.wordpiece(word))
+                added = getattr(self, "added", {}).get(word)  # a learned word (text/inversion.py): its own tokens
+                tokens.extend(added if added else self.wordpiece(word))
         return tokens
 
     def __call__(self, texts: Sequence[str], max_length: int, padding: str = "max_length") -> tuple[Tensor, Tensor]:

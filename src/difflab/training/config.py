@@ -188,6 +188,18 @@ class DreamBoothSection:
 
 
 @dataclass
+class EmbeddingSection:
+    """A textual-inversion run (``difflab train-embedding CONFIG --base RUN --images DIR --prompt ... --word ...``;
+    docs/personalisation.md)."""
+
+    base: str | None = None  # the frozen base run (a text model); --base sets it
+    prompt: str | None = None  # the training images' prompt, holding the new word, e.g. "a photo of a sks boot"
+    word: str = "sks"  # the new word (lowercase letters and digits, not in the vocabulary)
+    initializer: str | None = None  # a known word whose embedding starts the vectors, e.g. "boot"
+    num_vectors: int = 1  # vectors (tokens) the new word stands for
+
+
+@dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -199,6 +211,7 @@ class Config:
     controlnet: ControlNetSection = field(default_factory=ControlNetSection)
     lora: LoraSection = field(default_factory=LoraSection)
     dreambooth: DreamBoothSection = field(default_factory=DreamBoothSection)
+    embedding: EmbeddingSection = field(default_factory=EmbeddingSection)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -354,6 +367,7 @@ RULES: dict[str, tuple[Callable[[object], bool], str]] = {
     "controlnet.copy_depth": (_at_least(0), "an integer >= 0 (0: half the DiT's depth)"),
     "lora.rank": (_at_least(1), "an integer >= 1"),
     "dreambooth.prior_images": (_at_least(1), "an integer >= 1"),
+    "embedding.num_vectors": (_at_least(1), "an integer >= 1"),
     "dreambooth.prior_weight": (_between(0, math.inf, open_high=True), "a finite number >= 0"),
     "lora.dropout": (_between(0, 1, open_high=True), "in [0, 1)"),
     "lora.targets": (lambda v: len(v) > 0 and all(isinstance(p, str) for p in v),

@@ -25,6 +25,7 @@ from .controlnet import ControlNetObjective
 from .diffusion import DiffusionObjective, text_encoder_config
 from .dreambooth import DreamBoothLoraObjective, DreamBoothObjective
 from .lora import LoraObjective
+from .textual_inversion import TextualInversionObjective
 
 # model.name → objective; every other model name trains a diffusion model.
 OBJECTIVES: dict[str, type[Objective]] = {
@@ -42,7 +43,7 @@ def objective_for(config: Config) -> type[Objective]:
 
 __all__ = [
     "OBJECTIVES", "AutoencoderObjective", "ControlNetObjective", "DreamBoothLoraObjective",
-    "DreamBoothObjective", "LoraObjective",
+    "DreamBoothObjective", "LoraObjective", "TextualInversionObjective",
     "DiffusionObjective", "Inputs", "NoisyClassifierObjective", "Objective",
     "StepLoss", "TrainingData", "autoencoder_loss", "autoencoder_spec", "check_random_crop", "evaluate",
     "objective_for", "preview_images", "reconstruction_grid", "take_rows",
