@@ -86,3 +86,16 @@ def test_bad_embeddings_are_one_clear_error(tmp_path):
     assert pipe.load_embedding(tmp_path / "one.safetensors") == ["newword"]  # diffusers' "<...>", one vector
     with pytest.raises(UserError, match="already in the text encoder's vocabulary"):
         pipe.load_embedding(tmp_path / "one.safetensors")  # loaded twice
+
+
+def test_a_prompt_without_the_new_word_is_refused(tmp_path):
+    from difflab.training.config import ConfigError, load_config
+    from difflab.training.objectives import TextualInversionObjective
+    from difflab.training.trainer import train
+
+    base = text_run(tmp_path, "small")
+    config = load_config(None, [f"embedding.base={base}", "embedding.prompt=a photo of a boot", "embedding.word=zqx",
+                                f"data.dataset={pictures(tmp_path / 'p')}", "data.resolution=8", "data.channels=1",
+                                "optim.batch_size=4", f"train.out_dir={tmp_path / 'o'}"])
+    with pytest.raises(ConfigError, match="must hold the new word 'zqx'"):
+        train(config, progress=False, objective=TextualInversionObjective)
