@@ -12,7 +12,7 @@ each, until ``--budget`` seconds of training: the IoU-against-step curve (the pa
 convergence", §4.2 / Fig. 21).
 
     python benchmarks/controlnet_fill.py --base runs/fill-32 --controlnet runs/controlnet-fill-32 \\
-        --train configs/controlnet-fill-32.yaml --eval-every 250 --budget 2400 \\
+        --train configs/controlnet-fill-32.yaml --eval-steps 25 50 75 100 150 200 300 400 600 800 1000 \\
         --out benchmarks/results/controlnet_fill
 """
 
@@ -60,11 +60,13 @@ def train_in_chunks(args, base_path: str) -> list[dict]:
     base = DiffusionModel.load(base_path)
     outlines, discs, labels, _ = test_set(args.eval_n, base.image_shape[-1])
     curve, spent, step = [], 0.0, 0
-    while spent < args.budget and step < args.max_steps:
-        step += args.eval_every
+    points = sorted(args.eval_steps) if args.eval_steps else None
+    while spent < args.budget and step < args.max_steps and (points is None or step < points[-1]):
+        first = step == 0
+        step = next(p for p in points if p > step) if points else step + args.eval_every
         config.train.steps = step
         start = time.perf_counter()
-        train(config, resume=out if step > args.eval_every else None, progress=False, objective=ControlNetObjective)
+        train(config, resume=None if first else out, progress=False, objective=ControlNetObjective)
         spent += time.perf_counter() - start
         images = sample(base, outlines, labels, ControlNetModel.load(out), 1.0, args.steps, args.batch_size)
         scores = fill_scores(images, discs, labels, PALETTE)
@@ -102,6 +104,8 @@ def main(argv=None) -> int:
                    help="the ControlNet run (trained here with --train)")
     p.add_argument("--train", metavar="CONFIG", help="train the ControlNet first, scoring IoU every --eval-every steps")
     p.add_argument("--eval-every", type=int, default=250, help="with --train: steps per chunk")
+    p.add_argument("--eval-steps", type=int, nargs="+", metavar="STEP",
+                   help="with --train: score at these steps instead of every --eval-every")
     p.add_argument("--eval-n", type=int, default=128, help="with --train: held-out outlines scored per chunk")
     p.add_argument("--budget", type=float, default=2400, help="with --train: seconds of training at most")
     p.add_argument("--max-steps", type=int, default=100_000, help="with --train: steps at most")
