@@ -35,6 +35,7 @@ from difflab.pipelines.embeddings import add_embedding
 from difflab.pipelines.lora import add_lora
 from difflab.training.config import load_config
 from difflab.training.objectives import (
+    DreamBoothLoraObjective,
     DreamBoothObjective,
     LoraObjective,
     TextualInversionObjective,
@@ -55,9 +56,12 @@ METHODS = {  # name: objective, its settings (learning rates chosen for this mod
                                                f"dreambooth.class_prompt={CLASS_PROMPT}",
                                                "dreambooth.prior_images=200", "optim.lr=1e-4"]),
     "dreambooth": (DreamBoothObjective, ["dreambooth.instance_prompt=a photo of a sks boot", "optim.lr=1e-4"]),
+    "lora_prior": (DreamBoothLoraObjective, ["dreambooth.instance_prompt=a photo of a sks boot",
+                                             f"dreambooth.class_prompt={CLASS_PROMPT}", "dreambooth.prior_images=200",
+                                             "lora.rank=4", "optim.lr=1e-3"]),
 }
 SECTION = {"textual_inversion": "embedding", "lora": "lora", "dreambooth_prior": "dreambooth",
-           "dreambooth": "dreambooth"}
+           "dreambooth": "dreambooth", "lora_prior": "dreambooth"}
 
 
 def subject_pictures(folder: Path) -> torch.Tensor:
@@ -69,11 +73,12 @@ def subject_pictures(folder: Path) -> torch.Tensor:
     return images
 
 
-def train_method(name: str, base: str, pictures: Path, out: Path, budget: float, steps: int) -> float:
+def train_method(name: str, base: str, pictures: Path, out: Path, budget: float, steps: int,
+                 overrides: list[str]) -> float:
     objective, settings = METHODS[name]
-    config = load_config(None, COMMON + settings + [f"{SECTION[name]}.base={base}", f"data.dataset={pictures}",
-                                                   f"train.out_dir={out}", f"train.steps={steps}",
-                                                   f"train.max_seconds={budget}"])
+    where = [f"{SECTION[name]}.base={base}", f"data.dataset={pictures}", f"train.out_dir={out}",
+             f"train.steps={steps}", f"train.max_seconds={budget}"]
+    config = load_config(None, COMMON + settings + overrides + where)
     start = time.perf_counter()
     train(config, progress=False, objective=objective)
     return time.perf_counter() - start
@@ -83,7 +88,7 @@ def personalised(name: str, base: str, run: Path) -> DiffusionModel:
     if name.startswith("dreambooth"):
         return DiffusionModel.load(run)
     model = DiffusionModel.load(base)
-    if name == "lora":
+    if name.startswith("lora"):
         add_lora(model, run)
     else:
         add_embedding(model, run)
@@ -94,7 +99,7 @@ def trainable_share(name: str, base: str, run: Path) -> dict:
     """The trained parameters' count and share of the base's."""
     model = DiffusionModel.load(base)
     total = sum(p.numel() for p in model.network.parameters())
-    if name == "lora":
+    if name.startswith("lora"):
         trained = add_lora(model, run).num_parameters()
     elif name == "textual_inversion":
         trained = sum(loaded.token.vectors.numel() for loaded in add_embedding(model, run))
@@ -131,6 +136,8 @@ def main(argv=None) -> int:
     p.add_argument("--classifier", default="runs/fashion-mnist-16-eval-classifier")
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     p.add_argument("--budget", type=float, default=600, help="seconds of training per method")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a setting of every method's config (e.g. optim.lr=2e-2 for one method)")
     p.add_argument("--steps", type=int, default=2000, help="steps per method at most")
     p.add_argument("--n", type=int, default=200, help="samples of the personalised prompt")
     p.add_argument("--n-per-class", type=int, default=100, help="samples per other class (prior drift)")
@@ -150,7 +157,7 @@ def main(argv=None) -> int:
     for name in args.methods:
         run = args.runs / name
         seconds = None if args.skip_training else train_method(name, args.base, args.runs / "subject", run,
-                                                               args.budget, args.steps)
+                                                               args.budget, args.steps, args.overrides)
         scores = evaluate(personalised(name, args.base, run), classifier, subject, args.n, args.n_per_class)
         before = results["base"]["class_accuracy"]
         drift = {c: accuracy - before[c] for c, accuracy in scores["class_accuracy"].items()}

@@ -18,7 +18,7 @@ from difflab.pipelines import DiffusionModel
 from difflab.training.config import ConfigError, load_config
 from difflab.training.objectives import LoraObjective
 from difflab.training.trainer import train
-from helpers import TINY, pictures, text_run
+from helpers import TINY, pictures, text_run, tiny_autoencoder
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -131,3 +131,23 @@ def test_a_lora_on_a_class_conditional_dit(tmp_path):
     assert torch.equal(pipe(class_label=3, n=2, steps=2, output="tensor"), plain)
     with pytest.raises(UserError, match="holds no lora.safetensors"):
         pipe.load_lora(tmp_path)
+
+
+def test_a_lora_on_a_latent_base(tmp_path):
+    autoencoder = tiny_autoencoder(tmp_path / "ae")
+    base = tmp_path / "base"
+    latent = ["data.class_conditional=true", "diffusion.cond_drop_prob=0.1", f"data.autoencoder={autoencoder}"]
+    train(load_config(None, TINY + latent + [f"train.out_dir={base}", "train.steps=2"]), progress=False)
+    out = tmp_path / "lora"
+    train(load_config(None, [f"lora.base={base}", "lora.class_name='3'", f"data.dataset={pictures(tmp_path / 'p')}",
+                             "data.resolution=8", "data.channels=1", f"data.autoencoder={autoencoder}",
+                             "lora.targets=['*.conv2']", "optim.batch_size=4", "train.steps=2", "train.sample_every=0",
+                             f"train.out_dir={out}"]), progress=False, objective=LoraObjective)
+    pipe = Pipeline.load(base)
+    x, t, y = torch.randn(2, *pipe.model.image_shape), torch.tensor([10.0, 50.0]), torch.tensor([3, 3])
+    with torch.no_grad():
+        plain = pipe.model.network(x, t, y)
+        lora = pipe.load_lora(out)
+        assert lora.layer_names and all(name.endswith(".conv2") for name in lora.layer_names)  # conv LoRA
+        assert not torch.equal(pipe.model.network(x, t, y), plain)  # the adapters act on the latent model
+    assert pipe(class_label=3, n=2, steps=2, output="tensor").shape == (2, 1, 8, 8)
