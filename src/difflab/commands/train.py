@@ -30,13 +30,14 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-def add_run_arguments(p) -> None:
-    """The flags every training command shares: --set, --resume, --init-from, --out, --no-progress."""
+def add_run_arguments(p, init_from: bool = True) -> None:
+    """The flags every training command shares: --set, --resume, (--init-from,) --out, --no-progress."""
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set optim.lr=3e-4 --set train.steps=500 (repeatable)")
     p.add_argument("--resume", metavar="DIR",
                    help="continue a run from its checkpoint (the run folder or its checkpoint/ folder)")
-    p.add_argument("--init-from", metavar="RUN", help=INIT_FROM_HELP)
+    if init_from:
+        p.add_argument("--init-from", metavar="RUN", help=INIT_FROM_HELP)
     p.add_argument("--out", metavar="DIR", help="shorthand for --set train.out_dir=DIR")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (logs still go to metrics.jsonl)")
 

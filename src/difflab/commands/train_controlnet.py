@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import argparse
 
-from .train import config_from_args
+from .train import add_run_arguments, config_from_args
 
 
 def register(subparsers) -> None:
@@ -30,11 +30,7 @@ def register(subparsers) -> None:
     p.add_argument("config", help="YAML config file (e.g. configs/controlnet-fill-32.yaml)")
     p.add_argument("--base", metavar="RUN", help="the base run to control (a difflab U-Net diffusion run; "
                    "default: the config's controlnet.base)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config key, e.g. --set controlnet.prompt_drop=0.3 (repeatable)")
-    p.add_argument("--resume", metavar="DIR", help="continue a ControlNet run from its checkpoint")
-    p.add_argument("--out", metavar="DIR", help="shorthand for --set train.out_dir=DIR")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar (logs still go to metrics.jsonl)")
+    add_run_arguments(p, init_from=False)
     p.set_defaults(func=run)
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from .train import config_from_args
+from .train import add_run_arguments, config_from_args
 
 
 def register(subparsers) -> None:
@@ -35,11 +35,7 @@ def register(subparsers) -> None:
                    help="the class's prompt for prior preservation, e.g. 'a photo of a boot' (omitted: none)")
     p.add_argument("--class", dest="class_name", metavar="NAME", help="a class-conditional base: the subject's class")
     p.add_argument("--lora", action="store_true", help="train LoRA adapters (the lora section) instead of the model")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config key, e.g. --set dreambooth.prior_images=200 (repeatable)")
-    p.add_argument("--resume", metavar="DIR", help="continue a DreamBooth run from its checkpoint")
-    p.add_argument("--out", metavar="DIR", help="shorthand for --set train.out_dir=DIR")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar (logs still go to metrics.jsonl)")
+    add_run_arguments(p, init_from=False)
     p.set_defaults(func=run)
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from .train import config_from_args
+from .train import add_run_arguments, config_from_args
 
 
 def register(subparsers) -> None:
@@ -32,11 +32,7 @@ def register(subparsers) -> None:
     p.add_argument("--word", metavar="WORD", help="the new word (default: the config's embedding.word, sks)")
     p.add_argument("--initializer", metavar="WORD", help="a known word whose embedding starts the vectors ('boot')")
     p.add_argument("--num-vectors", type=int, metavar="K", help="vectors (tokens) the word stands for (default 1)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config key (repeatable)")
-    p.add_argument("--resume", metavar="DIR", help="continue a run from its checkpoint")
-    p.add_argument("--out", metavar="DIR", help="shorthand for --set train.out_dir=DIR")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar (logs still go to metrics.jsonl)")
+    add_run_arguments(p, init_from=False)
     p.set_defaults(func=run)
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from .train import config_from_args
+from .train import add_run_arguments, config_from_args
 
 
 def register(subparsers) -> None:
@@ -33,11 +33,7 @@ def register(subparsers) -> None:
     p.add_argument("--prompt", metavar="TEXT", help="their caption, for a text-conditioned base (e.g. 'a photo of a "
                    "sks boot')")
     p.add_argument("--class", dest="class_name", metavar="NAME", help="their class, for a class-conditional base")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config key, e.g. --set lora.rank=8 (repeatable)")
-    p.add_argument("--resume", metavar="DIR", help="continue a LoRA run from its checkpoint")
-    p.add_argument("--out", metavar="DIR", help="shorthand for --set train.out_dir=DIR")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar (logs still go to metrics.jsonl)")
+    add_run_arguments(p, init_from=False)
     p.set_defaults(func=run)
 
 

@@ -25,7 +25,7 @@ import copy
 import fnmatch
 import math
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import torch
 from torch import Tensor, nn
@@ -277,21 +277,13 @@ def _originals(module: nn.Module) -> list[tuple[int, Tensor]]:
 
 
 @dataclass
-class LoraSpec:
+class LoraSpec(LoraConfig):
     """A trainable LoRA as a registered model (``{"name": "lora", "base": {...}, "rank": 4, ...}``):
-    the base network's complete config and the :class:`LoraConfig` fields. Built, it is a
+    the :class:`LoraConfig` fields and the base network's complete config. Built, it is a
     :class:`LoraNetwork` beside a freshly built base network, which the trainer then rebinds to the
     real base (:meth:`LoraNetwork.bind`)."""
 
-    base: dict
-    rank: int = 4
-    alpha: float | None = None
-    targets: tuple[str, ...] = DEFAULT_TARGETS
-    dropout: float = 0.0
-    rslora: bool = False
-
-    def __post_init__(self):
-        self.targets = tuple(self.targets)
+    base: dict = field(default_factory=dict)
 
     @property
     def lora(self) -> LoraConfig:

@@ -37,7 +37,15 @@ PRIOR_FOLDER = "class-images"
 
 
 class PriorPreservation:
-    """The prior-preservation half of DreamBooth, mixed into a personalisation objective."""
+    """DreamBooth's settings and its prior-preservation half, mixed into a personalisation objective."""
+
+    def settings(self, config: Config):
+        db = config.dreambooth
+        return db.base, db.instance_prompt, db.class_name, "dreambooth"
+
+    def __init__(self, config: Config, data: TrainingData):
+        super().__init__(config, data)
+        self.prepare_prior()
 
     def prepare_prior(self) -> None:
         db = self.config.dreambooth
@@ -103,14 +111,6 @@ class DreamBoothObjective(PriorPreservation, PersonalisationObjective):
 
     kind = DIFFUSION_KIND
 
-    def settings(self, config: Config):
-        db = config.dreambooth
-        return db.base, db.instance_prompt, db.class_name, "dreambooth"
-
-    def __init__(self, config: Config, data: TrainingData):
-        super().__init__(config, data)
-        self.prepare_prior()
-
     def model_spec(self) -> dict:
         return dict(self.base.record.model)
 
@@ -149,11 +149,3 @@ class DreamBoothObjective(PriorPreservation, PersonalisationObjective):
 
 class DreamBoothLoraObjective(PriorPreservation, LoraObjective):
     """DreamBooth with LoRA adapters instead of the whole model (``dreambooth.lora: true``)."""
-
-    def settings(self, config: Config):
-        db = config.dreambooth
-        return db.base, db.instance_prompt, db.class_name, "dreambooth"
-
-    def __init__(self, config: Config, data: TrainingData):
-        super().__init__(config, data)
-        self.prepare_prior()
