@@ -9,6 +9,7 @@ optimizer, learning-rate schedule and step count (docs/training.md).
 from __future__ import annotations
 
 import argparse
+import json
 
 INIT_FROM_HELP = ("fine-tune: start a new run from the model and EMA weights of RUN's checkpoint (a run folder "
                   "or its checkpoint/ folder), with a fresh optimizer, LR schedule and step 0; the model config "
@@ -40,6 +41,15 @@ def add_run_arguments(p, init_from: bool = True) -> None:
         p.add_argument("--init-from", metavar="RUN", help=INIT_FROM_HELP)
     p.add_argument("--out", metavar="DIR", help="shorthand for --set train.out_dir=DIR")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (logs still go to metrics.jsonl)")
+
+
+def section_overrides(section: str, base: str | None, images: str | None, **values) -> list[str]:
+    """A personalisation command's flags as config overrides: ``{section}.base``, ``data.dataset``
+    and each given value as ``{section}.{key}``, JSON-quoted so text stays text even where it
+    looks like YAML (a prompt with a colon, the class name ``3``)."""
+    extra = [f"{section}.base={base}"] if base else []
+    extra += [f"data.dataset={images}"] if images else []
+    return extra + [f"{section}.{key}={json.dumps(value)}" for key, value in values.items() if value is not None]
 
 
 def config_from_args(args, path):

@@ -12,9 +12,8 @@ lora.safetensors.
 from __future__ import annotations
 
 import argparse
-import json
 
-from .train import add_run_arguments, config_from_args
+from .train import add_run_arguments, config_from_args, section_overrides
 
 
 def register(subparsers) -> None:
@@ -43,12 +42,8 @@ def run(args) -> int:
     from ..training.objectives import DreamBoothLoraObjective, DreamBoothObjective
     from ..training.trainer import train
 
-    extra = [f"dreambooth.base={args.base}"] if args.base else []
-    extra += [f"data.dataset={args.images}"] if args.images else []
-    for key, value in (("instance_prompt", args.instance_prompt), ("class_prompt", args.class_prompt),
-                       ("class_name", args.class_name)):
-        if value:
-            extra.append(f"dreambooth.{key}={json.dumps(value)}")
+    extra = section_overrides("dreambooth", args.base, args.images, instance_prompt=args.instance_prompt,
+                              class_prompt=args.class_prompt, class_name=args.class_name)
     extra += ["dreambooth.lora=true"] if args.lora else []
     args.overrides = list(args.overrides) + extra
     config = config_from_args(args, args.config)

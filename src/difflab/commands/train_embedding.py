@@ -11,9 +11,8 @@ were. The run writes embedding.safetensors for ``difflab sample BASE --embedding
 from __future__ import annotations
 
 import argparse
-import json
 
-from .train import add_run_arguments, config_from_args
+from .train import add_run_arguments, config_from_args, section_overrides
 
 
 def register(subparsers) -> None:
@@ -40,12 +39,8 @@ def run(args) -> int:
     from ..training.objectives import TextualInversionObjective
     from ..training.trainer import train
 
-    extra = [f"embedding.base={args.base}"] if args.base else []
-    extra += [f"data.dataset={args.images}"] if args.images else []
-    for key, value in (("prompt", args.prompt), ("word", args.word), ("initializer", args.initializer)):
-        if value:
-            extra.append(f"embedding.{key}={json.dumps(value)}")
-    extra += [f"embedding.num_vectors={args.num_vectors}"] if args.num_vectors else []
+    extra = section_overrides("embedding", args.base, args.images, prompt=args.prompt, word=args.word,
+                              initializer=args.initializer, num_vectors=args.num_vectors)
     args.overrides = list(args.overrides) + extra
     config = config_from_args(args, args.config)
     path = train(config, resume=args.resume, progress=not args.no_progress, objective=TextualInversionObjective)

@@ -11,9 +11,8 @@ Low-rank adapters on the base's attention projections (``lora.targets``, ``lora.
 from __future__ import annotations
 
 import argparse
-import json
 
-from .train import add_run_arguments, config_from_args
+from .train import add_run_arguments, config_from_args, section_overrides
 
 
 def register(subparsers) -> None:
@@ -37,23 +36,12 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-def personalisation_overrides(args, section: str) -> list[str]:
-    """The --base, --images, --prompt and --class flags as config overrides of ``section``."""
-    extra = [f"{section}.base={args.base}"] if args.base else []
-    if args.images:
-        extra += [f"data.dataset={args.images}"]
-    if getattr(args, "prompt", None):  # quoted: a prompt or class name is text even when it looks like YAML
-        extra += [f"{section}.prompt={json.dumps(args.prompt)}"]
-    if getattr(args, "class_name", None):
-        extra += [f"{section}.class_name={json.dumps(args.class_name)}"]
-    return extra
-
-
 def run(args) -> int:
     from ..training.objectives import LoraObjective
     from ..training.trainer import train
 
-    args.overrides = list(args.overrides) + personalisation_overrides(args, "lora")
+    args.overrides = list(args.overrides) + section_overrides("lora", args.base, args.images, prompt=args.prompt,
+                                                              class_name=args.class_name)
     config = config_from_args(args, args.config)
     path = train(config, resume=args.resume, progress=not args.no_progress, objective=LoraObjective)
     print(f"difflab train-lora: checkpoint in {path}; adapters in {path.parent / 'lora.safetensors'}")

@@ -9,6 +9,7 @@ error unless ``force`` (PEFT and kohya files carry no base and are checked by la
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from ..checkpoint import weights_sha256
@@ -23,12 +24,9 @@ LORA_FILE = "lora.safetensors"  # what a train-lora run writes
 def parse_lora_arg(text: str) -> tuple[str, float]:
     """``FILE`` or ``FILE:SCALE`` → (file, scale)."""
     path, sep, scale = str(text).rpartition(":")
-    if sep:
-        try:
-            return path, float(scale)
-        except ValueError:
-            pass
-    return str(text), 1.0
+    if sep and re.fullmatch(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?", scale):
+        return path, float(scale)
+    return str(text), 1.0  # no scale (or a colon that belongs to the path)
 
 
 def lora_path(path: str | Path) -> Path:

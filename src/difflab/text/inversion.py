@@ -1,7 +1,7 @@
 """Textual inversion (Gal et al. 2022, "An Image is Worth One Word"): new words whose embedding
 vectors are learned, in a frozen text encoder.
 
-A new word (the *placeholder*, e.g. ``sks``) stands for ``k`` new token ids appended after the
+A new word (e.g. ``sks``) stands for ``k`` new token ids appended after the
 vocabulary (``k = num_vectors``); each id's embedding row is one learned vector. The encoder's
 embedding table becomes an :class:`ExtendedEmbedding`: ids below the vocabulary size read the
 original table, untouched (not even a parameter of the training), the new ids read the new rows.

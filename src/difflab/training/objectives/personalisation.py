@@ -3,6 +3,8 @@ prompt (a text base) or one class (a class-conditional base), trained on the bas
 
 from __future__ import annotations
 
+from abc import abstractmethod
+
 import torch
 
 from ... import losses
@@ -17,8 +19,9 @@ class PersonalisationObjective(DiffusionObjective):
     """A diffusion objective on a few pictures beside a frozen base run. Subclasses say where the
     settings are (:meth:`settings`: base, prompt, class name, and the config key naming them)."""
 
+    @abstractmethod
     def settings(self, config: Config) -> tuple[str | None, str | None, str | None, str]:
-        raise NotImplementedError
+        """(base run, prompt, class name, the config section naming them) from ``config``."""
 
     def __init__(self, config: Config, data: TrainingData):
         path, prompt, class_name, section = self.settings(config)
