@@ -33,9 +33,8 @@ from torch import Tensor, nn
 
 from ..nn import GroupNorm32, SpatialSelfAttention, Upsample, zero_module
 from .pyramid import check_positive, check_pyramid, downsampling_factor, level_resolutions
-from .unet import Downsample
+from .unet import DOWNSAMPLE_PADDINGS, downsample
 
-DOWNSAMPLE_PADDINGS = ("symmetric", "ldm")
 LOGVAR_RANGE = (-30.0, 20.0)  # LDM's clamp of log σ²: σ between e^-15 and e^10
 
 
@@ -134,18 +133,6 @@ class ResnetBlock(nn.Module):
         return self.skip(x) + h
 
 
-class CornerPadDownsample(nn.Module):
-    """LDM's encoder downsampling: pad one pixel right and bottom, then a 3×3 convolution with
-    stride 2 (``downsample_padding: ldm``; the same parameters as :class:`Downsample`)."""
-
-    def __init__(self, channels: int):
-        super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, stride=2)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.conv(F.pad(x, (0, 1, 0, 1)))  # (N, C, H/2, W/2)
-
-
 def _resnet(cfg: AutoencoderConfig, c_in: int, c_out: int) -> ResnetBlock:
     return ResnetBlock(c_in, c_out, cfg.norm_groups, cfg.dropout, cfg.norm_eps)
 
@@ -185,7 +172,7 @@ class Encoder(nn.Module):
                 layers += _level_layers(cfg, ch, width, resolution)
                 ch = width
             if level != len(widths) - 1:
-                layers.append(Downsample(ch) if cfg.downsample_padding == "symmetric" else CornerPadDownsample(ch))
+                layers.append(downsample(ch, cfg.downsample_padding))
         self.down = nn.Sequential(*layers)
         self.middle = _middle(cfg, ch)
         self.head = _head(cfg, ch, out_channels)

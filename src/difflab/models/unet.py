@@ -87,6 +87,21 @@ class UNetConfig:
             output keeps ``out_channels``.
         aug_level: the network also takes ``aug_level`` (N,) in [0, 1], the noise level of its
             concatenated image (noise-conditioning augmentation of super-resolution cascades).
+
+    Four layout details exist so that other projects' weights load exactly (docs/interop.md);
+    the defaults are difflab's (ADM's) choices:
+
+        norm_eps: ε of the residual blocks', self-attention's and head's group normalizations
+            (diffusers' ``norm_eps``; DDPM's ports use 10⁻⁶).
+        transformer_norm_eps: ε of the spatial transformers' input group normalization (Stable
+            Diffusion: 10⁻⁶).
+        attention_bias: biases on the spatial transformers' W_q, W_k, W_v: ``None`` = difflab's
+            layout (self-attention only), ``False`` = none (Stable Diffusion), ``True`` = self-
+            and cross-attention (diffusers' ``attention_bias``).
+        time_freq_shift, time_sin_first: the sinusoidal time features' convention
+            (:func:`difflab.nn.embeddings.timestep_embedding`; DDPM's: 1 and True).
+        downsample_padding: ``symmetric`` (ADM) or ``ldm`` (one pixel right and bottom before the
+            strided convolution: DDPM's original code and diffusers' ``downsample_padding: 0``).
     """
 
     in_channels: int = 3
@@ -111,6 +126,12 @@ class UNetConfig:
     text_encoder: dict | None = None
     concat_channels: int = 0
     aug_level: bool = False
+    norm_eps: float = 1e-5
+    transformer_norm_eps: float = 1e-5
+    attention_bias: bool | None = None
+    time_freq_shift: float = 0.0
+    time_sin_first: bool = False
+    downsample_padding: str = "symmetric"
 
     def __post_init__(self):
         # JSON turns tuples into lists; keep the dataclass hashable and comparable.
@@ -130,6 +151,12 @@ class UNetConfig:
         check_positive(self, ("in_channels", "out_channels", "transformer_depth"))
         check_pyramid(self, "U-Net")  # channel_mult, image_size, attention, norm_groups, heads, dropout
         validate_conditioning(self)  # num_classes, context_dim, text_encoder, concat_channels
+        if self.downsample_padding not in DOWNSAMPLE_PADDINGS:
+            raise ValueError(f"UNetConfig.downsample_padding must be one of {', '.join(DOWNSAMPLE_PADDINGS)}, "
+                             f"got {self.downsample_padding!r}")
+        for name in ("norm_eps", "transformer_norm_eps"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"UNetConfig.{name} must be > 0, got {getattr(self, name)}")
 
 
 class ResBlock(nn.Module):
@@ -159,11 +186,12 @@ class ResBlock(nn.Module):
         norm_groups: int = 32,
         residual_scale: float = 1.0,
         resample: str = "none",
+        norm_eps: float = 1e-5,
     ):
         super().__init__()
         self.use_scale_shift_norm = use_scale_shift_norm
         self.residual_scale = residual_scale
-        self.norm1 = GroupNorm32(norm_groups, channels)
+        self.norm1 = GroupNorm32(norm_groups, channels, eps=norm_eps)
         self.resample = {
             "none": nn.Identity(),
             "down": nn.AvgPool2d(kernel_size=2, stride=2),
@@ -171,7 +199,7 @@ class ResBlock(nn.Module):
         }[resample]
         self.conv1 = nn.Conv2d(channels, out_channels, 3, padding=1)
         self.emb_proj = nn.Linear(emb_dim, 2 * out_channels if use_scale_shift_norm else out_channels)
-        self.norm2 = GroupNorm32(norm_groups, out_channels)
+        self.norm2 = GroupNorm32(norm_groups, out_channels, eps=norm_eps)
         self.dropout = nn.Dropout(dropout)
         self.conv2 = zero_module(nn.Conv2d(out_channels, out_channels, 3, padding=1))
         self.skip = nn.Identity() if out_channels == channels else nn.Conv2d(channels, out_channels, 1)
@@ -206,6 +234,26 @@ class Downsample(nn.Module):
         return self.conv(x)  # (N, C, H/2, W/2)
 
 
+class CornerPadDownsample(nn.Module):
+    """LDM's and DDPM's original downsampling: pad one pixel right and bottom, then a 3×3
+    convolution with stride 2 (``downsample_padding: ldm``; the same parameters as :class:`Downsample`)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, stride=2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.conv(F.pad(x, (0, 1, 0, 1)))  # (N, C, H/2, W/2)
+
+
+DOWNSAMPLE_PADDINGS = ("symmetric", "ldm")
+
+
+def downsample(channels: int, padding: str = "symmetric") -> nn.Module:
+    """The strided-convolution downsampling of a ``downsample_padding`` setting."""
+    return Downsample(channels) if padding == "symmetric" else CornerPadDownsample(channels)
+
+
 class EmbedSequential(nn.Sequential):
     """A sequence of layers; residual blocks also receive the embedding, spatial transformers
     the context tokens and their padding mask."""
@@ -233,15 +281,18 @@ class UNetBlocks:
     def res_block(self, c_in: int, c_out: int, resample: str = "none") -> ResBlock:
         cfg = self.cfg
         return ResBlock(c_in, self.emb_dim, c_out, dropout=cfg.dropout, use_scale_shift_norm=cfg.use_scale_shift_norm,
-                        norm_groups=cfg.norm_groups, residual_scale=self.residual_scale, resample=resample)
+                        norm_groups=cfg.norm_groups, residual_scale=self.residual_scale, resample=resample,
+                        norm_eps=cfg.norm_eps)
 
     def attention(self, c: int) -> nn.Module:
         """Self-attention, or LDM's spatial transformer when the U-Net takes a context."""
         cfg = self.cfg
         if cfg.context_dim:
+            bias = (True, False) if cfg.attention_bias is None else (cfg.attention_bias, cfg.attention_bias)
             return SpatialTransformer(c, cfg.context_dim, cfg.num_heads, cfg.num_head_channels,
-                                      cfg.transformer_depth, cfg.norm_groups)
-        return SpatialSelfAttention(c, cfg.num_heads, cfg.num_head_channels, cfg.norm_groups, self.residual_scale)
+                                      cfg.transformer_depth, cfg.norm_groups, cfg.transformer_norm_eps, bias)
+        return SpatialSelfAttention(c, cfg.num_heads, cfg.num_head_channels, cfg.norm_groups, self.residual_scale,
+                                    cfg.norm_eps)
 
     def level_layers(self, c_in: int, c_out: int, resolution: int) -> list[nn.Module]:
         """A residual block, followed by attention at the configured resolutions."""
@@ -269,7 +320,7 @@ def build_encoder(cfg: UNetConfig, blocks: UNetBlocks) -> tuple[nn.Conv2d, nn.Mo
             ch = width
             skip_channels.append(ch)
         if level != len(widths) - 1:
-            down = blocks.res_block(ch, ch, "down") if cfg.resblock_updown else Downsample(ch)
+            down = blocks.res_block(ch, ch, "down") if cfg.resblock_updown else downsample(ch, cfg.downsample_padding)
             encoder.append(EmbedSequential(down))
             skip_channels.append(ch)
     middle = EmbedSequential(blocks.res_block(ch, ch), blocks.attention(ch), blocks.res_block(ch, ch))
@@ -318,7 +369,8 @@ class UNet(nn.Module):
         emb_dim = 4 * cfg.model_channels
         self.concat_scale = 1 / math.sqrt(2) if cfg.rescale_concat_skip else 1.0
 
-        self.time_embed = TimestepMLP(cfg.model_channels, emb_dim)
+        self.time_embed = TimestepMLP(cfg.model_channels, emb_dim, freq_shift=cfg.time_freq_shift,
+                                      sin_first=cfg.time_sin_first)
         # Index num_classes is the "null" label used when the label is dropped (classifier-free guidance).
         self.label_embed = nn.Embedding(cfg.num_classes + 1, emb_dim) if cfg.num_classes else None
         self.text_encoder = SmallTextEncoder.from_config(cfg.text_encoder) if cfg.text_encoder else None
@@ -345,7 +397,7 @@ class UNet(nn.Module):
 
         out_channels = cfg.out_channels * (2 if cfg.learned_sigma else 1)
         self.head = nn.Sequential(
-            GroupNorm32(cfg.norm_groups, ch),
+            GroupNorm32(cfg.norm_groups, ch, eps=cfg.norm_eps),
             nn.SiLU(),
             zero_module(nn.Conv2d(ch, out_channels, 3, padding=1)),
         )

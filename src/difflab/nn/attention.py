@@ -106,12 +106,13 @@ class SelfAttention(nn.Module):
     Args:
         dim: token width C.
         num_heads: number of heads; ``dim`` must be divisible by it.
+        bias: whether W_q, W_k, W_v have biases (Stable Diffusion's transformer blocks have none).
     """
 
-    def __init__(self, dim: int, num_heads: int = 1):
+    def __init__(self, dim: int, num_heads: int = 1, bias: bool = True):
         super().__init__()
         self.num_heads = resolve_num_heads(dim, num_heads)
-        self.qkv = nn.Linear(dim, 3 * dim)
+        self.qkv = nn.Linear(dim, 3 * dim, bias=bias)
         self.proj = nn.Linear(dim, dim)
         self.processor: AttentionProcessor | None = None  # see the module docstring
 

@@ -15,12 +15,19 @@ import torch
 from torch import Tensor, nn
 
 
-def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
+def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0, freq_shift: float = 0.0,
+                       sin_first: bool = False) -> Tensor:
     """Sinusoidal features of a (possibly fractional) time, in ADM's layout ``[cos | sin]``.
 
-    With ``half = dim // 2`` and frequencies ``ω_i = max_period^(−i/half)`` for ``i < half``::
+    With ``half = dim // 2`` and frequencies ``ω_i = max_period^(−i/(half − freq_shift))`` for ``i < half``::
 
         emb(t) = [cos(t·ω_0), …, cos(t·ω_{half−1}), sin(t·ω_0), …, sin(t·ω_{half−1})]
+
+    ADM, LDM/Stable Diffusion and DiT's reference code use ``freq_shift = 0`` and cosines first.
+    The two options exist for imported weights: DDPM's original code (and diffusers' ``UNet2DModel``
+    ports of it) puts the sines first with ``freq_shift = 1``, diffusers' ``DiTTransformer2DModel``
+    uses ``freq_shift = 1`` with cosines first (diffusers' ``downscale_freq_shift`` and
+    ``flip_sin_to_cos = not sin_first``).
 
     An odd ``dim`` gets one trailing zero. The features are computed in float32 whatever the
     autocast state, so t = 999.5 and t = 999 stay distinguishable in bf16 training.
@@ -29,6 +36,8 @@ def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tens
         t: times of shape (N,), e.g. 0 … 999 for a 1000-step DDPM schedule; any float.
         dim: number of output features.
         max_period: the longest wavelength, 10000 as in the Transformer, DDPM and ADM.
+        freq_shift: subtracted from ``half`` in the frequencies' exponent.
+        sin_first: the layout ``[sin | cos]`` instead of ``[cos | sin]``.
 
     Returns:
         float32 tensor of shape (N, dim).
@@ -36,10 +45,11 @@ def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tens
     if t.ndim != 1:
         raise ValueError(f"timestep_embedding expects t of shape (N,), got {tuple(t.shape)}")
     half = dim // 2
-    exponent = torch.arange(half, device=t.device, dtype=torch.float32) / half
+    exponent = torch.arange(half, device=t.device, dtype=torch.float32) / (half - freq_shift)
     freqs = torch.exp(-math.log(max_period) * exponent)  # (half,)
     args = t.float()[:, None] * freqs[None, :]  # (N, half)
-    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)  # (N, 2·half)
+    waves = (torch.sin(args), torch.cos(args)) if sin_first else (torch.cos(args), torch.sin(args))
+    emb = torch.cat(waves, dim=-1)  # (N, 2·half)
     if dim % 2:
         emb = torch.nn.functional.pad(emb, (0, 1))  # (N, dim)
     return emb
@@ -51,13 +61,15 @@ class TimestepMLP(nn.Module):
     Args:
         frequency_dim: width of the sinusoidal features (ADM: the base channel count).
         embed_dim: output width (ADM: 4 × the base channel count).
-        max_period: see :func:`timestep_embedding`.
+        max_period, freq_shift, sin_first: see :func:`timestep_embedding`.
     """
 
-    def __init__(self, frequency_dim: int, embed_dim: int, max_period: float = 10000.0):
+    def __init__(self, frequency_dim: int, embed_dim: int, max_period: float = 10000.0, freq_shift: float = 0.0,
+                 sin_first: bool = False):
         super().__init__()
         self.frequency_dim = frequency_dim
         self.max_period = max_period
+        self.freq_shift, self.sin_first = freq_shift, sin_first
         self.mlp = nn.Sequential(
             nn.Linear(frequency_dim, embed_dim),
             nn.SiLU(),
@@ -65,7 +77,8 @@ class TimestepMLP(nn.Module):
         )
 
     def forward(self, t: Tensor) -> Tensor:
-        freq = timestep_embedding(t, self.frequency_dim, self.max_period)  # (N, frequency_dim)
+        freq = timestep_embedding(t, self.frequency_dim, self.max_period, self.freq_shift,
+                                  self.sin_first)  # (N, frequency_dim)
         return self.mlp(freq)  # (N, embed_dim)
 
 

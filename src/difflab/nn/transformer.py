@@ -26,13 +26,14 @@ from .norm import GroupNorm32
 
 class CrossAttention(nn.Module):
     """Queries from the image tokens (N, L, C), keys and values from the context (N, Lc, D);
-    ``processor``: see :mod:`difflab.nn.attention` (its maps are (N, heads, L, Lc))."""
+    ``processor``: see :mod:`difflab.nn.attention` (its maps are (N, heads, L, Lc)). ``bias``:
+    whether W_q, W_k, W_v have biases (LDM's have none; diffusers' ``attention_bias`` adds them)."""
 
-    def __init__(self, dim: int, context_dim: int, num_heads: int):
+    def __init__(self, dim: int, context_dim: int, num_heads: int, bias: bool = False):
         super().__init__()
         self.num_heads = num_heads
-        self.q = nn.Linear(dim, dim, bias=False)
-        self.kv = nn.Linear(context_dim, 2 * dim, bias=False)
+        self.q = nn.Linear(dim, dim, bias=bias)
+        self.kv = nn.Linear(context_dim, 2 * dim, bias=bias)
         self.proj = nn.Linear(dim, dim)
         self.processor: AttentionProcessor | None = None
 
@@ -56,12 +57,16 @@ class GEGLU(nn.Module):
 
 
 class TransformerBlock(nn.Module):
-    """Pre-norm block: self-attention, cross-attention to the context, feed-forward."""
+    """Pre-norm block: self-attention, cross-attention to the context, feed-forward.
 
-    def __init__(self, dim: int, context_dim: int, num_heads: int):
+    ``attention_bias``: biases on W_q, W_k, W_v of the self-attention and of the cross-attention;
+    difflab's own layout (the default) has them on the self-attention only, Stable Diffusion's
+    (``(False, False)``) on neither, diffusers' ``attention_bias: true`` on both."""
+
+    def __init__(self, dim: int, context_dim: int, num_heads: int, attention_bias: tuple[bool, bool] = (True, False)):
         super().__init__()
-        self.norm1, self.attn = nn.LayerNorm(dim), SelfAttention(dim, num_heads)
-        self.norm2, self.cross = nn.LayerNorm(dim), CrossAttention(dim, context_dim, num_heads)
+        self.norm1, self.attn = nn.LayerNorm(dim), SelfAttention(dim, num_heads, bias=attention_bias[0])
+        self.norm2, self.cross = nn.LayerNorm(dim), CrossAttention(dim, context_dim, num_heads, bias=attention_bias[1])
         self.norm3, self.ff = nn.LayerNorm(dim), GEGLU(dim)
 
     def forward(self, x: Tensor, context: Tensor, mask: Tensor | None = None) -> Tensor:
@@ -78,16 +83,19 @@ class SpatialTransformer(nn.Module):
         context_dim: width D of the context tokens.
         num_heads, num_head_channels: see :func:`~difflab.nn.attention.resolve_num_heads`.
         depth: number of transformer blocks.
-        norm_groups: groups of the input group normalization.
+        norm_groups, norm_eps: groups and ε of the input group normalization (Stable Diffusion's ε: 10⁻⁶).
+        attention_bias: see :class:`TransformerBlock`.
     """
 
     def __init__(self, channels: int, context_dim: int, num_heads: int = 1, num_head_channels: int = -1,
-                 depth: int = 1, norm_groups: int = 32):
+                 depth: int = 1, norm_groups: int = 32, norm_eps: float = 1e-5,
+                 attention_bias: tuple[bool, bool] = (True, False)):
         super().__init__()
         heads = resolve_num_heads(channels, num_heads, num_head_channels)
-        self.norm = GroupNorm32(norm_groups, channels)
+        self.norm = GroupNorm32(norm_groups, channels, eps=norm_eps)
         self.proj_in = nn.Linear(channels, channels)
-        self.blocks = nn.ModuleList(TransformerBlock(channels, context_dim, heads) for _ in range(depth))
+        self.blocks = nn.ModuleList(TransformerBlock(channels, context_dim, heads, attention_bias)
+                                    for _ in range(depth))
         self.proj_out = zero_module(nn.Linear(channels, channels))
 
     def forward(self, x: Tensor, context: Tensor, mask: Tensor | None = None) -> Tensor:
