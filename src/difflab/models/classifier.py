@@ -33,7 +33,8 @@ class NoisyClassifier(nn.Module):
             raise ValueError("the noisy classifier takes no context: set context_dim=0")
         self.config = cfg = config
         emb_dim = 4 * cfg.model_channels
-        self.time_embed = TimestepMLP(cfg.model_channels, emb_dim)
+        self.time_embed = TimestepMLP(cfg.model_channels, emb_dim, freq_shift=cfg.time_freq_shift,
+                                      sin_first=cfg.time_sin_first)
         blocks = UNetBlocks(cfg, emb_dim)
         self.stem, self.encoder, self.middle, _ = build_encoder(cfg, blocks)
         ch = blocks.widths[-1]

@@ -175,7 +175,8 @@ class ControlNet(nn.Module):
         unet = config.network
         emb_dim = 4 * unet.model_channels
         # the base's own embeddings and encoder, copied (from_model) and trained
-        self.time_embed = TimestepMLP(unet.model_channels, emb_dim)
+        self.time_embed = TimestepMLP(unet.model_channels, emb_dim, freq_shift=unet.time_freq_shift,
+                                      sin_first=unet.time_sin_first)
         self.label_embed = nn.Embedding(unet.num_classes + 1, emb_dim) if unet.num_classes else None
         self.text_encoder = None  # the base's (frozen) encoder makes the context; see forward
         blocks = UNetBlocks(unet, emb_dim)
@@ -282,7 +283,7 @@ class DiTControlNet(nn.Module):
         self.config = config
         dit = config.network
         d, p = dit.hidden_size, dit.patch_size
-        self.time_embed = TimestepMLP(dit.frequency_dim, d)
+        self.time_embed = TimestepMLP(dit.frequency_dim, d, freq_shift=dit.time_freq_shift)
         self.label_embed = nn.Embedding(dit.num_classes + 1, d) if dit.num_classes else None
         self.text_encoder = None  # the base's (frozen) encoder makes the context
         self.aug_embed = TimestepMLP(dit.frequency_dim, d) if dit.aug_level else None
@@ -290,7 +291,7 @@ class DiTControlNet(nn.Module):
         self.concat_input = (nn.Conv2d(dit.concat_channels, d, kernel_size=p, stride=p, bias=False)
                              if dit.concat_channels else None)
         self.register_buffer("pos_embed", sincos_position_embedding_2d(d, dit.grid_size)[None], persistent=False)
-        self.blocks = nn.ModuleList(DiTBlock(d, dit.num_heads, dit.mlp_ratio, dit.context_dim)
+        self.blocks = nn.ModuleList(DiTBlock(d, dit.num_heads, dit.mlp_ratio, dit.context_dim, dit.mlp_norm_eps)
                                     for _ in range(config.blocks_copied))
         # to the token grid in one go; its last layer zero (PixArt-δ's before_proj)
         self.hint = HintEncoder(config.hint_channels, config.hint_widths, config.total_factor, d)

@@ -76,6 +76,10 @@ class DiTConfig:
             (``concat``: an inpainting model's mask and masked image, ...).
         aug_level: the network also takes ``aug_level`` (N,) in [0, 1], the noise level of its
             concatenated image (noise-conditioning augmentation).
+        time_freq_shift: the time features' frequencies are 10000^(−i/(frequency_dim/2 − shift));
+            0 is DiT's reference code, 1 diffusers' ``DiTTransformer2DModel`` (imported weights).
+        mlp_norm_eps: ε of the layer norm before each MLP; 1e-6 is DiT's, diffusers'
+            ``DiTTransformer2DModel`` uses its ``norm_eps`` (1e-5 by default) there.
     """
 
     in_channels: int = 4
@@ -93,6 +97,8 @@ class DiTConfig:
     text_encoder: dict | None = None
     concat_channels: int = 0
     aug_level: bool = False
+    time_freq_shift: float = 0.0
+    mlp_norm_eps: float = 1e-6
 
     def __post_init__(self):
         if self.out_channels is None:
@@ -124,6 +130,9 @@ class DiTConfig:
         if self.hidden_size % 4:
             raise ValueError(f"DiTConfig.hidden_size={self.hidden_size} must be a multiple of 4 for the 2-D "
                              f"sine-cosine position embedding")
+        if self.time_freq_shift and self.time_freq_shift >= self.frequency_dim // 2:
+            raise ValueError(f"DiTConfig.time_freq_shift={self.time_freq_shift} must be below frequency_dim / 2 "
+                             f"= {self.frequency_dim // 2} (0 for DiT, 1 for diffusers' DiT)")
         if self.mlp_ratio <= 0:
             raise ValueError(f"DiTConfig.mlp_ratio must be > 0, got {self.mlp_ratio}")
         validate_conditioning(self)  # num_classes, context_dim, text_encoder
@@ -164,7 +173,8 @@ class DiTBlock(nn.Module):
     """A transformer block with adaLN-Zero conditioning (and optional cross-attention); see the
     module docstring. Input and output (N, T, D); ``c`` is (N, D)."""
 
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, context_dim: int = 0):
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, context_dim: int = 0,
+                 mlp_norm_eps: float = 1e-6):
         super().__init__()
         layer_norm = partial(nn.LayerNorm, dim, elementwise_affine=False, eps=1e-6)
         self.norm1, self.attn = layer_norm(), SelfAttention(dim, num_heads)
@@ -173,7 +183,7 @@ class DiTBlock(nn.Module):
             # Pre-norm with its own affine parameters (LDM's); not modulated by c, as in PixArt-α.
             self.norm_cross = nn.LayerNorm(dim, eps=1e-6)
             self.cross = CrossAttention(dim, context_dim, num_heads)
-        self.norm2, self.mlp = layer_norm(), Mlp(dim, int(dim * mlp_ratio))
+        self.norm2, self.mlp = layer_norm(eps=mlp_norm_eps), Mlp(dim, int(dim * mlp_ratio))
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
 
     def forward(self, x: Tensor, c: Tensor, context: Tensor | None = None,
@@ -214,11 +224,11 @@ class DiT(nn.Module):
             if cfg.concat_channels else None
         # Fixed, not learned (§3.2); recomputed at construction, so not saved in checkpoints.
         self.register_buffer("pos_embed", sincos_position_embedding_2d(d, cfg.grid_size)[None], persistent=False)
-        self.time_embed = TimestepMLP(cfg.frequency_dim, d)
+        self.time_embed = TimestepMLP(cfg.frequency_dim, d, freq_shift=cfg.time_freq_shift)
         # Index num_classes is the "null" label used when the label is dropped (classifier-free guidance).
         self.label_embed = nn.Embedding(cfg.num_classes + 1, d) if cfg.num_classes else None
         self.aug_embed = TimestepMLP(cfg.frequency_dim, d) if cfg.aug_level else None
-        self.blocks = nn.ModuleList(DiTBlock(d, cfg.num_heads, cfg.mlp_ratio, cfg.context_dim)
+        self.blocks = nn.ModuleList(DiTBlock(d, cfg.num_heads, cfg.mlp_ratio, cfg.context_dim, cfg.mlp_norm_eps)
                                     for _ in range(cfg.depth))
         self.final = FinalLayer(d, p, self.out_channels)
         self._init_weights()

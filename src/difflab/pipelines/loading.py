@@ -16,6 +16,15 @@ from ..models import load_frozen
 from ..schedules import NoiseSchedule, schedule_from_config
 
 
+def run_relative(text_encoder: dict | None, run: Path) -> dict | None:
+    """A text encoder config whose relative ``folder`` (an imported CLIP's files, kept in the run:
+    :mod:`difflab.interop.importer`) is made absolute against the run folder."""
+    folder = (text_encoder or {}).get("folder")
+    if folder is None or Path(folder).is_absolute():
+        return text_encoder
+    return {**text_encoder, "folder": str(run / folder)}
+
+
 @dataclass
 class DiffusionModel:
     """A network with what sampling needs to know about it (its checkpoint's :class:`ModelRecord`).
@@ -44,6 +53,7 @@ class DiffusionModel:
         autoencoder of a latent model is stored in the same checkpoint."""
         config, tensors, _ = load_state(path, kind=DIFFUSION_KIND, with_extra=False)  # no optimizer state
         record = ModelRecord.from_dict(config, path)
+        record.text_encoder = run_relative(record.text_encoder, find_checkpoint(path).parent)
         weights = tensors["ema" if use_ema else "model"]
         # channels-last: oneDNN's and cuDNN's preferred convolution layout (~20% faster sampling
         # of the demo U-Net on 2 CPU cores; the same numbers to float tolerance, tests/test_fast_paths.py)
