@@ -115,6 +115,17 @@ def dit_key_map(cfg: DiTConfig) -> dict[str, str | tuple[str, str, str]]:
     return names
 
 
+def diffusers_layer_names(cfg: DiTConfig) -> dict[str, tuple[str, int, int]]:
+    """diffusers' layer names → (our layer, part, parts), as :func:`.diffusers_unet.diffusers_layer_names`."""
+    names = {}
+    for ours, theirs in dit_key_map(cfg).items():
+        if ours.endswith(".weight"):
+            parts = (theirs,) if isinstance(theirs, str) else theirs
+            for part, name in enumerate(parts):
+                names[name.removesuffix(".weight")] = (ours.removesuffix(".weight"), part, len(parts))
+    return names
+
+
 def embedder_copies(cfg: DiTConfig) -> dict[str, str]:
     """diffusers' per-block embedder parameters → block 0's, of which they are copies."""
     first = EMBEDDER.format(k=0)

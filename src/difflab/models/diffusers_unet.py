@@ -283,6 +283,19 @@ def correspondence(cfg: UNetConfig, linear_projection: bool = True) -> list[Entr
     return entries + [*_layer("head.0", "conv_norm_out"), *_layer("head.2", "conv_out")]
 
 
+def diffusers_layer_names(cfg: UNetConfig) -> dict[str, tuple[str, int, int]]:
+    """diffusers' layer names (``down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q``) → (our
+    layer, part, parts): the layer is part ``part`` of ``parts`` equal row blocks of ours (W_q of
+    our fused ``qkv`` is part 0 of 3). LoRA files made for diffusers' U-Net load through it
+    (:mod:`.lora_files`)."""
+    names = {}
+    for ours, theirs, how in correspondence(cfg):
+        if ours.endswith(".weight") and how in ("same", "cat", "flat"):
+            for part, name in enumerate(theirs):
+                names[name.removesuffix(".weight")] = (ours.removesuffix(".weight"), part, len(theirs))
+    return names
+
+
 def _check_keys(state: Mapping[str, Tensor], wanted: set[str], what: str) -> None:
     missing, unexpected = sorted(wanted - set(state)), sorted(set(state) - wanted)
     if missing or unexpected:

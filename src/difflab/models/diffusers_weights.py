@@ -150,3 +150,35 @@ def load_diffusers_autoencoder_kl(folder: str | Path, image_size: int | None = N
         raise ValueError(f"{folder} holds a diffusers {config['_class_name']}, not an AutoencoderKL")
     model = autoencoder_kl_from_diffusers(config, load_file(weights_file), image_size)
     return model, float(config.get("scaling_factor", 0.18215))
+
+
+def autoencoder_kl_to_diffusers(model: AutoencoderKL, scale: float) -> tuple[dict, dict[str, Tensor]]:
+    """(config.json, weights) of the diffusers ``AutoencoderKL`` equal to ``model`` (the inverse of
+    :func:`autoencoder_kl_from_diffusers`), with ``scale`` as its ``scaling_factor``.
+
+    Raises:
+        ValueError: naming each setting diffusers' AutoencoderKL has no equivalent of (it pads
+            downsampling LDM's way, uses GroupNorm ε = 10⁻⁶ and attends in the middle only).
+    """
+    cfg = model.config
+    features = {"downsample_padding": cfg.downsample_padding != "ldm", "norm_eps": cfg.norm_eps != 1e-6,
+                "attention_resolutions": bool(cfg.attention_resolutions), "num_heads": cfg.num_heads != 1}
+    missing = [f"{name}={getattr(cfg, name)!r}" for name, on in features.items() if on]
+    if missing:
+        raise ValueError(f"diffusers' AutoencoderKL has no equivalent of difflab's {', '.join(missing)}; this "
+                         f"autoencoder cannot be exported to diffusers")
+    widths = [cfg.model_channels * m for m in cfg.channel_mult]
+    levels = len(widths)
+    config = {"_class_name": "AutoencoderKL", "_diffusers_version": "0.42.1", "in_channels": cfg.in_channels,
+              "out_channels": cfg.in_channels, "down_block_types": ["DownEncoderBlock2D"] * levels,
+              "up_block_types": ["UpDecoderBlock2D"] * levels, "block_out_channels": widths,
+              "layers_per_block": cfg.num_res_blocks, "act_fn": "silu", "latent_channels": cfg.z_channels,
+              "norm_num_groups": cfg.norm_groups, "sample_size": cfg.image_size, "scaling_factor": scale}
+    ours = model.state_dict()
+    state = {theirs: ours[mine] for mine, theirs in key_map(cfg).items() if mine in ours}
+    for side in ("encoder", "decoder"):
+        attention = f"{side}.mid_block.attentions.0"
+        for p in ("weight", "bias"):
+            for name, part in zip("qkv", ours[f"{side}.middle.1.attn.qkv.{p}"].chunk(3)):
+                state[f"{attention}.to_{name}.{p}"] = part
+    return config, {k: v.detach().contiguous().clone() for k, v in state.items()}

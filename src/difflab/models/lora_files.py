@@ -18,9 +18,15 @@ kohya        ``lora_unet_encoder_4_1_blocks_0_attn_qkv.lora_down.  ``….alpha``
 ===========  ====================================================  ===============================
 
 A kohya name is mapped back by writing every layer name of the network with underscores and
-looking it up (names are unique that way in difflab's networks). The layer names are difflab's
-own: a file made for another project's network (diffusers' ``to_q``/``to_k``/``to_v``) matches
-once that network is imported into difflab's layout (its importer maps the names), not before.
+looking it up (names are unique that way in difflab's networks).
+
+Files made for diffusers' networks (``UNet2DConditionModel``, ``UNet2DModel``,
+``DiTTransformer2DModel``; kohya's ``lora_unet_down_blocks_0_attentions_0_…_attn1_to_q`` are the
+same names) load onto the difflab U-Net or DiT imported from them: their layer names go through
+the importer's correspondence (:func:`.diffusers_unet.diffusers_layer_names`). Where diffusers has
+W_q, W_k, W_v apart and difflab one fused ``qkv``, their adapters become one adapter on ``qkv`` of
+rank r_q + r_k + r_v: A = [A_q; A_k; A_v] and B block-diagonal with each block scaled by its own
+α/r, so ΔW = B·A is exactly the three updates stacked (the fused adapter's α equals its rank).
 """
 
 from __future__ import annotations
@@ -106,8 +112,9 @@ def read_lora(path: str | Path, network: nn.Module, force: bool = False) -> Lora
         raise ValueError(f"{path} is not a readable .safetensors LoRA file ({err})") from None
     order = [name for name, module in network.named_modules() if isinstance(module, (nn.Linear, nn.Conv2d))]
     names = set(order)
+    foreign = foreign_layer_names(network)
     if any(key.endswith(".lora_down.weight") for key in tensors):
-        layout, pairs, alphas = "kohya", *_kohya(tensors, names)
+        layout, pairs, alphas = "kohya", *_kohya(tensors, names | set(foreign))
     elif any(".lora_A." in key for key in tensors):
         layout, pairs = "peft", _peft(tensors)
         alphas = {}
@@ -116,13 +123,16 @@ def read_lora(path: str | Path, network: nn.Module, force: bool = False) -> Lora
     info = json.loads(metadata[METADATA_KEY]) if METADATA_KEY in metadata else {}
     config = LoraConfig(**{**info["config"], "targets": tuple(info["config"]["targets"])}) if info else None
     layout = "difflab" if info else layout
+    file_alpha = _file_alpha(metadata, config)
+    if foreign and any(name not in names and name in foreign for name in pairs):
+        pairs, alphas = _fuse_foreign(pairs, alphas, file_alpha, foreign, network)
+        layout = f"{layout} (diffusers layer names)"
     unmatched = [name for name in pairs if name not in names]
     if unmatched and not force:
         raise ValueError(f"{path} adapts a layer this {type(network).__name__} does not have: {unmatched[0]!r} "
                          f"({len(unmatched)} of {len(pairs)} layers unmatched): a LoRA for another architecture; "
                          "--force loads the layers that match")
     out, ranks, layer_alphas = {}, {}, {}
-    file_alpha = _file_alpha(metadata, config)
     for name in (n for n in order if n in pairs):  # in the network's order
         down, up = pairs[name]
         if down.shape[0] != up.shape[1]:
@@ -134,6 +144,55 @@ def read_lora(path: str | Path, network: nn.Module, force: bool = False) -> Lora
     if not ranks:
         raise ValueError(f"{path}: none of its layers is in this {type(network).__name__}")
     return LoraFile(out, ranks, layer_alphas, layout, config, info.get("base"), path)
+
+
+def foreign_layer_names(network: nn.Module) -> dict[str, tuple[str, int, int]]:
+    """diffusers' layer names of a difflab U-Net or DiT → (our layer, part, parts); {} for others."""
+    from .diffusers_dit import diffusers_layer_names as dit_names
+    from .diffusers_unet import diffusers_layer_names as unet_names
+    from .dit import DiT
+    from .unet import UNet
+
+    if isinstance(network, UNet):
+        return unet_names(network.config)
+    if isinstance(network, DiT):
+        return dit_names(network.config)
+    return {}
+
+
+def _fuse_foreign(pairs: dict[str, tuple[Tensor, Tensor]], alphas: dict[str, float], file_alpha: float | None,
+                  foreign: dict[str, tuple[str, int, int]], network: nn.Module
+                  ) -> tuple[dict[str, tuple[Tensor, Tensor]], dict[str, float]]:
+    """Adapters named by diffusers' layers as adapters on difflab's (see the module docstring)."""
+    modules = dict(network.named_modules())
+    fused: dict[str, list] = {}
+    out_pairs, out_alphas = {}, {}
+    for name, (down, up) in pairs.items():
+        if name not in foreign:
+            out_pairs[name] = (down, up)
+            if name in alphas:
+                out_alphas[name] = alphas[name]
+            continue
+        ours, part, parts = foreign[name]
+        rank = down.shape[0]
+        scale = float(alphas.get(name, file_alpha if file_alpha is not None else rank)) / rank
+        fused.setdefault(ours, []).append((part, parts, down, up * scale))
+    for ours, pieces in fused.items():
+        layer = modules[ours]
+        rows = layer.weight.shape[0]
+        flat = isinstance(layer, nn.Linear)  # diffusers' 1×1-conv proj_in/out are linear layers here
+        downs = [d.flatten(1) if flat else d for _, _, d, _ in pieces]
+        ups = [u.flatten(1) if flat else u for _, _, _, u in pieces]
+        total = sum(d.shape[0] for d in downs)
+        up = torch.zeros(rows, total, *ups[0].shape[2:], dtype=ups[0].dtype)
+        column = 0
+        for (part, parts, _, _), d, u in zip(pieces, downs, ups):
+            size = rows // parts
+            up[part * size:(part + 1) * size, column:column + d.shape[0]] = u
+            column += d.shape[0]
+        out_pairs[ours] = (torch.cat(downs), up)
+        out_alphas[ours] = float(total)  # the pieces' α/r are inside B
+    return out_pairs, out_alphas
 
 
 def _file_alpha(metadata: dict, config: LoraConfig | None) -> float | None:
