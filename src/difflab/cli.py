@@ -32,6 +32,8 @@ COMMANDS = [
     "difflab.commands.train_autoencoder",
     "difflab.commands.reconstruct",
     "difflab.commands.import_autoencoder",
+    "difflab.commands.import_model",
+    "difflab.commands.export",
 ]
 
 

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-FROZEN_ENCODERS = ("minilm",)
+FROZEN_ENCODERS = ("minilm", "clip")
 TRAINABLE_ENCODERS = ("small",)
 
 

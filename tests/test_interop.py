@@ -1,0 +1,169 @@
+"""`difflab import` / `difflab export` end to end (difflab.interop): tiny random-weight diffusers
+pipelines built with diffusers' own classes and saved with save_pretrained (no download), imported
+as difflab runs, sampled side by side with diffusers, exported back, and bad input refused."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+
+diffusers = pytest.importorskip("diffusers")
+transformers = pytest.importorskip("transformers")
+
+from difflab.cli import main  # noqa: E402
+from difflab.pipelines.generate import SamplerSettings, plan  # noqa: E402
+from difflab.pipelines.guidance_policy import Guidance  # noqa: E402
+from difflab.pipelines.loading import DiffusionModel  # noqa: E402
+from difflab.sampling import sample  # noqa: E402
+
+UNET = dict(sample_size=8, in_channels=4, out_channels=4, block_out_channels=(32, 64), layers_per_block=1,
+            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=32, attention_head_dim=4,
+            norm_num_groups=8)
+VAE = dict(block_out_channels=(32, 64), down_block_types=("DownEncoderBlock2D",) * 2,
+           up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=4, norm_num_groups=8, layers_per_block=1,
+           sample_size=16)
+CLIP = dict(vocab_size=49408, hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
+            max_position_embeddings=77, hidden_act="quick_gelu")
+PROMPT = "a photo of an astronaut riding a horse, (detailed)"
+
+
+def _perturb(model, seed):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * 0.05)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def sd_folder(tmp_path_factory):
+    """A Stable-Diffusion-1.x-like pipeline folder with tiny random components."""
+    from difflab.text.bpe import ClipTokenizer
+
+    root = tmp_path_factory.mktemp("sd")
+    torch.manual_seed(0)
+    tokenizer_dir = ClipTokenizer.from_open_clip(pad="end").save(root / "tok")
+    pipe = diffusers.StableDiffusionPipeline(
+        vae=_perturb(diffusers.AutoencoderKL(**VAE), 1),
+        text_encoder=transformers.CLIPTextModel(transformers.CLIPTextConfig(**CLIP)).eval(),
+        tokenizer=transformers.CLIPTokenizer.from_pretrained(tokenizer_dir),
+        unet=_perturb(diffusers.UNet2DConditionModel(**UNET), 2),
+        scheduler=diffusers.DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                          clip_sample=False, set_alpha_to_one=True, steps_offset=0,
+                                          timestep_spacing="trailing"),
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipe.save_pretrained(root / "pipe", safe_serialization=True)
+    return root / "pipe"
+
+
+@pytest.fixture(scope="module")
+def sd_run(sd_folder, tmp_path_factory):
+    run = tmp_path_factory.mktemp("runs") / "sd"
+    assert main(["import", str(sd_folder), "--out", str(run), "--image-size", "16"]) == 0
+    return run
+
+
+def test_imported_sd_samples_like_diffusers(sd_folder, sd_run):
+    """DDIM 20 steps, CFG 7.5, the same initial noise: the same latents and images as diffusers'
+    StableDiffusionPipeline to 1e-3."""
+    pipe = diffusers.StableDiffusionPipeline.from_pretrained(sd_folder)
+    pipe.set_progress_bar_config(disable=True)
+    noise = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        theirs = pipe(PROMPT, num_inference_steps=20, guidance_scale=7.5, latents=noise.clone(), height=16, width=16,
+                      output_type="latent").images
+        their_images = pipe.vae.decode(theirs / pipe.vae.config.scaling_factor).sample.clamp(-1, 1)
+    model = DiffusionModel.load(sd_run)
+    assert model.record.sample_defaults["spacing"] == "trailing" and model.prediction == "epsilon"
+    settings = SamplerSettings.resolve(model, "ddim", 20, "trailing", None)
+    job = plan(model, 1, settings, prompts=[PROMPT], guidance=Guidance(scale=7.5))
+    with torch.no_grad():
+        ours = sample(job.denoiser, noise, sigmas=settings.walk(model), method="ddim", cond=job.cond([0]))
+        our_images = model.latent.decode(ours)
+    assert (theirs - noise).abs().max() > 0.1  # sampling moved the latents: the comparison can fail
+    assert (ours - theirs).abs().max() < 1e-3
+    assert (our_images - their_images).abs().max() < 1e-3
+
+
+def test_imported_sd_runs_through_sample_cli(sd_run, tmp_path):
+    out = tmp_path / "samples"
+    assert main(["sample", str(sd_run), "--prompt", "a cat", "--n", "2", "--steps", "3", "--out", str(out)]) == 0
+    assert len(list((out / "images").glob("*.png"))) == 2
+
+
+def test_export_round_trip_sd(sd_folder, sd_run, tmp_path):
+    out = tmp_path / "exported"
+    assert main(["export", str(sd_run), "--format", "diffusers", "--out", str(out)]) == 0
+    index = json.loads((out / "model_index.json").read_text())
+    assert index["_class_name"] == "StableDiffusionPipeline"
+    pipe = diffusers.StableDiffusionPipeline.from_pretrained(out)
+    original = diffusers.StableDiffusionPipeline.from_pretrained(sd_folder)
+    for name in ("unet", "vae", "text_encoder"):
+        mine, theirs = getattr(pipe, name).state_dict(), getattr(original, name).state_dict()
+        assert mine.keys() == theirs.keys()
+        # SD 1.x's 1×1-convolution proj_in/proj_out come back as the equal linear layers (use_linear_projection)
+        assert all(torch.equal(mine[k], theirs[k].reshape(mine[k].shape)) for k in mine), name
+    again = tmp_path / "again"
+    assert main(["import", str(out), "--out", str(again), "--image-size", "16"]) == 0
+    a, b = DiffusionModel.load(sd_run), DiffusionModel.load(again)
+    assert all(torch.equal(a.network.state_dict()[k], v) for k, v in b.network.state_dict().items())
+
+
+def test_ddpm_unet_folder_and_demo_sized_export(tmp_path):
+    """A lone UNet2DModel folder with its scheduler beside it; exported back, identical tensors."""
+    root = tmp_path / "ddpm"
+    unet = _perturb(diffusers.UNet2DModel(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(32, 64),
+                                          layers_per_block=1, down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+                                          up_block_types=("AttnUpBlock2D", "UpBlock2D"), norm_num_groups=8,
+                                          attention_head_dim=None, flip_sin_to_cos=False, freq_shift=1), 4)
+    unet.save_pretrained(root / "unet", safe_serialization=True)
+    diffusers.DDPMScheduler(beta_schedule="squaredcos_cap_v2", prediction_type="v_prediction").save_pretrained(
+        root / "scheduler")
+    run = tmp_path / "run"
+    assert main(["import", str(root / "unet"), "--out", str(run)]) == 0
+    model = DiffusionModel.load(run)
+    assert model.record.schedule["name"] == "cosine" and model.prediction == "v"
+    out = tmp_path / "exported"
+    assert main(["export", str(run), "--out", str(out)]) == 0
+    back = diffusers.UNet2DModel.from_pretrained(out / "unet")
+    assert all(torch.equal(back.state_dict()[k], v) for k, v in unet.state_dict().items())
+    scheduler = diffusers.DDIMScheduler.from_pretrained(out / "scheduler")
+    assert torch.allclose(scheduler.alphas_cumprod, diffusers.DDPMScheduler(
+        beta_schedule="squaredcos_cap_v2").alphas_cumprod)
+    assert (out / "model_index.json").is_file()  # an unconditional pixel model: a DDPMPipeline
+
+
+def _error(capsys, argv) -> str:
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "Traceback" not in err
+    return err
+
+
+def test_bad_input_is_one_clear_line(sd_folder, tmp_path, capsys):
+    broken = tmp_path / "broken"
+    shutil.copytree(sd_folder, broken)
+    shutil.rmtree(broken / "vae")
+    assert "lists vae, but the folder lacks it" in _error(capsys, ["import", str(broken), "--out", str(tmp_path / "r1")])
+
+    ckpt = tmp_path / "model.ckpt"
+    ckpt.write_bytes(b"\x80\x04 pickle")
+    assert "never loads" in _error(capsys, ["import", str(ckpt), "--out", str(tmp_path / "r2")])
+
+    unsupported = tmp_path / "unsupported"
+    shutil.copytree(sd_folder, unsupported)
+    config_file = unsupported / "unet" / "config.json"
+    config = json.loads(config_file.read_text())
+    config_file.write_text(json.dumps({**config, "down_block_types": ["SimpleCrossAttnDownBlock2D", "DownBlock2D"]}))
+    assert "SimpleCrossAttnDownBlock2D" in _error(capsys, ["import", str(unsupported), "--out", str(tmp_path / "r3")])
+
+    config_file.write_text(json.dumps({**config, "block_out_channels": [32, 96]}))
+    err = _error(capsys, ["import", str(unsupported), "--out", str(tmp_path / "r4")])
+    assert "shapes disagree" in err or "missing" in err or "unexpected" in err
+
+    assert "does not exist" in _error(capsys, ["import", str(tmp_path / "nowhere"), "--out", str(tmp_path / "r5")])
+    assert "does not exist" in _error(capsys, ["export", str(tmp_path / "nowhere"), "--out", str(tmp_path / "e")])
