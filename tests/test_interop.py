@@ -148,7 +148,7 @@ def test_bad_input_is_one_clear_line(sd_folder, tmp_path, capsys):
     broken = tmp_path / "broken"
     shutil.copytree(sd_folder, broken)
     shutil.rmtree(broken / "vae")
-    assert "lists vae, but the folder lacks it" in _error(capsys, ["import", str(broken), "--out", str(tmp_path / "r1")])
+    assert "lists vae, but the folder lacks it" in _error(capsys, ["import", str(broken), "--out", str(tmp_path)])
 
     ckpt = tmp_path / "model.ckpt"
     ckpt.write_bytes(b"\x80\x04 pickle")
@@ -167,3 +167,81 @@ def test_bad_input_is_one_clear_line(sd_folder, tmp_path, capsys):
 
     assert "does not exist" in _error(capsys, ["import", str(tmp_path / "nowhere"), "--out", str(tmp_path / "r5")])
     assert "does not exist" in _error(capsys, ["export", str(tmp_path / "nowhere"), "--out", str(tmp_path / "e")])
+
+
+@pytest.fixture(scope="module")
+def dit_folder(tmp_path_factory):
+    """A DiT-XL/2-like pipeline folder (learned sigma, class labels) with tiny random components; each
+    block's copy of the time/class embedder is block 0's, as in checkpoints converted from DiT's code."""
+    root = tmp_path_factory.mktemp("dit")
+    torch.manual_seed(0)
+    transformer = _perturb(diffusers.DiTTransformer2DModel(
+        num_attention_heads=2, attention_head_dim=16, in_channels=4, out_channels=8, num_layers=2, sample_size=8,
+        patch_size=2, num_embeds_ada_norm=1000), 5)  # DiTPipeline takes label 1000 as the null label
+    first = transformer.transformer_blocks[0].norm1.emb
+    for block in transformer.transformer_blocks[1:]:
+        block.norm1.emb.load_state_dict(first.state_dict())
+    pipe = diffusers.DiTPipeline(transformer=transformer, vae=_perturb(diffusers.AutoencoderKL(**VAE), 6),
+                                 scheduler=diffusers.DDIMScheduler(timestep_spacing="trailing", set_alpha_to_one=True,
+                                                                   clip_sample=False))
+    pipe.save_pretrained(root / "pipe", safe_serialization=True)
+    return root / "pipe"
+
+
+def test_imported_dit_samples_like_diffusers(dit_folder, tmp_path):
+    run = tmp_path / "dit"
+    assert main(["import", str(dit_folder), "--out", str(run), "--image-size", "16"]) == 0
+    model = DiffusionModel.load(run)
+    assert model.learned_variance and model.num_classes == 1000
+    pipe = diffusers.DiTPipeline.from_pretrained(dit_folder)
+    pipe.set_progress_bar_config(disable=True)
+    with torch.no_grad():
+        theirs = pipe(class_labels=[3], guidance_scale=4.0, num_inference_steps=20, output_type="pt",
+                      generator=torch.Generator().manual_seed(7)).images  # (1, H, W, C) in [0, 1]
+    noise = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(7))  # the pipeline's first draw
+    settings = SamplerSettings.resolve(model, "ddim", 20, "trailing", None)
+    job = plan(model, 1, settings, class_index=3, guidance=Guidance(scale=4.0))
+    with torch.no_grad():
+        latents = sample(job.denoiser, noise, sigmas=settings.walk(model), method="ddim", cond=job.cond([0]))
+        ours = (model.latent.decode(latents) / 2 + 0.5).clamp(0, 1)
+    theirs = torch.as_tensor(theirs).reshape(ours.shape) if theirs.shape == ours.shape else torch.as_tensor(
+        theirs).permute(0, 3, 1, 2)
+    assert (ours - theirs).abs().max() < 1e-3
+
+
+@pytest.mark.parametrize("scheduler", [
+    dict(beta_schedule="linear"),
+    dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012),
+    dict(beta_schedule="squaredcos_cap_v2"),
+    dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, rescale_betas_zero_snr=True,
+         prediction_type="v_prediction", timestep_spacing="trailing"),
+], ids=["linear", "scaled-linear", "cosine", "sd2-zero-snr-v"])
+def test_scheduler_configs_map_both_ways(scheduler):
+    from difflab.interop.scheduler import schedule_from_diffusers, schedule_to_diffusers
+    from difflab.schedules import schedule_from_config
+
+    theirs = diffusers.DDPMScheduler(**scheduler)
+    view = schedule_from_diffusers(dict(theirs.config))
+    ours = schedule_from_config(view["schedule"])
+    assert torch.allclose(ours.alphas_cumprod.float(), theirs.alphas_cumprod, atol=1e-6)
+    assert view["prediction"] == {"epsilon": "epsilon", "v_prediction": "v"}[theirs.config.prediction_type]
+    back = diffusers.DDIMScheduler(**{k: v for k, v in schedule_to_diffusers(
+        view["schedule"], view["prediction"]).items() if not k.startswith("_")})
+    assert torch.allclose(back.alphas_cumprod, theirs.alphas_cumprod, atol=1e-6)
+
+
+def test_imported_sd_takes_img2img_and_controlnet(sd_run, tmp_path):
+    from difflab.models.controlnet import ControlNet
+    from difflab.pipelines.pipeline import Pipeline
+
+    pipe = Pipeline(DiffusionModel.load(sd_run))
+    image = torch.randint(0, 256, (1, 3, 16, 16), dtype=torch.uint8)
+    edited = pipe("a cat", image=image, strength=0.5, steps=4, output="tensor")
+    assert edited.shape == (1, 3, 16, 16)
+    base = pipe.model.network
+    net = ControlNet.from_model(base, hint_channels=3, hint_factor=2).eval()
+    g = torch.Generator().manual_seed(0)
+    x, t, context = torch.randn(1, 4, 8, 8, generator=g), torch.tensor([500.0]), torch.randn(1, 77, 32, generator=g)
+    with torch.no_grad():
+        control = net(x, t, torch.rand(1, 3, 16, 16, generator=g), context=context)
+        assert torch.equal(base(x, t, context=context, control=control), base(x, t, context=context))
