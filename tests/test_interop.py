@@ -14,6 +14,7 @@ diffusers = pytest.importorskip("diffusers")
 transformers = pytest.importorskip("transformers")
 
 from difflab.cli import main  # noqa: E402
+from difflab.conditioning import TextConditioning  # noqa: E402
 from difflab.pipelines.generate import SamplerSettings, plan  # noqa: E402
 from difflab.pipelines.guidance_policy import Guidance  # noqa: E402
 from difflab.pipelines.loading import DiffusionModel  # noqa: E402
@@ -165,6 +166,12 @@ def test_bad_input_is_one_clear_line(sd_folder, tmp_path, capsys):
     err = _error(capsys, ["import", str(unsupported), "--out", str(tmp_path / "r4")])
     assert "shapes disagree" in err or "missing" in err or "unexpected" in err
 
+    from safetensors.torch import save_file
+
+    foreign = tmp_path / "foreign.safetensors"
+    save_file({"encoder.layer.0.weight": torch.zeros(2)}, str(foreign))
+    assert "cannot place" in _error(capsys, ["import", str(foreign), "--out", str(tmp_path / "r6")])
+
     assert "does not exist" in _error(capsys, ["import", str(tmp_path / "nowhere"), "--out", str(tmp_path / "r5")])
     assert "does not exist" in _error(capsys, ["export", str(tmp_path / "nowhere"), "--out", str(tmp_path / "e")])
 
@@ -245,3 +252,32 @@ def test_imported_sd_takes_img2img_and_controlnet(sd_run, tmp_path):
     with torch.no_grad():
         control = net(x, t, torch.rand(1, 3, 16, 16, generator=g), context=context)
         assert torch.equal(base(x, t, context=context, control=control), base(x, t, context=context))
+
+
+def test_single_file_imports_as_the_folder_does(sd_folder, sd_run, tmp_path):
+    """An original-layout single file built from the same tiny weights (with the documented key
+    mapping, written independently in tests/test_ldm_single_file.py) gives the same run."""
+    from safetensors.torch import save_file
+
+    from test_ldm_single_file import file_state, to_ldm_unet, to_ldm_vae
+
+    pipe = diffusers.StableDiffusionPipeline.from_pretrained(sd_folder)
+    tensors = {**to_ldm_unet(pipe.unet.state_dict(), dict(pipe.unet.config)),
+               **to_ldm_vae(pipe.vae.state_dict(), len(pipe.vae.config.block_out_channels)),
+               **{f"cond_stage_model.transformer.{k}": v for k, v in file_state(pipe.text_encoder).items()},
+               "alphas_cumprod": pipe.scheduler.alphas_cumprod.clone()}
+    path = tmp_path / "model.safetensors"
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(path))
+    run = tmp_path / "single"
+    # the tiny model's heads and group counts are not in the shapes: its folder's configs give them
+    assert main(["import", str(path), "--out", str(run), "--image-size", "16", "--config", str(sd_folder)]) == 0
+    a, b = DiffusionModel.load(sd_run), DiffusionModel.load(run)
+    assert torch.allclose(a.schedule.alphas_cumprod, b.schedule.alphas_cumprod)
+    g = torch.Generator().manual_seed(8)
+    x, t = torch.randn(1, 4, 8, 8, generator=g), torch.tensor([400.0])
+    for m in (a, b):
+        m.context = TextConditioning(m.text_encoder, "cpu").encode(["a cat"])
+    with torch.no_grad():
+        assert torch.equal(a.context["context"], b.context["context"])
+        assert (a.network(x, t, **a.context) - b.network(x, t, **b.context)).abs().max() < 1e-6
+        assert torch.equal(a.latent.decode(x), b.latent.decode(x))

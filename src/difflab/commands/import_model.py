@@ -38,6 +38,9 @@ def register(subparsers) -> None:
     p.add_argument("--heads", type=int,
                    help="a single file's attention heads (not in its shapes); default: SD's conventions (8 heads "
                         "for a 768-wide text context, 64-channel heads for 1024)")
+    p.add_argument("--config", metavar="FOLDER",
+                   help="a single file's architecture from the configs of a diffusers folder of the same model "
+                        "(unet/, vae/, text_encoder/ config.json, and tokenizer/), instead of inferring it")
     p.add_argument("--steps", type=int, default=50, help="the run's default sampling steps")
     p.add_argument("--guidance-scale", type=float,
                    help="the run's default guidance scale; default 7.5 for text models, 4 for class models, else 1")
@@ -48,7 +51,7 @@ def run(args) -> int:
     from ..interop.importer import import_source, write_run
 
     imported = import_source(args.source, scheduler=args.scheduler, image_size=args.image_size,
-                             prediction=args.prediction, heads=args.heads)
+                             prediction=args.prediction, heads=args.heads, config=args.config)
     path = write_run(imported, args.out, steps=args.steps, guidance_scale=args.guidance_scale)
     params = sum(p.numel() for p in imported.network.parameters())
     extras = []

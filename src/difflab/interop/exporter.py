@@ -60,7 +60,8 @@ def export_diffusers(run: str | Path, out: str | Path, network_only: bool = Fals
     else:
         raise ValueError(f"difflab exports U-Net and DiT networks; this run's is {type(network).__name__}")
     spacing = record.sample_defaults.get("spacing", "trailing")
-    scheduler = schedule_to_diffusers(record.schedule, record.prediction, record.learned_variance, spacing)
+    scheduler = schedule_to_diffusers(record.schedule, record.prediction, record.learned_variance, spacing,
+                                      clip_sample=model.latent is None)  # difflab clips a pixel model's x̂₀
     vae = None
     if model.latent is not None and not network_only:
         vae = autoencoder_kl_to_diffusers(model.latent.autoencoder, model.latent.scale)

@@ -29,7 +29,13 @@ from torch import nn
 
 from ..checkpoint import DIFFUSION_KIND, save_checkpoint
 from ..models import model_config_dict
-from ..models.diffusers_unet import UNET_2D, UNET_2D_CONDITION, load_diffusers_unet, read_diffusers_folder
+from ..models.diffusers_unet import (
+    UNET_2D,
+    UNET_2D_CONDITION,
+    load_diffusers_unet,
+    read_diffusers_folder,
+    unet_from_diffusers,
+)
 from ..models.diffusers_weights import autoencoder_kl_from_diffusers
 from .scheduler import schedule_from_diffusers
 
@@ -163,9 +169,24 @@ def from_model_folder(folder: Path, scheduler: Path | None, image_size: int | No
     return Imported(network, config, None, None, names, str(folder.resolve()))
 
 
+def _component_config(config_dir: Path | None, name: str) -> dict | None:
+    """``config_dir/name/config.json`` (a diffusers folder whose configs describe the file), or None."""
+    if config_dir is None:
+        return None
+    file = config_dir / name / "config.json"
+    if not file.is_file():
+        raise FileNotFoundError(f"{file} does not exist: --config takes a diffusers pipeline folder (its configs)")
+    return json.loads(file.read_text())
+
+
 def from_single_file(path: Path, image_size: int | None = None, prediction: str | None = None,
-                     heads: int | None = None) -> Imported:
-    """An original-layout Stable Diffusion / LDM single file (docs/interop.md, "Single files")."""
+                     heads: int | None = None, config_dir: Path | None = None) -> Imported:
+    """An original-layout Stable Diffusion / LDM single file (docs/interop.md, "Single files").
+
+    Its architecture is read from the tensors' shapes; what shapes do not tell (heads, group-norm
+    groups) follows Stable Diffusion's conventions, or ``heads``, or the configs of a diffusers
+    folder of the same architecture (``config_dir``, diffusers' ``from_single_file(config=...)``).
+    """
     from ..text.bpe import ClipTokenizer
     from ..text.clip import ClipTextConfig, ClipTextTransformer
     from . import ldm_single_file as ldm
@@ -173,43 +194,41 @@ def from_single_file(path: Path, image_size: int | None = None, prediction: str 
     parts = ldm.split_components(ldm.read_single_file(path))
     if not parts.unet:
         raise ValueError(f"{path} has no model.diffusion_model.* keys: not a Stable Diffusion / LDM checkpoint")
-    autoencoder = None
-    factor = 1
+    autoencoder, factor = None, 1
     if parts.vae:
-        vae_config = ldm.vae_config_from_ldm(parts.vae)
+        vae_config = _component_config(config_dir, "vae") or ldm.vae_config_from_ldm(parts.vae)
         factor = 2 ** (len(vae_config["block_out_channels"]) - 1)
         autoencoder = (autoencoder_kl_from_diffusers(vae_config, ldm.ldm_vae_to_diffusers(parts.vae), image_size),
                        float(vae_config.get("scaling_factor", 0.18215)))
-    unet_config = ldm.unet_config_from_ldm(parts.unet, heads=heads,
-                                           image_size=image_size // factor if image_size else None)
-    from ..models.diffusers_unet import unet_config_from_diffusers, unet_state_from_diffusers
-    from ..models.unet import UNet
-
-    cfg = unet_config_from_diffusers({"_class_name": UNET_2D_CONDITION, **unet_config})
-    network = UNet(cfg)
-    from ..models.diffusers_unet import load_state_strict
-
-    load_state_strict(network, unet_state_from_diffusers(ldm.ldm_unet_to_diffusers(parts.unet), cfg,
-                                                         unet_config.get("use_linear_projection", False)),
-                      f"the U-Net in {path}")
-    write_text = None
+    latent_size = image_size // factor if image_size else None
+    unet_config = (_component_config(config_dir, "unet")
+                   or ldm.unet_config_from_ldm(parts.unet, heads=heads, image_size=latent_size))
+    network = unet_from_diffusers({"_class_name": UNET_2D_CONDITION, **unet_config},
+                                  ldm.ldm_unet_to_diffusers(parts.unet), image_size=latent_size,
+                                  source=f"the U-Net in {path}")
+    write_text, skip = None, 1
     if parts.text:
         text_state, layout = ldm.ldm_clip_to_transformers(parts.text)
-        clip = ClipTextTransformer.from_state_dict(text_state, ClipTextConfig.from_transformers(
-            ldm.clip_config_from_state(text_state, layout)))
+        text_config = _component_config(config_dir, "text_encoder") or ldm.clip_config_from_state(text_state, layout)
+        clip = ClipTextTransformer.from_state_dict(text_state, ClipTextConfig.from_transformers(text_config))
+        skip = 2 if layout == "sd2" else 1  # SD 2.x reads the penultimate layer
+        folder_tokenizer = config_dir / "tokenizer" if config_dir is not None else None
 
         def write_text(target: Path) -> None:
             clip.save_diffusers(target / "text_encoder")
-            ClipTokenizer.from_open_clip(pad="end" if layout == "sd1" else "zero").save(target / "tokenizer")
-    elif cfg.context_dim:
+            if folder_tokenizer is not None and (folder_tokenizer / "vocab.json").is_file():
+                shutil.copytree(folder_tokenizer, target / "tokenizer", dirs_exist_ok=True)
+            else:
+                ClipTokenizer.from_open_clip(pad="end" if layout == "sd1" else "zero").save(target / "tokenizer")
+    elif network.config.context_dim:
         raise ValueError(f"{path} has a text-conditioned U-Net but no cond_stage_model.* keys (its text encoder)")
     scheduler = ldm.ldm_scheduler_config(parts.other, prediction)
-    return Imported(network, scheduler, autoencoder, write_text, [], str(path.resolve()),
-                    clip_skip=2 if parts.text and layout == "sd2" else 1)
+    return Imported(network, scheduler, autoencoder, write_text, [], str(path.resolve()), clip_skip=skip)
 
 
 def import_source(source: str | Path, *, scheduler: str | Path | None = None, image_size: int | None = None,
-                  prediction: str | None = None, heads: int | None = None) -> Imported:
+                  prediction: str | None = None, heads: int | None = None,
+                  config: str | Path | None = None) -> Imported:
     """Read any importable source (see the module docstring).
 
     Raises:
@@ -222,7 +241,7 @@ def import_source(source: str | Path, *, scheduler: str | Path | None = None, im
     if path.is_file():
         if path.suffix.lower() != ".safetensors":
             raise ValueError(f"{path}: difflab imports a folder (diffusers) or a .safetensors single file")
-        return from_single_file(path, image_size, prediction, heads)
+        return from_single_file(path, image_size, prediction, heads, Path(config) if config else None)
     if (path / "model_index.json").is_file():
         return from_pipeline_folder(path, image_size)
     return from_model_folder(path, Path(scheduler) if scheduler else None, image_size)

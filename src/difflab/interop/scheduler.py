@@ -80,8 +80,9 @@ def schedule_from_diffusers(config: Mapping) -> dict:
 
 
 def schedule_to_diffusers(schedule: Mapping, prediction: str, learned_variance: bool = False,
-                          spacing: str = "trailing") -> dict:
-    """A ``DDIMScheduler`` config for a difflab model's schedule and parametrisation.
+                          spacing: str = "trailing", clip_sample: bool = False) -> dict:
+    """A ``DDIMScheduler`` config for a difflab model's schedule and parametrisation; ``clip_sample``:
+    clip x̂₀ to [−1, 1] as difflab does for pixel models (not for latents).
 
     Raises:
         ValueError: a continuous-time schedule (``vp``, ``ve``, ``edm``, …), which diffusers'
@@ -90,7 +91,7 @@ def schedule_to_diffusers(schedule: Mapping, prediction: str, learned_variance: 
     schedule = dict(schedule)
     name = schedule.pop("name")
     config = {"_class_name": "DDIMScheduler", "_diffusers_version": "0.42.1",
-              "num_train_timesteps": int(schedule.get("num_steps", 1000)), "clip_sample": False,
+              "num_train_timesteps": int(schedule.get("num_steps", 1000)), "clip_sample": clip_sample,
               "set_alpha_to_one": True, "steps_offset": 0,
               "prediction_type": {v: k for k, v in PREDICTIONS.items()}[prediction],
               "timestep_spacing": spacing if spacing in ("leading", "trailing", "linspace") else "trailing",

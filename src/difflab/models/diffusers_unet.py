@@ -377,14 +377,20 @@ def read_diffusers_folder(folder: str | Path, what: str) -> tuple[dict, dict[str
     return json.loads((folder / "config.json").read_text()), load_file(str(weights))
 
 
-def load_diffusers_unet(folder: str | Path, learned_sigma: bool = False, image_size: int | None = None) -> UNet:
-    """A difflab :class:`UNet` with the weights of a diffusers ``unet/`` folder (see the module docstring)."""
-    config, state = read_diffusers_folder(folder, "U-Net")
+def unet_from_diffusers(config: Mapping, state: Mapping[str, Tensor], learned_sigma: bool = False,
+                        image_size: int | None = None, source: str = "the diffusers U-Net") -> UNet:
+    """A difflab :class:`UNet` from a diffusers U-Net's config and weights (see the module docstring)."""
     cfg = unet_config_from_diffusers(config, learned_sigma, image_size)
     model = UNet(cfg)
-    load_state_strict(model, unet_state_from_diffusers(state, cfg, config.get("use_linear_projection", True)),
-                      f"the U-Net in {folder}")
+    load_state_strict(model, unet_state_from_diffusers(state, cfg, config.get("use_linear_projection", False)),
+                      source)
     return model
+
+
+def load_diffusers_unet(folder: str | Path, learned_sigma: bool = False, image_size: int | None = None) -> UNet:
+    """A difflab :class:`UNet` with the weights of a diffusers ``unet/`` folder."""
+    config, state = read_diffusers_folder(folder, "U-Net")
+    return unet_from_diffusers(config, state, learned_sigma, image_size, f"the U-Net in {folder}")
 
 
 # ------------------------------------------------------------------------------------------------

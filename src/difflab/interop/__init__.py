@@ -1,0 +1,1 @@
+"""difflab ↔ other projects' weights."""
