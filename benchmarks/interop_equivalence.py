@@ -42,8 +42,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--spacing", default="leading",
                         help="DDIM's timesteps in both libraries. 'trailing' starts at t = 999, where the cosine "
-                             "schedule's alpha_bar is 2.4e-9: x0 = (x - sqrt(1 - alpha_bar) eps) / sqrt(alpha_bar) then "
-                             "amplifies float32 rounding 2e4 times, and the two libraries part in the first step")
+                             "schedule's alpha_bar is 2.4e-9: x0 = (x - sqrt(1 - alpha_bar) eps) / sqrt(alpha_bar) "
+                             "then amplifies float32 rounding 2e4 times, and the two libraries part in the first step")
     parser.add_argument("--out", default="docs/interop_equivalence.png")
     args = parser.parse_args()
     torch.set_num_threads(1)

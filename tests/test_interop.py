@@ -68,20 +68,21 @@ def sd_run(sd_folder, tmp_path_factory):
     return run
 
 
-def test_imported_sd_samples_like_diffusers(sd_folder, sd_run):
+@pytest.mark.parametrize("negative", [None, "blurry, low quality"], ids=["cfg", "negative-prompt"])
+def test_imported_sd_samples_like_diffusers(sd_folder, sd_run, negative):
     """DDIM 20 steps, CFG 7.5, the same initial noise: the same latents and images as diffusers'
-    StableDiffusionPipeline to 1e-3."""
+    StableDiffusionPipeline to 1e-3 (with and without a negative prompt)."""
     pipe = diffusers.StableDiffusionPipeline.from_pretrained(sd_folder)
     pipe.set_progress_bar_config(disable=True)
     noise = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         theirs = pipe(PROMPT, num_inference_steps=20, guidance_scale=7.5, latents=noise.clone(), height=16, width=16,
-                      output_type="latent").images
+                      negative_prompt=negative, output_type="latent").images
         their_images = pipe.vae.decode(theirs / pipe.vae.config.scaling_factor).sample.clamp(-1, 1)
     model = DiffusionModel.load(sd_run)
     assert model.record.sample_defaults["spacing"] == "trailing" and model.prediction == "epsilon"
     settings = SamplerSettings.resolve(model, "ddim", 20, "trailing", None)
-    job = plan(model, 1, settings, prompts=[PROMPT], guidance=Guidance(scale=7.5))
+    job = plan(model, 1, settings, prompts=[PROMPT], guidance=Guidance(scale=7.5, negative_prompt=negative))
     with torch.no_grad():
         ours = sample(job.denoiser, noise, sigmas=settings.walk(model), method="ddim", cond=job.cond([0]))
         our_images = model.latent.decode(ours)
@@ -91,9 +92,20 @@ def test_imported_sd_samples_like_diffusers(sd_folder, sd_run):
 
 
 def test_imported_sd_runs_through_sample_cli(sd_run, tmp_path):
-    out = tmp_path / "samples"
-    assert main(["sample", str(sd_run), "--prompt", "a cat", "--n", "2", "--steps", "3", "--out", str(out)]) == 0
-    assert len(list((out / "images").glob("*.png"))) == 2
+    import numpy as np
+    from PIL import Image
+
+    def images(out, *extra):
+        assert main(["sample", str(sd_run), "--n", "2", "--steps", "3", "--out", str(out), *extra]) == 0
+        return [np.asarray(Image.open(p)) for p in sorted((out / "images").glob("*.png"))]
+
+    plain = images(tmp_path / "plain", "--prompt", "a red cat")
+    assert len(plain) == 2
+    # A1111's emphasis: weight 1 is the plain prompt, another weight changes the images
+    same = images(tmp_path / "same", "--prompt", "a (red:1.0) cat", "--prompt-weights")
+    heavier = images(tmp_path / "heavier", "--prompt", "a (red:1.8) cat", "--prompt-weights")
+    assert all(np.array_equal(a, b) for a, b in zip(plain, same))
+    assert not all(np.array_equal(a, b) for a, b in zip(plain, heavier))
 
 
 def test_export_round_trip_sd(sd_folder, sd_run, tmp_path):

@@ -282,6 +282,9 @@ def add_guidance_arguments(p, classifier_flag: str = "--classifier") -> None:
     p.add_argument("--negative-prompt", metavar="TEXT",
                    help="a text model's unconditional input for classifier-free guidance instead of the empty "
                         "caption: what the images should move away from (needs --guidance-scale > 1)")
+    p.add_argument("--prompt-weights", action="store_true",
+                   help="read AUTOMATIC1111's emphasis in the prompts: (word:1.3) weighs a word's text states "
+                        "1.3x, (word) 1.1x, [word] 1/1.1x (a CLIP text model, e.g. an imported Stable Diffusion)")
     p.add_argument("--image-guidance", type=float, metavar="S_I",
                    help="an instruct-pix2pix model's image guidance s_I (with --guidance-scale its text guidance "
                         "s_T; default: the checkpoint's sample.image_guidance_scale): higher keeps the source closer")
@@ -299,6 +302,15 @@ def guidance_from_args(args, device):
                     classifier=classifier, classifier_scale=args.classifier_scale,
                     classifier_mode=args.classifier_mode, negative_prompt=getattr(args, "negative_prompt", None),
                     image_scale=getattr(args, "image_guidance", None))
+
+
+def use_prompt_weights(model) -> None:
+    """Make a CLIP text model read prompt weights (``--prompt-weights``)."""
+    encoder = model.record.text_encoder or {}
+    if encoder.get("name") != "clip":
+        raise ValueError(f"--prompt-weights needs a CLIP text model (an imported Stable Diffusion); this model's "
+                         f"text encoder is {encoder.get('name')!r}")
+    model.record.text_encoder = {**encoder, "prompt_weights": True}
 
 
 def run(args) -> int:
@@ -319,6 +331,8 @@ def run(args) -> int:
     out_dir = check_output_folder(Path(args.out))  # before any work: not a file, writable
     device = pick_device(args.device)
     model = DiffusionModel.load(args.checkpoint, use_ema=not args.no_ema, device=device)
+    if getattr(args, "prompt_weights", False):
+        use_prompt_weights(model)
     add_loras(model, args)
     noise = read_noise(args.noise) if args.noise else None
     edit = edit_from_args(args, model)

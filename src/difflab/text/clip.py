@@ -336,12 +336,14 @@ class ClipTextEncoder(nn.Module):
         self.max_length = self._check_length(max_length)
         check_skip(skip, encoder.config.num_hidden_layers)
         self.skip, self.folder, self.pad = skip, folder, pad
+        self.prompt_weights = False  # encode() reads (word:1.3) / (word) / [word] weights: encode_weighted
         self.requires_grad_(False)
         self.eval()
 
     @classmethod
     def load(cls, folder: str | Path, device: torch.device | str | None = None, dtype: torch.dtype = torch.float32,
-             max_length: int = 77, skip: int = 1, pad: str = "end", variant: str | None = None) -> ClipTextEncoder:
+             max_length: int = 77, skip: int = 1, pad: str = "end", variant: str | None = None,
+             prompt_weights: bool = False) -> ClipTextEncoder:
         """Load ``folder/text_encoder`` and ``folder/tokenizer`` (a diffusers Stable Diffusion folder).
 
         Args:
@@ -353,6 +355,7 @@ class ClipTextEncoder(nn.Module):
                 OpenAI's vocabulary from the open-clip-torch wheel, padded with the end token
                 (``"end"``, SD 1.x) or ``!`` (``"zero"``, SD 2.x).
             variant: read ``model.<variant>.safetensors``.
+            prompt_weights: :meth:`encode` reads A1111's prompt weights (:meth:`encode_weighted`).
         """
         folder = Path(folder)
         encoder = ClipTextTransformer.from_diffusers(folder / "text_encoder", variant).to(device=device, dtype=dtype)
@@ -363,13 +366,15 @@ class ClipTextEncoder(nn.Module):
         if len(tokenizer) != encoder.config.vocab_size:
             raise ValueError(f"the tokenizer of {folder} has {len(tokenizer)} tokens but its text encoder "
                              f"{encoder.config.vocab_size}: the two do not belong together")
-        return cls(encoder, tokenizer, max_length, skip, folder, pad)
+        encoder = cls(encoder, tokenizer, max_length, skip, folder, pad)
+        encoder.prompt_weights = bool(prompt_weights)
+        return encoder
 
     @classmethod
     def from_config(cls, config: dict, device: torch.device | str | None = None) -> ClipTextEncoder:
         """Build from ``{"name": "clip", "folder": ..., "max_length": 77, "skip": 1}`` (see :meth:`to_config`)."""
         options = {k: v for k, v in config.items() if k != "name"}
-        allowed = {"folder", "max_length", "skip", "pad", "variant"}
+        allowed = {"folder", "max_length", "skip", "pad", "variant", "prompt_weights"}
         unknown = sorted(set(options) - allowed)
         if unknown:
             raise ValueError(f"unknown clip text encoder option(s) {unknown}; the options are {sorted(allowed)}")
@@ -383,6 +388,8 @@ class ClipTextEncoder(nn.Module):
     def to_config(self) -> dict:
         """The dictionary that rebuilds this encoder (the weights stay in ``folder``)."""
         config = {"name": self.name, "folder": str(self.folder), "max_length": self.max_length, "skip": self.skip}
+        if self.prompt_weights:
+            config["prompt_weights"] = True
         return config if self.pad is None else config | {"pad": self.pad}
 
     def _check_length(self, max_length: int) -> int:
@@ -407,6 +414,8 @@ class ClipTextEncoder(nn.Module):
         Returns:
             states (N, L, dim) in the weights' dtype and an all-True mask (N, L), on the weights' device.
         """
+        if self.prompt_weights:
+            return self.encode_weighted(texts, max_length, padding)
         max_length = self.max_length if max_length is None else self._check_length(max_length)
         input_ids, _ = self.tokenizer(texts, max_length, padding)
         input_ids = input_ids.to(self.encoder.final_norm.weight.device)
@@ -429,5 +438,7 @@ class ClipTextEncoder(nn.Module):
         device = self.encoder.final_norm.weight.device
         states = self.encoder(input_ids.to(device), self.skip)  # (N, L, dim)
         weighted = states * weights.to(device=device, dtype=states.dtype)[..., None]
-        weighted = weighted * (states.mean(dim=(1, 2), keepdim=True) / weighted.mean(dim=(1, 2), keepdim=True))
+        before, after = states.mean(dim=(1, 2), keepdim=True), weighted.mean(dim=(1, 2), keepdim=True)
+        # a mean of zero (final LayerNorm states without bias, e.g. random weights) has nothing to restore
+        weighted = weighted * torch.where(after.abs() > 1e-6, before / after.where(after.abs() > 1e-6, 1.0), 1.0)
         return TextEncoding(weighted, torch.ones(states.shape[:2], dtype=torch.bool, device=device))
