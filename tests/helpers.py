@@ -131,3 +131,13 @@ def pictures(folder, n=4, channels=1, side=8):
         array = rng.integers(0, 256, (side, side) if channels == 1 else (side, side, 3), dtype=np.uint8)
         Image.fromarray(array).save(folder / f"{i}.png")
     return folder
+
+
+def perturbed(model: torch.nn.Module, seed: int = 0, scale: float = 0.05) -> torch.nn.Module:
+    """Every parameter moved off its (often zero or one) initialisation, so that a misplaced one shows
+    in a comparison of outputs; returned in eval mode."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * scale)
+    return model.eval()

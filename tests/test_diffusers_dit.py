@@ -17,6 +17,7 @@ from difflab.models.diffusers_dit import (
     save_diffusers_dit,
 )
 from difflab.models.dit import PRESETS, DiT, DiTConfig
+from helpers import perturbed  # noqa: E402
 
 diffusers = pytest.importorskip("diffusers", reason="pip install diffusers (the dev extra)")
 
@@ -26,15 +27,6 @@ TINY = dict(num_attention_heads=2, attention_head_dim=8, in_channels=4, num_laye
             num_embeds_ada_norm=10)
 TIMES = [torch.tensor([0, 500, 999]), torch.tensor([0.25, 12.5, 998.75])]  # diffusers' ints, and fractional
 LABELS = torch.tensor([0, 9, 10])  # 10 = num_classes: the null label
-
-
-def perturbed(model, scale: float = 0.02):
-    """Random noise added to every parameter: zero-initialized layers would hide wrong mappings."""
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * scale)
-    return model.eval()
 
 
 def tie_embedders(theirs):
@@ -47,7 +39,7 @@ def tie_embedders(theirs):
 
 
 def tiny_diffusers(**overrides):
-    return tie_embedders(perturbed(diffusers.DiTTransformer2DModel(**{**TINY, **overrides})))
+    return tie_embedders(perturbed(diffusers.DiTTransformer2DModel(**{**TINY, **overrides}), scale=0.02))
 
 
 def assert_same_outputs(ours, theirs, cfg):

@@ -17,6 +17,7 @@ from difflab.models.diffusers_unet import (  # noqa: E402
     unet_config_from_diffusers,
 )
 from difflab.models.unet import UNet, UNetConfig  # noqa: E402
+from helpers import perturbed  # noqa: E402
 
 SD1 = dict(sample_size=16, in_channels=4, out_channels=4, block_out_channels=(32, 64), layers_per_block=2,
            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
@@ -28,15 +29,6 @@ DDPM = dict(sample_size=16, in_channels=3, out_channels=3, block_out_channels=(3
             down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D"),
             up_block_types=("UpBlock2D", "AttnUpBlock2D", "UpBlock2D"), attention_head_dim=None, norm_num_groups=8,
             flip_sin_to_cos=False, freq_shift=1, downsample_padding=0, norm_eps=1e-6)
-
-
-def perturbed(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Every parameter moved off its (often zero) initialisation, so a misplaced one shows."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn(p.shape, generator=g) * 0.05)
-    return model.eval()
 
 
 def saved(model, path):

@@ -19,6 +19,8 @@ from difflab.pipelines.generate import SamplerSettings, plan  # noqa: E402
 from difflab.pipelines.guidance_policy import Guidance  # noqa: E402
 from difflab.pipelines.loading import DiffusionModel  # noqa: E402
 from difflab.sampling import sample  # noqa: E402
+from helpers import perturbed  # noqa: E402
+from ldm_layout import file_state, to_ldm_unet, to_ldm_vae  # noqa: E402
 
 UNET = dict(sample_size=8, in_channels=4, out_channels=4, block_out_channels=(32, 64), layers_per_block=1,
             down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
@@ -32,14 +34,6 @@ CLIP = dict(vocab_size=49408, hidden_size=32, intermediate_size=37, num_hidden_l
 PROMPT = "a photo of an astronaut riding a horse, (detailed)"
 
 
-def _perturb(model, seed):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn(p.shape, generator=g) * 0.05)
-    return model.eval()
-
-
 @pytest.fixture(scope="module")
 def sd_folder(tmp_path_factory):
     """A Stable-Diffusion-1.x-like pipeline folder with tiny random components."""
@@ -49,10 +43,10 @@ def sd_folder(tmp_path_factory):
     torch.manual_seed(0)
     tokenizer_dir = ClipTokenizer.from_open_clip(pad="end").save(root / "tok")
     pipe = diffusers.StableDiffusionPipeline(
-        vae=_perturb(diffusers.AutoencoderKL(**VAE), 1),
+        vae=perturbed(diffusers.AutoencoderKL(**VAE), 1),
         text_encoder=transformers.CLIPTextModel(transformers.CLIPTextConfig(**CLIP)).eval(),
         tokenizer=transformers.CLIPTokenizer.from_pretrained(tokenizer_dir),
-        unet=_perturb(diffusers.UNet2DConditionModel(**UNET), 2),
+        unet=perturbed(diffusers.UNet2DConditionModel(**UNET), 2),
         scheduler=diffusers.DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
                                           clip_sample=False, set_alpha_to_one=True, steps_offset=0,
                                           timestep_spacing="trailing"),
@@ -129,7 +123,7 @@ def test_export_round_trip_sd(sd_folder, sd_run, tmp_path):
 def test_ddpm_unet_folder_and_demo_sized_export(tmp_path):
     """A lone UNet2DModel folder with its scheduler beside it; exported back, identical tensors."""
     root = tmp_path / "ddpm"
-    unet = _perturb(diffusers.UNet2DModel(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(32, 64),
+    unet = perturbed(diffusers.UNet2DModel(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(32, 64),
                                           layers_per_block=1, down_block_types=("DownBlock2D", "AttnDownBlock2D"),
                                           up_block_types=("AttnUpBlock2D", "UpBlock2D"), norm_num_groups=8,
                                           attention_head_dim=None, flip_sin_to_cos=False, freq_shift=1), 4)
@@ -194,13 +188,13 @@ def dit_folder(tmp_path_factory):
     block's copy of the time/class embedder is block 0's, as in checkpoints converted from DiT's code."""
     root = tmp_path_factory.mktemp("dit")
     torch.manual_seed(0)
-    transformer = _perturb(diffusers.DiTTransformer2DModel(
+    transformer = perturbed(diffusers.DiTTransformer2DModel(
         num_attention_heads=2, attention_head_dim=16, in_channels=4, out_channels=8, num_layers=2, sample_size=8,
         patch_size=2, num_embeds_ada_norm=1000), 5)  # DiTPipeline takes label 1000 as the null label
     first = transformer.transformer_blocks[0].norm1.emb
     for block in transformer.transformer_blocks[1:]:
         block.norm1.emb.load_state_dict(first.state_dict())
-    pipe = diffusers.DiTPipeline(transformer=transformer, vae=_perturb(diffusers.AutoencoderKL(**VAE), 6),
+    pipe = diffusers.DiTPipeline(transformer=transformer, vae=perturbed(diffusers.AutoencoderKL(**VAE), 6),
                                  scheduler=diffusers.DDIMScheduler(timestep_spacing="trailing", set_alpha_to_one=True,
                                                                    clip_sample=False))
     pipe.save_pretrained(root / "pipe", safe_serialization=True)
@@ -271,7 +265,6 @@ def test_single_file_imports_as_the_folder_does(sd_folder, sd_run, tmp_path):
     mapping, written independently in tests/test_ldm_single_file.py) gives the same run."""
     from safetensors.torch import save_file
 
-    from test_ldm_single_file import file_state, to_ldm_unet, to_ldm_vae
 
     pipe = diffusers.StableDiffusionPipeline.from_pretrained(sd_folder)
     tensors = {**to_ldm_unet(pipe.unet.state_dict(), dict(pipe.unet.config)),

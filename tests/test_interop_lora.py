@@ -15,6 +15,7 @@ from safetensors.torch import save_file  # noqa: E402
 
 from difflab.models.diffusers_unet import load_diffusers_unet  # noqa: E402
 from difflab.models.lora_files import load_lora  # noqa: E402
+from helpers import perturbed  # noqa: E402
 
 SD = dict(sample_size=8, in_channels=4, out_channels=4, block_out_channels=(32, 64), layers_per_block=1,
           down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
@@ -27,10 +28,7 @@ def unet_with_lora(tmp_path_factory):
     """A tiny SD-like U-Net saved without LoRA, and its LoRA (random A and B) as PEFT tensors."""
     folder = tmp_path_factory.mktemp("unet")
     torch.manual_seed(0)
-    unet = diffusers.UNet2DConditionModel(**SD).eval()
-    with torch.no_grad():
-        for p in unet.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
+    unet = perturbed(diffusers.UNet2DConditionModel(**SD))
     unet.save_pretrained(folder, safe_serialization=True)
     unet.add_adapter(peft.LoraConfig(r=4, lora_alpha=6, target_modules=TARGETS, init_lora_weights=False))
     state = peft.get_peft_model_state_dict(unet)
