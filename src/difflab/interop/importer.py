@@ -234,7 +234,7 @@ def import_source(source: str | Path, *, scheduler: str | Path | None = None, im
     Raises:
         FileNotFoundError, ValueError: one clear message naming what is wrong and the fix.
     """
-    path = Path(source)
+    path = Path(source).expanduser()
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist")
     _check_not_pickle(path)
