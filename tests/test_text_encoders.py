@@ -238,7 +238,9 @@ def test_small_encoder_config_round_trip(tmp_path):
 
 
 def test_registry_errors():
-    with pytest.raises(ValueError, match="text encoder name 'clip' is unknown; set 'name' to one of"):
+    with pytest.raises(ValueError, match="text encoder name 't5' is unknown; set 'name' to one of"):
+        build_text_encoder({"name": "t5"})
+    with pytest.raises(ValueError, match="the clip text encoder needs 'folder'"):
         build_text_encoder({"name": "clip"})
     with pytest.raises(ValueError, match="unknown small text encoder option\\(s\\) \\['width'\\]"):
         build_text_encoder({"name": "small", "vocab": ["[PAD]", "[UNK]", "[CLS]"], "width": 3})
