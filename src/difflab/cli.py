@@ -34,6 +34,7 @@ COMMANDS = [
     "difflab.commands.import_autoencoder",
     "difflab.commands.import_model",
     "difflab.commands.export",
+    "difflab.commands.serve",
 ]
 
 
