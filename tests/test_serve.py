@@ -80,7 +80,7 @@ def test_progress_preview_and_cancel(studio):
     studio.generate(Request("digits", n=1, steps=6, method="ddim"), progress=lambda i, n: seen.append((i, n)),
                     preview=lambda image, i, n: previews.append((image.size, i)), preview_every=2)
     assert seen == [(i, 6) for i in range(1, 7)]
-    assert [i for _, i in previews] == [1, 3, 5, 6] and previews[0][0] == (8, 8)
+    assert [i for _, i in previews] == [1, 3, 5, 6] and previews[0][0] == (128, 128)  # 8×8 enlarged 16×
     cancel = threading.Event()
     with pytest.raises(Cancelled):
         studio.generate(Request("digits", n=2, steps=6), progress=lambda i, n: cancel.set(), cancel=cancel)

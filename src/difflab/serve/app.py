@@ -22,21 +22,32 @@ from .uploads import UploadError, read_upload
 SPACINGS = ("trailing", "leading", "linspace", "log_snr", "karras")
 
 
-def _mask_of(editor: dict | None, max_bytes: int):
-    """(image, mask) of the image editor's value: the uploaded background, and white where the
-    brush painted (any layer's opaque pixels)."""
+EDITOR_SIDE = 384  # pixels: a small image is shown this big in the mask editor, so a brush can hit it
+
+
+def enlarged(image):
+    """``image`` enlarged by a whole factor (nearest neighbour) to about ``EDITOR_SIDE`` for painting."""
+    from PIL import Image
+
+    factor = max(1, EDITOR_SIDE // max(image.size))
+    return image.resize((image.width * factor, image.height * factor), Image.NEAREST) if factor > 1 else image
+
+
+def _mask_of(editor: dict | None, original: str | None, max_bytes: int):
+    """(image, mask): the uploaded image (the editor's background when the request came without
+    one, e.g. through the API) and, at its size, white where the brush painted on any layer."""
     from PIL import Image
 
     if not editor or editor.get("background") is None:
         raise UploadError("upload an image to inpaint, then paint the mask over it")
-    background = read_upload(editor["background"], max_bytes, "the image")
-    mask = Image.new("L", background.size, 0)
+    image = read_upload(original or editor["background"], max_bytes, "the image")
+    painted = Image.new("L", read_upload(editor["background"], max_bytes, "the image").size, 0)
     for layer in editor.get("layers") or []:
-        painted = read_upload(layer, max_bytes, "the mask").convert("RGBA").getchannel("A")
-        mask.paste(255, mask=painted.point(lambda a: 255 if a > 0 else 0))
-    if mask.getbbox() is None:
+        alpha = read_upload(layer, max_bytes, "the mask").convert("RGBA").getchannel("A")
+        painted.paste(255, mask=alpha.point(lambda a: 255 if a > 0 else 0))
+    if painted.getbbox() is None:
         raise UploadError("paint the area to repaint with the brush (the mask is empty)")
-    return background, mask
+    return image, painted.resize(image.size, Image.BOX)  # a partly painted pixel: partly repainted
 
 
 def build_app(studio: Studio, queue_size: int = 16):
@@ -102,6 +113,7 @@ def build_app(studio: Studio, queue_size: int = 16):
                     padding = gr.Slider(0, 128, value=32, step=4, label="Only-masked padding", elem_id="padding")
                     blur = gr.Slider(0, 16, value=0, step=1, label="Mask blur", elem_id="mask-blur")
                 inpaint = gr.Button("Inpaint", variant="primary", elem_id="inpaint")
+                inpaint_original = gr.State(None)  # the checked upload, at its own size
             with gr.Tab("Model card", elem_id="tab-card"):
                 card = gr.Markdown(studio.card(first), elem_id="card")
                 plot = gr.Plot(studio.metrics_plot(first), label="Training metrics", elem_id="metrics")
@@ -176,9 +188,9 @@ def build_app(studio: Studio, queue_size: int = 16):
             yield from stream(request_of(settings, image=picture, strength=float(strength_)), progress)
 
         def on_inpaint(*values, progress=gr.Progress()):  # noqa: B008 - how Gradio passes a progress bar
-            *settings, editor_value, mode_, area_, padding_, blur_ = values
+            *settings, editor_value, original, mode_, area_, padding_, blur_ = values
             try:
-                picture, mask = _mask_of(editor_value, studio.max_upload_bytes)
+                picture, mask = _mask_of(editor_value, original, studio.max_upload_bytes)
             except UploadError as err:
                 raise gr.Error(str(err)) from None
             yield from stream(request_of(settings, image=picture, mask=mask, strength=1.0, inpaint=mode_,
@@ -198,9 +210,12 @@ def build_app(studio: Studio, queue_size: int = 16):
 
         def to_editor(file):
             image = checked_upload(file)
-            return None if image is None else {"background": image, "layers": [], "composite": image}
+            if image is None:
+                return None, None
+            shown = enlarged(image)
+            return {"background": shown, "layers": [], "composite": shown}, file
 
-        inpaint_file.upload(to_editor, inpaint_file, editor, queue=False, api_name=False)
+        inpaint_file.upload(to_editor, inpaint_file, [editor, inpaint_original], queue=False, api_name=False)
 
         outputs = [preview, gallery, status]
         events = [
@@ -208,7 +223,8 @@ def build_app(studio: Studio, queue_size: int = 16):
                            api_name="generate"),
             img2img.click(on_img2img, [*shared, init, strength], outputs, concurrency_limit=1,
                           concurrency_id="device", api_name="img2img"),
-            inpaint.click(on_inpaint, [*shared, editor, mode, area, padding, blur], outputs, concurrency_limit=1,
+            inpaint.click(on_inpaint, [*shared, editor, inpaint_original, mode, area, padding, blur], outputs,
+                          concurrency_limit=1,
                           concurrency_id="device", api_name="inpaint"),
         ]
         stop.click(lambda: "stopping…", None, status, cancels=events, queue=False, api_name="stop")

@@ -32,6 +32,7 @@ from .uploads import read_upload
 
 EVERY_CLASS = "every class in turn"
 INPAINT_MODES = ("blend", "repaint", "model")
+PREVIEW_SIDE = 128  # pixels: the x̂₀ preview of a small model is enlarged to about this
 
 
 class Cancelled(Exception):
@@ -304,7 +305,9 @@ class Studio:
 
         model = pipe.model
         x = model.latent.decode(x0.float()) if model.latent is not None else x0.float()
-        return to_pil(to_uint8(x)[0])
+        image = to_pil(to_uint8(x)[0])
+        factor = max(1, -(-PREVIEW_SIDE // max(image.size)))  # small images shown at least this big, pixels kept
+        return image.resize((image.width * factor, image.height * factor), Image.NEAREST) if factor > 1 else image
 
     def _save(self, images: list[Image.Image], seconds: float) -> Result:
         from ..pipelines.png_info import RECORD_KEY, save_png
