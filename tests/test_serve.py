@@ -299,3 +299,35 @@ def test_loopback_only_by_default(server):
     with socket.socket() as s:
         s.settimeout(2)
         assert s.connect_ex(("127.0.0.1", port)) == 0  # while loopback is
+
+
+def test_a_cancelled_job_frees_its_slot(client, studio, monkeypatch):
+    """Stop ends a long generation at its next step: the device lock is released, nothing of it is
+    written, and the next request is served."""
+    import time
+
+    step_callback = studio._step_callback
+
+    def slow_device(*args):  # 50 ms a step, so the job is still running when it is cancelled
+        callback = step_callback(*args)
+
+        def slow(step):
+            time.sleep(0.05)
+            return callback(step)
+        return slow
+
+    monkeypatch.setattr(studio, "_step_callback", slow_device)
+    before = set(studio.out_dir.rglob("*.png"))
+    job = client.submit("digits", *{**SETTINGS, "steps": 90, "n": 16, "seed": 1000}.values(), api_name="/generate")
+    deadline = time.monotonic() + 30
+    while not studio._lock.locked():  # the job is sampling
+        assert time.monotonic() < deadline, job.status()
+        time.sleep(0.02)
+    assert client.predict(api_name="/stop") == "stopping…"  # the page's Stop button, same session
+    deadline = time.monotonic() + 30
+    while studio._lock.locked():
+        assert time.monotonic() < deadline, "the cancelled job still holds the device"
+        time.sleep(0.02)
+    assert not any("seed1000" in p.name for p in set(studio.out_dir.rglob("*.png")) - before)
+    _, gallery, _ = call(client, "/generate", n=1)
+    assert len(gallery) == 1

@@ -136,10 +136,15 @@ def build_app(studio: Studio, queue_size: int = 16):
                            guidance_scale=float(scale_), guidance_rescale=float(rescale_),
                            seed=-1 if random_ else int(seed_ or 0), n=int(n_), **extra)
 
-        def stream(request: Request, progress: gr.Progress):
-            """Run the request in a worker thread; yield previews, then the gallery."""
+        running: dict[str, threading.Event] = {}  # a browser session's generation → its cancel flag
+
+        def stream(request: Request, progress: gr.Progress, session: gr.Request | None):
+            """Run the request in a worker thread; yield previews, then the gallery. Stop (from the
+            same session) sets the cancel flag: the worker stops at its next step."""
             events: queue.Queue = queue.Queue()
             cancel = threading.Event()
+            key = getattr(session, "session_hash", None) or "?"
+            running[key] = cancel
 
             def work():
                 try:
@@ -173,29 +178,36 @@ def build_app(studio: Studio, queue_size: int = 16):
                         raise gr.Error(str(err))
             finally:
                 cancel.set()  # the page went away or Stop was pressed: the worker stops at its next step
+                if running.get(key) is cancel:
+                    del running[key]
 
-        def on_generate(*values, progress=gr.Progress()):  # noqa: B008 - how Gradio passes a progress bar
-            yield from stream(request_of(values), progress)
+        # Gradio passes the request (for the session) and the progress bar by parameter annotation and
+        # default, so the handlers name every input: the twelve shared settings first.
+        def on_generate(m, p, q, c, s_, k, sp, g, r, sd, rs, n_, session: gr.Request,
+                        progress=gr.Progress()):  # noqa: B008 - Gradio's way
+            yield from stream(request_of([m, p, q, c, s_, k, sp, g, r, sd, rs, n_]), progress, session)
 
-        def on_img2img(*values, progress=gr.Progress()):  # noqa: B008 - how Gradio passes a progress bar
-            *settings, image, strength_ = values
+        def on_img2img(m, p, q, c, s_, k, sp, g, r, sd, rs, n_, image, strength_, session: gr.Request,
+                       progress=gr.Progress()):  # noqa: B008 - Gradio's way
             if not image:
                 raise gr.Error("upload an image first")
             try:
                 picture = read_upload(image, studio.max_upload_bytes, "the image")
             except UploadError as err:
                 raise gr.Error(str(err)) from None
-            yield from stream(request_of(settings, image=picture, strength=float(strength_)), progress)
+            request = request_of([m, p, q, c, s_, k, sp, g, r, sd, rs, n_], image=picture, strength=float(strength_))
+            yield from stream(request, progress, session)
 
-        def on_inpaint(*values, progress=gr.Progress()):  # noqa: B008 - how Gradio passes a progress bar
-            *settings, editor_value, original, mode_, area_, padding_, blur_ = values
+        def on_inpaint(m, p, q, c, s_, k, sp, g, r, sd, rs, n_, editor_value, original, mode_, area_, padding_, blur_,
+                       session: gr.Request, progress=gr.Progress()):  # noqa: B008 - Gradio's way
             try:
                 picture, mask = _mask_of(editor_value, original, studio.max_upload_bytes)
             except UploadError as err:
                 raise gr.Error(str(err)) from None
-            yield from stream(request_of(settings, image=picture, mask=mask, strength=1.0, inpaint=mode_,
-                                         inpaint_area=area_, inpaint_padding=int(padding_), mask_blur=float(blur_)),
-                              progress)
+            request = request_of([m, p, q, c, s_, k, sp, g, r, sd, rs, n_], image=picture, mask=mask, strength=1.0,
+                                 inpaint=mode_, inpaint_area=area_, inpaint_padding=int(padding_),
+                                 mask_blur=float(blur_))
+            yield from stream(request, progress, session)
 
         def checked_upload(file):
             """An upload shown back once it passed the checks (else the page shows why not)."""
@@ -218,16 +230,21 @@ def build_app(studio: Studio, queue_size: int = 16):
         inpaint_file.upload(to_editor, inpaint_file, [editor, inpaint_original], queue=False, api_name=False)
 
         outputs = [preview, gallery, status]
-        events = [
-            generate.click(on_generate, shared, outputs, concurrency_limit=1, concurrency_id="device",
-                           api_name="generate"),
-            img2img.click(on_img2img, [*shared, init, strength], outputs, concurrency_limit=1,
-                          concurrency_id="device", api_name="img2img"),
-            inpaint.click(on_inpaint, [*shared, editor, inpaint_original, mode, area, padding, blur], outputs,
-                          concurrency_limit=1,
-                          concurrency_id="device", api_name="inpaint"),
-        ]
-        stop.click(lambda: "stopping…", None, status, cancels=events, queue=False, api_name="stop")
+        generate.click(on_generate, shared, outputs, concurrency_limit=1, concurrency_id="device",
+                       api_name="generate")
+        img2img.click(on_img2img, [*shared, init, strength], outputs, concurrency_limit=1, concurrency_id="device",
+                      api_name="img2img")
+        inpaint.click(on_inpaint, [*shared, editor, inpaint_original, mode, area, padding, blur], outputs,
+                      concurrency_limit=1, concurrency_id="device", api_name="inpaint")
+
+        def on_stop(session: gr.Request):
+            cancel = running.get(getattr(session, "session_hash", None) or "?")
+            if cancel is None:
+                return "nothing is running"
+            cancel.set()
+            return "stopping…"
+
+        stop.click(on_stop, None, status, queue=False, api_name="stop")
 
         def on_model(name):
             f = studio.features(name)
