@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 
 from .studio import EVERY_CLASS, INPAINT_MODES, Cancelled, Request, Studio
 from .uploads import UploadError, read_upload
@@ -166,9 +167,9 @@ def build_app(studio: Studio, queue_size: int = 16):
                     elif event[0] == "done":
                         result = event[1]
                         gallery_value = [(str(p), c) for p, c in zip(result.paths, result.captions)]
-                        yield gr.skip(), gallery_value, (f"{len(result.paths)} images in {result.seconds:.1f} s; "
-                                                         f"seeds {result.records[0]['seed']}…"
-                                                         f"{result.records[-1]['seed']}")
+                        yield gr.skip(), gallery_value, (f"{len(result.paths)} images in {result.seconds:.1f} s "
+                                                         f"at {time.strftime('%H:%M:%S')}; seeds "
+                                                         f"{result.records[0]['seed']}…{result.records[-1]['seed']}")
                         return
                     else:
                         err = event[1]
