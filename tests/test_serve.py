@@ -331,3 +331,24 @@ def test_a_cancelled_job_frees_its_slot(client, studio, monkeypatch):
     assert not any("seed1000" in p.name for p in set(studio.out_dir.rglob("*.png")) - before)
     _, gallery, _ = call(client, "/generate", n=1)
     assert len(gallery) == 1
+
+
+def test_auth_keeps_out_who_has_no_password(studio):
+    gradio_client = pytest.importorskip("gradio_client")
+    from difflab.commands.serve import parse_auth
+    from difflab.serve.app import build_app
+
+    app = build_app(studio)
+    port = free_port()
+    app.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, ssr_mode=False, quiet=True,
+               auth=parse_auth("ada:lovelace"))
+    try:
+        url = f"http://127.0.0.1:{port}/"
+        with pytest.raises(Exception):  # noqa: B017 - any refusal: the page asks for a login
+            gradio_client.Client(url, verbose=False).predict("digits", *SETTINGS.values(), api_name="/generate")
+        with pytest.raises(Exception):  # noqa: B017
+            gradio_client.Client(url, auth=("ada", "wrong"), verbose=False)
+        client = gradio_client.Client(url, auth=("ada", "lovelace"), verbose=False)
+        assert len(call(client, "/generate", n=1)[1]) == 1
+    finally:
+        app.close()
