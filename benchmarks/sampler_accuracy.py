@@ -15,9 +15,17 @@ the ODE solution.
 
     python benchmarks/sampler_accuracy.py            # full run, a few minutes on 2 CPU cores
     python benchmarks/sampler_accuracy.py --quick    # smoke run, under a minute
+    python benchmarks/sampler_accuracy.py --defaults --schedule linear   # ~3 min per schedule
 
-Writes ``sampler_accuracy.json`` (every configuration's error at every budget) and
-``sampler_accuracy.png`` (log-log error against model calls) into ``--out``.
+``--defaults`` checks ``sample()``'s default spacing (:func:`difflab.sampling.default_spacing`):
+the Gaussian and mixtures in 8, 32 and 64 dimensions on the linear, scaled-linear and cosine
+schedules (or ``--schedule``'s), every deterministic sampler × every named spacing of ours and
+diffusers' grid; it prints the default's error as a ratio to the best fixed configuration of ours
+and to the best of diffusers'.
+
+Writes ``sampler_accuracy.json`` (every configuration's error at every budget, and the default's
+ratios under ``"default"``) and ``sampler_accuracy.png`` (log-log error against model calls) into
+``--out``.
 """
 
 from __future__ import annotations
@@ -38,11 +46,14 @@ import torch
 from difflab import schedules
 from difflab.analytic import GaussianMixture
 from difflab.sampling import DETERMINISTIC, SPACINGS, model_calls, sample
-from difflab.sampling.sample import DEFAULT_METHOD, DEFAULT_SPACING
+from difflab.sampling.sample import DEFAULT_METHOD
 from difflab.sampling.spacing import karras, log_snr
 from difflab.sampling.tuning import tune_sigmas
 
 BUDGETS = (5, 10, 20, 50)
+PROBLEMS = ("gaussian", "mixture", "mixture32", "mixture64")
+# --defaults: the problems and schedules on which sample()'s default spacing rule is checked.
+DEFAULTS_CHECK = {"schedules": "linear,scaled_linear,cosine", "problems": ",".join(PROBLEMS)}
 # The curves drawn by name in the plot besides best-ours / best-diffusers.
 NAMED = (
     "ours:default",
@@ -93,6 +104,10 @@ def make_problems(schedule_name: str, batch: int, seed: int, which: list[str]) -
         "gaussian": GaussianMixture.gaussian(dim=8, mean=0.5, std=0.5),
         # 8 components in 8 dimensions, means ~ N(0, 1), stds in [0.3, 0.6].
         "mixture": GaussianMixture.random(8, 8, spread=1.0, std_range=(0.3, 0.6), seed=seed),
+        # The same kind of mixture in 32 and 64 dimensions: farther-apart components, sharper
+        # posterior weights, a probability-flow ODE that bends later (at smaller σ).
+        "mixture32": GaussianMixture.random(8, 32, spread=1.0, std_range=(0.3, 0.6), seed=seed),
+        "mixture64": GaussianMixture.random(8, 64, spread=1.0, std_range=(0.3, 0.6), seed=seed),
     }
     problems = []
     for name in which:
@@ -110,7 +125,7 @@ def make_problems(schedule_name: str, batch: int, seed: int, which: list[str]) -
 class Ours:
     name: str
     method: str
-    spacing: object  # a SPACINGS name or f(schedule, steps)
+    spacing: object  # a SPACINGS name or f(schedule, steps); None: sample()'s default
     options: dict = field(default_factory=dict)
 
     def steps(self, budget: int) -> int:
@@ -123,8 +138,9 @@ class Ours:
     def run(self, problem: Problem, budget: int) -> tuple[torch.Tensor, int]:
         steps = self.steps(budget)
         model = problem.data.model(problem.schedule, "epsilon")
-        x = sample(model, problem.noise, problem.schedule, method=self.method, steps=steps,
-                   spacing=self.spacing, **self.options)
+        spacing = {} if self.spacing is None else {"spacing": self.spacing}
+        x = sample(model, problem.noise, problem.schedule, method=self.method, steps=steps, **spacing,
+                   **self.options)
         return x, model_calls(self.method, steps)
 
 
@@ -182,9 +198,9 @@ def our_configs(extended: bool, tuned: bool = True, calibration: int = 1024,
     spacings["karras_rho5"] = _named_spacing("karras_rho5", karras, rho=5.0)
     methods = list(DETERMINISTIC)
     configs = [Ours(f"ours:{m}/{s}", m, sp) for m in methods for s, sp in spacings.items()]
-    configs.append(Ours("ours:default", DEFAULT_METHOD, DEFAULT_SPACING))
+    configs.append(Ours("ours:default", DEFAULT_METHOD, None))  # sample()'s default: default_spacing()
     if tuned:
-        configs.append(OursTuned(f"ours:tuned {DEFAULT_METHOD}", DEFAULT_METHOD, DEFAULT_SPACING,
+        configs.append(OursTuned(f"ours:tuned {DEFAULT_METHOD}", DEFAULT_METHOD, "trailing",
                                  calibration=calibration, max_evals=tune_evals))
     if extended:
         extra_spacings = {
@@ -353,10 +369,16 @@ def _log(message: str) -> None:
     print(message, flush=True)
 
 
+def _tasks(args) -> list[tuple[str, str]]:
+    """(schedule, problem) pairs, one per worker job."""
+    return [(schedule, name) for schedule in args.schedules for name in args.which]
+
+
 def _worker(args, index: int) -> tuple[str, dict]:
     """One problem in a worker process (configurations are rebuilt there, not pickled)."""
     _setup(args)
-    problem = make_problems(args.schedule, args.batch, args.seed, args.which)[index]
+    schedule, name = _tasks(args)[index]
+    problem = make_problems(schedule, args.batch, args.seed, [name])[0]
     theirs = diffusers_configs(full_grid=not args.quick) if args.with_diffusers else []
     ours = our_configs(args.extended, tuned=args.tuned, calibration=args.calibration, tune_evals=args.tune_evals)
     return problem.name, run_problem(problem, ours, theirs, args.budget_list, _log)
@@ -364,7 +386,7 @@ def _worker(args, index: int) -> tuple[str, dict]:
 
 def run_all(args) -> dict:
     """results[problem][config]; problems run in parallel processes with ``--jobs`` > 1."""
-    n = len(args.which)
+    n = len(_tasks(args))
     if args.jobs > 1 and n > 1:
         from concurrent.futures import ProcessPoolExecutor
 
@@ -404,6 +426,43 @@ def summarize(results: dict, budgets) -> list[dict]:
                 "ratio": o_err / d_err if d_err > 0 else math.inf,
             })
     return summary
+
+
+def fixed_names() -> set[str]:
+    """Our fixed configurations: every deterministic sampler x every named spacing."""
+    return {f"ours:{m}/{s}" for m in DETERMINISTIC for s in SPACINGS}
+
+
+def default_report(results: dict, budgets) -> list[dict]:
+    """Per problem and budget: sample()'s default against the best fixed configuration of ours
+    (and the best diffusers configuration, where diffusers ran)."""
+    fixed = fixed_names()
+    rows = []
+    for problem, table in results.items():
+        default = table["ours:default"]
+        for i, budget in enumerate(budgets):
+            ours = min((r["error"][i], name) for name, r in table.items() if name in fixed and "error" in r)
+            theirs = [(r["error"][i], name) for name, r in table.items()
+                      if name.startswith("diffusers:") and "error" in r]
+            d_err, d_name = min(theirs) if theirs else (math.nan, "")
+            err = default["error"][i]
+            rows.append({
+                "problem": problem, "budget": budget, "default_error": err,
+                "best_fixed": ours[1], "best_fixed_error": ours[0], "vs_fixed": err / ours[0] if ours[0] else math.inf,
+                "best_diffusers": d_name, "best_diffusers_error": d_err,
+                "vs_diffusers": err / d_err if d_err and d_err == d_err else math.nan,
+            })
+    return rows
+
+
+def print_default_table(rows: list[dict], goal: float) -> None:
+    """sample()'s default (UniPC-3, spacing by default_spacing()) as a ratio to the best."""
+    print(f"{'problem':<24} {'calls':>5}  {'default':>9}  {'best fixed ours':<26} {'error':>9}  {'x fixed':>7}  "
+          f"{'x diffusers':>11}  goal")
+    for r in rows:
+        mark = f"<= {goal}: " + ("met" if r["vs_fixed"] <= goal else "MISSED")
+        print(f"{r['problem']:<24} {r['budget']:>5}  {r['default_error']:>9.2e}  {r['best_fixed'][5:]:<26} "
+              f"{r['best_fixed_error']:>9.2e}  {r['vs_fixed']:>7.2f}  {r['vs_diffusers']:>11.2f}  {mark}")
 
 
 def print_table(summary: list[dict], goals: dict) -> None:
@@ -463,11 +522,17 @@ def main(argv=None) -> None:
                         "diffusers' schedulers with their default spacing only (seconds)")
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results",
                    help="folder for sampler_accuracy.json and sampler_accuracy.png (default: benchmarks/results/)")
-    p.add_argument("--schedule", default="linear",
-                   help="discrete noise schedule of the problems: linear (default), scaled_linear, cosine, sigmoid")
+    p.add_argument("--schedule",
+                   help="comma-separated discrete noise schedules of the problems: linear (default), scaled_linear, "
+                        f"cosine, sigmoid; every problem runs on each. --defaults: {DEFAULTS_CHECK['schedules']}")
     p.add_argument("--problems", default="gaussian,mixture",
                    help="comma-separated problems: gaussian (one Gaussian, mean 0.5, std 0.5, 8-d), "
-                        "mixture (8 components, 8-d, stds 0.3-0.6); default: both")
+                        "mixture (8 components, 8-d, stds 0.3-0.6), mixture32 and mixture64 (the same in 32 and "
+                        f"64 dimensions); default: gaussian,mixture. --defaults: {DEFAULTS_CHECK['problems']}")
+    p.add_argument("--defaults", action="store_true",
+                   help="the check of sample()'s default spacing rule (docs/benchmarks.md): every problem on the "
+                        "linear, scaled_linear and cosine schedules (or --schedule's), no extended or tuned "
+                        "configurations")
     p.add_argument("--budgets", default=",".join(map(str, BUDGETS)),
                    help="comma-separated model-call budgets (default: 5,10,20,50)")
     p.add_argument("--batch", type=int, default=128, help="samples per problem (default: 128)")
@@ -492,11 +557,16 @@ def main(argv=None) -> None:
 
     if args.quick:
         args.problems, args.batch, args.budgets, args.extended = "mixture", 32, "5,10", False
+    if args.defaults:
+        args.schedule = args.schedule or DEFAULTS_CHECK["schedules"]
+        args.problems, args.extended, args.tuned = DEFAULTS_CHECK["problems"], False, False
+    args.schedule = args.schedule or "linear"
     budgets = [int(b) for b in args.budgets.split(",")]
     which = [w.strip() for w in args.problems.split(",")]
-    unknown = [w for w in which if w not in ("gaussian", "mixture")]
+    unknown = [w for w in which if w not in PROBLEMS]
     if unknown:
-        raise SystemExit(f"unknown problem(s) {unknown}; --problems takes gaussian and/or mixture")
+        raise SystemExit(f"unknown problem(s) {unknown}; --problems takes any of {', '.join(PROBLEMS)}")
+    args.schedules = [s.strip() for s in args.schedule.split(",")]
     if args.with_diffusers:
         try:
             import diffusers  # noqa: F401
@@ -510,11 +580,12 @@ def main(argv=None) -> None:
 
     args.out.mkdir(parents=True, exist_ok=True)
     summary = summarize(results, budgets) if args.with_diffusers else []
+    defaults = default_report(results, budgets)
     out_json = args.out / "sampler_accuracy.json"
-    settings = {k: str(v) for k, v in vars(args).items() if k not in ("budget_list", "which")}
+    settings = {k: str(v) for k, v in vars(args).items() if k not in ("budget_list", "which", "schedules")}
     out_json.write_text(json.dumps({
         "settings": settings, "budgets": budgets, "seconds": round(elapsed, 1),
-        "summary": summary, "results": results,
+        "summary": summary, "default": defaults, "results": results,
     }, indent=1))
     print()
     if summary:
@@ -525,6 +596,8 @@ def main(argv=None) -> None:
             for i, budget in enumerate(budgets):
                 name, err, _ = best(table, "ours", i)
                 print(f"{problem:<18} {budget:>5}  {name:<50} {err:.2e}")
+    print()
+    print_default_table(defaults, goal=1.1)
     print(f"\n{elapsed:.0f}s; results in {out_json}" + (f" and {args.out / 'sampler_accuracy.png'}" if summary else ""))
 
 

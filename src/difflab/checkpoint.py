@@ -493,6 +493,10 @@ class ModelRecord:
         train_config: the whole training config (:class:`difflab.training.config.Config` as a dict).
         step: the training step the weights are from.
         init_from: where a fine-tuned run's starting weights came from (``train --init-from``).
+        distilled: what a progressively distilled student (``difflab distill``) was trained for:
+            ``{"method": "ddim", "steps", "sigmas" (its exact noise levels, ending in 0), "spacing",
+            "guidance_range" ([lo, hi] of the w input, or None), "teacher": {"path", "step",
+            "steps"}, "start_steps"}``; None for any other run. Sampling uses exactly that grid.
         other: keys this version does not know, kept so that a rewrite loses nothing.
     """
 
@@ -509,6 +513,7 @@ class ModelRecord:
     train_config: dict = field(default_factory=dict)
     step: int | None = None
     init_from: dict | None = None
+    distilled: dict | None = None
     other: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
@@ -554,6 +559,11 @@ class ModelRecord:
         d = self.train_config.get("diffusion", {})
         return {"size": d.get("low_res"), "upsample": d.get("low_res_upsample", "bicubic"),
                 "aug_max": d.get("aug_max", 0.0)}
+
+    @property
+    def takes_guidance_scale(self) -> bool:
+        """Whether the network takes the guidance weight w as an input (distilled for guided sampling)."""
+        return bool(self.model.get("guidance_embed"))
 
     @property
     def sample_defaults(self) -> dict:

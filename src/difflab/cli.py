@@ -29,6 +29,7 @@ COMMANDS = [
     "difflab.commands.train_lora",
     "difflab.commands.train_dreambooth",
     "difflab.commands.train_embedding",
+    "difflab.commands.distill",
     "difflab.commands.train_autoencoder",
     "difflab.commands.reconstruct",
     "difflab.commands.import_autoencoder",

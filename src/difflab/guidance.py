@@ -87,7 +87,8 @@ class ClassifierFreeGuidance:
 
     Args:
         model: a conditional model function trained with condition dropout.
-        scale: the guidance weight w (1 = the conditional model, 0 = the unconditional one).
+        scale: the guidance weight w (1 = the conditional model, 0 = the unconditional one), or a
+            tensor (N,) of one weight per sample (guided distillation's teacher, ``difflab distill``).
         uncond: maps a ``cond`` dict to its unconditional counterpart (e.g.
             :func:`null_class_labels`); tensors of batch 1 are broadcast to the batch.
         rescale: Lin et al.'s φ in [0, 1] (0 = off; they use 0.7).
@@ -107,7 +108,8 @@ class ClassifierFreeGuidance:
             low, high = interval
             if not 0 <= low < high:
                 raise ValueError(f"the guidance interval (sigma_lo, sigma_hi) must have 0 <= lo < hi, got {interval}")
-        self.model, self.scale, self.uncond = model, float(scale), uncond
+        self.model, self.uncond = model, uncond
+        self.scale = scale if isinstance(scale, Tensor) else float(scale)
         self.rescale, self.interval, self.schedule = rescale, interval, schedule
         self.learned_variance = learned_variance
 
@@ -120,14 +122,16 @@ class ClassifierFreeGuidance:
     def __call__(self, x_t: Tensor, t: Tensor, **cond) -> Tensor:
         # Without an interval nothing here reads a value back from the device (no host sync).
         active = None if self.interval is None else self._active(t)
-        if self.scale == 1.0 or (active is not None and not bool(active.any())):
+        unguided = not isinstance(self.scale, Tensor) and self.scale == 1.0
+        if unguided or (active is not None and not bool(active.any())):
             return self.model(x_t, t, **cond)
         n = x_t.shape[0]
         both = self.model(torch.cat([x_t, x_t]), torch.cat([t, t]), **_cat_cond(cond, self.uncond(cond), n))
         cond_out, uncond_out = both[:n], both[n:]
         mean_c, var_c = process.split_variance(cond_out, self.learned_variance)
         mean_u, _ = process.split_variance(uncond_out, self.learned_variance)
-        guided = mean_u + self.scale * (mean_c - mean_u)
+        scale = process.broadcast_to(self.scale, mean_c) if isinstance(self.scale, Tensor) else self.scale
+        guided = mean_u + scale * (mean_c - mean_u)
         if self.rescale > 0:
             rescaled = guided * (_per_sample_std(mean_c) / _per_sample_std(guided).clamp_min(1e-12))
             guided = self.rescale * rescaled + (1 - self.rescale) * guided

@@ -11,6 +11,10 @@ and DiT alike (the caption side, captions → these inputs, is :mod:`difflab.con
   the channels (an inpainting model's mask and masked image; SD-inpainting, SR3/ADM upsamplers),
   its first-layer weights kept apart and zero-initialised (:func:`concat_features`). It is never
   dropped for guidance: CFG's two branches see the same image.
+* **Guidance weight**: ``guidance_scale`` (N,), the classifier-free guidance weight w that a
+  network distilled for guided sampling takes as an input (``guidance_embed``; Meng et al. 2023,
+  "On Distillation of Guided Diffusion Models" §3.1; ``difflab distill``), embedded like the time
+  and added to the time embedding, zero-initialised so the network starts as the one without it.
 
 A network using these helpers has ``config`` (with ``num_classes``, ``context_dim`` and
 ``text_encoder``), ``label_embed`` (``nn.Embedding`` or None) and ``text_encoder`` (a
@@ -130,15 +134,52 @@ def add_aug_level_embedding(net: nn.Module, emb: Tensor, aug_level: Tensor | Non
     if aug_level is None:
         raise ValueError(f"this {name} was trained with noise-conditioning augmentation: pass aug_level (N,) in "
                          "[0, 1], the noise level of its conditioning image (0 = clean)")
-    aug_level = torch.as_tensor(aug_level, dtype=emb.dtype, device=emb.device)
-    aug_level = aug_level.expand(emb.shape[0]) if aug_level.ndim == 0 else aug_level
-    if aug_level.shape != emb.shape[:1]:
-        raise ValueError(f"aug_level must have shape ({emb.shape[0]},), got {tuple(aug_level.shape)}")
-    return emb + net.aug_embed(aug_level * 1000)
+    return add_level_embedding(emb, net.aug_embed, aug_level, "aug_level", 1000.0)
 
 
-# the modules a network gains with an image condition: zero-initialised, so a network widened from
-# an unconditioned checkpoint (--init-from) starts as it
+# w·100: guidance weights in [0, 10] span the time embedding's usual range [0, 1000]
+GUIDANCE_EMBED_FACTOR = 100.0
+
+
+def add_guidance_embedding(net: nn.Module, emb: Tensor, guidance_scale: Tensor | None) -> Tensor:
+    """``emb`` plus the embedding of the classifier-free guidance weight w (N,) for a network
+    with ``guidance_embed`` (distilled for guided sampling: Meng et al. 2023 §3.1, where the
+    student takes w as an input instead of running CFG's two passes); ``emb`` itself for one
+    without. The embedding is the time embedding's recipe on 100·w, its last layer zero-initialised,
+    so the network starts as its teacher's conditional network for every w.
+
+    Raises:
+        ValueError: w is missing, unexpected or not (N,).
+    """
+    name = type(net).__name__
+    if getattr(net, "guidance_embed", None) is None:
+        if guidance_scale is not None:
+            raise ValueError(f"guidance_scale was given to a {name} without a guidance input; set "
+                             f"{type(net.config).__name__}.guidance_embed (a network distilled for guided sampling)")
+        return emb
+    if guidance_scale is None:
+        raise ValueError(f"this {name} was distilled for guided sampling: pass guidance_scale (N,), the "
+                         "classifier-free guidance weight w")
+    return add_level_embedding(emb, net.guidance_embed, guidance_scale, "guidance_scale", GUIDANCE_EMBED_FACTOR)
+
+
+def add_level_embedding(emb: Tensor, embed: nn.Module, level, name: str, factor: float) -> Tensor:
+    """``emb`` + ``embed(factor·level)`` for a scalar per sample ``level`` (N,) or () (broadcast):
+    what the noise-level and guidance-weight embeddings share.
+
+    Raises:
+        ValueError: ``level`` (called ``name``) is not (N,) or a scalar.
+    """
+    level = torch.as_tensor(level, dtype=emb.dtype, device=emb.device)
+    level = level.expand(emb.shape[0]) if level.ndim == 0 else level
+    if level.shape != emb.shape[:1]:
+        raise ValueError(f"{name} must have shape ({emb.shape[0]},), got {tuple(level.shape)}")
+    return emb + embed(level * factor)
+
+
+# the modules a network gains with an image condition or a guidance input: zero-initialised, so a
+# network widened from a checkpoint without them (--init-from, difflab distill) starts as it
 CONCAT_INPUT = "concat_input"
 AUG_EMBED = "aug_embed"
-ZERO_INIT_MODULES = (CONCAT_INPUT, AUG_EMBED)
+GUIDANCE_EMBED = "guidance_embed"
+ZERO_INIT_MODULES = (CONCAT_INPUT, AUG_EMBED, GUIDANCE_EMBED)

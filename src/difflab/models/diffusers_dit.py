@@ -249,6 +249,7 @@ def dit_config_to_diffusers(cfg: DiTConfig) -> dict:
     mappable = {
         "context_dim": cfg.context_dim == 0, "text_encoder": cfg.text_encoder is None,
         "concat_channels": cfg.concat_channels == 0, "aug_level": not cfg.aug_level, "num_classes": cfg.num_classes > 0,
+        "guidance_embed": not cfg.guidance_embed,
         "mlp_ratio": cfg.mlp_ratio == MLP_RATIO, "frequency_dim": cfg.frequency_dim == FREQUENCY_DIM,
         "time_freq_shift": cfg.time_freq_shift == TIME_FREQ_SHIFT,
     }

@@ -402,6 +402,7 @@ def _no_equivalent(class_name: str, cfg: UNetConfig) -> list[str]:
     features = {
         "rescale_skip": cfg.rescale_skip, "rescale_concat_skip": cfg.rescale_concat_skip,
         "text_encoder": cfg.text_encoder, "aug_level": cfg.aug_level, "resblock_updown": cfg.resblock_updown,
+        "guidance_embed": cfg.guidance_embed,
     }
     if class_name == UNET_2D_CONDITION:
         features["attention_bias"] = cfg.attention_bias is not False  # its transformer blocks have no q/k/v biases

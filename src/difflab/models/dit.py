@@ -43,6 +43,7 @@ from ..nn.transformer import CrossAttention
 from ..text.small import SmallTextEncoder
 from .conditioning import (
     add_aug_level_embedding,
+    add_guidance_embedding,
     add_label_embedding,
     concat_features,
     context_tokens,
@@ -76,6 +77,8 @@ class DiTConfig:
             (``concat``: an inpainting model's mask and masked image, ...).
         aug_level: the network also takes ``aug_level`` (N,) in [0, 1], the noise level of its
             concatenated image (noise-conditioning augmentation).
+        guidance_embed: the network also takes ``guidance_scale`` (N,), the classifier-free guidance
+            weight w, as an input (a student distilled for guided sampling, ``difflab distill``).
         time_freq_shift: the time features' frequencies are 10000^(−i/(frequency_dim/2 − shift));
             0 is DiT's reference code, 1 diffusers' ``DiTTransformer2DModel`` (imported weights).
         mlp_norm_eps: ε of the layer norm before each MLP; 1e-6 is DiT's, diffusers'
@@ -97,6 +100,7 @@ class DiTConfig:
     text_encoder: dict | None = None
     concat_channels: int = 0
     aug_level: bool = False
+    guidance_embed: bool = False
     time_freq_shift: float = 0.0
     mlp_norm_eps: float = 1e-6
 
@@ -234,6 +238,14 @@ class DiT(nn.Module):
         self._init_weights()
         # After the DiT initialization: the encoder keeps its own (GPT-2 style) one.
         self.text_encoder = SmallTextEncoder.from_config(cfg.text_encoder) if cfg.text_encoder else None
+        # last, so the other weights are drawn as without it; initialised as aug_embed: zero output
+        self.guidance_embed = TimestepMLP(cfg.frequency_dim, d) if cfg.guidance_embed else None
+        if self.guidance_embed is not None:
+            with torch.no_grad():
+                nn.init.normal_(self.guidance_embed.mlp[0].weight, std=0.02)
+                for layer in (self.guidance_embed.mlp[0], self.guidance_embed.mlp[2]):
+                    nn.init.zeros_(layer.bias)
+                nn.init.zeros_(self.guidance_embed.mlp[2].weight)
 
     @torch.no_grad()
     def _init_weights(self) -> None:
@@ -267,7 +279,8 @@ class DiT(nn.Module):
     def forward(self, x: Tensor, t: Tensor, class_labels: Tensor | None = None, context: Tensor | None = None,
                 context_mask: Tensor | None = None, input_ids: Tensor | None = None,
                 token_mask: Tensor | None = None, concat: Tensor | None = None,
-                aug_level: Tensor | None = None, control: list[Tensor] | None = None) -> Tensor:
+                aug_level: Tensor | None = None, control: list[Tensor] | None = None,
+                guidance_scale: Tensor | None = None) -> Tensor:
         """Predict ε, x₀ or v (and the variance output with ``learned_sigma``) for noisy images or
         latents x (N, in_channels, image_size, image_size) at the schedule's float times t (N,).
 
@@ -279,7 +292,8 @@ class DiT(nn.Module):
         concatenated to x, exactly when ``concat_channels > 0``, with ``aug_level`` (N,) its noise
         level in [0, 1] when the config's ``aug_level`` is set. ``control``: a ControlNet's token
         residuals (N, T, D), the k-th added to the output of block k (PixArt-δ's ControlNet-
-        Transformer, :class:`~difflab.models.controlnet.DiTControlNet`).
+        Transformer, :class:`~difflab.models.controlnet.DiTControlNet`). ``guidance_scale`` (N,): the
+        classifier-free guidance weight w, exactly when the config's ``guidance_embed`` is set.
 
         Returns (N, out_channels · (2 if learned_sigma else 1), image_size, image_size) in x's dtype.
         """
@@ -290,6 +304,7 @@ class DiT(nn.Module):
         c = self.time_embed(t)  # (N, D)
         c = add_label_embedding(self, c, class_labels)  # + the class's (or null label's) embedding
         c = add_aug_level_embedding(self, c, aug_level)  # + the conditioning image's noise level's
+        c = add_guidance_embedding(self, c, guidance_scale)  # + a guidance-distilled network's w's
         context, context_mask = context_tokens(self, context, context_mask, input_ids, token_mask)
         h = self.patch_embed(x)  # (N, D, H/p, W/p)
         concat_h = concat_features(self, x, concat)

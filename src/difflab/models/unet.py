@@ -43,6 +43,7 @@ from ..nn.upsample import Upsample, tap_matrix, upsample_conv3x3
 from ..text.small import SmallTextEncoder
 from .conditioning import (
     add_aug_level_embedding,
+    add_guidance_embedding,
     add_label_embedding,
     concat_features,
     context_tokens,
@@ -87,6 +88,8 @@ class UNetConfig:
             output keeps ``out_channels``.
         aug_level: the network also takes ``aug_level`` (N,) in [0, 1], the noise level of its
             concatenated image (noise-conditioning augmentation of super-resolution cascades).
+        guidance_embed: the network also takes ``guidance_scale`` (N,), the classifier-free guidance
+            weight w, as an input (a student distilled for guided sampling, ``difflab distill``).
 
     Four layout details exist so that other projects' weights load exactly (docs/interop.md);
     the defaults are difflab's (ADM's) choices:
@@ -126,6 +129,7 @@ class UNetConfig:
     text_encoder: dict | None = None
     concat_channels: int = 0
     aug_level: bool = False
+    guidance_embed: bool = False
     norm_eps: float = 1e-5
     transformer_norm_eps: float = 1e-5
     attention_bias: bool | None = None
@@ -401,12 +405,16 @@ class UNet(nn.Module):
             nn.SiLU(),
             zero_module(nn.Conv2d(ch, out_channels, 3, padding=1)),
         )
+        # last, so the other weights are drawn as without it; zero output: starts as the network without it
+        self.guidance_embed = TimestepMLP(cfg.model_channels, emb_dim) if cfg.guidance_embed else None
+        if self.guidance_embed is not None:
+            zero_module(self.guidance_embed.mlp[-1])
 
     def forward(self, x: Tensor, t: Tensor, class_labels: Tensor | None = None, context: Tensor | None = None,
                 context_mask: Tensor | None = None, input_ids: Tensor | None = None,
                 token_mask: Tensor | None = None, concat: Tensor | None = None,
                 aug_level: Tensor | None = None, control: Sequence[Tensor] | None = None,
-                decoder: nn.Module | None = None) -> Tensor:
+                decoder: nn.Module | None = None, guidance_scale: Tensor | None = None) -> Tensor:
         """Predict ε, x₀ or v (and the variance output with ``learned_sigma``).
 
         Args:
@@ -427,11 +435,13 @@ class UNet(nn.Module):
                 per encoder output and the middle last (a ControlNet's, :mod:`.controlnet`).
             decoder: the module whose ``decoder`` and ``head`` run instead of this network's (a
                 ControlNet trained with the base's decoder unlocked); None = this network's.
+            guidance_scale: (N,), the classifier-free guidance weight w (needed exactly when the
+                config's ``guidance_embed`` is set).
 
         Returns:
             (N, out_channels · (2 if learned_sigma else 1), image_size, image_size) in x's dtype.
         """
-        emb = self.embed(t, class_labels, aug_level)
+        emb = self.embed(t, class_labels, aug_level, guidance_scale)
         context, context_mask = context_tokens(self, context, context_mask, input_ids, token_mask)
         concat_h = concat_features(self, x, concat)  # the image's share of the stem (None without)
         # (N, C_last, H/2^(L-1), W/2^(L-1)) and the skips
@@ -443,11 +453,13 @@ class UNet(nn.Module):
             h = block(torch.cat([h, skips.pop() * self.concat_scale], dim=1), emb, context, context_mask)
         return owner.head(h).to(x.dtype)  # (N, C_out, H, W)
 
-    def embed(self, t: Tensor, class_labels: Tensor | None = None, aug_level: Tensor | None = None) -> Tensor:
-        """The embedding every residual block sees: time, plus class label and noise level."""
+    def embed(self, t: Tensor, class_labels: Tensor | None = None, aug_level: Tensor | None = None,
+              guidance_scale: Tensor | None = None) -> Tensor:
+        """The embedding every residual block sees: time, plus class label, noise level and guidance weight."""
         emb = self.time_embed(t)  # (N, 4·model_channels)
         emb = add_label_embedding(self, emb, class_labels)  # + the class's (or null label's) embedding
-        return add_aug_level_embedding(self, emb, aug_level)  # + the conditioning image's noise level's
+        emb = add_aug_level_embedding(self, emb, aug_level)  # + the conditioning image's noise level's
+        return add_guidance_embedding(self, emb, guidance_scale)  # + a guidance-distilled network's w's
 
     def num_parameters(self) -> int:
         """The number of parameters."""

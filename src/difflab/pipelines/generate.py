@@ -32,7 +32,6 @@ from ..device import precision_autocast
 from ..image_condition import inpaint_condition, low_res_condition, source_condition
 from ..sampling import (
     DEFAULT_METHOD,
-    DEFAULT_SPACING,
     DEFAULT_STEPS,
     SPACINGS,
     NoiseSource,
@@ -43,7 +42,7 @@ from ..sampling import (
 )
 from ..sampling.compiled import compile_denoiser
 from ..sampling.repaint import repaint, repaint_sigmas
-from ..sampling.spacing import fixed_strength_walk
+from ..sampling.spacing import default_spacing, fixed_strength_walk
 from .controlnet import Control, ControlledNetwork, control_inputs, controlled_model
 from .guidance_policy import (
     Guidance,
@@ -64,7 +63,9 @@ from .lora import lora_records
 class SamplerSettings:
     """Method, steps, spacing (or explicit sigmas) and sampler options of a run, resolved once
     (:meth:`resolve`): each from the argument, else the checkpoint's ``sample`` section, else the
-    library default; ``ddpm`` on a learned-variance model samples with its learned σ."""
+    library default; ``ddpm`` on a learned-variance model samples with its learned σ. A distilled
+    student (``difflab distill``) has one setting: DDIM (η = 0) on the noise levels it was trained
+    on (:func:`distilled_settings`)."""
 
     method: str
     steps: int
@@ -75,9 +76,11 @@ class SamplerSettings:
     @classmethod
     def resolve(cls, model: DiffusionModel, method: str | None = None, steps: int | None = None,
                 spacing: str | None = None, sigmas=None, **options) -> SamplerSettings:
+        options = {key: value for key, value in options.items() if value is not None}
+        if model.record.distilled is not None:  # before the defaults: they are the distilled grid's
+            return distilled_settings(model.record.distilled, method, steps, spacing, sigmas, options)
         defaults = model.record.sample_defaults
         method = method or defaults.get("method", DEFAULT_METHOD)
-        options = {key: value for key, value in options.items() if value is not None}
         if method == "ddpm" and model.learned_variance:
             options.setdefault("variance", "learned")  # the variance the model was trained to predict
         check_options(method, options)
@@ -87,7 +90,8 @@ class SamplerSettings:
         steps = steps if steps is not None else defaults.get("steps", DEFAULT_STEPS)
         if steps < 1:
             raise ValueError(f"the number of steps must be at least 1, got {steps}")
-        spacing = spacing or defaults.get("spacing", DEFAULT_SPACING)
+        # The flag, else the run's config, else the measured rule for this schedule and step count.
+        spacing = spacing or defaults.get("spacing") or default_spacing(model.schedule, steps)
         if spacing not in SPACINGS and not callable(spacing):
             raise ValueError(f"unknown step spacing {spacing!r}; choose one of: {', '.join(SPACINGS)}")
         return cls(method, steps, spacing, sigmas, options)
@@ -105,6 +109,31 @@ class SamplerSettings:
             return fixed_strength_walk(model.schedule, self.steps, self.spacing, strength)
         sigmas = self.sigmas if self.sigmas is not None else get_sigmas(model.schedule, self.steps, self.spacing)
         return strength_tail(sigmas, strength) if strength is not None else sigmas
+
+
+def distilled_settings(distilled: dict, method: str | None, steps: int | None, spacing, sigmas,
+                       options: dict) -> SamplerSettings:
+    """The only settings of a distilled student (``ModelRecord.distilled``): DDIM, η = 0, on exactly the
+    noise levels it learned to jump between. Asking for the same (a PNG record's sigmas, --method ddim,
+    --steps N) is fine; anything else is one error naming what the run was distilled for."""
+    grid = torch.tensor(distilled["sigmas"], dtype=torch.float64)
+    n, asked = distilled["steps"], []
+    if method not in (None, distilled["method"]):
+        asked.append(f"--method {method}")
+    if steps is not None and steps != n:
+        asked.append(f"--steps {steps}")
+    if spacing not in (None, distilled["spacing"]):
+        asked.append(f"--spacing {spacing}")
+    if sigmas is not None and not torch.equal(torch.as_tensor(sigmas, dtype=torch.float64).cpu(), grid):
+        asked.append("other noise levels (--sigmas)")
+    asked += [f"{key}={value}" for key, value in options.items() if (key, value) != ("eta", 0)]
+    if asked:
+        teacher = distilled.get("teacher") or {}
+        more = f"; its teacher {teacher['path']} samples with {teacher['steps']}" if teacher.get("path") else ""
+        raise ValueError(f"this run was distilled for DDIM with {n} steps on its own noise levels (difflab "
+                         f"distill{more}): sample it with --method ddim --steps {n}, or without sampler flags; "
+                         f"got {', '.join(asked)}")
+    return SamplerSettings(distilled["method"], n, distilled["spacing"], grid, {})
 
 
 @dataclass
@@ -193,6 +222,8 @@ class GenerationPlan:
             cond["concat"] = source_condition(pixels, self.model.latent)
         if self.controls:
             cond.update(control_inputs(self.controls, indices, self.device))
+        if self.model.record.takes_guidance_scale:  # a guidance-distilled student: w is an input, not CFG's 2 passes
+            cond["guidance_scale"] = torch.full((len(indices),), float(self.scale), device=self.device)
         return cond
 
     def low_res_inputs(self, indices: list[int]) -> dict:
@@ -270,6 +301,9 @@ def plan(model: DiffusionModel, n: int, settings: SamplerSettings, *, seed: int 
     elif prompts:
         raise ValueError("this model is not text-conditioned: it was trained without captions (drop --prompt)")
     controls = [c.repeat_to(n) for c in controls or []]
+    if controls and model.record.distilled is not None:
+        raise ValueError("this run is a distilled student (difflab distill), which no ControlNet was trained beside: "
+                         "control its teacher instead")
     if controls:  # the base with its ControlNets, checked against them
         model = controlled_model(model, controls, text.null() if text is not None else None, force_controls)
     scale = guidance_scale(model, guidance)

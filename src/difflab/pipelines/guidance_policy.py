@@ -78,10 +78,11 @@ def class_labels_for(class_names: list[str], n: int, class_index: int | None,
 
 def guidance_scale(model: DiffusionModel, guidance: Guidance) -> float:
     """The CFG weight w sampling uses: ``guidance.scale``, or the checkpoint's default where the
-    model supports CFG (1 otherwise)."""
+    model supports CFG or takes w as an input (1 otherwise)."""
     if guidance.scale is not None:
         return guidance.scale
-    if model.record.conditional and model.record.trained_with_label_dropout:
+    record = model.record
+    if record.takes_guidance_scale or (record.conditional and record.trained_with_label_dropout):
         return model.record.sample_defaults.get("guidance_scale", 1.0)
     return 1.0
 
@@ -131,6 +132,8 @@ def guided_denoiser(model: DiffusionModel, guidance: Guidance, method: str, text
     (``text_uncond``: the unconditional input of a text model, from :func:`unconditional_text`)."""
     scale = guidance_scale(model, guidance)
     check_guidance(guidance, scale)
+    if model.record.distilled is not None:
+        return distilled_denoiser(model, guidance, scale, threshold)
     if scale != 1.0:
         if not model.record.conditional:
             raise ValueError("classifier-free guidance needs a class- or text-conditional model; this one is "
@@ -156,6 +159,24 @@ def guided_denoiser(model: DiffusionModel, guidance: Guidance, method: str, text
                  classifier=classifier.network if classifier is not None else None,
                  classifier_scale=guidance.classifier_scale, classifier_mode=mode,
                  model_takes_labels=model.num_classes > 0)
+
+
+def distilled_denoiser(model: DiffusionModel, guidance: Guidance, scale: float,
+                       threshold: float | None = None) -> Denoiser:
+    """A distilled student's denoiser (``difflab distill``): no guidance wrapper. A student distilled
+    for guided sampling takes w as an input (:meth:`~.generate.GenerationPlan.cond` passes it), in
+    the range it was trained on; one distilled without guidance samples at w = 1."""
+    if guidance.classifier is not None or guidance.rescale or guidance.interval:
+        raise ValueError("a distilled run learned one guidance rule (its w input): drop --classifier, "
+                         "--guidance-rescale and --guidance-interval")
+    bounds = model.record.distilled.get("guidance_range")
+    if bounds is None and scale != 1.0:
+        raise ValueError(f"this run was distilled without guidance (difflab distill without a guidance range): "
+                         f"sample it at --guidance-scale 1, got {scale:g}")
+    if bounds is not None and not bounds[0] <= scale <= bounds[1]:
+        raise ValueError(f"this run was distilled for guidance scales in [{bounds[0]:g}, {bounds[1]:g}] (its w "
+                         f"input): pick --guidance-scale in that range, got {scale:g}")
+    return model.denoiser(threshold=threshold)
 
 
 def instruct_pix2pix_denoiser(model: DiffusionModel, guidance: Guidance, text_scale: float, text_uncond: dict | None,

@@ -17,12 +17,22 @@ from .sample import (
     model_calls,
     sample,
 )
-from .spacing import SPACINGS, get_sigmas, karras, leading, linspace, log_snr, strength_tail, trailing
+from .spacing import (
+    SPACINGS,
+    default_spacing,
+    get_sigmas,
+    karras,
+    leading,
+    linspace,
+    log_snr,
+    strength_tail,
+    trailing,
+)
 from .unipc import unipc
 
 __all__ = [
     "DEFAULT_METHOD", "DEFAULT_SPACING", "DEFAULT_STEPS", "DETERMINISTIC", "NoiseSource", "SAMPLERS", "SPACINGS",
-    "Step", "check_options", "ddim", "ddim_invert", "ddpm", "dpmpp_multistep", "edm_ode", "euler", "get_sampler",
-    "get_sigmas", "heun", "invert", "karras", "leading", "linspace", "log_snr", "model_calls", "sample",
+    "Step", "check_options", "ddim", "ddim_invert", "ddpm", "default_spacing", "dpmpp_multistep", "edm_ode", "euler",
+    "get_sampler", "get_sigmas", "heun", "invert", "karras", "leading", "linspace", "log_snr", "model_calls", "sample",
     "strength_tail", "trailing", "unipc",
 ]

@@ -15,7 +15,7 @@ from .ddim import ddim, ddim_invert
 from .ddpm import ddpm
 from .dpm_solver import dpmpp_multistep
 from .euler import edm_ode
-from .spacing import get_sigmas
+from .spacing import default_spacing, get_sigmas
 from .unipc import unipc
 
 
@@ -47,8 +47,10 @@ SAMPLERS: dict[str, SamplerSpec] = {
 # The samplers whose result is a function of the starting noise alone (ODE solvers, DDIM η = 0).
 DETERMINISTIC = [name for name, spec in SAMPLERS.items() if not spec.stochastic]
 
-# The defaults: the configuration of benchmarks/sampler_accuracy.py that is never far from the
-# best across the linear, scaled-linear and cosine schedules (see docs/benchmarks.md).
+# The defaults: the sampler of benchmarks/sampler_accuracy.py that is never far from the best
+# across the linear, scaled-linear and cosine schedules (see docs/benchmarks.md). The spacing is
+# chosen per schedule and step count by spacing.default_spacing(); DEFAULT_SPACING is what a
+# training config's ``sample`` section writes (and what runs made before the rule recorded).
 DEFAULT_METHOD = "unipc_3"
 DEFAULT_SPACING = "trailing"
 DEFAULT_STEPS = 20
@@ -152,7 +154,7 @@ def sample(
     *,
     method: str = DEFAULT_METHOD,
     steps: int = DEFAULT_STEPS,
-    spacing=DEFAULT_SPACING,
+    spacing=None,
     sigmas=None,
     prediction: str = "epsilon",
     cond: dict | None = None,
@@ -179,7 +181,8 @@ def sample(
         schedule: the model's noise schedule.
         method: a sampler name from :data:`SAMPLERS`.
         steps: number of steps (model calls: :func:`model_calls`).
-        spacing: a name from :data:`~difflab.sampling.spacing.SPACINGS` or ``f(schedule, steps)``.
+        spacing: a name from :data:`~difflab.sampling.spacing.SPACINGS` or ``f(schedule, steps)``;
+            default: :func:`~difflab.sampling.spacing.default_spacing` of the schedule and steps.
         sigmas: an explicit descending noise-level sequence (overrides steps/spacing).
         cond: keyword arguments passed to every model call (class labels, text context …).
         generator: a ``torch.Generator`` or int seed for the stochastic samplers' noise;
@@ -201,6 +204,7 @@ def sample(
     check_options(method, options)
     denoiser = _as_denoiser(model, schedule, prediction, learned_variance, clip_x0, threshold)
     if sigmas is None:
+        spacing = spacing or default_spacing(denoiser.schedule, steps)
         sigmas = get_sigmas(denoiser.schedule, steps, spacing, final_denoise)
     sigmas = _check_sigmas(sigmas)
     if isinstance(generator, int):
@@ -231,16 +235,18 @@ def invert(
     schedule=None,
     *,
     steps: int = 50,
-    spacing=DEFAULT_SPACING,
+    spacing=None,
     sigmas=None,
     prediction: str = "epsilon",
     cond: dict | None = None,
     callback=None,
 ) -> Tensor:
     """DDIM inversion (image → noise): the inverse of ``sample(..., method="ddim")`` with the same
-    steps and spacing. Returns noise in :func:`sample`'s convention (unit scale)."""
+    steps and spacing (by default both :func:`~difflab.sampling.spacing.default_spacing`'s).
+    Returns noise in :func:`sample`'s convention (unit scale)."""
     denoiser = _as_denoiser(model, schedule, prediction, False, None, None)
     if sigmas is None:
+        spacing = spacing or default_spacing(denoiser.schedule, steps)
         sigmas = get_sigmas(denoiser.schedule, steps, spacing, final_denoise=True)
     sigmas = _check_sigmas(sigmas)
     denoise = _FiniteCheck(denoiser.bind(**(cond or {})))

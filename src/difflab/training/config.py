@@ -200,6 +200,18 @@ class EmbeddingSection:
 
 
 @dataclass
+class DistillSection:
+    """One round of progressive distillation (``difflab distill RUN --steps N``; docs/distillation.md)."""
+
+    teacher: str | None = None  # the frozen teacher run (a difflab diffusion run, or the previous round's student)
+    steps: int = 4  # the student's DDIM steps; the teacher takes two steps for each of them
+    spacing: str = "trailing"  # the teacher's 2·steps grid when it is not itself distilled (its own grid otherwise)
+    # the guidance weights w the student learns as an input, drawn uniformly (a class-conditional teacher
+    # trained with label dropout; null: distil the unguided sampler)
+    guidance_range: tuple | None = (1.0, 5.0)
+
+
+@dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -212,6 +224,7 @@ class Config:
     lora: LoraSection = field(default_factory=LoraSection)
     dreambooth: DreamBoothSection = field(default_factory=DreamBoothSection)
     embedding: EmbeddingSection = field(default_factory=EmbeddingSection)
+    distill: DistillSection = field(default_factory=DistillSection)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -373,6 +386,10 @@ RULES: dict[str, tuple[Callable[[object], bool], str]] = {
     "lora.targets": (lambda v: len(v) > 0 and all(isinstance(p, str) for p in v),
                      "a list of module-name patterns, e.g. ['*.attn.qkv', '*.cross.kv']"),
     "controlnet.control_scale": (_number, "a finite number"),
+    "distill.steps": (_at_least(1), "an integer >= 1"),
+    "distill.spacing": (lambda v: v in SPACINGS, "a step spacing: " + ", ".join(SPACINGS)),
+    "distill.guidance_range": (lambda v: v is None or (len(v) == 2 and all(_number(w) for w in v) and v[0] <= v[1]),
+                               "null or two numbers lo <= hi, e.g. [1, 5]"),
 }
 
 

@@ -23,6 +23,7 @@ from .base import Inputs, Objective, StepLoss, TrainingData, take_rows
 from .classifier import NoisyClassifierObjective
 from .controlnet import ControlNetObjective
 from .diffusion import DiffusionObjective, text_encoder_config
+from .distill import DistillationObjective
 from .dreambooth import DreamBoothLoraObjective, DreamBoothObjective
 from .lora import LoraObjective
 from .textual_inversion import TextualInversionObjective
@@ -44,7 +45,7 @@ def objective_for(config: Config) -> type[Objective]:
 __all__ = [
     "OBJECTIVES", "AutoencoderObjective", "ControlNetObjective", "DreamBoothLoraObjective",
     "DreamBoothObjective", "LoraObjective", "TextualInversionObjective",
-    "DiffusionObjective", "Inputs", "NoisyClassifierObjective", "Objective",
+    "DiffusionObjective", "DistillationObjective", "Inputs", "NoisyClassifierObjective", "Objective",
     "StepLoss", "TrainingData", "autoencoder_loss", "autoencoder_spec", "check_random_crop", "evaluate",
     "objective_for", "preview_images", "reconstruction_grid", "take_rows",
     "text_encoder_config",

@@ -22,6 +22,9 @@ def load_base(path: str | None, key: str, flag: str, data: TrainingData) -> Diff
         base = DiffusionModel.load(path, device=data.device)
     except (OSError, ValueError) as err:
         raise ConfigError(f"{key} ({path}): {err}") from None
+    if base.record.distilled is not None and key != "distill.teacher":
+        raise ConfigError(f"{key} ({path}) is a distilled student (difflab distill), which samples only on its own "
+                          "grid: train beside its teacher instead")
     if not isinstance(base.network, (UNet, DiT)):
         raise ConfigError(f"{key} ({path}) is a {type(base.network).__name__}; give a U-Net or DiT run")
     if base.image_condition is not None:
