@@ -141,3 +141,20 @@ def perturbed(model: torch.nn.Module, seed: int = 0, scale: float = 0.05) -> tor
         for p in model.parameters():
             p.add_(torch.randn(p.shape, generator=g) * scale)
     return model.eval()
+
+
+def free_port() -> int:
+    """A TCP port free on the loopback interface now (for a test server)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def served_run(folder):
+    """A tiny class-conditional digits run trained with label dropout (CFG applies), for difflab serve's tests."""
+    from difflab.training.trainer import train
+
+    train(tiny_config(folder, "train.steps=3", "diffusion.cond_drop_prob=0.2", "sample.steps=4"), progress=False)
+    return folder

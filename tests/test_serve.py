@@ -15,17 +15,12 @@ from PIL import Image
 from difflab.cli import main
 from difflab.serve.studio import EVERY_CLASS, Cancelled, Request, Studio
 from difflab.serve.uploads import UploadError, read_upload
-from difflab.training.trainer import train
-from helpers import tiny_config
+from helpers import free_port, served_run
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    """A tiny class-conditional digits run (trained with label dropout, so CFG applies)."""
-    root = tmp_path_factory.mktemp("serve")
-    train(tiny_config(root / "digits", "train.steps=3", "diffusion.cond_drop_prob=0.2", "sample.steps=4"),
-          progress=False)
-    return root / "digits"
+    return served_run(tmp_path_factory.mktemp("serve") / "digits")
 
 
 @pytest.fixture(scope="module")
@@ -163,11 +158,6 @@ def test_serve_flags_are_checked(run, capsys):
 
 
 # -- the same flows through gradio_client ----------------------------------------------------------
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

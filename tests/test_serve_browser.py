@@ -18,26 +18,17 @@ import pytest
 from PIL import Image
 
 from difflab.cli import main
-from difflab.training.trainer import train
-from helpers import tiny_config
+from helpers import free_port, served_run
 
 playwright = pytest.importorskip("playwright.sync_api")
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (apt install chromium)")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("browser")
-    train(tiny_config(root / "digits", "train.steps=3", "diffusion.cond_drop_prob=0.2", "sample.steps=4"),
-          progress=False)
-    return root / "digits"
+    return served_run(tmp_path_factory.mktemp("browser") / "digits")
 
 
 @pytest.fixture(scope="module")
