@@ -36,9 +36,12 @@ def start_holder(folder):
 def test_a_second_train_fails_while_another_process_trains(tmp_path):
     """A real `difflab train` in a subprocess, and a second one on the same folder here."""
     sets = [item for s in TINY for item in ("--set", s)]
+    # SIGINT at its default disposition in the child, even when pytest itself runs as a background job
+    # of a non-interactive shell (which starts it ignored, and an ignored signal stays ignored across exec)
     first = subprocess.Popen([sys.executable, "-m", "difflab.cli", "train", *sets, "--set", "train.steps=1000000",
                               "--set", "train.checkpoint_every=1000000", "--out", str(tmp_path), "--no-progress"],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 60
         while not (tmp_path / "metrics.jsonl").exists():  # training has started
