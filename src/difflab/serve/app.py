@@ -184,11 +184,11 @@ def build_app(studio: Studio, queue_size: int = 16):
 
         # Gradio passes the request (for the session) and the progress bar by parameter annotation and
         # default, so the handlers name every input: the twelve shared settings first.
-        def on_generate(m, p, q, c, s_, k, sp, g, r, sd, rs, n_, session: gr.Request,
+        def on_generate(m, p, q, c, s_, k, sp, g, r, sd, rs, n_, session: gr.Request = None,
                         progress=gr.Progress()):  # noqa: B008 - Gradio's way
             yield from stream(request_of([m, p, q, c, s_, k, sp, g, r, sd, rs, n_]), progress, session)
 
-        def on_img2img(m, p, q, c, s_, k, sp, g, r, sd, rs, n_, image, strength_, session: gr.Request,
+        def on_img2img(m, p, q, c, s_, k, sp, g, r, sd, rs, n_, image, strength_, session: gr.Request = None,
                        progress=gr.Progress()):  # noqa: B008 - Gradio's way
             if not image:
                 raise gr.Error("upload an image first")
@@ -200,7 +200,7 @@ def build_app(studio: Studio, queue_size: int = 16):
             yield from stream(request, progress, session)
 
         def on_inpaint(m, p, q, c, s_, k, sp, g, r, sd, rs, n_, editor_value, original, mode_, area_, padding_, blur_,
-                       session: gr.Request, progress=gr.Progress()):  # noqa: B008 - Gradio's way
+                       session: gr.Request = None, progress=gr.Progress()):  # noqa: B008 - Gradio's way
             try:
                 picture, mask = _mask_of(editor_value, original, studio.max_upload_bytes)
             except UploadError as err:
@@ -238,7 +238,7 @@ def build_app(studio: Studio, queue_size: int = 16):
         inpaint.click(on_inpaint, [*shared, editor, inpaint_original, mode, area, padding, blur], outputs,
                       concurrency_limit=1, concurrency_id="device", api_name="inpaint")
 
-        def on_stop(session: gr.Request):
+        def on_stop(session: gr.Request = None):  # Gradio fills it; the default keeps its argument check quiet
             cancel = running.get(getattr(session, "session_hash", None) or "?")
             if cancel is None:
                 return "nothing is running"
