@@ -326,7 +326,7 @@ def test_bad_weights_are_one_clear_error(tmp_path):
         ClipTextTransformer.from_state_dict(extra, config)
     (tmp_path / "config.json").write_text(json.dumps(config.to_transformers()))
     save_file({k: v.contiguous() for k, v in state.items()}, str(tmp_path / "pytorch_model.bin"))  # any content
-    with pytest.raises(FileNotFoundError, match=r"only the pickled \['pytorch_model.bin'\]; difflab never unpickles"):
+    with pytest.raises(FileNotFoundError, match=r"only pytorch_model\.bin, a pickle, which difflab never loads"):
         ClipTextTransformer.from_diffusers(tmp_path)
     with pytest.raises(FileNotFoundError, match="has no config.json"):
         ClipTextTransformer.from_diffusers(tmp_path / "nowhere")

@@ -154,7 +154,7 @@ def test_sharded_folder_loads(tmp_path):
 def test_folder_errors(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"_class_name": "DiTTransformer2DModel", **TINY}))
     (tmp_path / "diffusion_pytorch_model.bin").write_bytes(b"not read")
-    with pytest.raises(FileNotFoundError, match=r"diffusion_pytorch_model\.bin, a pickle difflab never loads"):
+    with pytest.raises(FileNotFoundError, match=r"diffusion_pytorch_model\.bin, a pickle, which difflab never loads"):
         load_diffusers_dit(tmp_path)
     with pytest.raises(FileNotFoundError, match="not the pipeline folder"):
         load_diffusers_dit(tmp_path / "nowhere")

@@ -35,6 +35,7 @@ import torch
 from torch import Tensor
 
 from ..nn import sincos_position_embedding_2d
+from ..weight_files import read_safetensors_folder
 from .dit import DiT, DiTConfig
 
 CLASS_NAME = "DiTTransformer2DModel"
@@ -204,20 +205,12 @@ def dit_from_diffusers(config: Mapping, state: Mapping[str, Tensor]) -> DiT:
 
 def _read_weights(folder: Path) -> dict[str, Tensor]:
     """The safetensors weights of a diffusers model folder, single-file or sharded; never a pickle."""
-    from safetensors.torch import load_file
-
-    index = folder / f"{WEIGHTS_FILE}.index.json"
-    if (folder / WEIGHTS_FILE).is_file():
-        return load_file(folder / WEIGHTS_FILE)
-    if index.is_file():
-        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        return {k: v for shard in shards for k, v in load_file(folder / shard).items()}
-    if (folder / "diffusion_pytorch_model.bin").is_file():
-        raise FileNotFoundError(f"{folder} holds diffusion_pytorch_model.bin, a pickle difflab never loads: convert it "
-                                f"once with diffusers, DiTTransformer2DModel.from_pretrained(folder)"
-                                f".save_pretrained(folder, safe_serialization=True)")
-    raise FileNotFoundError(f"{folder / WEIGHTS_FILE} does not exist: point at a diffusers DiTTransformer2DModel "
-                            f"folder (a DiT pipeline's transformer/) holding config.json and {WEIGHTS_FILE}")
+    weights = read_safetensors_folder(folder, WEIGHTS_FILE, "DiTTransformer2DModel.from_pretrained(folder)"
+                                      ".save_pretrained(folder, safe_serialization=True)")
+    if weights is None:
+        raise FileNotFoundError(f"{folder / WEIGHTS_FILE} does not exist: point at a diffusers DiTTransformer2DModel "
+                                f"folder (a DiT pipeline's transformer/) holding config.json and {WEIGHTS_FILE}")
+    return weights
 
 
 def load_diffusers_dit(folder: str | Path) -> DiT:

@@ -342,13 +342,12 @@ def unet_state_from_diffusers(state: Mapping[str, Tensor], cfg: UNetConfig,
 
 def load_state_strict(model: torch.nn.Module, state: Mapping[str, Tensor], what: str) -> None:
     """``model.load_state_dict(state)`` with one clear message for missing keys or wrong shapes."""
+    from . import state_dict_mismatch
+
     own = model.state_dict()
-    _check_keys(state, set(own), what)
-    wrong = [f"{k} {tuple(state[k].shape)} (the config wants {tuple(v.shape)})"
-             for k, v in own.items() if state[k].shape != v.shape]
-    if wrong:
-        raise ValueError(f"{what}: shapes disagree with the config: {', '.join(wrong[:3])}"
-                         f"{' …' if len(wrong) > 3 else ''}")
+    problem = state_dict_mismatch(dict(state), own)
+    if problem is not None:
+        raise ValueError(f"{what}: shapes disagree with the config or keys differ: {problem}")
     model.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()})
 
 
@@ -359,22 +358,17 @@ def read_diffusers_folder(folder: str | Path, what: str) -> tuple[dict, dict[str
         FileNotFoundError: the folder, its config.json or its weights are missing (a ``.bin``
             gets the command that converts it).
     """
-    from safetensors.torch import load_file
+    from ..weight_files import read_safetensors_folder
 
     folder = Path(folder)
     if not (folder / "config.json").is_file():
         raise FileNotFoundError(f"{folder} has no config.json: it is not a diffusers {what} folder")
-    weights = folder / WEIGHTS_FILE
-    if not weights.is_file():
-        pickled = sorted(p.name for p in folder.glob("*.bin"))
-        if pickled:
-            raise FileNotFoundError(
-                f"{folder} holds only {pickled[0]}, a pickle, which difflab never loads (it can run code); convert "
-                f"it where you trust the file: diffusers' from_pretrained(...).save_pretrained(DIR, "
-                f"safe_serialization=True)")
-        raise FileNotFoundError(f"{folder} has no {WEIGHTS_FILE} (sharded or missing weights); save the model "
-                                f"with diffusers' save_pretrained(DIR, safe_serialization=True)")
-    return json.loads((folder / "config.json").read_text()), load_file(str(weights))
+    weights = read_safetensors_folder(folder, WEIGHTS_FILE, "diffusers' from_pretrained(DIR).save_pretrained(DIR, "
+                                      "safe_serialization=True)")
+    if weights is None:
+        raise FileNotFoundError(f"{folder} has no {WEIGHTS_FILE}; save the model with diffusers' "
+                                f"save_pretrained(DIR, safe_serialization=True)")
+    return json.loads((folder / "config.json").read_text()), weights
 
 
 def unet_from_diffusers(config: Mapping, state: Mapping[str, Tensor], learned_sigma: bool = False,

@@ -37,9 +37,10 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import Tensor, nn
 
+from ..weight_files import read_safetensors_folder
 from .bpe import PAD_CONVENTIONS, ClipTokenizer
 from .encoding import TextEncoding, check_max_length
 
@@ -290,21 +291,11 @@ def ours_from_transformers(key: str) -> str | None:
 
 def _read_safetensors(folder: Path, variant: str | None) -> dict[str, Tensor]:
     name = MODEL_FILE if variant is None else f"model.{variant}.safetensors"
-    if (folder / name).is_file():
-        return load_file(str(folder / name))
-    index = folder / f"{name}.index.json"
-    if index.is_file():  # sharded
-        shards = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
-        return {k: v for shard in shards for k, v in load_file(str(folder / shard)).items()}
-    pickled = sorted(p.name for p in folder.glob("*.bin"))
-    if pickled:
-        bin_file = folder / pickled[0]
-        raise FileNotFoundError(
-            f"{folder} has only the pickled {pickled}; difflab never unpickles weights (a pickle can run code). "
-            f"Convert it once to safetensors: python -c \"import torch; from safetensors.torch import save_file; "
-            f"save_file({{k: v.contiguous() for k, v in torch.load('{bin_file}', weights_only=True).items()}}, "
-            f"'{folder / name}')\"")
-    raise FileNotFoundError(f"{folder} has no {name}; pass a diffusers text_encoder/ folder")
+    weights = read_safetensors_folder(folder, name, "transformers' CLIPTextModel.from_pretrained(folder)"
+                                      ".save_pretrained(folder) (safetensors by default)")
+    if weights is None:
+        raise FileNotFoundError(f"{folder} has no {name}; pass a diffusers text_encoder/ folder")
+    return weights
 
 
 # ---------------------------------------------------------------------- the TextEncoder
