@@ -39,7 +39,7 @@ def export_diffusers(run: str | Path, out: str | Path, network_only: bool = Fals
     from safetensors.torch import save_file
 
     from ..models.diffusers_dit import save_diffusers_dit
-    from ..models.diffusers_unet import save_diffusers_unet
+    from ..models.diffusers_unet import UNET_2D, UNET_2D_CONDITION, save_diffusers_unet
     from ..models.diffusers_weights import WEIGHTS_FILE, autoencoder_kl_to_diffusers
     from ..pipelines.loading import DiffusionModel
 
@@ -90,7 +90,7 @@ def export_diffusers(run: str | Path, out: str | Path, network_only: bool = Fals
     else:
         pipeline = ("StableDiffusionPipeline" if encoder and vae is not None else
                     "DDPMPipeline" if not encoder and vae is None and not record.class_names else None)
-        components["unet"] = ["diffusers", json.loads((out / "unet" / "config.json").read_text())["_class_name"]]
+        components["unet"] = ["diffusers", UNET_2D_CONDITION if network.config.context_dim else UNET_2D]
         if pipeline == "StableDiffusionPipeline":
             components.update(safety_checker=[None, None], feature_extractor=[None, None],
                               requires_safety_checker=False)

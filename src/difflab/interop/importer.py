@@ -39,7 +39,6 @@ from ..models.diffusers_unet import (
 from ..models.diffusers_weights import autoencoder_kl_from_diffusers
 from .scheduler import schedule_from_diffusers
 
-PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl")
 DIT = "DiTTransformer2DModel"
 TEXT_FOLDER = "text"  # RUN/text/{text_encoder,tokenizer}: a text model's CLIP
 IGNORED_COMPONENTS = ("safety_checker", "feature_extractor", "image_encoder")
@@ -65,14 +64,6 @@ class Imported:
     class_names: list[str] = field(default_factory=list)
     source: str = ""
     clip_skip: int = 1
-
-
-def _check_not_pickle(path: Path) -> None:
-    if path.suffix.lower() in PICKLE_SUFFIXES:
-        raise ValueError(f"{path} is a pickle ({path.suffix}), which difflab never loads (unpickling can run code); "
-                         f"convert it to .safetensors where you trust the file, e.g. "
-                         f"safetensors.torch.save_file(torch.load(p, weights_only=True)['state_dict'], "
-                         f"'model.safetensors'), then import that")
 
 
 def _network(folder: Path, learned_sigma: bool, image_size: int | None) -> nn.Module:
@@ -237,10 +228,12 @@ def import_source(source: str | Path, *, scheduler: str | Path | None = None, im
     path = Path(source).expanduser()
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist")
-    _check_not_pickle(path)
     if path.is_file():
-        if path.suffix.lower() != ".safetensors":
+        from .ldm_single_file import PICKLE_SUFFIXES
+
+        if path.suffix.lower() not in (".safetensors", *PICKLE_SUFFIXES):
             raise ValueError(f"{path}: difflab imports a folder (diffusers) or a .safetensors single file")
+        # a pickle is refused by name (with how to convert it) where single files are read
         return from_single_file(path, image_size, prediction, heads, Path(config) if config else None)
     if (path / "model_index.json").is_file():
         return from_pipeline_folder(path, image_size)

@@ -17,7 +17,7 @@ import queue
 import threading
 import time
 
-from .studio import EVERY_CLASS, INPAINT_MODES, Cancelled, Request, Studio
+from .studio import EVERY_CLASS, Cancelled, Request, Studio
 from .uploads import UploadError, read_upload
 
 SPACINGS = ("trailing", "leading", "linspace", "log_snr", "karras")
@@ -275,5 +275,3 @@ def build_app(studio: Studio, queue_size: int = 16):
     app.queue(max_size=queue_size, default_concurrency_limit=1)
     return app
 
-
-__all__ = ["INPAINT_MODES", "build_app"]

@@ -22,7 +22,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -163,7 +163,7 @@ class Studio:
             "classes": list(record.get("class_names") or []),
             "guidance": record.get("train_config", {}).get("diffusion", {}).get("cond_drop_prob", 0) > 0,
             "img2img": image_condition is None,
-            "inpaint_modes": ["blend", "repaint"] + (["model"] if image_condition == "inpaint" else []),
+            "inpaint_modes": [m for m in INPAINT_MODES if m != "model" or image_condition == "inpaint"],
             "image_shape": record.get("latent", {}).get("image_shape") if record.get("latent") else
             record.get("image_shape"),
             "defaults": {"method": sample.get("method", "dpmpp_2m"), "steps": sample.get("steps", 20),
@@ -351,4 +351,4 @@ class Studio:
                       if Path(find_checkpoint(served.path)).resolve() == made_by), None)
         if model is not None:
             settings["model"] = model
-        return {k: v for k, v in settings.items() if k in {f.name for f in fields(Request)}}
+        return settings
