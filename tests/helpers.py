@@ -133,6 +133,16 @@ def pictures(folder, n=4, channels=1, side=8):
     return folder
 
 
+# Tiny diffusers UNet2DConditionModel configs of Stable Diffusion 1.x's and 2.x's layouts (conv vs
+# linear projections, heads as a count vs per level, transformer depth 2): the converters' tests.
+SD1 = dict(sample_size=16, in_channels=4, out_channels=4, block_out_channels=(32, 64), layers_per_block=2,
+           down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+           cross_attention_dim=24, attention_head_dim=4, norm_num_groups=8)
+SD2 = {**SD1, "attention_head_dim": (2, 4), "use_linear_projection": True, "transformer_layers_per_block": 2,
+       "down_block_types": ("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+       "up_block_types": ("CrossAttnUpBlock2D", "CrossAttnUpBlock2D")}
+
+
 def perturbed(model: torch.nn.Module, seed: int = 0, scale: float = 0.05) -> torch.nn.Module:
     """Every parameter moved off its (often zero or one) initialisation, so that a misplaced one shows
     in a comparison of outputs; returned in eval mode."""

@@ -17,14 +17,8 @@ from difflab.models.diffusers_unet import (  # noqa: E402
     unet_config_from_diffusers,
 )
 from difflab.models.unet import UNet, UNetConfig  # noqa: E402
-from helpers import perturbed  # noqa: E402
+from helpers import SD1, SD2, perturbed  # noqa: E402
 
-SD1 = dict(sample_size=16, in_channels=4, out_channels=4, block_out_channels=(32, 64), layers_per_block=2,
-           down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-           cross_attention_dim=24, attention_head_dim=4, norm_num_groups=8)
-SD2 = {**SD1, "attention_head_dim": (2, 4), "use_linear_projection": True, "transformer_layers_per_block": 2,
-       "down_block_types": ("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-       "up_block_types": ("CrossAttnUpBlock2D", "CrossAttnUpBlock2D")}
 DDPM = dict(sample_size=16, in_channels=3, out_channels=3, block_out_channels=(32, 64, 64), layers_per_block=1,
             down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D"),
             up_block_types=("UpBlock2D", "AttnUpBlock2D", "UpBlock2D"), attention_head_dim=None, norm_num_groups=8,

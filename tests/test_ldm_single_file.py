@@ -29,17 +29,11 @@ from difflab.interop.ldm_single_file import (  # noqa: E402
     unet_config_from_ldm,
     vae_config_from_ldm,
 )
-from helpers import perturbed  # noqa: E402
+from helpers import SD1, SD2, perturbed  # noqa: E402
 from ldm_layout import file_state, to_ldm_unet, to_ldm_vae, to_open_clip  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-SD1 = dict(sample_size=16, in_channels=4, out_channels=4, block_out_channels=(32, 64), layers_per_block=2,
-           down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-           cross_attention_dim=24, attention_head_dim=4, norm_num_groups=8)
-SD2 = {**SD1, "attention_head_dim": (2, 4), "use_linear_projection": True, "transformer_layers_per_block": 2,
-       "down_block_types": ("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-       "up_block_types": ("CrossAttnUpBlock2D", "CrossAttnUpBlock2D")}
 CLASSES = {**SD1, "num_class_embeds": 5}
 PROJECTION = {**SD1, "class_embed_type": "projection", "projection_class_embeddings_input_dim": 12}
 VAE = dict(block_out_channels=(32, 64), layers_per_block=1, latent_channels=4, norm_num_groups=8,
