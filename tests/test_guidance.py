@@ -187,6 +187,27 @@ def test_classifier_guidance_scale_zero_is_no_guidance_and_labels_reach_the_mode
         ClassifierGuidance(unconditional, classifier, 1.0, schedule)(x, t)
 
 
+def test_classifier_guidance_of_the_null_label_branch_is_adm_on_the_unconditional_model():
+    """``guide(scale=0, classifier=...)`` (``--guidance-scale 0 --classifier``): the network sees the
+    null label, the classifier the requested one, and w = 0 does not scale the classifier's shift
+    away (it is applied after CFG) — ADM's unconditional model + classifier, from one network."""
+    schedule = get_schedule("cosine")
+    model = ToyConditional()
+    x, t, y = batch()
+    classifier = LinearClassifier(x[0].numel())
+    guided = guide(Denoiser(model, schedule), scale=0.0, uncond=null_class_labels(NUM_CLASSES),
+                   classifier=classifier, classifier_scale=2.0, model_takes_labels=True)
+
+    def null_branch(x_t, t):
+        return model(x_t, t, class_labels=torch.full_like(y, NUM_CLASSES))
+
+    adm = ClassifierGuidance(null_branch, classifier, 2.0, schedule)  # the model gets no labels
+    with torch.no_grad():
+        out = guided.model(x, t, class_labels=y)
+        torch.testing.assert_close(out, adm(x, t, class_labels=y))
+        assert not torch.allclose(out, null_branch(x, t))
+
+
 def test_gradients_flow_only_through_the_classifier():
     schedule = get_schedule("linear")
     model = ToyConditional()

@@ -14,6 +14,7 @@ from difflab.metrics import (
     confident_fraction,
     feature_statistics,
     frechet_distance,
+    frechet_distance_of_features,
     kernel_inception_distance,
     load_statistics,
     precision_recall,
@@ -61,6 +62,19 @@ def test_frechet_distance_closed_form_for_diagonal_gaussians():
     sigma1, sigma2 = np.diag([1.0, 4.0, 9.0]), np.diag([4.0, 1.0, 9.0])
     # ||mu1 - mu2||^2 + sum (sqrt(a) - sqrt(b))^2 for commuting covariances
     assert frechet_distance(mu1, sigma1, mu2, sigma2) == pytest.approx(5.0 + 1.0 + 1.0 + 0.0)
+
+
+@pytest.mark.parametrize("n1, n2", [(30, 90), (90, 30), (200, 300)])
+def test_frechet_distance_of_features_equals_the_covariance_route(n1, n2):
+    # fewer vectors than features (the SVD of A1 A2^T) and more (the covariances): both the same number
+    rng = np.random.default_rng(n1)
+    a, b = rng.normal(size=(n1, 120)), 0.5 + 1.3 * rng.normal(size=(n2, 120)) @ rng.normal(size=(120, 120)) / 11
+    expected = frechet_distance(*feature_statistics(a), *feature_statistics(b))
+    # 1e-7: the covariance route takes square roots of the rounding noise in the zero eigenvalues
+    # of a singular covariance (n < 120); the SVD never forms them
+    assert frechet_distance_of_features(a, b) == pytest.approx(expected, rel=1e-7)
+    with pytest.raises(ValueError, match="do not match"):
+        frechet_distance_of_features(a, b[:, :5])
 
 
 def test_frechet_distance_of_a_set_with_itself_is_zero_even_when_singular():

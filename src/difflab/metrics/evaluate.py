@@ -10,7 +10,7 @@ from difflab.data.dataset import ImageDataset
 from difflab.metrics.classifier import Classifier, matched_labels
 from difflab.metrics.classifier_score import class_accuracy, classifier_score, confident_fraction
 from difflab.metrics.features import cached_features, extract_features
-from difflab.metrics.frechet import feature_statistics, frechet_distance
+from difflab.metrics.frechet import feature_statistics, frechet_distance, frechet_distance_of_features
 from difflab.metrics.inception import InceptionFeatures
 from difflab.metrics.kid import kernel_inception_distance
 from difflab.metrics.precision_recall import precision_recall
@@ -65,14 +65,14 @@ def evaluate(samples: ImageDataset, reference: Reference, extractor: InceptionFe
                                desc="reference features", use_cache=options.use_cache)
         report["num_reference"] = len(reference.dataset)
         report["reference_features_cached"] = real.cached
-        mu, sigma = reference.mu, reference.sigma = feature_statistics(real.values)
+        reference.mu, reference.sigma = feature_statistics(real.values)
         report["precision"], report["recall"] = precision_recall(real.values, fake.values, options.k)
         report["k"] = options.k
         report["kid"], report["kid_std"] = kernel_inception_distance(
             real.values, fake.values, options.kid_subset_size, options.kid_subsets)
+        report["fid"] = frechet_distance_of_features(fake.values, real.values)
     else:
-        mu, sigma = reference.mu, reference.sigma
-    report["fid"] = frechet_distance(*feature_statistics(fake.values), mu, sigma)
+        report["fid"] = frechet_distance(*feature_statistics(fake.values), reference.mu, reference.sigma)
     if classifier is not None:
         report.update(_classifier_metrics(samples, classifier, options))
     return report

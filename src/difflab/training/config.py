@@ -24,7 +24,7 @@ from pathlib import Path
 import yaml
 
 from ..image_condition import IMAGE_CONDITIONS, UPSAMPLING
-from ..losses import WEIGHTINGS
+from ..losses import LOSSES, T_SAMPLINGS, WEIGHTINGS, resolve_loss
 from ..masks import MAKERS as MASK_KINDS
 from ..process import PREDICTION_TYPES
 from ..sampling.sample import DEFAULT_METHOD, DEFAULT_SPACING, DEFAULT_STEPS, SAMPLERS
@@ -70,8 +70,13 @@ class DiffusionConfig:
     prediction: str = "epsilon"  # epsilon | x0 | v
     weighting: str = "uniform"  # uniform | min_snr | p2
     min_snr_gamma: float = 5.0
-    learned_variance: bool = False  # improved DDPM's hybrid loss
-    vlb_weight: float = 0.001
+    learned_variance: bool = False  # improved DDPM's learned Σ (2×C output channels)
+    vlb_weight: float = 0.001  # λ of the hybrid loss
+    # simple | hybrid | vlb (losses.diffusion_loss); null: hybrid with learned_variance, else simple
+    loss: str | None = None
+    # uniform | importance: t drawn ∝ √E[L_t²] of the last 10 values per t (improved DDPM §3.3;
+    # the history is saved with checkpoints). A discrete schedule; meant for loss: vlb
+    t_sampling: str = "uniform"
     cond_drop_prob: float = 0.0  # classifier-free guidance: drop the class / caption this often
     # An image concatenated to the network's input (difflab.image_condition): "inpaint" trains a
     # mask-conditioned inpainting model on random masks, drawn with the weights of inpaint_masks
@@ -331,6 +336,8 @@ RULES: dict[str, tuple[Callable[[object], bool], str]] = {
     "diffusion.weighting": (lambda v: v in WEIGHTINGS, "one of " + ", ".join(WEIGHTINGS)),
     "diffusion.min_snr_gamma": (_between(0, math.inf, open_low=True, open_high=True), "a finite number > 0"),
     "diffusion.vlb_weight": (_between(0, math.inf, open_high=True), "a finite number >= 0"),
+    "diffusion.loss": (lambda v: v is None or v in LOSSES, "null or one of " + ", ".join(LOSSES)),
+    "diffusion.t_sampling": (lambda v: v in T_SAMPLINGS, "one of " + ", ".join(T_SAMPLINGS)),
     "diffusion.cond_drop_prob": (_between(0, 1, open_high=True), "in [0, 1)"),
     "diffusion.image_condition": (lambda v: v is None or v in IMAGE_CONDITIONS,
                                   "null or one of " + ", ".join(IMAGE_CONDITIONS)),
@@ -426,11 +433,30 @@ def validate(config: Config) -> Config:
                           f"{config.optim.weight_decay:g}")
     d = config.diffusion
     try:
-        get_schedule(d.schedule, **d.schedule_options)
+        schedule = get_schedule(d.schedule, **d.schedule_options)
     except Exception as err:  # any failure to build it from the user's settings is a config mistake
         raise ConfigError(f"config keys 'diffusion.schedule' / 'diffusion.schedule_options' "
                           f"({d.schedule!r}, {d.schedule_options!r}) do not make a noise schedule: {err}") from None
+    _check_loss(d, schedule)
     return config
+
+
+def _check_loss(d: DiffusionConfig, schedule) -> None:
+    """The loss, the variance and the time sampling fit each other and the schedule."""
+    try:
+        loss = resolve_loss(d.loss, d.learned_variance)
+    except ValueError as err:
+        raise ConfigError(f"config keys 'diffusion.loss' / 'diffusion.learned_variance' ({d.loss!r}, "
+                          f"{d.learned_variance}): {err}") from None
+    needs = [what for what, used in [(f"diffusion.loss: {loss}", loss != "simple"),
+                                     ("diffusion.t_sampling: importance", d.t_sampling == "importance")] if used]
+    if needs and not schedule.is_discrete:
+        raise ConfigError(f"config key '{needs[0].split(':')[0]}': {needs[0].split(': ')[1]} needs a discrete schedule "
+                          f"(the variational bound's terms, or one history per timestep), and {d.schedule!r} is "
+                          "continuous: use linear, cosine, scaled_linear or sigmoid")
+    if loss == "vlb" and d.weighting != "uniform":
+        raise ConfigError(f"config key 'diffusion.weighting' must be uniform with diffusion.loss: vlb (the bound has "
+                          f"its own weights), got {d.weighting!r}")
 
 
 def apply_override(raw: dict, assignment: str) -> None:

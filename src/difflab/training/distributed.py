@@ -61,6 +61,14 @@ def mean(value: torch.Tensor) -> torch.Tensor:
     return value / dist.get_world_size()
 
 
+def gather(rows: torch.Tensor) -> torch.Tensor:
+    """Every process's ``rows`` (the same shape on each) concatenated in rank order: one
+    all-gather; the same tensor on every process."""
+    parts = [torch.empty_like(rows) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, rows.contiguous())
+    return torch.cat(parts)
+
+
 def maximum(value: float, device: torch.device) -> float:
     """The largest ``value`` over all processes (NaN counts as inf), the same on every process."""
     tensor = torch.tensor([value if not math.isnan(value) else math.inf], dtype=torch.float64, device=device)

@@ -6,7 +6,9 @@ A training checkpoint (written atomically by :mod:`difflab.checkpoint`) holds
   classifiers) or an autoencoder's record (:mod:`difflab.training.objectives`), with the step;
 * ``model.safetensors`` and ``ema.safetensors``: the raw and the averaged weights;
 * ``extra.pt``: optimizer and learning-rate-scheduler state and the step (tensors and plain
-  values only; read back with ``torch.load(weights_only=True)``).
+  values only; read back with ``torch.load(weights_only=True)``), and under ``objective`` the
+  objective's own state when it has one (:meth:`~difflab.training.objectives.Objective.state_dict`:
+  e.g. the loss history of importance-sampled t).
 
 On ``--resume`` the config given now is the one that runs (and that the next checkpoint
 records): its learning rate, betas, weight decay, schedule and warm-up, gradient clipping, EMA,
@@ -36,13 +38,17 @@ FIXED_ON_RESUME = (
 
 
 def save_training_state(path, *, config: dict, model, ema, optimizer, lr_scheduler, step: int, kind: str,
-                        extra_tensors: dict | None = None) -> Path:
-    """``extra_tensors``: more weight groups to store (e.g. a latent model's ``autoencoder``)."""
+                        extra_tensors: dict | None = None, objective_state: dict | None = None) -> Path:
+    """``extra_tensors``: more weight groups to store (e.g. a latent model's ``autoencoder``);
+    ``objective_state``: the objective's own state (stored only when not empty)."""
+    extra = {"optimizer": optimizer.state_dict(), "lr_scheduler": lr_scheduler.state_dict(), "step": step}
+    if objective_state:
+        extra["objective"] = objective_state
     return checkpoint.save_checkpoint(
         path,
         {**config, "kind": kind, "step": step},
         {"model": model.state_dict(), "ema": ema.state_dict(), **(extra_tensors or {})},
-        {"optimizer": optimizer.state_dict(), "lr_scheduler": lr_scheduler.state_dict(), "step": step},
+        extra,
     )
 
 

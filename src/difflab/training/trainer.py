@@ -10,6 +10,9 @@ Determinism: everything random in step s — the batch, t, ε, flips, label drop
 comes from generators seeded by (seed, s), and every process draws the *global* batch's
 randomness and keeps its own slice. So a resumed run repeats the uninterrupted run's losses
 exactly, and N processes compute the same update as one process with the same global batch.
+What an objective learns from past losses (importance-sampled t) it learns from the global
+batch's losses, gathered from every process (``Objective.observe``), and it is checkpointed
+(``Objective.state_dict``), so both still hold.
 """
 
 from __future__ import annotations
@@ -243,6 +246,7 @@ def _train(cfg: Config, rt: distributed.Runtime, out: Path, resume, init_from, o
         match_optimizer_state_layout(optimizer)  # the moments in the parameters' layout
         apply_optimizer_settings(optimizer, cfg.optim)  # this config's lr, betas, weight decay: not the saved ones
         start, provenance = int(extra["step"]), saved.get("init_from")
+        objective.load_state_dict(extra.get("objective", {}))  # e.g. importance sampling's loss history
         guard.saved(find_checkpoint(resume), start)
     elif init_from is not None:
         provenance = load_initial_weights(init_from, objective.kind, model, ema, latent)
@@ -314,11 +318,12 @@ def _train(cfg: Config, rt: distributed.Runtime, out: Path, resume, init_from, o
                 pixels = x0 if objective.needs_pixels else None
                 x0 = latent.encode(x0, generator=g)
         # t, ε, label dropout, ...: the whole global batch's (the pixels only to an objective that asks)
-        inputs = objective.draw(x0, idx, step, g, pixels=pixels) if objective.needs_pixels else \
+        global_inputs = objective.draw(x0, idx, step, g, pixels=pixels) if objective.needs_pixels else \
             objective.draw(x0, idx, step, g)
-        inputs = take_rows(inputs, slice(rt.rank * local_batch, (rt.rank + 1) * local_batch))
+        inputs = take_rows(global_inputs, slice(rt.rank * local_batch, (rt.rank + 1) * local_batch))
 
         # -- forward / backward over micro-batches -----------------------------------------
+        per_sample = []  # the rows' losses, for an objective that observes them
         for k in range(cfg.optim.grad_accum):
             last = k == cfg.optim.grad_accum - 1
             sync = nullcontext() if (last or not rt.distributed) else net.no_sync()
@@ -327,8 +332,13 @@ def _train(cfg: Config, rt: distributed.Runtime, out: Path, resume, init_from, o
                 out_k = objective.loss(net, micro_inputs)
                 (out_k.loss / cfg.optim.grad_accum).backward()
             running_loss += out_k.loss.detach().float() / cfg.optim.grad_accum
+            if out_k.per_sample is not None:
+                per_sample.append(out_k.per_sample.detach().float())
             for name, value in out_k.metrics.items():  # logged besides the loss
                 running_metrics[name] = running_metrics.get(name, 0) + value.float() / cfg.optim.grad_accum
+        if per_sample:  # the global batch's losses in row order, the same on every process
+            rows = torch.cat(per_sample)
+            objective.observe(global_inputs, distributed.gather(rows) if rt.distributed else rows)
         grad_norm = None
         if cfg.optim.grad_clip:
             grad_norm = clip_gradients(model.parameters(), cfg.optim.grad_clip)
@@ -405,7 +415,8 @@ def _save_checkpoint(rt, guard: DivergenceGuard, objective: Objective, path: Pat
         try:
             save_training_state(path, kind=objective.kind, config=ckpt_config, model=model, ema=ema.shadow,
                                 extra_tensors={"autoencoder": latent.autoencoder.state_dict()} if latent else None,
-                                optimizer=optimizer, lr_scheduler=lr_scheduler, step=step)
+                                optimizer=optimizer, lr_scheduler=lr_scheduler, step=step,
+                                objective_state=objective.state_dict())
         except OSError as err:
             kept = (f"the last good checkpoint is the one of step {guard.good[1]} ({guard.good[0]})" if guard.good
                     else "no checkpoint of this run is on disk")

@@ -18,9 +18,15 @@ The loop calls, in order::
         inputs = objective.draw(x0, idx, step, g)   # the global batch's tensors, batch first
                                                     # (+ pixels=... when objective.needs_pixels)
         ... sliced to this process, then to each micro-batch ...
-        out = objective.loss(net, micro_inputs)     # StepLoss(loss, metrics)
+        out = objective.loss(net, micro_inputs)     # StepLoss(loss, metrics, per_sample)
+        objective.observe(inputs, per_sample)       # once a step, if loss() gave per_sample: the global
+                                                    # batch's inputs and losses (all processes)
         objective.preview(ema_model, path)          # every train.sample_every steps (None: no grid)
     record |= objective.finalize(ema_model)         # once, before the last checkpoint
+
+An objective that learns from its own losses (importance sampling of t) keeps that state in
+:meth:`Objective.state_dict`, which every checkpoint saves and ``--resume`` restores
+(:meth:`Objective.load_state_dict`), so a resumed run draws what the uninterrupted one drew.
 """
 
 from __future__ import annotations
@@ -62,10 +68,12 @@ class TrainingData:
 @dataclass
 class StepLoss:
     """One micro-batch's loss and the detached scalars to log beside it (averaged by the trainer
-    over accumulation steps and the logging window)."""
+    over accumulation steps and the logging window). ``per_sample``: the detached (rows,) losses
+    the objective wants back through :meth:`Objective.observe` (None: it wants none)."""
 
     loss: Tensor
     metrics: dict[str, Tensor] = field(default_factory=dict)
+    per_sample: Tensor | None = None
 
 
 Inputs = dict[str, "Tensor | dict[str, Tensor]"]  # every tensor has the batch as its first dimension
@@ -122,6 +130,27 @@ class Objective(ABC):
     def loss(self, net, inputs: Inputs) -> StepLoss:
         """The loss of one micro-batch (``inputs`` sliced to its rows); ``net`` is the network as
         trained (maybe wrapped in DDP or compiled)."""
+
+    def observe(self, inputs: Inputs, per_sample: Tensor) -> None:
+        """Called once per step, after the micro-batches and before the optimizer step, when
+        :meth:`loss` returned ``per_sample``: ``inputs`` are the step's global-batch inputs (as
+        :meth:`draw` returned them) and ``per_sample`` the global batch's losses in the same row
+        order, gathered from every process and micro-batch, so every process sees the same values.
+        What the objective learns here must go into :meth:`state_dict`."""
+        raise NotImplementedError(f"{type(self).__name__}.loss returned per_sample, so it must override observe() "
+                                  "(or return per_sample=None)")
+
+    def state_dict(self) -> dict[str, Tensor]:
+        """The objective's own state that a resumed run needs (tensors only; saved in every
+        checkpoint's ``extra.pt``); empty by default."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        """Restore :meth:`state_dict` on ``--resume`` (an empty dict from a checkpoint written
+        without it). The default keeps none and refuses a state it would drop."""
+        if state:
+            raise ValueError(f"the checkpoint holds objective state ({', '.join(sorted(state))}) that "
+                             f"{type(self).__name__} does not keep; resume it with the objective that wrote it")
 
     def preview(self, model, path: Path) -> Path | None:
         """Write the preview grid of ``model`` (the EMA weights) to ``path``; None when the

@@ -1,5 +1,7 @@
 """The diffusion objective: a denoiser trained on xₜ ~ q(xₜ | x₀) at random t (DDPM, Ho et al.
-2020, Alg. 1), with the prediction, weighting and hybrid loss of :func:`difflab.losses.diffusion_loss`,
+2020, Alg. 1), with the prediction, weighting and loss (``diffusion.loss``: simple, hybrid or the
+variational bound) of :func:`difflab.losses.diffusion_loss`, t uniform or importance-sampled
+(``diffusion.t_sampling``, :class:`difflab.losses.ImportanceSampler`, its history checkpointed),
 conditioned on class labels or captions that are dropped with ``diffusion.cond_drop_prob`` for
 classifier-free guidance (Ho & Salimans 2022), and optionally on an image concatenated to the input
 (``diffusion.image_condition``, :mod:`difflab.image_condition`: ``inpaint``, a random mask per
@@ -64,6 +66,7 @@ class DiffusionObjective(Objective):
                               "sees whole images: remove data.random_crop or set data.resolution instead")
         dataset = data.dataset
         self.schedule = get_schedule(config.diffusion.schedule, **config.diffusion.schedule_options)
+        self.t_sampler = self.importance_sampler()
         self.labels = None
         if self.uses_labels():
             if not dataset.class_names or dataset.labels is None:
@@ -104,6 +107,20 @@ class DiffusionObjective(Objective):
                               "of instruct-pix2pix's three dropouts (text, both, image): it must be at most 1/3")
         return dataset.sources
 
+    def importance_sampler(self) -> losses.ImportanceSampler | None:
+        """``diffusion.t_sampling: importance``'s sampler (None for uniform t). Only this class's
+        own loss applies its weights; a subclass with a loss of its own (ControlNet, LoRA, a
+        distilled student, ...) refuses a non-default ``diffusion.loss`` or ``t_sampling``, which
+        it would silently ignore."""
+        d = self.config.diffusion
+        if type(self).loss is not DiffusionObjective.loss and (d.loss is not None or d.t_sampling != "uniform"):
+            key = "diffusion.loss" if d.loss is not None else "diffusion.t_sampling"
+            raise ConfigError(f"config key '{key}' applies to `difflab train` of a diffusion model; "
+                              f"{type(self).__name__} trains with its own loss: remove {key}")
+        if d.t_sampling != "importance":
+            return None
+        return losses.ImportanceSampler(self.schedule.num_steps)
+
     def uses_labels(self) -> bool:
         """Whether the network takes (or, for a classifier, predicts) the dataset's class labels."""
         return self.config.data.class_conditional
@@ -130,9 +147,13 @@ class DiffusionObjective(Objective):
         }
 
     def draw_t_and_noise(self, x0: Tensor, step: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
-        """t (float64, CPU; its own generator seeded by seed + step) and ε ~ N(0, I) like x0."""
-        n = x0.shape[0]
-        t = losses.sample_training_t(self.schedule, n, torch.Generator().manual_seed(self.config.train.seed + step))
+        """t (float64, CPU; its own generator seeded by seed + step; importance-sampled with
+        ``diffusion.t_sampling: importance``) and ε ~ N(0, I) like x0."""
+        n, t_generator = x0.shape[0], torch.Generator().manual_seed(self.config.train.seed + step)
+        if self.t_sampler is not None:
+            t = self.t_sampler.sample(n, t_generator)
+        else:
+            t = losses.sample_training_t(self.schedule, n, t_generator)
         return t, torch.randn(x0.shape, generator=generator, device=x0.device)
 
     def draw(self, x0: Tensor, idx: Tensor, step: int, generator: torch.Generator,
@@ -161,7 +182,10 @@ class DiffusionObjective(Objective):
             cond["concat"] = self.inpaint_inputs(x0 if pixels is None else pixels, step)
         elif self.image_condition == "low_res":
             cond.update(self.low_res_inputs(x0 if pixels is None else pixels, tuple(x0.shape[-2:]), generator))
-        return {"x0": x0, "t": t, "noise": noise, "cond": cond}
+        inputs = {"x0": x0, "t": t, "noise": noise, "cond": cond}
+        if self.t_sampler is not None:  # 1/(T·pₜ): keeps the importance-sampled loss unbiased
+            inputs["t_weight"] = self.t_sampler.weights(t)
+        return inputs
 
     def low_res_inputs(self, pixels: Tensor, size: tuple[int, int], generator: torch.Generator) -> dict:
         """The low-resolution images of the batch, noised to random levels in [0, aug_max]
@@ -186,9 +210,24 @@ class DiffusionObjective(Objective):
         out = losses.diffusion_loss(
             net, inputs["x0"], self.schedule, prediction=d.prediction, weighting=d.weighting,
             min_snr_gamma=d.min_snr_gamma, learned_variance=d.learned_variance, vlb_weight=d.vlb_weight,
-            cond=inputs["cond"], t=inputs["t"], noise=inputs["noise"],
+            loss=d.loss, cond=inputs["cond"], t=inputs["t"], noise=inputs["noise"], t_weight=inputs.get("t_weight"),
         )
-        return StepLoss(out.loss)
+        return StepLoss(out.loss, per_sample=out.per_sample if self.t_sampler is not None else None)
+
+    def observe(self, inputs: Inputs, per_sample: Tensor) -> None:
+        """Each sample's loss (before its weight) joins the history of its t."""
+        self.t_sampler.update(inputs["t"], per_sample)
+
+    def state_dict(self) -> dict[str, Tensor]:
+        if self.t_sampler is None:
+            return {}
+        return {f"t_sampler.{key}": value for key, value in self.t_sampler.state_dict().items()}
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        """The importance sampler's history (a checkpoint of uniform t has none: it starts empty)."""
+        if self.t_sampler is not None and state:
+            prefix = "t_sampler."
+            self.t_sampler.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
 
     def preview(self, model, path: Path) -> Path:
         """``train.num_preview`` samples of the EMA weights at seed ``train.seed``: every class in
