@@ -20,6 +20,7 @@ import argparse
 import json
 import math
 import platform
+import shutil
 import time
 from datetime import date
 from pathlib import Path
@@ -63,7 +64,8 @@ def train_run(args, name: str, config: str | Path, overrides: list[str], *, step
     """Train ``config`` (a file in ``src/difflab/configs`` or a path) into ``OUT/runs/NAME``.
 
     Either ``steps`` or a wall-clock budget ``seconds`` (then the steps are unbounded and the run
-    stops at the budget). A finished run already there is reused unless ``--fresh``; ``--smoke``
+    stops at the budget). A finished run already there is reused if it was trained with the same
+    config and settings (else, or with ``--fresh``, it is trained again from nothing); ``--smoke``
     shrinks the network and trains 3 steps. ``resume`` names an earlier run in ``OUT/runs`` that
     this one continues (its weights, optimizer state and step; same model and data settings):
     ``steps`` / ``seconds`` then count from where it stopped, so one run can be checkpointed and
@@ -75,9 +77,6 @@ def train_run(args, name: str, config: str | Path, overrides: list[str], *, step
 
     run = args.out / "runs" / name
     done = run / "done.json"
-    if done.is_file() and not args.fresh:
-        print(f"[{name}] reusing {run} ({json.loads(done.read_text())['steps']} steps; --fresh retrains)")
-        return find_checkpoint(run)
     path = Path(config)
     if not path.is_file():
         path = CONFIGS / config
@@ -88,6 +87,15 @@ def train_run(args, name: str, config: str | Path, overrides: list[str], *, step
                 "train.checkpoint_every=100000000", "train.log_every=50"]
     if args.smoke:
         settings += [f"train.steps={first + 3}", "train.max_seconds=null", "train.log_every=1"]
+    recipe = {"config": path.name, "settings": settings, "resumed": resume}
+    if done.is_file() and not args.fresh:
+        facts = json.loads(done.read_text())
+        if facts.get("recipe") == recipe:
+            print(f"[{name}] reusing {run} ({facts['steps']} steps; --fresh retrains)")
+            return find_checkpoint(run)
+        print(f"[{name}] {run} was trained with other settings (a --smoke run, another budget): retraining")
+    if run.exists():  # a stale, unfinished or --fresh run: start from nothing, not from its leftovers
+        shutil.rmtree(run)
     cfg = load_config(path, settings)
     print(f"[{name}] training {path.name} " + (f"for {seconds:.0f} s" if seconds and not args.smoke else
                                               f"for {cfg.train.steps - first} steps")
@@ -98,7 +106,7 @@ def train_run(args, name: str, config: str | Path, overrides: list[str], *, step
     wall = time.perf_counter() - start
     log = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
     trained = max((row.get("step", 0) for row in log), default=first)
-    done.write_text(json.dumps({"steps": trained, "wall_s": wall, "batch_size": cfg.optim.batch_size,
+    done.write_text(json.dumps({"recipe": recipe, "steps": trained, "wall_s": wall, "batch_size": cfg.optim.batch_size,
                                 "images_per_s": (trained - first) * cfg.optim.batch_size / wall,
                                 **({"resumed": resume, "first_step": first} if resume is not None else {})}) + "\n")
     return checkpoint
@@ -136,6 +144,25 @@ class Scorer:
                           EvalOptions(batch_size=100, kid_subset_size=min(1000, len(images))))
         keys = ("fid", "kid", "precision", "recall", "class_accuracy")
         return {k: float(report[k]) for k in keys if isinstance(report.get(k), (int, float))}
+
+
+class ScoredPoints:
+    """Scored points kept in ``OUT/points.json`` under the settings they were made with, so a rerun
+    (after an interruption, or to change only the analysis) scores only what is missing."""
+
+    def __init__(self, args, settings: dict):
+        self.path, self.settings = args.out / "points.json", settings
+        saved = json.loads(self.path.read_text()) if self.path.is_file() and not args.fresh else {}
+        self.points: dict[str, dict] = saved.get("points", {}) if saved.get("settings") == settings else {}
+
+    def get(self, key: str) -> dict | None:
+        return self.points.get(key)
+
+    def put(self, key: str, row: dict) -> dict:
+        self.points[key] = row
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.write_text(json.dumps({"settings": self.settings, "points": self.points}, indent=1) + "\n")
+        return row
 
 
 def machine() -> str:
