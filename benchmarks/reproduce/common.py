@@ -153,7 +153,8 @@ class ScoredPoints:
     def __init__(self, args, settings: dict):
         self.path, self.settings = args.out / "points.json", settings
         saved = json.loads(self.path.read_text()) if self.path.is_file() and not args.fresh else {}
-        self.points: dict[str, dict] = saved.get("points", {}) if saved.get("settings") == settings else {}
+        points = saved.get("points") if saved.get("settings") == settings else None
+        self.points: dict[str, dict] = points if isinstance(points, dict) else {}
 
     def get(self, key: str) -> dict | None:
         return self.points.get(key)

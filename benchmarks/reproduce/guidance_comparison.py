@@ -165,26 +165,24 @@ def sweep(args, model, noisy, scorer, interval, settings: dict) -> list[dict]:
     from difflab.images import save_grid
     from difflab.pipelines import generate
 
-    path = args.out / "points.json"
-    saved = json.loads(path.read_text()) if path.is_file() and not args.fresh else {}
-    points = saved.get("points", []) if saved.get("settings") == settings else []
-    done = {(p["guidance"], p["scale"]) for p in points}
+    cache = common.ScoredPoints(args, settings)
     todo = [("cfg", w) for w in args.cfg_scales] + [("classifier", s) for s in args.classifier_scales]
     todo += [("interval", w) for w in args.interval_scales if w != 1.0]  # w = 1 guides nothing: the CFG row
+    points = []
     for kind, scale in todo:
-        if (kind, scale) in done:
-            continue
-        start = time.perf_counter()
-        images, labels = generate(model, args.samples, steps=args.sampler_steps, seed=args.seed, batch_size=250,
-                                  guidance=guidance_for(kind, scale, noisy, interval))
-        sample_s = time.perf_counter() - start
-        save_grid(images[:100], args.out / "grids" / f"{kind}-{scale:g}.png", nrow=10, upscale=2)
-        row = {"guidance": kind, "scale": scale, **scorer.score(images, labels, name=f"{kind} {scale:g}"),
-               "sample_s": sample_s, "score_s": time.perf_counter() - start - sample_s}
-        print(json.dumps(row))
+        key = f"{kind} {scale:g}"
+        if (row := cache.get(key)) is None:
+            start = time.perf_counter()
+            images, labels = generate(model, args.samples, steps=args.sampler_steps, seed=args.seed, batch_size=250,
+                                      guidance=guidance_for(kind, scale, noisy, interval))
+            sample_s = time.perf_counter() - start
+            save_grid(images[:100], args.out / "grids" / f"{kind}-{scale:g}.png", nrow=10, upscale=2)
+            row = {"guidance": kind, "scale": scale, **scorer.score(images, labels, name=key),
+                   "sample_s": sample_s, "score_s": time.perf_counter() - start - sample_s}
+            print(json.dumps(row))
+            cache.put(key, row)
         points.append(row)
-        path.write_text(json.dumps({"settings": settings, "points": points}, indent=1) + "\n")
-    return [p for p in points if (p["guidance"], p["scale"]) in todo]  # not the file's other scales
+    return points
 
 
 def curves(points: list[dict]) -> dict[str, list[dict]]:
