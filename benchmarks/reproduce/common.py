@@ -34,14 +34,25 @@ SMOKE_UNET = ["model.options.model_channels=8", "model.options.num_head_channels
               "model.options.norm_groups=4", "optim.batch_size=8"]
 
 
+def image_count(text: str) -> int:
+    """An argparse type: a number of images, at least 2 (FID fits a covariance to them)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 2:
+        raise argparse.ArgumentTypeError(f"needs at least 2 images (FID fits a covariance), got {value}")
+    return value
+
+
 def parser(doc: str, *, out: str, samples: int = 500) -> argparse.ArgumentParser:
     """The flags every reproduction takes; a script adds its own."""
     p = argparse.ArgumentParser(description=doc.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--out", type=Path, default=Path(out), help="results folder (runs, samples, table, plot)")
-    p.add_argument("--samples", type=int, default=samples,
+    p.add_argument("--samples", type=image_count, default=samples,
                    help="generated images per FID point (FID on few images is biased high: compare rows, not papers)")
-    p.add_argument("--reference", type=int, default=2000, help="test images the samples are compared with")
+    p.add_argument("--reference", type=image_count, default=2000, help="test images the samples are compared with")
     p.add_argument("--fresh", action="store_true", help="retrain runs that OUT/runs already holds")
     p.add_argument("--seed", type=int, default=0, help="seed of training and of the first sample")
     p.add_argument("--inception", default=None,
