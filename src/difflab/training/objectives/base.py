@@ -131,14 +131,12 @@ class Objective(ABC):
         """The loss of one micro-batch (``inputs`` sliced to its rows); ``net`` is the network as
         trained (maybe wrapped in DDP or compiled)."""
 
-    def observe(self, inputs: Inputs, per_sample: Tensor) -> None:
+    def observe(self, inputs: Inputs, per_sample: Tensor) -> None:  # noqa: B027 (an optional hook)
         """Called once per step, after the micro-batches and before the optimizer step, when
         :meth:`loss` returned ``per_sample``: ``inputs`` are the step's global-batch inputs (as
         :meth:`draw` returned them) and ``per_sample`` the global batch's losses in the same row
         order, gathered from every process and micro-batch, so every process sees the same values.
-        What the objective learns here must go into :meth:`state_dict`."""
-        raise NotImplementedError(f"{type(self).__name__}.loss returned per_sample, so it must override observe() "
-                                  "(or return per_sample=None)")
+        What the objective learns here must go into :meth:`state_dict`. The default learns nothing."""
 
     def state_dict(self) -> dict[str, Tensor]:
         """The objective's own state that a resumed run needs (tensors only; saved in every
