@@ -105,6 +105,7 @@ def run_ours(args, out: Path) -> None:
         "diffusion.cond_drop_prob=0", f"train.max_seconds={args.seconds}",
         "train.steps=100000000", "train.sample_every=0", "train.checkpoint_every=100000000",
         "train.log_every=100", f"train.out_dir={out / 'ours-run'}", f"train.seed={args.seed}",
+        "train.tune_steps=[]",  # equal training compute: tuned levels are issue 25's item 4, measured apart
     ]
     if args.smoke:
         overrides += ["model.options={model_channels: 16, num_head_channels: 16, norm_groups: 8}",

@@ -126,3 +126,83 @@ def test_tune_steps_then_sample_uses_the_tuned_schedule(tmp_path, capsys):
     assert cli(["sample", str(run), "--n", "2", "--sigmas", str(copy), "--out", str(tmp_path / "s2")]) == 0
     assert cli(["sample", str(run), "--n", "2", "--sigmas", str(copy), "--method", "ddim"]) == 2
     assert "contradicts" in capsys.readouterr().err
+
+
+def test_the_search_keeps_its_best_levels_when_its_time_budget_runs_out():
+    import time
+
+    model = MIXTURE.model(SCHEDULE, "epsilon")
+    start = time.perf_counter()
+    tuned = tune_sigmas(model, noise(64, 1), SCHEDULE, method="unipc_3", steps=5, init="trailing", max_seconds=0.5)
+    assert time.perf_counter() - start < 5.0  # far from the 750 solves of its default budget
+    assert 0 < tuned.evaluations < 750 and tuned.error_tuned <= tuned.error_init
+    unbounded = tune_sigmas(model, noise(64, 1), SCHEDULE, method="unipc_3", steps=5, init="trailing", max_evals=40)
+    assert unbounded.evaluations == 40  # counted by the search itself, as scipy's nfev was
+
+
+def test_shipped_step_counts_and_budget():
+    from difflab.pipelines.tune import shipped_budget, shipped_step_counts
+
+    assert shipped_step_counts(None, 20) == (10, 20)
+    assert shipped_step_counts(None, 10) == (10,)
+    assert shipped_step_counts(None, 1) == (10,)  # one step has no level to tune
+    assert shipped_step_counts((), 20) == () and shipped_step_counts((8, 4, 8), 20) == (4, 8)
+    assert shipped_budget(None, 1200.0) == pytest.approx(120.0)  # a tenth of the training
+    assert shipped_budget(None, 150.0) is None  # 15 s: too short for a search, skipped
+    assert shipped_budget(7.0, 1.0) == 7.0  # an explicit budget always holds
+
+
+def test_config_refuses_wrong_tuning_settings():
+    from difflab.training.config import ConfigError, load_config
+
+    assert load_config(None, ["train.tune_steps=[]"]).train.tune_steps == ()
+    with pytest.raises(ConfigError, match="train.tune_steps.*step counts >= 2"):
+        load_config(None, ["train.tune_steps=[1, 10]"])
+    with pytest.raises(ConfigError, match="train.tune_seconds.*> 0"):
+        load_config(None, ["train.tune_seconds=0"])
+
+
+def test_train_ships_tuned_levels_that_sample_and_the_pipeline_use(tmp_path, capsys):
+    from difflab import Pipeline
+    from difflab.training.trainer import train
+    from helpers import tiny_config
+
+    run = tmp_path / "run"
+    train(tiny_config(run, "train.steps=3", "train.tune_steps=[3]", "train.tune_seconds=4"), progress=False)
+    out = capsys.readouterr().out
+    assert "tuning the sampler's levels at 3 steps for up to 4 s" in out
+    assert "tuned levels: unipc_3, 3 steps (" in out  # sample.method of the tiny config, its spacing as the start
+    tuned_file = run / "checkpoint" / "tuned-steps" / "unipc_3-3.json"
+    assert ("written to" in out) == tuned_file.exists()
+    if not tuned_file.exists():  # nothing beat the spacing on fresh noise: check the lookup with a made-up file
+        assert "not written (no better than" in out
+        TunedSigmas("unipc_3", 3, [80.0, 5.0, 0.5, 0.0], "trailing", 1, 1, 1, 30,
+                    context={"guidance_scale": 1.0}).save(tuned_file)
+    levels = TunedSigmas.load(tuned_file).sigmas
+
+    pipe = Pipeline.load(run, device="cpu")
+    record = json.loads(pipe(steps=3, seed=1)[0].info["difflab"])
+    assert record["sigmas"] == pytest.approx(levels)
+    for plain in (dict(tuned=False), dict(spacing="karras"), dict(steps=4)):
+        record = json.loads(pipe(**{"steps": 3, **plain}, seed=1)[0].info["difflab"])
+        assert record.get("sigmas") is None, plain
+    assert cli(["sample", str(run), "--n", "1", "--steps", "3", "--out", str(tmp_path / "s")]) == 0
+    assert "using the tuned 3-step schedule" in capsys.readouterr().out
+
+
+def test_short_runs_skip_tuning_and_a_failure_or_ctrl_c_keeps_the_checkpoint(tmp_path, capsys, monkeypatch):
+    from difflab.pipelines import tune
+    from difflab.training.trainer import train
+    from helpers import tiny_config
+
+    train(tiny_config(tmp_path / "a", "train.steps=2"), progress=False)
+    assert "not tuned: a tenth of 0 s of training is under the 20 s" in capsys.readouterr().out
+    train(tiny_config(tmp_path / "b", "train.steps=2", "train.tune_steps=[]"), progress=False)
+    assert "tun" not in capsys.readouterr().out
+    for error, said in ((KeyboardInterrupt, "interrupted: the checkpoint is complete"),
+                        (OSError("No space left on device"), "not tuned (No space left on device)")):
+        def fail(*args, error=error, **kwargs):
+            raise error
+        monkeypatch.setattr(tune, "ship_tuned_levels", fail)
+        checkpoint = train(tiny_config(tmp_path / "c", "train.steps=2", "train.tune_seconds=1"), progress=False)
+        assert said in capsys.readouterr().out and (checkpoint / "config.json").is_file()

@@ -107,7 +107,8 @@ def train_run(args, name: str, config: str | Path, overrides: list[str], *, step
         print(f"[{name}] {run} was trained with other settings (a --smoke run, another budget): retraining")
     if run.exists():  # a stale, unfinished or --fresh run: start from nothing, not from its leftovers
         shutil.rmtree(run)
-    cfg = load_config(path, settings)
+    # no tuned levels: the claims compare named samplers and spacings, and tuning would add to the wall clock
+    cfg = load_config(path, [*settings, "train.tune_steps=[]"])
     print(f"[{name}] training {path.name} " + (f"for {seconds:.0f} s" if seconds and not args.smoke else
                                               f"for {cfg.train.steps - first} steps")
           + (f" from step {first} of {resume}" if resume is not None else ""))

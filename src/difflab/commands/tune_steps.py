@@ -28,6 +28,9 @@ def register(subparsers) -> None:
     p.add_argument("--reference-steps", type=int, default=200,
                    help="steps of the UniPC-3 / log-SNR solve taken as the exact answer")
     p.add_argument("--max-evals", type=int, help="solver runs the search may use (default: 150 per step, at most 3000)")
+    p.add_argument("--max-seconds", type=float,
+                   help="wall-clock budget of the search and its check; the best levels found by then are kept "
+                        "(default: none, --max-evals alone)")
     p.add_argument("--class", dest="class_index", type=int,
                    help="tune for one class of a class-conditional model (default: every class in turn)")
     p.add_argument("--prompt", action="append", metavar="TEXT", help="caption(s) to tune a text-conditioned model with")
@@ -51,6 +54,8 @@ def run(args) -> int:
 
     if args.n < 1:
         raise ValueError("--n must be at least 1")
+    if args.max_seconds is not None and not args.max_seconds > 0:
+        raise ValueError(f"--max-seconds must be above 0, got {args.max_seconds:g}")
     device = pick_device(args.device)
     model = DiffusionModel.load(args.checkpoint, use_ema=not args.no_ema, device=device)
     settings = SamplerSettings.resolve(model, args.method, args.steps)
@@ -58,7 +63,8 @@ def run(args) -> int:
     guidance = guidance_from_args(args, device)
     tuned = tune_steps(model, method=method, steps=steps, n=args.n, seed=args.seed, init=args.init,
                        class_index=args.class_index, guidance=guidance, prompts=read_prompts(args),
-                       reference_steps=args.reference_steps, max_evals=args.max_evals, progress=True,
+                       reference_steps=args.reference_steps, max_evals=args.max_evals, max_seconds=args.max_seconds,
+                       progress=True,
                        compile=args.compile)
     levels = ", ".join(f"{s:.4g}" for s in tuned.sigmas)
     print(f"difflab tune-steps: {method}, {steps} steps, relative error against a {tuned.reference_steps}-step solve:\n"

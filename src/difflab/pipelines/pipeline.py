@@ -31,6 +31,7 @@ from .loading import DiffusionModel, NoisyClassifierModel
 from .lora import add_lora
 from .png_info import RECORD_KEY, parameters_text, read_record
 from .super_resolution import load_cond_images
+from .tune import find_tuned
 
 OUTPUTS = ("pil", "tensor", "numpy")
 
@@ -104,6 +105,7 @@ class Pipeline:
         steps: int | None = None,
         spacing: str | None = None,
         sigmas=None,
+        tuned: bool = True,
         guidance_scale: float | None = None,
         guidance_rescale: float = 0.0,
         guidance_interval: tuple[float, float] | None = None,
@@ -149,8 +151,10 @@ class Pipeline:
         ``prompt``: a text model's caption (a list: image i gets prompt i mod len); ``class_label``:
         a class index or name (default: every class in turn); image i uses seed ``seed + i`` (or
         ``seeds[i]``); ``classifier``: a noisy classifier run (or loaded model) for classifier
-        guidance; ``**options``: the sampler's (``eta``, ``variance``, ``order`` …). The rest is
-        :func:`~difflab.pipelines.generate`'s.
+        guidance; ``**options``: the sampler's (``eta``, ``variance``, ``order`` …); ``tuned``: use
+        the checkpoint's levels tuned for this method, step count and guidance scale (``difflab
+        tune-steps``, or those ``difflab train`` ships) when neither ``spacing`` nor ``sigmas`` is
+        given, as ``difflab sample`` does. The rest is :func:`~difflab.pipelines.generate`'s.
 
         Editing (docs/editing.md): ``image`` (a path, a folder, PIL image(s) or a uint8 tensor; n
         defaults to their count) with ``strength`` in [0, 1] and ``strength_mode`` (diffusers |
@@ -184,6 +188,11 @@ class Pipeline:
                             image_scale=image_guidance)
         prompts = [prompt] if isinstance(prompt, str) else prompt
         settings = SamplerSettings.resolve(self.model, method, steps, spacing, sigmas, **options)
+        if tuned and spacing is None and sigmas is None:
+            found, _ = find_tuned(self.model, settings.method, settings.steps, guidance)
+            if found is not None:
+                settings = SamplerSettings.resolve(self.model, found.method, None, None, found.tensor(),
+                                                   **{**found.options, **options})
         edit = None
         if image is not None:
             edit = make_edit(self.model, image, strength, strength_mode, mask, inpaint, mask_blur, repaint_jumps,

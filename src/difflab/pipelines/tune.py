@@ -9,11 +9,12 @@ steps match, no spacing is named, and it was tuned at the same guidance scale.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import torch
 
-from ..sampling import NoiseSource
+from ..sampling import SAMPLERS, NoiseSource
 from ..sampling.tuning import TunedSigmas, tune_sigmas
 from .generate import SamplerSettings, plan
 from .guidance_policy import Guidance, guidance_scale
@@ -42,6 +43,7 @@ def tune_steps(
     prompts: list[str] | None = None,
     reference_steps: int = 200,
     max_evals: int | None = None,
+    max_seconds: float | None = None,
     progress: bool = False,
     compile: bool = False,
 ) -> TunedSigmas:
@@ -49,13 +51,15 @@ def tune_steps(
     on n fresh ones (seeds SEED + 10⁶ …). Conditioning (classes in turn, prompts, guidance) is
     what :func:`~difflab.pipelines.generate` would use; the levels are tuned in the model's own
     space (latents for a latent model). ``compile`` runs the thousands of solves with the
-    denoiser's step under ``torch.compile`` (:mod:`difflab.sampling.compiled`)."""
+    denoiser's step under ``torch.compile`` (:mod:`difflab.sampling.compiled`); ``max_seconds``
+    bounds the search and the check together (:func:`~difflab.sampling.tuning.tune_sigmas`)."""
     guidance = guidance or Guidance()
     job = plan(model, n, SamplerSettings.resolve(model, method, steps), seed=seed, class_index=class_index,
                guidance=guidance, prompts=prompts, compile=compile)
     cond = job.cond(range(n))
     tuned = tune_sigmas(job.denoiser, starting_noise(model, job.seeds), method=method, steps=steps, init=init,
-                        cond=cond, reference_steps=reference_steps, max_evals=max_evals, progress=progress)
+                        cond=cond, reference_steps=reference_steps, max_evals=max_evals, max_seconds=max_seconds,
+                        progress=progress)
     heldout = starting_noise(model, [s + HELDOUT_OFFSET for s in job.seeds])
     tuned.check(job.denoiser, heldout, cond=cond)
     tuned.context = {"guidance_scale": guidance_scale(model, guidance), "checkpoint_step": model.record.step,
@@ -84,3 +88,54 @@ def find_tuned(model: DiffusionModel, method: str, steps: int,
         return None, (f"not using the tuned schedule {path}: it was tuned at guidance scale {have:g}, "
                       f"this run uses {want:g} (re-run `difflab tune-steps --guidance-scale {want:g}`)")
     return tuned, None
+
+
+# -- tuned levels shipped with every trained run (`difflab train`, train.tune_steps) ----------
+SHIPPED_STEPS = 10  # tuned besides the run's own sample.steps: the few-step budget users reach for first
+BUDGET_SHARE = 0.1  # of the training's wall clock, when train.tune_seconds is null
+MIN_BUDGET_S = 20.0  # below this a search makes too few solves to beat a fixed spacing: skipped
+CALIBRATION_IMAGES = 64  # as `difflab tune-steps --n`
+
+
+def shipped_step_counts(requested, sample_steps: int) -> tuple[int, ...]:
+    """The step counts ``difflab train`` tunes after training: ``train.tune_steps``, or by
+    default the run's ``sample.steps`` and 10 (counts below 2 have no level to choose)."""
+    counts = requested if requested is not None else (sample_steps, SHIPPED_STEPS)
+    return tuple(sorted({int(c) for c in counts if c >= 2}))
+
+
+def shipped_budget(tune_seconds: float | None, trained_seconds: float) -> float | None:
+    """Seconds the tuning after training may take: ``train.tune_seconds``, or by default a tenth
+    of the training's own wall clock; None (skip) when the default comes to under 20 s."""
+    if tune_seconds is not None:
+        return float(tune_seconds)
+    budget = BUDGET_SHARE * trained_seconds
+    return budget if budget >= MIN_BUDGET_S else None
+
+
+def ship_tuned_levels(checkpoint: str | Path, step_counts: tuple[int, ...], seconds: float, *,
+                      device: str | torch.device = "cpu", prompts: list[str] | None = None,
+                      n: int = CALIBRATION_IMAGES) -> list[str]:
+    """Tune the checkpoint's own sampler (its ``sample.method``, from its default spacing) at each
+    of ``step_counts`` within ``seconds`` in all, and write every schedule that beats that spacing
+    on fresh noise into the checkpoint, where ``difflab sample`` and :class:`~difflab.Pipeline`
+    find it. ``prompts``: captions to tune a text-conditioned model with. Returns one line per
+    step count, for the log."""
+    model = DiffusionModel.load(checkpoint, device=device)
+    lines, start = [], time.perf_counter()
+    for i, steps in enumerate(step_counts):
+        settings = SamplerSettings.resolve(model, None, steps)
+        if SAMPLERS[settings.method].stochastic:
+            return [f"no tuned levels: the run samples with {settings.method}, which is stochastic (tuning needs "
+                    "a deterministic sampler: set sample.method, e.g. unipc_3)"]
+        share = (seconds - (time.perf_counter() - start)) / (len(step_counts) - i)  # what earlier ones left
+        tuned = tune_steps(model, method=settings.method, steps=steps, n=n, prompts=prompts, init=settings.spacing,
+                           max_seconds=share)
+        what = (f"{settings.method}, {steps} steps ({tuned.evaluations} solves of {n} images): error against a "
+                f"{tuned.reference_steps}-step solve on fresh noise {tuned.heldout_error_init:.3g} with {tuned.init} "
+                f"spacing, {tuned.heldout_error:.3g} tuned")
+        if tuned.heldout_error < tuned.heldout_error_init:
+            lines.append(f"{what}; written to {tuned.save(tuned_path(model, settings.method, steps))}")
+        else:
+            lines.append(f"{what}; not written (no better than {tuned.init} spacing)")
+    return lines

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -87,6 +88,10 @@ class TunedSigmas:
         return self.heldout_error_init, self.heldout_error
 
 
+class _OutOfTime(Exception):
+    """The search's wall-clock budget is spent (raised inside the optimizer, caught around it)."""
+
+
 class _Scorer:
     """error(σ levels) = ‖S(noise; levels) − S*(noise)‖ / ‖S*(noise)‖, S* solved once."""
 
@@ -143,6 +148,7 @@ def tune_sigmas(
     cond: dict | None = None,
     reference_steps: int = 200,
     max_evals: int | None = None,
+    max_seconds: float | None = None,
     progress: bool = False,
     **options,
 ) -> TunedSigmas:
@@ -156,12 +162,17 @@ def tune_sigmas(
         init: the spacing the search starts from (a name from ``SPACINGS``).
         reference_steps: steps of the UniPC-3 / log-SNR solve taken as the exact answer.
         max_evals: budget of the search in solver runs (default 150 per level, at most 3,000).
+        max_seconds: a wall-clock budget as well, for this call and the :meth:`TunedSigmas.check`
+            that should follow it (about one more reference solve): the search stops when
+            ``max_seconds`` minus the reference solve's time have passed since the call, or at
+            ``max_evals``, whichever comes first, and keeps its best levels so far.
         **options: sampler options (e.g. ``order``), used for tuning and to be used when sampling.
     Returns:
         :class:`TunedSigmas`; pass ``.tensor()`` as ``sigmas=`` to :func:`~difflab.sampling.sample`.
     """
     from scipy.optimize import minimize
 
+    start = time.perf_counter()
     if get_sampler(method).stochastic or options.get("eta", 0) or options.get("churn_amount", 0):
         raise ValueError(f"sampler {method!r} is stochastic: tune the levels of a deterministic one (e.g. unipc_3)")
     if steps < 2:
@@ -170,6 +181,8 @@ def tune_sigmas(
         raise ValueError(f"reference_steps ({reference_steps}) must be well above steps ({steps})")
     error = _Scorer(model, noise, schedule, method, prediction, cond, reference_steps, options)
     schedule = error.schedule
+    reference_seconds = time.perf_counter() - start  # the check repeats a solve this long on fresh noise
+    deadline = math.inf if max_seconds is None else start + max_seconds - reference_seconds
     sigma_max, sigma_min = float(schedule.sigma_max), float(schedule.sigma_min)
 
     x0 = logits_from_sigmas(initial_sigmas(schedule, steps, init), sigma_min)
@@ -180,10 +193,13 @@ def tune_sigmas(
         from tqdm.auto import tqdm
 
         bar = tqdm(total=max_evals, desc=f"tuning {steps} levels", unit="solve", leave=False)
-    best = {"err": error_init, "logits": x0}
+    best = {"err": error_init, "logits": x0, "evaluations": 0}
 
     def objective(logits) -> float:
+        if time.perf_counter() > deadline:
+            raise _OutOfTime
         err = error(sigmas_from_logits(logits, sigma_max, sigma_min))
+        best["evaluations"] += 1
         if err < best["err"]:
             best.update(err=err, logits=np.array(logits))
         if bar is not None:
@@ -192,13 +208,15 @@ def tune_sigmas(
         return math.log(err + 1e-300)
 
     try:
-        result = minimize(objective, x0, method="Nelder-Mead",
-                          options={"maxfev": max_evals, "xatol": 1e-4, "fatol": 1e-4, "adaptive": True})
+        minimize(objective, x0, method="Nelder-Mead",
+                 options={"maxfev": max_evals, "xatol": 1e-4, "fatol": 1e-4, "adaptive": True})
+    except _OutOfTime:
+        pass
     finally:
         if bar is not None:
             bar.close()
     tuned = sigmas_from_logits(best["logits"], sigma_max, sigma_min)
     return TunedSigmas(method=method, steps=steps, sigmas=tuned.tolist(), init=str(init), error_init=error_init,
-                       error_tuned=best["err"], evaluations=int(result.nfev), reference_steps=reference_steps,
+                       error_tuned=best["err"], evaluations=best["evaluations"], reference_steps=reference_steps,
                        options=dict(options))
 

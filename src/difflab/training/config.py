@@ -137,6 +137,11 @@ class TrainConfig:
     num_preview: int = 64
     out_dir: str = "runs/run"
     device: str = "auto"  # auto | cpu | cuda
+    # After training, fit the sampler's noise levels to the model at these step counts (as
+    # `difflab tune-steps`; sample/eval/Pipeline use them). null: sample.steps and 10; []: off
+    tune_steps: tuple | None = None
+    # the tuning's wall-clock budget; null: a tenth of the training's time, skipped under 20 s
+    tune_seconds: float | None = None
 
 
 @dataclass
@@ -377,6 +382,10 @@ RULES: dict[str, tuple[Callable[[object], bool], str]] = {
     "train.num_preview": (_at_least(1), "an integer >= 1"),
     "train.out_dir": (_text, "a folder"),
     "train.device": (_text, "auto, cpu, cuda or cuda:N"),
+    "train.tune_steps": (_optional(lambda v: all(_at_least(2)(c) for c in v)),
+                         "a list of step counts >= 2 ([]: no tuning), or null (sample.steps and 10)"),
+    "train.tune_seconds": (_optional(_between(0, math.inf, open_low=True, open_high=True)),
+                           "a finite number of seconds > 0, or null (a tenth of the training time)"),
     "sample.method": (lambda v: v in SAMPLERS, "a sampler: " + ", ".join(SAMPLERS)),
     "sample.steps": (_at_least(1), "an integer >= 1"),
     "sample.spacing": (lambda v: v in SPACINGS, "a step spacing: " + ", ".join(SPACINGS)),

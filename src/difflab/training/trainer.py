@@ -401,7 +401,37 @@ def _train(cfg: Config, rt: distributed.Runtime, out: Path, resume, init_from, o
         bar.close()
     logger.close()
     distributed.teardown(rt)
+    if rt.is_main and objective.ships_tuned_levels:
+        _ship_tuned_levels(cfg, objective, ckpt_path, 0.0 if clock_start is None else time.perf_counter() - clock_start,
+                           device)
     return ckpt_path
+
+
+def _ship_tuned_levels(cfg: Config, objective: Objective, checkpoint: Path, trained_seconds: float, device) -> None:
+    """``train.tune_steps``: fit the sampler's levels to the finished model, as ``difflab
+    tune-steps`` does, within ``train.tune_seconds``. The checkpoint is complete before this
+    starts, so a failure or Ctrl-C here costs the tuned levels only, never the run."""
+    from ..pipelines.tune import CALIBRATION_IMAGES, ship_tuned_levels, shipped_budget, shipped_step_counts
+
+    counts = shipped_step_counts(cfg.train.tune_steps, cfg.sample.steps)
+    seconds = shipped_budget(cfg.train.tune_seconds, trained_seconds)
+    if not counts:
+        return
+    if seconds is None:
+        print(f"difflab train: sampler levels not tuned: a tenth of {trained_seconds:.0f} s of training is under the "
+              "20 s a search needs (train.tune_seconds sets a budget; `difflab tune-steps` tunes later)")
+        return
+    print(f"difflab train: tuning the sampler's levels at {', '.join(map(str, counts))} steps for up to "
+          f"{seconds:.0f} s (train.tune_steps: [] turns it off)")
+    try:
+        lines = ship_tuned_levels(checkpoint, counts, seconds, device=device,
+                                  prompts=objective.calibration_prompts(CALIBRATION_IMAGES))
+    except KeyboardInterrupt:
+        lines = ["interrupted: the checkpoint is complete; `difflab tune-steps` tunes it later"]
+    except (ValueError, RuntimeError, OSError) as err:
+        lines = [f"not tuned ({err}); the checkpoint is complete"]
+    for line in lines:
+        print(f"difflab train: tuned levels: {line}")
 
 
 def _save_checkpoint(rt, guard: DivergenceGuard, objective: Objective, path: Path, ckpt_config: dict, model, ema,

@@ -23,6 +23,8 @@ The loop calls, in order::
                                                     # batch's inputs and losses (all processes)
         objective.preview(ema_model, path)          # every train.sample_every steps (None: no grid)
     record |= objective.finalize(ema_model)         # once, before the last checkpoint
+    if objective.ships_tuned_levels:                # after it: the sampler's levels tuned to the
+        ... objective.calibration_prompts(n) ...    # model (train.tune_steps), on process 0
 
 An objective that learns from its own losses (importance sampling of t) keeps that state in
 :meth:`Objective.state_dict`, which every checkpoint saves and ``--resume`` restores
@@ -97,6 +99,8 @@ class Objective(ABC):
 
     kind: str = DIFFUSION_KIND
     needs_pixels: bool = False  # draw() gets the batch's pixels beside latents (an inpainting model's masked image)
+    # the trainer tunes the trained model's sampler afterwards (train.tune_steps; difflab.pipelines.tune)
+    ships_tuned_levels: bool = False
 
     def __init__(self, config: Config, data: TrainingData):
         """Check ``config`` against the data (a :class:`~difflab.training.config.ConfigError`
@@ -159,6 +163,11 @@ class Objective(ABC):
     def checkpoint_config(self, init_from: dict | None = None) -> dict:
         """What the checkpoint's ``config.json`` records besides ``kind`` and ``step`` (which the
         trainer adds); ``init_from`` is the provenance of ``--init-from`` ({"path", "step"})."""
+
+    def calibration_prompts(self, n: int) -> list[str] | None:
+        """n captions to tune a text-conditioned model's sampler with after training (None: the
+        model takes no text)."""
+        return None
 
     def finalize(self, model) -> dict:
         """Entries added to the last checkpoint's ``config.json``, computed once on ``model``

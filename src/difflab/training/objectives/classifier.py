@@ -18,6 +18,7 @@ class NoisyClassifierObjective(DiffusionObjective):
     """The classifier behind classifier guidance, trained on the labels of the diffusion data."""
 
     kind = CLASSIFIER_KIND
+    ships_tuned_levels = False  # a classifier has no sampler
     missing_labels = "a noisy classifier needs class labels, and dataset {name!r} has none"
 
     def uses_labels(self) -> bool:

@@ -42,6 +42,7 @@ class ControlNetObjective(DiffusionObjective):
     """A ControlNet on a frozen base run; ``difflab train-controlnet``."""
 
     kind = CONTROLNET_KIND
+    ships_tuned_levels = False  # it samples with a control image (and its base's levels)
 
     def __init__(self, config: Config, data: TrainingData):
         self.base = load_base(config.controlnet.base, "controlnet.base", "--base RUN", data)

@@ -121,6 +121,19 @@ class DiffusionObjective(Objective):
             return None
         return losses.ImportanceSampler(self.schedule.num_steps)
 
+    @property
+    def ships_tuned_levels(self) -> bool:
+        """Tune the sampler after training unless generating needs an input image (inpainting,
+        super-resolution and instruct-pix2pix models), which tuning has none of."""
+        return self.image_condition is None
+
+    def calibration_prompts(self, n: int) -> list[str] | None:
+        """n training captions spread over the dataset."""
+        if self.text is None:
+            return None
+        captions = self.data.dataset.captions
+        return [captions[i * len(captions) // n] for i in range(n)]
+
     def uses_labels(self) -> bool:
         """Whether the network takes (or, for a classifier, predicts) the dataset's class labels."""
         return self.config.data.class_conditional

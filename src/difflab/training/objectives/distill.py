@@ -89,6 +89,7 @@ class DistillationObjective(DiffusionObjective):
     frozen teacher of twice as many (``difflab distill``)."""
 
     kind = DIFFUSION_KIND
+    ships_tuned_levels = False  # a distilled student samples on its own fixed grid
 
     def __init__(self, config: Config, data: TrainingData):
         d = config.distill

@@ -19,6 +19,8 @@ class PersonalisationObjective(DiffusionObjective):
     """A diffusion objective on a few pictures beside a frozen base run. Subclasses say where the
     settings are (:meth:`settings`: base, prompt, class name, and the config key naming them)."""
 
+    ships_tuned_levels = False  # a few pictures' fine-tune: `difflab tune-steps` tunes it on request
+
     @abstractmethod
     def settings(self, config: Config) -> tuple[str | None, str | None, str | None, str]:
         """(base run, prompt, class name, the config section naming them) from ``config``."""
