@@ -70,6 +70,29 @@ def test_settings_from_png_restore_the_fields(studio):
         studio.settings_from_png(png_bytes(Image.new("L", (8, 8))))
 
 
+def test_auto_spacing_uses_the_runs_tuned_levels_as_the_cli_does(tmp_path):
+    import shutil
+
+    from difflab.sampling.tuning import TunedSigmas
+    from difflab.serve.studio import AUTO_SPACING
+
+    run, steps = served_run(tmp_path / "digits"), 4  # its sample.steps; too short a run to ship tuned levels
+    levels = [80.0, 20.0, 5.0, 1.25, 0.0]
+    TunedSigmas("unipc_3", steps, levels, "trailing", 1, 1, 1, 30, context={"guidance_scale": 1.0}).save(
+        run / "checkpoint" / "tuned-steps" / f"unipc_3-{steps}.json")
+    studio = Studio([run], device="cpu", out_dir=tmp_path / "out")
+    tuned = studio.generate(Request("digits", seed=0, n=2, method="unipc_3", steps=steps, spacing=AUTO_SPACING))
+    assert tuned.records[0]["sigmas"] == pytest.approx(levels)
+    assert all(np.array_equal(pixels(p), e) for p, e in zip(tuned.paths, cli_images(
+        run, tmp_path, "--seed", "0", "--n", "2", "--method", "unipc_3", "--steps", str(steps))))
+    named = studio.generate(Request("digits", seed=0, n=1, method="unipc_3", steps=steps, spacing="trailing"))
+    assert named.records[0].get("sigmas") is None
+    assert studio.settings_from_png(tuned.paths[1])["spacing"] == AUTO_SPACING  # finds the levels again
+    assert studio.settings_from_png(named.paths[0])["spacing"] == "trailing"
+    shutil.rmtree(run / "checkpoint" / "tuned-steps")
+    assert studio.generate(Request("digits", n=1, method="unipc_3", steps=steps)).records[0].get("sigmas") is None
+
+
 def test_progress_preview_and_cancel(studio):
     seen, previews = [], []
     studio.generate(Request("digits", n=1, steps=6, method="ddim"), progress=lambda i, n: seen.append((i, n)),

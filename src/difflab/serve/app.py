@@ -17,7 +17,7 @@ import queue
 import threading
 import time
 
-from .studio import EVERY_CLASS, Cancelled, Request, Studio
+from .studio import AUTO_SPACING, EVERY_CLASS, Cancelled, Request, Studio
 from .uploads import UploadError, read_upload
 
 SPACINGS = ("trailing", "leading", "linspace", "log_snr", "karras")
@@ -83,7 +83,8 @@ def build_app(studio: Studio, queue_size: int = 16):
         with gr.Row():
             method = gr.Dropdown(sorted(SAMPLERS), value=defaults["method"], label="Sampler", elem_id="method")
             steps = gr.Slider(1, 200, value=defaults["steps"], step=1, label="Steps", elem_id="steps")
-            spacing = gr.Dropdown(list(SPACINGS), value=defaults["spacing"], label="Spacing", elem_id="spacing")
+            spacing = gr.Dropdown([("auto (tuned levels, else the run's)", AUTO_SPACING), *SPACINGS],
+                                  value=AUTO_SPACING, label="Spacing", elem_id="spacing")
             scale = gr.Slider(1.0, 15.0, value=defaults["guidance_scale"], step=0.5, label="Guidance scale",
                               elem_id="guidance-scale")
             rescale = gr.Slider(0.0, 1.0, value=0.0, step=0.05, label="Guidance rescale", elem_id="guidance-rescale")
@@ -252,7 +253,7 @@ def build_app(studio: Studio, queue_size: int = 16):
             d = f["defaults"]
             return (gr.update(visible=f["text"]), gr.update(visible=f["text"]),
                     gr.update(choices=[EVERY_CLASS, *f["classes"]], value=EVERY_CLASS, visible=bool(f["classes"])),
-                    d["method"], d["steps"], d["spacing"], d["guidance_scale"], gr.update(visible=f["img2img"]),
+                    d["method"], d["steps"], AUTO_SPACING, d["guidance_scale"], gr.update(visible=f["img2img"]),
                     gr.update(choices=list(f["inpaint_modes"]), value="blend"), studio.card(name),
                     studio.metrics_plot(name))
 

@@ -31,6 +31,7 @@ from PIL import Image
 from .uploads import read_upload
 
 EVERY_CLASS = "every class in turn"
+AUTO_SPACING = "auto"  # the run's tuned levels for the sampler and steps if it has some, else its spacing
 INPAINT_MODES = ("blend", "repaint", "model")
 PREVIEW_SIDE = 128  # pixels: the x̂₀ preview of a small model is enlarged to about this
 
@@ -47,7 +48,9 @@ class Request:
         model: a served run's name.
         prompt, negative_prompt: a text model's caption and CFG's unconditional caption.
         class_label: a class model's class name, or ``EVERY_CLASS`` (image i gets class i mod C).
-        method, steps, spacing: the sampler; seed: image i uses seed + i (−1: a random seed).
+        method, steps, spacing: the sampler (spacing None or ``AUTO_SPACING``: the checkpoint's tuned
+            levels for this sampler and steps when it has some, else the run's spacing, as
+            ``difflab sample`` chooses); seed: image i uses seed + i (−1: a random seed).
         guidance_scale, guidance_rescale: classifier-free guidance.
         n: how many images.
         image, strength, strength_mode: image to image (an uploaded PIL image).
@@ -267,7 +270,8 @@ class Studio:
         pipe = self.pipeline(request.model)
         seed = random.randrange(2**31) if request.seed is None or request.seed < 0 else int(request.seed)
         features = self.features(request.model)
-        kwargs = dict(n=request.n, seed=seed, method=request.method, steps=request.steps, spacing=request.spacing,
+        kwargs = dict(n=request.n, seed=seed, method=request.method, steps=request.steps,
+                      spacing=None if request.spacing == AUTO_SPACING else request.spacing,
                       guidance_scale=request.guidance_scale, guidance_rescale=request.guidance_rescale)
         if features["text"]:
             kwargs.update(prompt=request.prompt or "", negative_prompt=request.negative_prompt or None)
@@ -342,7 +346,9 @@ class Studio:
         settings = {
             "prompt": arguments.get("prompt") or "", "negative_prompt": arguments.get("negative_prompt") or "",
             "class_label": record.get("class_name") or EVERY_CLASS, "method": arguments["method"],
-            "steps": arguments["steps"], "spacing": arguments["spacing"], "seed": arguments["seed"],
+            "steps": arguments["steps"], "seed": arguments["seed"],
+            # tuned levels are the checkpoint's: auto finds them again (a named spacing would not)
+            "spacing": AUTO_SPACING if arguments.get("sigmas") is not None else arguments["spacing"],
             "guidance_scale": arguments.get("guidance_scale"),
             "guidance_rescale": arguments.get("guidance_rescale", 0.0), "n": 1,
         }
