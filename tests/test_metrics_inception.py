@@ -154,3 +154,17 @@ def test_eval_cli_input_errors(tmp_path, monkeypatch, capsys):
     assert "does not exist" in capsys.readouterr().err
     assert cli.main(["eval", str(tmp_path / "ckpt"), "--ref", "digits:test", "--batch-size", "0"]) == 2
     assert "--batch-size must be at least 1" in capsys.readouterr().err
+
+
+def test_eval_notes_samples_and_reference_of_different_sizes():
+    from difflab.commands.eval import size_mismatch
+    from difflab.data.dataset import ImageDataset
+    from difflab.metrics import Reference
+
+    def images(side):
+        return ImageDataset(images=torch.zeros(2, 1, side, side, dtype=torch.uint8), name=f"{side}")
+
+    note = size_mismatch(images(16), Reference("fashion-mnist:test", dataset=images(28)))
+    assert "16x16" in note and "28x28" in note and "same reference" in note
+    assert size_mismatch(images(16), Reference("same", dataset=images(16))) is None
+    assert size_mismatch(images(16), Reference("stats", mu=np.zeros(2), sigma=np.eye(2))) is None

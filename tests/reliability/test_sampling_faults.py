@@ -105,6 +105,21 @@ def test_eval_names_an_npz_that_is_no_zip_without_pickle_advice(tmp_path, capsys
     assert "bad.npz" in err and "pickle" not in err and "Traceback" not in err
 
 
+def test_eval_of_a_checkpoint_refuses_a_wrong_reference_or_classifier_before_sampling(run, tmp_path, capsys,
+                                                                                      monkeypatch):
+    import difflab.commands.eval as eval_command
+
+    def no_sampling(*args, **kwargs):
+        raise AssertionError("sampled before checking the flags")
+
+    monkeypatch.setattr(eval_command, "sample_checkpoint", no_sampling)
+    for flags, said in ((["--ref", str(tmp_path / "missing")], "missing"),
+                        (["--ref", "digits:test", "--classifier", str(tmp_path / "nope")], "no classifier at")):
+        assert cli(["eval", str(run), "--n", "2", *flags]) == 2
+        err = capsys.readouterr().err
+        assert said in err and "Traceback" not in err
+
+
 def test_sampling_never_reads_the_optimizer_state(run, tmp_path):
     """extra.pt (optimizer, scheduler) is the trainer's: a damaged one must not stop sampling."""
     import shutil
