@@ -8,8 +8,9 @@ correlates with Gflops at −0.93 over the 12 models (Fig. 8).
 
 At CPU scale: class-conditional Fashion-MNIST 16×16 pixels (no autoencoder; label dropout 0.1
 as DiT trains), a CPU-sized "S" — width 192, depth 6, 3 heads (``configs/dit-fashion-mnist-16-cpu``)
-— at patch 8, 4 and 2 (4, 16 and 64 tokens; the paper's 32×32 latents give 16, 64, 256), and a
-twice-as-deep S/2 (depth 12) as the larger transformer. Every model trains for the same
+— at patch 8, 4 and 2 (4, 16 and 64 tokens; the paper's 32×32 latents give 16, 64, 256), and two
+larger transformers: a twice-as-deep S/2 (depth 12) and a twice-as-wide S/4 (width 384, 6 heads,
+as DiT-B is S at twice the width). Every model trains for the same
 ``--steps`` at batch 64 (as the paper compares models at equal steps), then draws ``--samples``
 images without guidance (as Table 4) with UniPC-3 at 50 model calls from the same seeds, scored by
 FID against ``--reference`` test images.
@@ -67,7 +68,15 @@ MODELS = [
     Model("S/2", "dit-S-p2", 2, paper="DiT-S/2", paper_gflops=6.06, paper_fid=68.40),
     Model("S-deep/2", "dit-Sdeep-p2", 2, depth=12, paper="DiT-B/2 (the next size up)", paper_gflops=23.01,
           paper_fid=43.47),
+    Model("S-wide/4", "dit-Swide-p4", 4, hidden_size=384, num_heads=6, paper="DiT-B/4 (twice the width)",
+          paper_gflops=5.56, paper_fid=68.38),
 ]
+COLOURS = {"deep": "tab:red", "wide": "tab:green"}  # the larger transformers; the S series is blue
+
+
+def colour(name: str) -> str:
+    return next((c for key, c in COLOURS.items() if key in name), "tab:blue")
+
 SMOKE_SIZE = {"hidden_size": 32, "depth": 1, "num_heads": 2}
 NOISE_MODEL = "S/2"  # sampled twice for the noise
 
@@ -180,7 +189,7 @@ def plot(args, rows: list[dict]) -> None:
     ax.plot([r["GFLOPs/image"] for r in series], [r["fid"] for r in series], color="tab:blue", lw=1, alpha=0.6,
             label="S: patch 8 → 4 → 2")
     for r in rows:
-        ax.scatter(r["GFLOPs/image"], r["fid"], color="tab:red" if "deep" in r["model"] else "tab:blue", zorder=3)
+        ax.scatter(r["GFLOPs/image"], r["fid"], color=colour(r["model"]), zorder=3)
         ax.annotate(r["model"], (r["GFLOPs/image"], r["fid"]), textcoords="offset points", xytext=(5, 5), fontsize=9)
     for axis in (ax, paper_ax):
         axis.set_xscale("log")
@@ -192,9 +201,9 @@ def plot(args, rows: list[dict]) -> None:
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
     for m in MODELS:
-        paper_ax.scatter(m.paper_gflops, m.paper_fid, color="tab:red" if "B/2" in m.paper else "tab:blue", zorder=3)
+        paper_ax.scatter(m.paper_gflops, m.paper_fid, color=colour(m.key), zorder=3)
         paper_ax.annotate(m.paper.split(" ")[0], (m.paper_gflops, m.paper_fid), textcoords="offset points",
-                          xytext=(5, 5), fontsize=9)
+                          xytext=(-20, -14) if "wide" in m.key else (5, 5), fontsize=9)  # B/4 sits by S/2
     paper_ax.plot([m.paper_gflops for m in MODELS[:3]], [m.paper_fid for m in MODELS[:3]], color="tab:blue", lw=1,
                   alpha=0.6)
     paper_ax.set_xlabel("Gflops per forward pass (paper: multiply-add = 1)")
@@ -239,8 +248,9 @@ def main(argv=None) -> list[dict]:
               "(DiT Figs. 2, 6, 8; Table 4).",
         paper="ImageNet 256×256 (32×32×4 latents), class-conditional, FID-50K without guidance after 400K steps "
               "at batch 256, 250 DDPM steps (Table 4); Gflops count a multiply-add once: DiT-S/8 0.36 Gflops → "
-              "153.60, S/4 1.41 → 100.41, S/2 6.06 → 68.40 (33M parameters each), B/2 23.01 → 43.47 (130M); "
-              "FID-Gflops correlation −0.93 over the 12 models (Fig. 8). Our GFLOPs count a multiply-add twice.",
+              "153.60, S/4 1.41 → 100.41, S/2 6.06 → 68.40 (33M parameters each), B/4 5.56 → 68.38 and "
+              "B/2 23.01 → 43.47 (130M); FID-Gflops correlation −0.93 over the 12 models (Fig. 8). Our GFLOPs "
+              "count a multiply-add twice.",
         verdict=text,
         command="python benchmarks/reproduce/dit_scaling.py",
         extra={"noise": {**stats, "resampled_fid": resampled["fid"]}, "steps": args.steps,
