@@ -39,3 +39,14 @@ def test_smoke_run_writes_table_verdict_and_plot(name, tmp_path):
     assert results["paper"] and results["command"].startswith(f"python benchmarks/reproduce/{name}.py")
     assert (tmp_path / "results.md").read_text().count("|") > 10
     assert (tmp_path / "plot.png").stat().st_size > 1000
+
+
+def test_a_rerun_reuses_the_trained_runs_and_the_scored_points(tmp_path, capsys):
+    module = _load("dit_scaling")
+    module.main(["--smoke", "--out", str(tmp_path)])
+    first = json.loads((tmp_path / "results.json").read_text())["rows"]
+    capsys.readouterr()
+    module.main(["--smoke", "--out", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert "] training " not in out and "reusing" in out and "(scored before)" in out
+    assert [r["fid"] for r in json.loads((tmp_path / "results.json").read_text())["rows"]] == [r["fid"] for r in first]

@@ -118,10 +118,15 @@ def forward_gflops(network, class_labels: bool) -> float:
     return counter.get_total_flops() / 1e9
 
 
-def sample_and_score(args, scorer, model, name: str, first_seed: int) -> dict:
+def sample_and_score(args, scorer, points, model, name: str, first_seed: int) -> dict:
+    """The scores of ``name``'s samples from ``first_seed`` on; a point ``points`` already holds
+    (an earlier run of the script with the same settings) is not sampled again."""
     from difflab.images import save_grid
     from difflab.pipelines import Guidance, generate
 
+    if (row := points.get(name)) is not None:
+        print(f"[{name}] FID {row['fid']:.2f} (scored before)")
+        return row
     start = time.perf_counter()
     images, labels = generate(model, args.samples, method=METHOD, steps=CALLS if not args.smoke else 4,
                               seed=first_seed, guidance=Guidance(scale=1.0), batch_size=250, precision="bf16")
@@ -129,7 +134,7 @@ def sample_and_score(args, scorer, model, name: str, first_seed: int) -> dict:
     save_grid(images[:100], args.out / "samples" / f"{name}.png", nrow=10, upscale=2)
     scores = scorer.score(images, labels, name=name)
     print(f"[{name}] FID {scores['fid']:.2f} ({args.samples} samples in {seconds:.0f} s)")
-    return {**scores, "sample images/s": args.samples / seconds}
+    return points.put(name, {**scores, "sample images/s": args.samples / seconds})
 
 
 def ranks(values: list[float]) -> list[float]:
@@ -218,6 +223,8 @@ def main(argv=None) -> list[dict]:
     from difflab.pipelines import DiffusionModel
 
     scorer = common.Scorer(args, "fashion-mnist", IMAGE_SIZE, 1)
+    points = common.ScoredPoints(args, {"steps": args.steps, "samples": args.samples, "reference": args.reference,
+                                        "seed": args.seed, "smoke": args.smoke})
     first_seed = args.seed + 1
     rows, resampled = [], None
     for model in [m for m in MODELS if m.key in args.models]:
@@ -226,9 +233,10 @@ def main(argv=None) -> list[dict]:
         loaded = DiffusionModel.load(checkpoint)
         network = loaded.network
         gflops = forward_gflops(network, bool(network.config.num_classes))
-        scores = sample_and_score(args, scorer, loaded, model.run, first_seed)
+        scores = sample_and_score(args, scorer, points, loaded, model.run, first_seed)
         if model.key == NOISE_MODEL:
-            resampled = sample_and_score(args, scorer, loaded, f"{model.run}-resampled", first_seed + 1_000_000)
+            resampled = sample_and_score(args, scorer, points, loaded, f"{model.run}-resampled",
+                                         first_seed + 1_000_000)
         images = facts["steps"] * facts["batch_size"]
         rows.append({"model": model.key, "patch": model.patch_size, "tokens": model.tokens,
                      "width": network.config.hidden_size, "depth": network.config.depth,
