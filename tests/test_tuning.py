@@ -138,6 +138,8 @@ def test_the_search_keeps_its_best_levels_when_its_time_budget_runs_out():
     assert 0 < tuned.evaluations < 750 and tuned.error_tuned <= tuned.error_init
     unbounded = tune_sigmas(model, noise(64, 1), SCHEDULE, method="unipc_3", steps=5, init="trailing", max_evals=40)
     assert unbounded.evaluations == 40  # counted by the search itself, as scipy's nfev was
+    spent = tune_sigmas(model, noise(8, 1), SCHEDULE, method="unipc_3", steps=5, init="trailing", max_seconds=1e-9)
+    assert spent.evaluations == 0 and spent.error_tuned == spent.error_init  # the budget went to the reference
 
 
 def test_shipped_step_counts_and_budget():
@@ -148,7 +150,7 @@ def test_shipped_step_counts_and_budget():
     assert shipped_step_counts(None, 1) == (10,)  # one step has no level to tune
     assert shipped_step_counts((), 20) == () and shipped_step_counts((8, 4, 8), 20) == (4, 8)
     assert shipped_budget(None, 1200.0) == pytest.approx(120.0)  # a tenth of the training
-    assert shipped_budget(None, 150.0) is None  # 15 s: too short for a search, skipped
+    assert shipped_budget(None, 500.0) is None  # 50 s: too short for the reference solves and a search, skipped
     assert shipped_budget(7.0, 1.0) == 7.0  # an explicit budget always holds
 
 
@@ -188,6 +190,12 @@ def test_train_ships_tuned_levels_that_sample_and_the_pipeline_use(tmp_path, cap
         assert record.get("sigmas") is None, plain
     assert cli(["sample", str(run), "--n", "1", "--steps", "3", "--out", str(tmp_path / "s")]) == 0
     assert "using the tuned 3-step schedule" in capsys.readouterr().out
+    from difflab.pipelines.tune import ship_tuned_levels
+
+    [line] = ship_tuned_levels(run, (3,), 1e-9)  # a budget the reference solve alone exceeds: said, nothing written
+    assert "not tuned: its 0 s went to the 100-step reference solve" in line
+    assert cli(["tune-steps", str(run), "--steps", "3", "--n", "4", "--max-seconds", "1e-9"]) == 1
+    assert "nothing tuned" in capsys.readouterr().out
 
 
 def test_short_runs_skip_tuning_and_a_failure_or_ctrl_c_keeps_the_checkpoint(tmp_path, capsys, monkeypatch):
@@ -196,7 +204,7 @@ def test_short_runs_skip_tuning_and_a_failure_or_ctrl_c_keeps_the_checkpoint(tmp
     from helpers import tiny_config
 
     train(tiny_config(tmp_path / "a", "train.steps=2"), progress=False)
-    assert "not tuned: a tenth of 0 s of training is under the 20 s" in capsys.readouterr().out
+    assert "not tuned: a tenth of 0 s of training is under the 60 s" in capsys.readouterr().out
     train(tiny_config(tmp_path / "b", "train.steps=2", "train.tune_steps=[]"), progress=False)
     assert "tun" not in capsys.readouterr().out
     for error, said in ((KeyboardInterrupt, "interrupted: the checkpoint is complete"),

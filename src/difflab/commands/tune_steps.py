@@ -66,6 +66,10 @@ def run(args) -> int:
                        reference_steps=args.reference_steps, max_evals=args.max_evals, max_seconds=args.max_seconds,
                        progress=True,
                        compile=args.compile)
+    if not tuned.evaluations:
+        print(f"difflab tune-steps: nothing tuned: --max-seconds {args.max_seconds:g} went to the "
+              f"{tuned.reference_steps}-step reference solve; give it more time")
+        return 1
     levels = ", ".join(f"{s:.4g}" for s in tuned.sigmas)
     print(f"difflab tune-steps: {method}, {steps} steps, relative error against a {tuned.reference_steps}-step solve:\n"
           f"  calibration noise: {args.init} {tuned.error_init:.3g} -> tuned {tuned.error_tuned:.3g}\n"

@@ -60,8 +60,9 @@ def tune_steps(
     tuned = tune_sigmas(job.denoiser, starting_noise(model, job.seeds), method=method, steps=steps, init=init,
                         cond=cond, reference_steps=reference_steps, max_evals=max_evals, max_seconds=max_seconds,
                         progress=progress)
-    heldout = starting_noise(model, [s + HELDOUT_OFFSET for s in job.seeds])
-    tuned.check(job.denoiser, heldout, cond=cond)
+    if tuned.evaluations:  # with none (max_seconds spent on the reference solve) there is nothing to check
+        heldout = starting_noise(model, [s + HELDOUT_OFFSET for s in job.seeds])
+        tuned.check(job.denoiser, heldout, cond=cond)
     tuned.context = {"guidance_scale": guidance_scale(model, guidance), "checkpoint_step": model.record.step,
                      "calibration_images": n}
     return tuned
@@ -93,7 +94,10 @@ def find_tuned(model: DiffusionModel, method: str, steps: int,
 # -- tuned levels shipped with every trained run (`difflab train`, train.tune_steps) ----------
 SHIPPED_STEPS = 10  # tuned besides the run's own sample.steps: the few-step budget users reach for first
 BUDGET_SHARE = 0.1  # of the training's wall clock, when train.tune_seconds is null
-MIN_BUDGET_S = 20.0  # below this a search makes too few solves to beat a fixed spacing: skipped
+# below this the default budget is skipped: on 2 CPU cores the reference solves of a 1-2 M-parameter
+# guided model take ~25 s per step count, and the search needs tens of solves beyond them
+MIN_BUDGET_S = 60.0
+REFERENCE_STEPS = 100  # the shipped search's reference solve (UniPC-3, log-SNR): ~1e-6 off, far below the errors tuned
 CALIBRATION_IMAGES = 64  # as `difflab tune-steps --n`
 
 
@@ -106,7 +110,7 @@ def shipped_step_counts(requested, sample_steps: int) -> tuple[int, ...]:
 
 def shipped_budget(tune_seconds: float | None, trained_seconds: float) -> float | None:
     """Seconds the tuning after training may take: ``train.tune_seconds``, or by default a tenth
-    of the training's own wall clock; None (skip) when the default comes to under 20 s."""
+    of the training's own wall clock; None (skip) when the default comes to under 60 s."""
     if tune_seconds is not None:
         return float(tune_seconds)
     budget = BUDGET_SHARE * trained_seconds
@@ -130,7 +134,11 @@ def ship_tuned_levels(checkpoint: str | Path, step_counts: tuple[int, ...], seco
                     "a deterministic sampler: set sample.method, e.g. unipc_3)"]
         share = (seconds - (time.perf_counter() - start)) / (len(step_counts) - i)  # what earlier ones left
         tuned = tune_steps(model, method=settings.method, steps=steps, n=n, prompts=prompts, init=settings.spacing,
-                           max_seconds=share)
+                           reference_steps=REFERENCE_STEPS, max_seconds=share)
+        if not tuned.evaluations:
+            lines.append(f"{settings.method}, {steps} steps: not tuned: its {max(share, 0.0):.0f} s went to the "
+                         f"{REFERENCE_STEPS}-step reference solve (raise train.tune_seconds)")
+            continue
         what = (f"{settings.method}, {steps} steps ({tuned.evaluations} solves of {n} images): error against a "
                 f"{tuned.reference_steps}-step solve on fresh noise {tuned.heldout_error_init:.3g} with {tuned.init} "
                 f"spacing, {tuned.heldout_error:.3g} tuned")

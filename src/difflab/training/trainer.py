@@ -411,7 +411,13 @@ def _ship_tuned_levels(cfg: Config, objective: Objective, checkpoint: Path, trai
     """``train.tune_steps``: fit the sampler's levels to the finished model, as ``difflab
     tune-steps`` does, within ``train.tune_seconds``. The checkpoint is complete before this
     starts, so a failure or Ctrl-C here costs the tuned levels only, never the run."""
-    from ..pipelines.tune import CALIBRATION_IMAGES, ship_tuned_levels, shipped_budget, shipped_step_counts
+    from ..pipelines.tune import (
+        CALIBRATION_IMAGES,
+        MIN_BUDGET_S,
+        ship_tuned_levels,
+        shipped_budget,
+        shipped_step_counts,
+    )
 
     counts = shipped_step_counts(cfg.train.tune_steps, cfg.sample.steps)
     seconds = shipped_budget(cfg.train.tune_seconds, trained_seconds)
@@ -419,7 +425,8 @@ def _ship_tuned_levels(cfg: Config, objective: Objective, checkpoint: Path, trai
         return
     if seconds is None:
         print(f"difflab train: sampler levels not tuned: a tenth of {trained_seconds:.0f} s of training is under the "
-              "20 s a search needs (train.tune_seconds sets a budget; `difflab tune-steps` tunes later)")
+              f"{MIN_BUDGET_S:.0f} s a search needs (train.tune_seconds sets a budget; `difflab tune-steps` tunes "
+              "later)")
         return
     print(f"difflab train: tuning the sampler's levels at {', '.join(map(str, counts))} steps for up to "
           f"{seconds:.0f} s (train.tune_steps: [] turns it off)")
