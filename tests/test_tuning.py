@@ -207,6 +207,8 @@ def test_short_runs_skip_tuning_and_a_failure_or_ctrl_c_keeps_the_checkpoint(tmp
     assert "not tuned: a tenth of 0 s of training is under the 60 s" in capsys.readouterr().out
     train(tiny_config(tmp_path / "b", "train.steps=2", "train.tune_steps=[]"), progress=False)
     assert "tun" not in capsys.readouterr().out
+    train(tiny_config(tmp_path / "d", "train.steps=2", "sample.method=ddpm", "train.tune_seconds=1"), progress=False)
+    assert "not tuned (sampler 'ddpm' is stochastic" in capsys.readouterr().out
     for error, said in ((KeyboardInterrupt, "interrupted: the checkpoint is complete"),
                         (OSError("No space left on device"), "not tuned (No space left on device)")):
         def fail(*args, error=error, **kwargs):

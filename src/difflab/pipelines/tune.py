@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from ..sampling import SAMPLERS, NoiseSource
+from ..sampling import NoiseSource
 from ..sampling.tuning import TunedSigmas, tune_sigmas
 from .generate import SamplerSettings, plan
 from .guidance_policy import Guidance, guidance_scale
@@ -128,10 +128,7 @@ def ship_tuned_levels(checkpoint: str | Path, step_counts: tuple[int, ...], seco
     model = DiffusionModel.load(checkpoint, device=device)
     lines, start = [], time.perf_counter()
     for i, steps in enumerate(step_counts):
-        settings = SamplerSettings.resolve(model, None, steps)
-        if SAMPLERS[settings.method].stochastic:
-            return [f"no tuned levels: the run samples with {settings.method}, which is stochastic (tuning needs "
-                    "a deterministic sampler: set sample.method, e.g. unipc_3)"]
+        settings = SamplerSettings.resolve(model, None, steps)  # a stochastic method: tune_sigmas refuses it
         share = (seconds - (time.perf_counter() - start)) / (len(step_counts) - i)  # what earlier ones left
         tuned = tune_steps(model, method=settings.method, steps=steps, n=n, prompts=prompts, init=settings.spacing,
                            reference_steps=REFERENCE_STEPS, max_seconds=share)

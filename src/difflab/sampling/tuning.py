@@ -20,6 +20,7 @@ sample from, and check on fresh noise (:class:`TunedSigmas` records both errors)
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
@@ -208,10 +209,9 @@ def tune_sigmas(
         return math.log(err + 1e-300)
 
     try:
-        minimize(objective, x0, method="Nelder-Mead",
-                 options={"maxfev": max_evals, "xatol": 1e-4, "fatol": 1e-4, "adaptive": True})
-    except _OutOfTime:
-        pass
+        with contextlib.suppress(_OutOfTime):  # the time is up: the best levels so far stand
+            minimize(objective, x0, method="Nelder-Mead",
+                     options={"maxfev": max_evals, "xatol": 1e-4, "fatol": 1e-4, "adaptive": True})
     finally:
         if bar is not None:
             bar.close()

@@ -420,9 +420,9 @@ def _ship_tuned_levels(cfg: Config, objective: Objective, checkpoint: Path, trai
     )
 
     counts = shipped_step_counts(cfg.train.tune_steps, cfg.sample.steps)
-    seconds = shipped_budget(cfg.train.tune_seconds, trained_seconds)
     if not counts:
         return
+    seconds = shipped_budget(cfg.train.tune_seconds, trained_seconds)
     if seconds is None:
         print(f"difflab train: sampler levels not tuned: a tenth of {trained_seconds:.0f} s of training is under the "
               f"{MIN_BUDGET_S:.0f} s a search needs (train.tune_seconds sets a budget; `difflab tune-steps` tunes "
