@@ -99,3 +99,22 @@ def test_a_prompt_without_the_new_word_is_refused(tmp_path):
                                 "optim.batch_size=4", f"train.out_dir={tmp_path / 'o'}"])
     with pytest.raises(ConfigError, match="must hold the new word 'zqx'"):
         train(config, progress=False, objective=TextualInversionObjective)
+
+
+@pytest.mark.parametrize("encoder", ["small", "minilm"])
+def test_a_word_the_encoder_would_cut_off_is_refused_and_a_long_prompt_warns(encoder, tmp_path, capsys):
+    base = text_run(tmp_path, encoder)  # the encoder reads 12 tokens
+    # [CLS] a photo of a + 10 vectors + boot (+ [SEP] for MiniLM): 16 or 17 tokens, not 12
+    assert cli(["train-embedding", str(config(tmp_path)), "--base", str(base), "--images",
+                str(pictures(tmp_path / "pics")), "--prompt", "a photo of a zqx boot", "--word", "zqx",
+                "--num-vectors", "10", "--out", str(tmp_path / "ti"), "--no-progress"]) == 2
+    fits = 5 if encoder == "minilm" else 6
+    assert f"the text encoder reads 12: set embedding.num_vectors to at most {fits}" in capsys.readouterr().err
+    assert not (tmp_path / "ti" / "embedding.safetensors").exists()
+    pipe = Pipeline.load(base)
+    long = "a photo of a boot " * 4
+    with pytest.warns(UserWarning, match="tokens and the text encoder reads 12: the last"):
+        pipe(prompt=long, n=1, steps=1, output="tensor")
+    assert cli(["sample", str(base), "--prompt", long, "--n", "1", "--steps", "1", "--out", str(tmp_path / "s")]) == 0
+    err = capsys.readouterr().err  # the CLI prints difflab's warnings as one line, like its errors
+    assert "difflab sample: warning: the prompt 'a photo of a boot a photo" in err and "UserWarning" not in err

@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import warnings
+from pathlib import Path
 
 from difflab.errors import UserError
 
@@ -61,6 +63,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    with warnings.catch_warnings():
+        if not args.debug:
+            warnings.showwarning = warning_printer(args.command, warnings.showwarning)
+        return run_command(args)
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """Run the parsed command; a user's mistake becomes one line and exit status 2."""
     try:
         return args.func(args) or 0
     except USER_ERRORS as err:
@@ -74,6 +84,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"difflab {args.command}: interrupted; what was written is kept (train --resume, sample --resume "
               "continue it)", file=sys.stderr)
         return 130
+
+
+PACKAGE = Path(__file__).resolve().parent
+
+
+def warning_printer(command: str, fallback):
+    """A ``warnings.showwarning`` that prints difflab's own warnings as one line, ``difflab COMMAND:
+    warning: ...``, like its errors (others keep Python's format: file, line and source)."""
+    def show(message, category, filename, lineno, file=None, line=None):
+        if not Path(filename).resolve().is_relative_to(PACKAGE):
+            return fallback(message, category, filename, lineno, file, line)
+        print(f"difflab {command}: warning: {' '.join(str(message).split())}", file=file or sys.stderr)
+    return show
 
 
 def one_line(err: BaseException) -> str:

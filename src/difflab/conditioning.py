@@ -67,6 +67,18 @@ class TextConditioning:
             else:
                 teach_tokenizer(self.tokenizer, word.word, len(word.vectors))
 
+    def token_count(self, caption: str) -> int:
+        """How many tokens ``caption`` is before truncation to :attr:`max_length` (start and end
+        tokens included; a learned word counts its vectors)."""
+        tokenizer = self.encoder.tokenizer if self.frozen else self.tokenizer
+        return int(tokenizer([caption], max_length=10**6, padding="longest")[1].sum())
+
+    def truncated(self, captions: Sequence[str]) -> dict[str, int]:
+        """The distinct ``captions`` longer than :attr:`max_length` tokens, with their token counts:
+        the encoder reads only their first ``max_length`` tokens (the end token kept)."""
+        counts = {caption: self.token_count(caption) for caption in set(captions)}
+        return {caption: count for caption, count in counts.items() if count > self.max_length}
+
     @property
     def dim(self) -> int:
         """The width of the context tokens the U-Net attends to."""

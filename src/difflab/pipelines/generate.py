@@ -18,6 +18,7 @@ img2img, inversion round trips, cascades), ``noise`` (given starting noise, e.g.
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -298,6 +299,9 @@ def plan(model: DiffusionModel, n: int, settings: SamplerSettings, *, seed: int 
             raise ValueError("this model is text-conditioned: give a prompt (--prompt TEXT or --prompts FILE)")
         text = TextConditioning(model.text_encoder, model.device, [e.token for e in model.embeddings])
         prompts = [prompts[i % len(prompts)] for i in range(n)]
+        for prompt, count in text.truncated(prompts).items():
+            warnings.warn(f"the prompt {prompt!r} is {count} tokens and the text encoder reads {text.max_length}: "
+                          f"the last {count - text.max_length} are cut off (shorten it)", stacklevel=2)
     elif prompts:
         raise ValueError("this model is not text-conditioned: it was trained without captions (drop --prompt)")
     controls = [c.repeat_to(n) for c in controls or []]

@@ -69,6 +69,14 @@ class TextualInversionObjective(PersonalisationObjective):
                 teach_tokenizer(self.text.tokenizer, self.config.embedding.word, len(model.vectors))
         except ValueError as err:
             raise ConfigError(f"config key 'embedding.word': {err}") from None
+        count, limit = self.text.token_count(self.prompt), self.text.max_length
+        if count > limit:  # the encoder would never see the last vectors (or the words after them)
+            e = self.config.embedding
+            fits = e.num_vectors - (count - limit)
+            raise ConfigError(f"the prompt {self.prompt!r} is {count} tokens with the {e.num_vectors} vectors of "
+                              f"{e.word!r}, but the text encoder reads {limit}: "
+                              + (f"set embedding.num_vectors to at most {fits}, or shorten the prompt" if fits >= 1
+                                 else "shorten the prompt"))
         ids, mask = encoder_parts(self.encoder)[0]([self.prompt], self.text.max_length)
         self.prompt_ids, self.prompt_mask = ids.to(self.data.device), mask.to(self.data.device)
         model.bind(self.forward)
