@@ -173,6 +173,30 @@ def test_an_all_black_mask_returns_the_input(runs, inputs):
         assert torch.equal(generate(model, 3, steps=4, edit=edit)[0], init.images)
 
 
+def test_without_paste_back_the_outside_is_the_models_own_output(runs, inputs, tmp_path):
+    """A latent model's decoded output differs from the input outside the mask (the autoencoder's
+    round trip); paste-back makes it the input's; only the outside differs between the two."""
+    model = DiffusionModel.load(runs["latent"])
+    init = load_init_images(inputs, model)
+    mask = shape_mask("centre", (8, 8))[None]
+    pasted, _ = generate(model, 3, steps=4, edit=Edit(init, None, inpaint=Inpainting(mask, "blend")))
+    raw, _ = generate(model, 3, steps=4, edit=Edit(init, None, inpaint=Inpainting(mask, "blend", paste_back=False)))
+    outside = mask[0, 0] == 0
+    assert torch.equal(pasted[..., outside], init.images[..., outside])
+    assert not torch.equal(raw[..., outside], init.images[..., outside])
+    assert torch.equal(raw[..., ~outside], pasted[..., ~outside])
+    out = tmp_path / "raw"
+    assert cli(["sample", str(runs["latent"]), "--init-image", str(inputs), "--mask-shape", "centre", "--steps", "4",
+                "--no-paste-back", "--out", str(out)]) == 0
+    png = out / "images" / "00000.png"
+    assert read_record(png)["paste_back"] is False
+    assert cli(["sample", "--from-png", str(png), "--out", str(tmp_path / "again")]) == 0
+    remade = tmp_path / "again" / "images" / "00000.png"
+    assert np.array_equal(np.asarray(Image.open(png)), np.asarray(Image.open(remade)))
+    pipe = difflab.Pipeline.load(runs["latent"], device="cpu")
+    assert torch.equal(pipe(image=inputs, mask="centre", paste_back=False, steps=4, output="tensor"), raw)
+
+
 def test_repaint_refuses_a_strength_and_bad_modes(runs, inputs):
     model = DiffusionModel.load(runs["unet"])
     init = load_init_images(inputs, model)

@@ -72,6 +72,9 @@ def add_editing_arguments(p) -> None:
     p.add_argument("--mask-shape", choices=MASK_SHAPES, help="inpaint a built-in region")
     p.add_argument("--mask-blur", type=float, default=0.0, metavar="PIXELS",
                    help="feather the mask inward by this many pixels (outside pixels stay exact)")
+    p.add_argument("--no-paste-back", dest="paste_back", action="store_false",
+                   help="keep the model's output outside the mask instead of pasting the input back (for a "
+                        "latent model: the autoencoder's round trip there, as diffusers returns it)")
     p.add_argument("--inpaint", choices=INPAINT_MODES,
                    help="blend: replace the known region after each step (any sampler); repaint: RePaint's "
                         "resampling (Lugmayr et al. 2022; DDPM steps, --steps levels); model: a mask-conditioned "
@@ -195,7 +198,7 @@ def edit_from_args(args, model):
         return None
     return make_edit(model, args.init_image, args.strength, args.strength_steps, args.mask or args.mask_shape,
                      args.inpaint, args.mask_blur, args.repaint_jumps, args.repaint_resample, args.mask_box,
-                     args.inpaint_area, args.inpaint_padding)
+                     args.inpaint_area, args.inpaint_padding, args.paste_back)
 
 
 def add_sampler_arguments(p) -> None:
@@ -506,6 +509,7 @@ def apply_edit_record(args, record: dict) -> None:
                              "give it with --mask PNG")
         args.inpaint = record["inpaint"]
         args.mask_blur = record.get("mask_blur", 0.0)
+        args.paste_back = record.get("paste_back", True)
         args.repaint_jumps = record.get("repaint_jumps", args.repaint_jumps)
         args.repaint_resample = record.get("repaint_resample", args.repaint_resample)
         args.inpaint_area = record.get("inpaint_area", "whole")

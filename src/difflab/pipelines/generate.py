@@ -468,7 +468,7 @@ def batches(job: GenerationPlan, *, batch_size: int = 256, indices: list[int] | 
         if model.latent is not None:
             x = model.latent.decode(x)
         images = to_uint8(x).cpu()
-        if inpaint is not None:
+        if inpaint is not None and inpaint.paste_back:
             images = inpaint.paste(images, originals, chunk)
         if edit is not None and edit.area is not None:
             images = edit.area.paste(images, chunk)  # the crops back into the full-size images

@@ -12,7 +12,8 @@ exclusive) or a named shape (:data:`difflab.masks.MASK_SHAPES`); one of another 
 
 Both end with the original pasted back in pixel space (:meth:`Inpainting.paste`): pixels where
 the mask is 0 are the input's, bit for bit — for a latent model too, whose decoded latents would
-otherwise blur them. ``blur`` feathers the mask inward (so the outside stays exact).
+otherwise blur them (``paste_back=False`` keeps the decoded output as it is, as diffusers' SD
+inpainting pipeline returns it). ``blur`` feathers the mask inward (so the outside stays exact).
 """
 
 from __future__ import annotations
@@ -96,7 +97,8 @@ def blend_seed(seed: int) -> int:
 class Inpainting:
     """What to repaint and how: ``mask`` (N, 1, H, W) in [0, 1] at pixel size, 1 = repaint;
     ``mode`` blend or repaint; RePaint's ``jump_length`` and ``resample`` (``jump_n_sample``)
-    and DDIM η of its steps down; ``source``: how the mask was given (the PNG record)."""
+    and DDIM η of its steps down; ``source``: how the mask was given (the PNG record);
+    ``paste_back``: whether the known pixels of the output are the input's (:meth:`paste`)."""
 
     mask: Tensor
     mode: str = "blend"
@@ -105,6 +107,7 @@ class Inpainting:
     eta: float = 1.0
     blur: float = 0.0
     source: str | None = None
+    paste_back: bool = True
 
     def __post_init__(self):
         if self.mode not in INPAINT_MODES:
@@ -116,7 +119,8 @@ class Inpainting:
     def repeat_to(self, n: int) -> Inpainting:
         """One mask per image (mask i mod N)."""
         mask = self.mask[[i % len(self.mask) for i in range(n)]]
-        copy = Inpainting(mask, self.mode, self.jump_length, self.resample, self.eta, 0.0, self.source)
+        copy = Inpainting(mask, self.mode, self.jump_length, self.resample, self.eta, 0.0, self.source,
+                          self.paste_back)
         copy.blur = self.blur
         return copy
 
@@ -134,7 +138,8 @@ class Inpainting:
         return mixed.round().clamp(0, 255).to(torch.uint8)
 
     def record(self) -> dict:
-        record = {"inpaint": self.mode, "mask": self.source, "mask_blur": self.blur or None}
+        record = {"inpaint": self.mode, "mask": self.source, "mask_blur": self.blur or None,
+                  **({} if self.paste_back else {"paste_back": False})}
         if self.mode == "repaint":
             record.update(repaint_jumps=self.jump_length, repaint_resample=self.resample)
         return record

@@ -130,6 +130,7 @@ class Pipeline:
         repaint_resample: int = 10,
         inpaint_area: str = "whole",
         inpaint_padding: int = 32,
+        paste_back: bool = True,
         cond_image=None,
         aug_level: float | None = None,
         image_guidance: float | None = None,
@@ -164,6 +165,7 @@ class Pipeline:
         the default for one, blend otherwise), ``mask_blur`` feathering it (pixels);
         ``inpaint_area="masked"`` repaints only a crop around the mask (grown by ``inpaint_padding``
         pixels) at the model's resolution, for images larger than the model, which keep their size.
+        The pixels outside the mask are the input's (``paste_back=False``: the model's output there).
 
         Super-resolution (docs/image-conditioning.md): ``cond_image`` gives an upsampler its
         low-resolution input(s), in any form ``image`` takes (n defaults to their count), and
@@ -196,7 +198,7 @@ class Pipeline:
         edit = None
         if image is not None:
             edit = make_edit(self.model, image, strength, strength_mode, mask, inpaint, mask_blur, repaint_jumps,
-                             repaint_resample, mask_box, inpaint_area, inpaint_padding)
+                             repaint_resample, mask_box, inpaint_area, inpaint_padding, paste_back)
             strength = None
         elif mask is not None or mask_box is not None:
             raise ValueError("a mask needs the image to inpaint: pass image=...")
@@ -252,12 +254,13 @@ class Pipeline:
 
 def make_edit(model, image, strength=None, strength_mode="diffusers", mask=None, inpaint=None, mask_blur=0.0,
               repaint_jumps=10, repaint_resample=10, mask_box=None, inpaint_area="whole",
-              inpaint_padding=32) -> Edit:
+              inpaint_padding=32, paste_back=True) -> Edit:
     """The :class:`~.generate.Edit` of init ``image`` and an optional ``mask`` (a path, PIL image,
     tensor or shape name) or ``mask_box`` (x0,y0,x1,y1): what the pipeline and ``difflab sample``
     build from their arguments. ``inpaint`` None: a mask-conditioned model's own inpainting
     (``model``), blend for any other. ``inpaint_area="masked"`` repaints only a crop around the
-    mask, grown by ``inpaint_padding`` pixels, of images kept at their own size (:mod:`.inpaint_area`)."""
+    mask, grown by ``inpaint_padding`` pixels, of images kept at their own size (:mod:`.inpaint_area`).
+    ``paste_back=False``: the known pixels are the model's output, not the input's."""
     if inpaint_area not in INPAINT_AREAS:
         raise ValueError(f"unknown inpaint area {inpaint_area!r}; choose one of: {', '.join(INPAINT_AREAS)}")
     only_masked = inpaint_area == "masked"
@@ -282,7 +285,9 @@ def make_edit(model, image, strength=None, strength_mode="diffusers", mask=None,
         if only_masked:  # the crops become the edit; the area pastes them back
             area = MaskedArea.around(init.images, masks, inpaint_padding, pixel_shape(model)[1:], mask_blur)
             crops, crop_masks = area.crops(pixel_shape(model)[1:])
-            inpainting = Inpainting(crop_masks, inpaint, repaint_jumps, repaint_resample, source=source)
+            inpainting = Inpainting(crop_masks, inpaint, repaint_jumps, repaint_resample, source=source,
+                                    paste_back=paste_back)
             return Edit(InitImages(crops, init.paths), strength, strength_mode, inpainting, area)
-        inpainting = Inpainting(masks, inpaint, repaint_jumps, repaint_resample, blur=mask_blur, source=source)
+        inpainting = Inpainting(masks, inpaint, repaint_jumps, repaint_resample, blur=mask_blur, source=source,
+                                paste_back=paste_back)
     return Edit(init, strength, strength_mode, inpainting)
