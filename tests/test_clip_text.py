@@ -402,6 +402,11 @@ def test_clip_text_encoder_config_and_sd_conventions(sd_folder, monkeypatch):
     cond = TextConditioning({"name": "clip", "folder": str(sd_folder)})
     torch.testing.assert_close(cond.encode(["a cat"])["context"], build_text_encoder(
         {"name": "clip", "folder": str(sd_folder)}).encode(["a cat"]).states)
+    assert cond.token_count("a cat") == length and not cond.truncated(["a cat"])
+    weighted = TextConditioning({"name": "clip", "folder": str(sd_folder), "prompt_weights": True})
+    assert weighted.token_count("a (cat:1.5)") == length  # the brackets and the weight are not tokens
+    assert cond.token_count("a (cat:1.5)") > length
+    assert cond.truncated(["cat " * 80]) == {"cat " * 80: 82}
     with pytest.raises(ValueError, match=r"unknown clip text encoder option\(s\) \['layers'\]"):
         build_text_encoder({"name": "clip", "folder": str(sd_folder), "layers": 2})
     with pytest.raises(ValueError, match="needs 'folder'"):

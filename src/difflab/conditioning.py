@@ -70,6 +70,8 @@ class TextConditioning:
     def token_count(self, caption: str) -> int:
         """How many tokens ``caption`` is before truncation to :attr:`max_length` (start and end
         tokens included; a learned word counts its vectors)."""
+        if self.frozen and getattr(self.encoder, "prompt_weights", False):  # "(word:1.2)": brackets are no tokens
+            return int(self.encoder.tokenizer.weighted([caption], max_length=10**6, padding="longest")[1].sum())
         tokenizer = self.encoder.tokenizer if self.frozen else self.tokenizer
         return int(tokenizer([caption], max_length=10**6, padding="longest")[1].sum())
 
