@@ -195,6 +195,7 @@ def test_without_paste_back_the_outside_is_the_models_own_output(runs, inputs, t
     assert np.array_equal(np.asarray(Image.open(png)), np.asarray(Image.open(remade)))
     pipe = difflab.Pipeline.load(runs["latent"], device="cpu")
     assert torch.equal(pipe(image=inputs, mask="centre", paste_back=False, steps=4, output="tensor"), raw)
+    assert np.array_equal(np.asarray(pipe.from_png(png)), np.asarray(Image.open(png)))  # from Python, edit included
 
 
 def test_repaint_refuses_a_strength_and_bad_modes(runs, inputs):
@@ -226,6 +227,11 @@ def test_pipeline_and_cli_inpaint_and_record_it(runs, inputs, tmp_path, capsys):
         again = tmp_path / ("again" + flags[0])
         assert cli(["sample", "--from-png", str(png), "--out", str(again)]) == 0
         assert np.array_equal(made, np.asarray(Image.open(again / "images" / "00000.png")))
+        assert np.array_equal(made, np.asarray(difflab.Pipeline.load(runs["unet"], device="cpu").from_png(png)))
+    (tmp_path / "mask.png").unlink()
+    with pytest.raises(ValueError, match="was inpainted with the mask .*mask.png, which is not there any more: "
+                                         "pass it as mask="):
+        difflab.Pipeline.input_arguments_of(read_record(tmp_path / "mask" / "images" / "00001.png"))
     assert cli(["sample", str(runs["unet"]), "--mask-shape", "centre", "--out", str(tmp_path / "x")]) != 0
     assert cli(["sample", str(runs["unet"]), "--init-image", str(inputs), "--mask", str(tmp_path / "none.png"),
                 "--out", str(tmp_path / "y")]) != 0

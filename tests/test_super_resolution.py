@@ -129,6 +129,7 @@ def test_cli_and_png_record(runs, tmp_path, capsys):
     assert np.array_equal(np.asarray(Image.open(pngs[1])), np.asarray(Image.open(next((again / "images").glob("*")))))
     pipe = Pipeline.load(runs["sr"])
     assert len(pipe(cond_image=folder, steps=2)) == 3
+    assert np.array_equal(np.asarray(pipe.from_png(pngs[1])), np.asarray(Image.open(pngs[1])))  # from Python too
     code = cli(["sample", str(runs["base"]), "--cond-image", str(folder), "--out", str(tmp_path / "bad")])
     assert code == 2 and "takes no conditioning image" in capsys.readouterr().err
 

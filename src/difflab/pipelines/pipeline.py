@@ -221,7 +221,9 @@ class Pipeline:
 
     def from_png(self, path: str | Path, output: str = "pil"):
         """The image a difflab PNG records, made again (this pipeline's weights, its record's settings)."""
-        return self(**self.arguments_of(read_record(path)), output=output)[0 if output == "pil" else slice(None)]
+        record = read_record(path)
+        return self(**self.arguments_of(record), **self.input_arguments_of(record),
+                    output=output)[0 if output == "pil" else slice(None)]
 
     @staticmethod
     def arguments_of(record: dict) -> dict:
@@ -236,6 +238,44 @@ class Pipeline:
                     guidance_interval=tuple(record["guidance_interval"]) if record.get("guidance_interval") else None,
                     negative_prompt=record.get("negative_prompt"), threshold=record.get("threshold"),
                     precision=record.get("precision", "auto"), **record.get("options", {}))
+
+    @staticmethod
+    def input_arguments_of(record: dict) -> dict:
+        """:meth:`__call__`'s arguments for the inputs a record names: the init image, strength and
+        mask of an img2img or inpainting image, the conditioning image of an upsampler or
+        instruct-pix2pix model, its augmentation level and image guidance. The PNG holds the paths,
+        not the pictures: a file that is not there any more (or an input given in memory) is a
+        ValueError that says which argument to pass."""
+        def existing(key: str, what: str, argument: str) -> str:
+            path = record.get(key)
+            if not path or not Path(path).is_file():
+                raise ValueError(f"this image {what} {path or '(given in memory)'}, which is not there any more: "
+                                 f"pass it as {argument}=...")
+            return path
+
+        arguments = {}
+        if "strength" in record or "inpaint" in record:
+            arguments.update(image=existing("init_image", "is an edit of the image", "image"),
+                             strength=record.get("strength"), strength_mode=record.get("strength_mode", "diffusers"))
+        if "inpaint" in record:
+            mask = record.get("mask") or ""
+            if mask.startswith("box:"):
+                arguments["mask_box"] = mask[4:]
+            else:
+                arguments["mask"] = mask[6:] if mask.startswith("shape:") else existing(
+                    "mask", "was inpainted with the mask", "mask")
+            arguments.update(inpaint=record["inpaint"], mask_blur=record.get("mask_blur") or 0.0,
+                             paste_back=record.get("paste_back", True),
+                             repaint_jumps=record.get("repaint_jumps", 10),
+                             repaint_resample=record.get("repaint_resample", 10),
+                             inpaint_area=record.get("inpaint_area", "whole"),
+                             inpaint_padding=record.get("inpaint_padding", 32))
+        if any(record.get(key) is not None for key in ("cond_image", "aug_level", "image_guidance_scale")):
+            arguments["cond_image"] = existing("cond_image", "is made from the conditioning image", "cond_image")
+        for key, argument in (("aug_level", "aug_level"), ("image_guidance_scale", "image_guidance")):
+            if record.get(key) is not None:
+                arguments[argument] = record[key]
+        return arguments
 
     @staticmethod
     def _as(out: Generated, output: str):
