@@ -118,7 +118,7 @@ def test_kill_9_anywhere_then_resume_equals_the_uninterrupted_run(tmp_path):
     logs = [(tmp_path / f"log-{i}").read_text() for i in range(1, len(plan) + 1)]
     for mode, next_log in zip(plan, logs[1:] + [(tmp_path / "log-final").read_text()]):
         if mode == "renamed":  # the resumed run restored the newest complete copy, and said so
-            assert "CheckpointWarning" in next_log and "restored .checkpoint.tmp-" in next_log, next_log[-3000:]
+            assert "difflab train: warning: " in next_log and "restored .checkpoint.tmp-" in next_log, next_log[-3000:]
 
     _, expected, expected_extra = load_state(reference)
     _, got, got_extra = load_state(run)
