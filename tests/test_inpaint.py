@@ -190,6 +190,7 @@ def test_without_paste_back_the_outside_is_the_models_own_output(runs, inputs, t
                 "--no-paste-back", "--out", str(out)]) == 0
     png = out / "images" / "00000.png"
     assert read_record(png)["paste_back"] is False
+    assert cli(["sample", str(runs["latent"]), "--no-paste-back", "--out", str(tmp_path / "nomask")]) == 2
     assert cli(["sample", "--from-png", str(png), "--out", str(tmp_path / "again")]) == 0
     remade = tmp_path / "again" / "images" / "00000.png"
     assert np.array_equal(np.asarray(Image.open(png)), np.asarray(Image.open(remade)))
