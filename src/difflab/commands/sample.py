@@ -192,7 +192,7 @@ def edit_from_args(args, model):
     masks = [flag for flag in ("mask", "mask_box", "mask_shape") if getattr(args, flag, None)]
     if len(masks) > 1:
         raise ValueError("give one of --mask, --mask-box and --mask-shape")
-    if not getattr(args, "paste_back", True) and not masks:
+    if not args.paste_back and not masks:
         raise ValueError("--no-paste-back is for inpainting: give a mask (--mask, --mask-box or --mask-shape)")
     if not args.init_image:
         if masks or args.strength is not None:
