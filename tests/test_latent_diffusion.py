@@ -91,3 +91,29 @@ def test_previews_of_a_latent_model_do_not_clip_latents(tmp_path):
     path = preview_grid(Three(), record, tmp_path / "grid.png", n=2, seed=0, latent=ThirdDecoder())
     grid = np.asarray(Image.open(path).convert("L"))
     assert grid.max() == 255  # the samples are white, not the grey of clipped latents
+
+
+def test_controlnet_on_a_latent_base_reads_pixel_control_images(tmp_path, autoencoder):
+    """The control image stays at pixel resolution (8x8); the hint encoder downsamples it by the
+    autoencoder's factor (2) to the latents' 4x4, and the samples decode to pixels."""
+    from difflab.pipelines.controlnet import Control, ControlNetModel
+    from difflab.pipelines.img2img import InitImages
+
+    base = latent_run(tmp_path, autoencoder, "data.latent_cache=true", "data.hflip=false")
+    net = tmp_path / "cn"
+    sets = sum((["--set", x.replace("attention_resolutions: [4]", "attention_resolutions: [2]")] for x in TINY), [])
+    config = tmp_path / "cn.yaml"
+    config.write_text("controlnet:\n  control: {kind: canny, sigma: 1.0}\n  hint_widths: [4, 8]\n")
+    assert cli(["train-controlnet", str(config), "--base", str(base), *sets, "--set", f"data.autoencoder={autoencoder}",
+                "--set", "data.hflip=false", "--set", "train.steps=2", "--no-progress", "--out", str(net)]) == 0
+    checkpoint = json.loads((net / "checkpoint" / "config.json").read_text())
+    assert checkpoint["model"]["hint_factor"] == 2 and checkpoint["image_shape"] == [2, 4, 4]
+    edges = (torch.rand(3, 1, 8, 8) > 0.7).to(torch.uint8) * 255
+    control = Control(ControlNetModel.load(net), InitImages(edges, [None] * 3), 1.0)
+    model = DiffusionModel.load(base)
+    images, _ = generate(model, 3, steps=2, class_index=1, controls=[control])
+    assert images.shape == (3, 1, 8, 8) and images.dtype == torch.uint8
+    off, _ = generate(model, 3, steps=2, class_index=1,
+                      controls=[Control(ControlNetModel.load(net), InitImages(edges, [None] * 3), 0.0)])
+    plain, _ = generate(model, 3, steps=2, class_index=1)
+    assert torch.equal(off, plain)  # scale 0 is the base, bit for bit, in latent space too
