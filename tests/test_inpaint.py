@@ -231,7 +231,7 @@ def test_pipeline_and_cli_inpaint_and_record_it(runs, inputs, tmp_path, capsys):
         assert np.array_equal(made, np.asarray(difflab.Pipeline.load(runs["unet"], device="cpu").from_png(png)))
     (tmp_path / "mask.png").unlink()
     with pytest.raises(ValueError, match="was inpainted with the mask .*mask.png, which is not there any more: "
-                                         "pass it as mask="):
+                                         "give it as mask="):
         difflab.Pipeline.input_arguments_of(read_record(tmp_path / "mask" / "images" / "00001.png"))
     assert cli(["sample", str(runs["unet"]), "--mask-shape", "centre", "--out", str(tmp_path / "x")]) != 0
     assert cli(["sample", str(runs["unet"]), "--init-image", str(inputs), "--mask", str(tmp_path / "none.png"),

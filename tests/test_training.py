@@ -215,3 +215,19 @@ def test_excluded_classes_are_left_out_and_keep_their_label_slots():
     assert exclude_classes(digits, ()) is digits
     with pytest.raises(ConfigError, match="'eleven' is not a class of digits"):
         exclude_classes(digits, ("eleven",))
+
+
+def test_repeats_make_batches_larger_than_a_handful_of_pictures(tmp_path):
+    """Three pictures, a batch of six: refused with a pointer to data.repeats, trained with it."""
+    from difflab.images import save_images
+
+    pictures = torch.randint(0, 256, (3, 1, 8, 8), dtype=torch.uint8)
+    save_images(pictures, tmp_path / "pictures", names=["a.png", "b.png", "c.png"])
+    folder = ["data.class_conditional=false", f"data.dataset={tmp_path / 'pictures'}", "optim.batch_size=6",
+              "train.steps=2"]
+    with pytest.raises(ConfigError, match=r"at most the number of training images \(3 .*data.repeats"):
+        train(tiny_config(tmp_path / "a", *folder), progress=False)
+    run = train(tiny_config(tmp_path / "b", *folder, "data.repeats=2"), progress=False)
+    assert load_state(run)[2]["step"] == 2
+    with pytest.raises(ConfigError, match="'data.repeats' must be a whole number >= 1"):
+        tiny_config(tmp_path / "c", "data.repeats=0")

@@ -436,18 +436,7 @@ def apply_png_record(args) -> None:
     if args.precision == "auto":
         args.precision = record.get("precision", "auto")
     args.no_tuned = True  # the record names its schedule: a tuned file written since must not change it
-    apply_edit_record(args, record)
-    if "cond_image" in record and not args.cond_image:
-        from pathlib import Path
-
-        if not Path(record["cond_image"]).is_file():
-            raise ValueError(f"{args.from_png} upsamples the image {record['cond_image']}, which is not there any "
-                             "more: give it with --cond-image IMG")
-        args.cond_image = record["cond_image"]
-    if args.aug_level is None:
-        args.aug_level = record.get("aug_level")
-    if getattr(args, "image_guidance", None) is None:
-        args.image_guidance = record.get("image_guidance_scale")
+    apply_input_record(args, record)
     apply_controlnet_record(args, record)
     if record.get("loras") and not args.lora:
         args.lora = [f"{entry['path']}:{entry['scale']}" for entry in record["loras"]]
@@ -480,42 +469,27 @@ def apply_controlnet_record(args, record: dict) -> None:
         args.control_preprocess = preprocess
 
 
-def apply_edit_record(args, record: dict) -> None:
-    """An img2img / inpainting record's init image, strength and mask: remade from the recorded
-    init image's path, which must still exist (the PNG does not hold the input)."""
-    from pathlib import Path
+# the Pipeline's input arguments that difflab sample spells otherwise, and the flags that give each input
+RENAMED = {"image": "init_image", "strength_mode": "strength_steps"}
+INPUT_FLAGS = {"image": "--init-image IMG", "strength": "--strength S", "mask": "--mask PNG",
+               "cond_image": "--cond-image IMG", "aug_level": "--aug-level A", "image_guidance": "--image-guidance S"}
 
-    if "strength" not in record and "inpaint" not in record:
-        return
-    if not args.init_image:
-        path = record.get("init_image")
-        if not path or not Path(path).is_file():
-            raise ValueError(f"{args.from_png} is an edit of the image {path or '(given in memory)'}, which is not "
-                             "there any more: give it with --init-image IMG")
-        args.init_image = path
-    if args.strength is None:
-        args.strength = record.get("strength")
-    args.strength_steps = record.get("strength_mode", args.strength_steps)
-    mask = record.get("mask")
-    if "inpaint" in record and not (args.mask or args.mask_box or args.mask_shape):
-        if mask is None:
-            raise ValueError(f"{args.from_png} was inpainted with a mask given in memory: give it with --mask PNG")
-        if mask.startswith("box:"):
-            args.mask_box = mask[4:]
-        elif mask.startswith("shape:"):
-            args.mask_shape = mask[6:]
-        elif Path(mask).is_file():
-            args.mask = mask
-        else:
-            raise ValueError(f"{args.from_png} was inpainted with the mask {mask}, which is not there any more: "
-                             "give it with --mask PNG")
-        args.inpaint = record["inpaint"]
-        args.mask_blur = record.get("mask_blur", 0.0)
-        args.paste_back = record.get("paste_back", True)
-        args.repaint_jumps = record.get("repaint_jumps", args.repaint_jumps)
-        args.repaint_resample = record.get("repaint_resample", args.repaint_resample)
-        args.inpaint_area = record.get("inpaint_area", "whole")
-        args.inpaint_padding = record.get("inpaint_padding", args.inpaint_padding)
+
+def apply_input_record(args, record: dict) -> None:
+    """The inputs a record names (init image, strength and mask of an img2img or inpainting image,
+    an upsampler's or instruct-pix2pix model's conditioning image, augmentation level and image
+    guidance), read by :meth:`difflab.Pipeline.input_arguments_of`, for the flags the user did not
+    give. The PNG holds the inputs' paths, which must still exist."""
+    from ..pipelines.pipeline import Pipeline
+
+    given = {argument for argument in INPUT_FLAGS
+             if getattr(args, RENAMED.get(argument, argument), None) not in (None, [])}
+    if args.mask_box or args.mask_shape:
+        given.add("mask")
+    arguments = Pipeline.input_arguments_of(record, given, source=args.from_png,
+                                            how=lambda argument: f"with {INPUT_FLAGS[argument]}")
+    for argument, value in arguments.items():
+        setattr(args, RENAMED.get(argument, argument), value)
 
 
 def read_noise(path: str):

@@ -13,6 +13,7 @@ which :func:`~difflab.pipelines.png_info.save_png` writes into the PNG; ``diffla
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Collection
 from pathlib import Path
 
 import torch
@@ -240,26 +241,34 @@ class Pipeline:
                     precision=record.get("precision", "auto"), **record.get("options", {}))
 
     @staticmethod
-    def input_arguments_of(record: dict) -> dict:
+    def input_arguments_of(record: dict, given: Collection[str] = (), source: str = "this image",
+                           how: Callable[[str], str] = lambda argument: f"as {argument}=...") -> dict:
         """:meth:`__call__`'s arguments for the inputs a record names: the init image, strength and
         mask of an img2img or inpainting image, the conditioning image of an upsampler or
         instruct-pix2pix model, its augmentation level and image guidance. The PNG holds the paths,
         not the pictures: a file that is not there any more (or an input given in memory) is a
-        ValueError that says which argument to pass."""
+        ValueError that says which argument to pass. Inputs named in ``given`` (the caller has its
+        own) are left out; ``source`` and ``how`` word the error for another front end (``difflab
+        sample --from-png`` names its file and flags)."""
         def existing(key: str, what: str, argument: str) -> str:
             path = record.get(key)
             if not path or not Path(path).is_file():
-                raise ValueError(f"this image {what} {path or '(given in memory)'}, which is not there any more: "
-                                 f"pass it as {argument}=...")
+                raise ValueError(f"{source} {what} {path or '(given in memory)'}, which is not there any more: "
+                                 f"give it {how(argument)}")
             return path
 
         arguments = {}
         if "strength" in record or "inpaint" in record:
-            arguments.update(image=existing("init_image", "is an edit of the image", "image"),
-                             strength=record.get("strength"), strength_mode=record.get("strength_mode", "diffusers"))
+            if "image" not in given:
+                arguments["image"] = existing("init_image", "is an edit of the image", "image")
+            if "strength" not in given:
+                arguments["strength"] = record.get("strength")
+            arguments["strength_mode"] = record.get("strength_mode", "diffusers")
         if "inpaint" in record:
             mask = record.get("mask") or ""
-            if mask.startswith("box:"):
+            if "mask" in given or "mask_box" in given:
+                pass
+            elif mask.startswith("box:"):
                 arguments["mask_box"] = mask[4:]
             else:
                 arguments["mask"] = mask[6:] if mask.startswith("shape:") else existing(
@@ -270,10 +279,11 @@ class Pipeline:
                              repaint_resample=record.get("repaint_resample", 10),
                              inpaint_area=record.get("inpaint_area", "whole"),
                              inpaint_padding=record.get("inpaint_padding", 32))
-        if any(record.get(key) is not None for key in ("cond_image", "aug_level", "image_guidance_scale")):
+        if "cond_image" not in given and any(record.get(key) is not None
+                                             for key in ("cond_image", "aug_level", "image_guidance_scale")):
             arguments["cond_image"] = existing("cond_image", "is made from the conditioning image", "cond_image")
         for key, argument in (("aug_level", "aug_level"), ("image_guidance_scale", "image_guidance")):
-            if record.get(key) is not None:
+            if record.get(key) is not None and argument not in given:
                 arguments[argument] = record[key]
         return arguments
 

@@ -50,6 +50,9 @@ class DataConfig:
     autoencoder: str | None = None  # latent diffusion: a `difflab train-autoencoder` run to train in the latents of
     latent_cache: bool = True  # encode the dataset once (True) or every batch on the fly (False)
     exclude_classes: tuple = ()  # class names left out of training (e.g. [ankle boot]: a class to personalise later)
+    # each image this many times per epoch: batches larger than a handful of pictures (personalisation;
+    # diffusers' --repeats, kohya's "10_sks" folders), each copy with its own noise and flips
+    repeats: int = 1
 
 
 @dataclass
@@ -333,6 +336,7 @@ RULES: dict[str, tuple[Callable[[object], bool], str]] = {
     "data.resolution": (_optional(_between(1, _MAX_SIDE)), f"between 1 and {_MAX_SIDE}, or null (the dataset's own)"),
     "data.channels": (lambda v: v in (None, 1, 3) and not isinstance(v, bool), "1, 3 or null (the dataset's own)"),
     "data.exclude_classes": (lambda v: all(isinstance(name, str) for name in v), "a list of class names"),
+    "data.repeats": (_between(1, 100_000), "a whole number >= 1"),
     "data.random_crop": (_optional(_between(1, _MAX_SIDE)), f"between 1 and {_MAX_SIDE}, or null (no crops)"),
     "data.autoencoder": (_optional(_text), "the folder of a `difflab train-autoencoder` run, or null"),
     "model.name": (_text, "a model name (unet, dit, noisy_classifier, autoencoder_kl, autoencoder_vq)"),

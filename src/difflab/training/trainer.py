@@ -208,6 +208,9 @@ def _train(cfg: Config, rt: distributed.Runtime, out: Path, resume, init_from, o
     except ValueError as err:
         raise ConfigError(f"config key 'data.dataset' ({cfg.data.dataset!r}): {err}") from None
     dataset = exclude_classes(dataset, cfg.data.exclude_classes)
+    if cfg.data.repeats > 1:
+        dataset = dataset.subset(torch.arange(len(dataset)).repeat(cfg.data.repeats),
+                                 name=f"{dataset.name} ({cfg.data.repeats} times)")
     images = dataset.images.to(device)
     latent, latent_cache = None, None
     if cfg.data.autoencoder:  # latent diffusion: train on scale·E(x) of a frozen autoencoder
@@ -220,7 +223,8 @@ def _train(cfg: Config, rt: distributed.Runtime, out: Path, resume, init_from, o
     objective = objective_cls(cfg, TrainingData(dataset, images, latent, device))  # checks the config against the data
     if cfg.optim.batch_size > len(dataset):
         raise ConfigError(f"config key 'optim.batch_size' must be at most the number of training images "
-                          f"({len(dataset)} in {dataset.name}), got {cfg.optim.batch_size}")
+                          f"({len(dataset)} in {dataset.name}), got {cfg.optim.batch_size}; or repeat the images "
+                          "with data.repeats")
 
     # -- the model, its EMA, the optimizer; weights from a checkpoint to resume or fine-tune --
     torch.manual_seed(cfg.train.seed)  # the same initial weights in every run and process
