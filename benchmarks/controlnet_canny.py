@@ -39,6 +39,9 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=20, help="sampler steps (the checkpoint's sampler)")
     p.add_argument("--tolerances", type=int, nargs="+", default=[2, 1, 0],
                    help="edge matching tolerances in pixels (the first is the headline)")
+    p.add_argument("--prompts", choices=["own", "shuffled", "empty"], default="own",
+                   help="each image's own name; the name of another held-out emoji (half the split away), so the "
+                        "prompt does not give the layout and only the control can; or no prompt")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--out", type=Path, help="write results.json and grid.png here")
     args = p.parse_args(argv)
@@ -47,9 +50,12 @@ def main(argv=None) -> int:
     channels, side, _ = pixel_shape(base)
     data = load_dataset(base.record.train_config["data"]["dataset"], args.split, resolution=side, channels=channels)
     index = [i % len(data) for i in range(args.n)]
-    pictures, prompts = data.images[index], [data.captions[i] for i in index]
+    pictures = data.images[index]
+    named = {"own": index, "shuffled": [(i + len(data) // 2) % len(data) for i in index], "empty": None}[args.prompts]
+    prompts = [""] * args.n if named is None else [data.captions[i] for i in named]
     edges = make_controls(net.control, pictures)
-    print(f"{args.n} images from {len(data)} held-out emoji ({data.name}, {args.split}); control: {net.control}")
+    print(f"{args.n} images from {len(data)} held-out emoji ({data.name}, {args.split}); prompts: {args.prompts}; "
+          f"control: {net.control}")
 
     def score(images) -> dict:
         found = make_controls(net.control, images) > 0
@@ -79,6 +85,7 @@ def main(argv=None) -> int:
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
         summary = {"base": args.base, "controlnet": args.controlnet, "split": args.split, "n": args.n,
+                   "prompts_from": args.prompts,
                    "steps": args.steps, "tolerances": args.tolerances, "rows": rows, "prompts": prompts[:8]}
         (args.out / "results.json").write_text(json.dumps(summary, indent=1) + "\n")
         # rows: the held-out emoji, its Canny edges, base alone, then the ControlNet at each scale
