@@ -266,13 +266,12 @@ class Pipeline:
             arguments["strength_mode"] = record.get("strength_mode", "diffusers")
         if "inpaint" in record:
             mask = record.get("mask") or ""
-            if "mask" in given or "mask_box" in given:
-                pass
-            elif mask.startswith("box:"):
-                arguments["mask_box"] = mask[4:]
-            else:
-                arguments["mask"] = mask[6:] if mask.startswith("shape:") else existing(
-                    "mask", "was inpainted with the mask", "mask")
+            if not {"mask", "mask_box"} & set(given):  # the record's mask: a box, a shape or a file
+                if mask.startswith("box:"):
+                    arguments["mask_box"] = mask[4:]
+                else:
+                    arguments["mask"] = mask[6:] if mask.startswith("shape:") else existing(
+                        "mask", "was inpainted with the mask", "mask")
             arguments.update(inpaint=record["inpaint"], mask_blur=record.get("mask_blur") or 0.0,
                              paste_back=record.get("paste_back", True),
                              repaint_jumps=record.get("repaint_jumps", 10),
