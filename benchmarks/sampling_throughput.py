@@ -26,13 +26,14 @@ import torch
 from difflab.denoiser import Denoiser
 from difflab.sampling import sample
 from difflab.sampling.compiled import compile_denoiser, default_mode
-from throughput_cases import add_common_arguments, call, machine, mean_seconds, parameters, setup, versions
+from throughput_cases import add_common_arguments, call, machine, mean_seconds, parameters, setup, variants, versions
 
 RUNS = {"ddim-50": ("ddim", "DDIMScheduler", 50), "dpmpp_2m-10": ("dpmpp_2m", "DPMSolverMultistepScheduler", 10)}
 
 
 class Sampler:
-    def __init__(self, side: str, case, device, batch: int, run: str, compile_model: bool):
+    def __init__(self, side: str, case, device, batch: int, run: str, compile_model: bool,
+                 ours_channels_last: bool = True):
         from difflab.device import bf16_autocast, memory_format
         from difflab.schedules import linear
 
@@ -43,7 +44,8 @@ class Sampler:
         self.params = parameters(model)
         self.schedule = linear()
         if side == "ours":  # channels-last as DiffusionModel.load prepares a network for sampling
-            denoiser = Denoiser(memory_format(model, True), self.schedule, learned_variance=case.learned_sigma)
+            denoiser = Denoiser(memory_format(model, ours_channels_last), self.schedule,
+                                learned_variance=case.learned_sigma)
             self.net = compile_denoiser(denoiser) if compile_model else denoiser
         else:  # --compile: the network, in the mode diffusers' docs give for inference
             self.net = torch.compile(model, mode=default_mode(device)) if compile_model else model
@@ -93,11 +95,12 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
     device, case, batch = setup(args, "sample_batch")
     where = machine(device)
-    print(f"{case.name}: batch {batch}, {device} ({where}), {'compiled' if args.compile else 'eager'}, "
-          f"{versions()}")
+    print(f"{case.name}: batch {batch}, {device} ({where}), {'compiled' if args.compile else 'eager'}"
+          f"{variants(args)}, {versions()}")
     print(f"{'run':<12} {'difflab img/s':>14} {'diffusers img/s':>16} {'ratio':>6}")
     for run in args.runs.split(","):
-        samplers = {side: Sampler(side, case, device, batch, run, args.compile) for side in ("ours", "theirs")}
+        samplers = {side: Sampler(side, case, device, batch, run, args.compile, not args.ours_contiguous)
+                    for side in ("ours", "theirs")}
         for s in samplers.values():
             s()  # warm-up (and compilation)
         best = {side: float("inf") for side in samplers}

@@ -133,6 +133,10 @@ def add_common_arguments(p) -> None:
     p.add_argument("--plain-upsampling", action="store_true",
                    help="ours upsamples as written (nearest, then 3x3 convolution) instead of one transposed "
                         "convolution (difflab.nn.upsample): an A/B of that choice on a new device")
+    p.add_argument("--ours-contiguous", action="store_true",
+                   help="ours in the default (NCHW) memory format instead of channels-last: an A/B of that choice "
+                        "on a new device (CUDA's GroupNorm runs in NCHW only, so a channels-last U-Net pays a "
+                        "layout copy around every norm there)")
 
 
 def setup(args, batches: str) -> tuple[torch.device, Case, int]:
@@ -144,6 +148,12 @@ def setup(args, batches: str) -> tuple[torch.device, Case, int]:
     device = torch.device(args.device)
     case = CASES[args.case]
     return device, case, args.batch or getattr(case, batches)[device.type]
+
+
+def variants(args) -> str:
+    """What the A/B flags changed on our side, for the results' header line."""
+    changed = ["ours NCHW"] * args.ours_contiguous + ["ours plain upsampling"] * args.plain_upsampling
+    return "".join(f", {c}" for c in changed)
 
 
 def plain_upsample_conv3x3(x, conv, taps):

@@ -32,14 +32,24 @@ import torch.nn.functional as F
 
 from difflab.losses import diffusion_loss
 from difflab.training.fast_paths import clip_gradients
-from throughput_cases import add_common_arguments, call, machine, mean_seconds, parameters, peak_flops, setup, versions
+from throughput_cases import (
+    add_common_arguments,
+    call,
+    machine,
+    mean_seconds,
+    parameters,
+    peak_flops,
+    setup,
+    variants,
+    versions,
+)
 
 
 class TrainStep:
     """One optimisation step of one side; ``__call__`` runs it."""
 
     def __init__(self, side: str, case, device, batch: int, compile_model: bool, channels_last: bool,
-                 bf16_cpu: bool = False):
+                 bf16_cpu: bool = False, ours_channels_last: bool = True):
         from difflab.device import bf16_autocast, memory_format
         from difflab.schedules import linear
         from difflab.training.config import TrainConfig
@@ -50,7 +60,7 @@ class TrainStep:
         model = (case.ours if side == "ours" else case.theirs)().to(device)
         self.params = parameters(model)
         if side == "ours":  # what `difflab train` does with its defaults
-            model = memory_format(model, TrainConfig().channels_last)
+            model = memory_format(model, TrainConfig().channels_last and ours_channels_last)
             self.opt = make_optimizer(model.parameters(), device, lr=1e-4)
         else:
             model = memory_format(model, channels_last)
@@ -116,7 +126,8 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
     device, case, batch = setup(args, "train_batch")
 
-    steps = {side: TrainStep(side, case, device, batch, args.compile, args.channels_last, args.bf16_cpu)
+    steps = {side: TrainStep(side, case, device, batch, args.compile, args.channels_last, args.bf16_cpu,
+                             ours_channels_last=not args.ours_contiguous)
              for side in ("ours", "theirs")}
     flops = {side: s.flops() for side, s in steps.items()}
     for s in steps.values():
@@ -136,7 +147,7 @@ def main(argv=None) -> None:
     mode = "compiled" if args.compile else "eager"
     print(f"{case.name}: batch {batch}, {device} ({machine(device)}), "
           f"{mode}{', diffusers channels-last' if args.channels_last else ''}"
-          f"{', bf16 autocast' if device.type == 'cuda' or args.bf16_cpu else ''}, {versions()}")
+          f"{', bf16 autocast' if device.type == 'cuda' or args.bf16_cpu else ''}{variants(args)}, {versions()}")
     print(f"{'side':<10} {'params':>8} {'img/s':>9} {'ms/step':>8} {'GFLOP/step':>11} {'MFU':>6} {'peak mem':>9}")
     for side, s in steps.items():
         ips = batch / best[side]

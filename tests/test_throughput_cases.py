@@ -82,3 +82,28 @@ def test_plain_upsampling_flag_switches_our_upsampling_for_the_run(monkeypatch, 
     assert unet.upsample_conv3x3 is upsample.upsample_conv3x3 is plain_upsample_conv3x3
     rows = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines() if line.startswith("diff")}
     assert rows["difflab"][4] == rows["diffusers"][4]  # GFLOP/step: as written, ours counts what theirs does
+
+
+def test_ours_contiguous_flag_keeps_our_network_in_nchw(monkeypatch, capsys):
+    """``--ours-contiguous`` (the memory-format A/B on a new device) reaches our side of both scripts."""
+    import sampling_throughput
+    import train_throughput
+
+    formats = []
+    real = train_throughput.TrainStep.__init__
+
+    def spy(self, *args, **kwargs):
+        real(self, *args, **kwargs)
+        if self.side == "ours":
+            formats.append(max((p for p in self.model.parameters() if p.dim() == 4), key=torch.numel).is_contiguous())
+
+    monkeypatch.setattr(train_throughput.TrainStep, "__init__", spy)
+    for flags in ([], ["--ours-contiguous"]):
+        train_throughput.main(["--case", "demo", "--batch", "4", "--rounds", "1", "--steps", "1", "--warmup", "0",
+                               *flags])
+    assert formats == [False, True]  # channels-last weights are not contiguous in NCHW
+    headers = [line for line in capsys.readouterr().out.splitlines() if line.startswith("demo:")]
+    assert ["ours NCHW" in h for h in headers] == [False, True]
+    sampler = sampling_throughput.Sampler("ours", CASES["demo"], torch.device("cpu"), 2,
+                                          "ddim-50", False, ours_channels_last=False)
+    assert all(p.is_contiguous() for p in sampler.net.model.parameters())  # NCHW: every weight
