@@ -14,9 +14,11 @@ once (w is its input, Meng et al. 2023).
     student          each --students run and the earlier rounds it keeps (OUT/rounds/*-steps),
                      DDIM at its own steps
 
-Issue 25's acceptance reads off it: the 4-step student's FID against the teacher's best 50-step
-FID (≤ 1.5×) and the teacher's best 4-step FID (≤ 0.5×), the student's class accuracy (≥ 0.95),
-and "steps to reach FID X" for each family. Points already in OUT/points.json are skipped, so an
+Issue 25's acceptance reads off it: the 4-step student's FID against the teacher's best 50-call
+FID (≤ 1.5×) and the teacher's best 4-call FID (≤ 0.5×), the student's class accuracy (≥ 0.95),
+and "steps to reach FID X" for each family. Both readings of a call are printed: a guided step
+(50 and 4 steps of the teacher) and a network evaluation (25 and 2 steps of a guided teacher, whose
+steps cost two each). Points already in OUT/points.json are skipped, so an
 interrupted run resumes; OUT/grids/ holds 100 samples of each point and OUT/figure.png the
 teacher at 50 and 4 steps beside the students.
 
@@ -45,7 +47,7 @@ from difflab.pipelines.generate import SamplerSettings
 METRICS = ("fid", "kid", "precision", "recall", "classifier_score", "class_accuracy")
 FAMILIES = ("teacher", "teacher, tuned levels", "student")
 TEACHER_POINTS = ("unipc_3:4", "dpmpp_2m:4", "ddim:4", "unipc_3:8", "unipc_3:16", "unipc_3:50", "dpmpp_2m:50",
-                  "ddim:50")
+                  "ddim:50", "unipc_3:2", "dpmpp_2m:2", "ddim:2", "unipc_3:25", "dpmpp_2m:25")
 
 
 def parse_args(argv=None):
@@ -57,7 +59,7 @@ def parse_args(argv=None):
     p.add_argument("--eval-classifier", required=True, help="independent classifier trained on real images")
     p.add_argument("--guidance-scale", type=float, default=2.0, help="classifier-free guidance w, every point")
     p.add_argument("--teacher-points", nargs="*", default=list(TEACHER_POINTS), metavar="METHOD:STEPS")
-    p.add_argument("--tuned", type=int, nargs="*", default=[4, 8], metavar="STEPS",
+    p.add_argument("--tuned", type=int, nargs="*", default=[4, 8, 2], metavar="STEPS",
                    help="UniPC-3 step counts to tune the teacher's levels for")
     p.add_argument("--tune-seconds", type=float, default=300.0, help="search budget of each tuning")
     p.add_argument("--ref", default="fashion-mnist:test", help="reference split NAME:SPLIT")
@@ -132,13 +134,17 @@ def report(rows: list[dict], args) -> None:
         print(f"{r['family']:<22} {r['run'][-34:]:<34} {r['method']:<9} {r['steps']:>5} {r['network_evals']:>5} "
               f"{r['fid']:>7.2f} {1000 * r['kid']:>8.2f} {r['precision']:>5.3f} {r['recall']:>5.3f} "
               f"{r['class_accuracy']:>5.3f} {r['images_per_s']:>7.0f}")
-    best = best_points(rows)
-    if best["student"] and best["teacher"] and best["teacher 4"]:
+    for measure in ("steps", "network_evals"):
+        best = best_points(rows, measure)
+        if not (best["student"] and best["teacher"] and best["teacher 4"]):
+            continue
         s, t50, t4 = best["student"], best["teacher"], best["teacher 4"]
-        print(f"4-step student FID {s['fid']:.2f}: {s['fid'] / t50['fid']:.2f}x the teacher's best 50-step "
-              f"({t50['method']}, {t50['fid']:.2f}; goal <= 1.5x), {s['fid'] / t4['fid']:.2f}x its best "
-              f"4-step ({t4['family']}, {t4['method']}, {t4['fid']:.2f}; goal <= 0.5x); class accuracy "
+        unit = "steps" if measure == "steps" else "network evaluations"
+        print(f"by {unit}: the 4-step student's FID {s['fid']:.2f} is {s['fid'] / t50['fid']:.2f}x the teacher's "
+              f"best at 50 {unit} ({t50['method']}, {t50['fid']:.2f}; goal <= 1.5x) and {s['fid'] / t4['fid']:.2f}x "
+              f"its best at 4 ({t4['family']}, {t4['method']}, {t4['fid']:.2f}; goal <= 0.5x); class accuracy "
               f"{s['class_accuracy']:.3f} (goal >= 0.95)")
+    best = best_points(rows, "steps")
     if best["teacher"]:
         print("steps to reach FID X (fewest measured; network evaluations in brackets):")
         for factor in (1.1, 1.5, 2.0, 3.0):
@@ -150,14 +156,16 @@ def report(rows: list[dict], args) -> None:
             print(f"  FID <= {limit:6.2f} ({factor:g}x best 50-step): " + "; ".join(cells))
 
 
-def best_points(rows: list[dict]) -> dict:
-    """The points the acceptance compares: the teacher's best at 50 steps ("teacher"), its best at
-    4 steps with any solver or tuned levels ("teacher 4"), and the 4-step student ("student")."""
+def best_points(rows: list[dict], measure: str = "steps") -> dict:
+    """The points the acceptance compares, counting cost in ``measure`` ("steps", one guided
+    denoiser call each, or "network_evals", two a guided teacher step and one a student step):
+    the teacher's best at 50 ("teacher"), its best at 4 with any solver or tuned levels
+    ("teacher 4"), and the 4-step student ("student")."""
     def best(candidates):
         return min(candidates, key=lambda r: r["fid"], default=None)
 
-    return {"teacher": best(r for r in rows if r["family"] == "teacher" and r["steps"] == 50),
-            "teacher 4": best(r for r in rows if r["family"] != "student" and r["steps"] == 4),
+    return {"teacher": best(r for r in rows if r["family"] == "teacher" and r[measure] == 50),
+            "teacher 4": best(r for r in rows if r["family"] != "student" and r[measure] == 4),
             "student": best(r for r in rows if r["family"] == "student" and r["steps"] == 4)}
 
 

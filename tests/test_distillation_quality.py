@@ -10,12 +10,14 @@ from distillation_quality import best_points, fewest_steps, key, student_runs  #
 
 
 def point(family, steps, fid, method="unipc_3"):
-    return {"family": family, "run": "r", "method": method, "steps": steps, "fid": fid}
+    evals = steps if family == "student" else 2 * steps  # a guided teacher step evaluates the network twice
+    return {"family": family, "run": "r", "method": method, "steps": steps, "network_evals": evals, "fid": fid}
 
 
 ROWS = [point("teacher", 50, 20.0), point("teacher", 50, 18.0, "ddim"), point("teacher", 4, 90.0),
         point("teacher", 8, 30.0), point("teacher, tuned levels", 4, 60.0), point("teacher, tuned levels", 8, 25.0),
-        point("student", 8, 21.0, "ddim"), point("student", 4, 24.0, "ddim"), point("student", 1, 40.0, "ddim")]
+        point("student", 8, 21.0, "ddim"), point("student", 4, 24.0, "ddim"), point("student", 1, 40.0, "ddim"),
+        point("teacher", 25, 19.0), point("teacher", 2, 150.0), point("teacher, tuned levels", 2, 120.0)]
 
 
 def test_best_points_are_the_teachers_best_50_and_4_step_fids_and_the_4_step_student():
@@ -24,12 +26,17 @@ def test_best_points_are_the_teachers_best_50_and_4_step_fids_and_the_4_step_stu
     assert (best["teacher 4"]["family"], best["teacher 4"]["fid"]) == ("teacher, tuned levels", 60.0)
     assert best["student"]["fid"] == 24.0
     assert best_points([])["teacher"] is None
+    by_evals = best_points(ROWS, "network_evals")  # 50 and 4 network evaluations: 25 and 2 guided teacher steps
+    assert (by_evals["teacher"]["steps"], by_evals["teacher"]["fid"]) == (25, 19.0)
+    assert (by_evals["teacher 4"]["steps"], by_evals["teacher 4"]["fid"]) == (2, 120.0)
+    assert by_evals["student"]["fid"] == 24.0
 
 
 def test_fewest_steps_to_an_fid_per_family():
     assert fewest_steps(ROWS, "student", 25.0)["steps"] == 4
     assert fewest_steps(ROWS, "student", 21.0)["steps"] == 8
-    assert fewest_steps(ROWS, "teacher", 25.0)["steps"] == 50  # 8 steps give 30: not reached there
+    assert fewest_steps(ROWS, "teacher", 25.0)["steps"] == 25  # 8 steps give 30: not reached there
+    assert fewest_steps(ROWS, "teacher", 18.5)["steps"] == 50
     assert fewest_steps(ROWS, "teacher, tuned levels", 25.0)["steps"] == 8
     assert fewest_steps(ROWS, "student", 10.0) is None
 
