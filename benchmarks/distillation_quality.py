@@ -190,7 +190,7 @@ def figure(rows: list[dict], out: Path) -> None:
     panels = [r for r in panels if r and (out / "grids" / r["grid"]).exists()]
     if not panels:
         return
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.6))
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 4.0))
     for ax, r in zip(axes if len(panels) > 1 else [axes], panels):
         ax.imshow(Image.open(out / "grids" / r["grid"]), cmap="gray")
         who = "teacher, UniPC-3" if r["family"] == "teacher" else "student, DDIM"
