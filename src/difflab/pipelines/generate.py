@@ -131,9 +131,9 @@ def distilled_settings(distilled: dict, method: str | None, steps: int | None, s
     if asked:
         teacher = distilled.get("teacher") or {}
         more = f"; its teacher {teacher['path']} samples with {teacher['steps']}" if teacher.get("path") else ""
-        raise ValueError(f"this run was distilled for DDIM with {n} steps on its own noise levels (difflab "
-                         f"distill{more}): sample it with --method ddim --steps {n}, or without sampler flags; "
-                         f"got {', '.join(asked)}")
+        raise ValueError(f"this run was distilled for DDIM with {n} step{'s' * (n != 1)} on its own noise levels "
+                         f"(difflab distill{more}): sample it with --method ddim --steps {n}, or without sampler "
+                         f"flags; got {', '.join(asked)}")
     return SamplerSettings(distilled["method"], n, distilled["spacing"], grid, {})
 
 
