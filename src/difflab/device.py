@@ -40,7 +40,10 @@ def memory_format(model: nn.Module, channels_last: bool) -> nn.Module:
     training it ~10% faster (7–31% over seven A/B runs: the faster convolutions outweigh torch's
     slower channels-last GroupNorm at 8×8); training the Fashion-MNIST 16 U-Net, the latent text
     U-Net, the DiT and the CPU autoencoder the same within the box's noise. The trainer
-    (``train.channels_last``, default on) and ``DiffusionModel.load`` use it on every device."""
+    (``train.channels_last``, default on) and ``DiffusionModel.load`` use it on every device.
+    On CUDA it is unproven: PyTorch's CUDA GroupNorm runs in NCHW only, and on one H200 our eager
+    sampling ran 0.86–0.89× diffusers' NCHW network (docs/benchmarks.md); the NCHW A/B is the first
+    item of docs/gpu-runbook.md."""
     return model.to(memory_format=torch.channels_last) if channels_last else model
 
 
