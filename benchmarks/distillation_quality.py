@@ -43,6 +43,8 @@ from difflab.images import save_grid
 from difflab.metrics import EvalOptions, InceptionFeatures, Reference, evaluate, load_classifier
 from difflab.pipelines import DiffusionModel, Guidance, generate, tune_steps
 from difflab.pipelines.generate import SamplerSettings
+from difflab.pipelines.guidance_policy import guidance_scale
+from difflab.sampling.sample import SAMPLERS
 
 METRICS = ("fid", "kid", "precision", "recall", "classifier_score", "class_accuracy")
 FAMILIES = ("teacher", "teacher, tuned levels", "student")
@@ -83,13 +85,32 @@ def student_runs(students: list[str]) -> list[Path]:
 
 def points(args) -> list[dict]:
     """What to measure: the teacher's solvers, its tuned levels, every student."""
-    todo = [{"family": "teacher", "run": args.teacher, "method": m, "steps": int(s)}
-            for m, s in (p.split(":") for p in args.teacher_points)]
+    todo = []
+    for p in args.teacher_points:
+        method, _, steps = p.partition(":")
+        if method not in SAMPLERS or not steps.isdigit() or int(steps) < 1:
+            raise SystemExit(f"distillation_quality: a teacher point is METHOD:STEPS with METHOD one of "
+                             f"{', '.join(SAMPLERS)}, e.g. unipc_3:4; got {p!r}")
+        todo.append({"family": "teacher", "run": args.teacher, "method": method, "steps": int(steps)})
     todo += [{"family": "teacher, tuned levels", "run": args.teacher, "method": "unipc_3", "steps": s}
              for s in args.tuned]
     todo += [{"family": "student", "run": str(run), "method": None, "steps": None}
              for run in student_runs(args.students)]
     return todo
+
+
+def check_runs(args) -> DiffusionModel:
+    """Load every run before the first point, so a wrong path fails at once in one line, not an
+    hour into the measurements; returns the teacher."""
+    models = []
+    for run in [args.teacher, *map(str, student_runs(args.students))]:
+        try:
+            models.append(DiffusionModel.load(run, device=args.device))
+        except (OSError, ValueError) as error:
+            raise SystemExit(f"distillation_quality: {error}") from None
+    if not models[0].num_classes:
+        raise SystemExit(f"distillation_quality: the teacher {args.teacher} is not class-conditional")
+    return models[0]
 
 
 def key(point: dict) -> tuple:
@@ -118,7 +139,8 @@ def measure(point: dict, args, shared: dict) -> tuple[dict, torch.Tensor]:
     seconds = time.perf_counter() - start
     samples = ImageDataset(images=images, labels=labels, class_names=model.class_names, name=point["run"])
     scores = evaluate(samples, shared["reference"], shared["inception"], shared["classifier"], EvalOptions())
-    guided_twice = point["family"] != "student" and args.guidance_scale != 1
+    # a guided step evaluates the network twice (conditional and unconditional), a distilled student's once
+    guided_twice = model.record.distilled is None and guidance_scale(model, guidance) != 1.0
     row = {**point, "method": settings.method, "steps": settings.steps,
            "network_evals": settings.steps * (2 if guided_twice else 1), "guidance_scale": args.guidance_scale,
            "n": args.n, "sample_seconds": seconds, "images_per_s": args.n / seconds, **extra,
@@ -207,14 +229,18 @@ def main(argv=None) -> int:
     results = args.out / "points.json"
     rows = json.loads(results.read_text()) if results.exists() else []
     if not args.report_only:
-        shared = {"inception": InceptionFeatures(args.weights, args.device),
-                  "classifier": load_classifier(args.eval_classifier, args.device)}
-        teacher = DiffusionModel.load(args.teacher, device=args.device)
+        teacher = check_runs(args)
+        try:
+            shared = {"classifier": load_classifier(args.eval_classifier, args.device),
+                      "inception": InceptionFeatures(args.weights, args.device)}
+        except (OSError, ValueError) as error:
+            raise SystemExit(f"distillation_quality: {error}") from None
         name, split = parse_spec(args.ref, default_split="test")
         ref = load_dataset(name, split, resolution=teacher.image_shape[-1], channels=teacher.image_shape[0])
         shared["reference"] = Reference(name=args.ref, dataset=ref.subset(slice(0, args.max_ref)))
         done = {key(r) for r in rows if r["guidance_scale"] == args.guidance_scale and r["n"] == args.n}
-        for point in points(args):
+        todo = points(args)
+        for point in todo:
             if key(point) in done:
                 continue
             row, images = measure(point, args, shared)
