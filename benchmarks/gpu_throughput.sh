@@ -9,6 +9,7 @@
 # The first call (2026-11-29, one H200) ran the eager and compiled training and sampling of both
 # cases and the upsampling A/B: its figures are in docs/benchmarks.md.
 set -u
+[[ ${1:-560} =~ ^[0-9]+$ ]] || { echo "gpu_throughput.sh: SECONDS is the call's budget in whole seconds, e.g. 560; got '$1'"; exit 2; }
 DEADLINE=$((SECONDS + ${1:-560}))
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
