@@ -95,7 +95,9 @@ def _save_side(out: Path, name: str, samples: torch.Tensor, figures: dict) -> No
 
 
 # ---------------------------------------------------------------------------------------------
-def run_ours(args, out: Path) -> None:
+def run_ours(args, out: Path, name: str = "ours", changes: tuple[str, ...] = ()) -> None:
+    """Train difflab's side for the budget, sample it and save ``{name}.json`` and its samples;
+    ``changes`` are ``--set`` overrides applied last (recipe_ablations.py's rows)."""
     from difflab.pipelines import DiffusionModel, generate
     from difflab.training.config import load_config
     from difflab.training.trainer import train
@@ -104,28 +106,28 @@ def run_ours(args, out: Path) -> None:
         f"data.dataset={args.data}", f"data.resolution={args.resolution}", "data.class_conditional=false",
         "diffusion.cond_drop_prob=0", f"train.max_seconds={args.seconds}",
         "train.steps=100000000", "train.sample_every=0", "train.checkpoint_every=100000000",
-        "train.log_every=100", f"train.out_dir={out / 'ours-run'}", f"train.seed={args.seed}",
+        "train.log_every=100", f"train.out_dir={out / f'{name}-run'}", f"train.seed={args.seed}",
         "train.tune_steps=[]",  # equal training compute: tuned levels are issue 25's item 4, measured apart
     ]
     if args.smoke:
         overrides += ["model.options={model_channels: 16, num_head_channels: 16, norm_groups: 8}",
                       "optim.batch_size=16", "train.compile=false"]
-    config = load_config(CONFIG[args.device], overrides)
+    config = load_config(CONFIG[args.device], overrides + list(changes))
     start = time.perf_counter()
     checkpoint = train(config, progress=False)
     wall = time.perf_counter() - start
-    log = [json.loads(line) for line in (out / "ours-run" / "metrics.jsonl").read_text().splitlines()]
+    log = [json.loads(line) for line in (out / f"{name}-run" / "metrics.jsonl").read_text().splitlines()]
     steps = log[-1]["step"]
     model = DiffusionModel.load(checkpoint, device=args.device)
     t0 = time.perf_counter()
     samples, _ = generate(model, args.samples, method="unipc_3", steps=args.steps, spacing="log_snr",
                           seed=args.seed + 1, batch_size=args.batch)
     sample_s = time.perf_counter() - t0
-    _save_side(out, "ours", samples, {
+    _save_side(out, name, samples, {
         "steps": steps, "train_wall_s": wall, "images_per_s": steps * config.optim.batch_size / args.seconds,
         "images_seen": steps * config.optim.batch_size,
         "parameters": sum(p.numel() for p in model.network.parameters()), "sampler": f"unipc_3, {args.steps} steps",
-        "sample_images_per_s": args.samples / sample_s,
+        "sample_images_per_s": args.samples / sample_s, "changes": list(changes),
     })
 
 
@@ -198,9 +200,9 @@ def run_baseline(args, out: Path) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-def run_fid(args, out: Path) -> None:
-    """Score the saved samples: FID, KID, precision/recall against ``--samples`` test images (and
-    the classifier's score with ``--classifier``), through difflab's evaluate flow."""
+def run_fid(args, out: Path, sides: tuple[str, ...] = ("ours", "baseline")) -> None:
+    """Score the saved samples of ``sides``: FID, KID, precision/recall against ``--samples`` test
+    images (and the classifier's score with ``--classifier``), through difflab's evaluate flow."""
     from difflab.data.dataset import ImageDataset
     from difflab.metrics.classifier import load_classifier
     from difflab.metrics.evaluate import EvalOptions, Reference, evaluate
@@ -211,7 +213,7 @@ def run_fid(args, out: Path) -> None:
     reference = Reference(f"{args.data}:test[:{args.samples}]", ImageDataset(test.images[: args.samples],
                                                                                name="test"))
     classifier = load_classifier(args.classifier) if args.classifier else None
-    for side in ["ours", "baseline"]:
+    for side in sides:
         path = out / f"{side}-samples.npz"
         if not path.exists():
             continue

@@ -21,7 +21,8 @@ WEIGHTINGS = ("uniform", "min_snr", "p2")
 # What the network is trained on (improved DDPM, Nichol & Dhariwal 2021, §3.1): DDPM's L_simple, the
 # hybrid L_simple + λ·L_vlb, or the variational bound L_vlb alone.
 LOSSES = ("simple", "hybrid", "vlb")
-T_SAMPLINGS = ("uniform", "importance")  # how the training times are drawn (ImportanceSampler)
+# how the training times are drawn: sample_training_t, ImportanceSampler, sample_lognormal_t
+T_SAMPLINGS = ("uniform", "importance", "lognormal")
 
 
 def resolve_loss(loss: str | None, learned_variance: bool) -> str:
@@ -146,6 +147,17 @@ def sample_training_t(schedule, n: int, generator: torch.Generator | None = None
         return torch.exp(-1.2 + 1.2 * torch.randn(n, generator=generator, dtype=torch.float64))
     u = torch.rand(n, generator=generator, dtype=torch.float64)
     return schedule.t_min + (schedule.t_max - schedule.t_min) * u
+
+
+def sample_lognormal_t(schedule, n: int, generator: torch.Generator | None = None,
+                       p_mean: float = -1.2, p_std: float = 1.2) -> Tensor:
+    """Training times (float64, CPU) whose noise levels are EDM's log-normal ones on any schedule:
+    ln σ ~ N(P_mean, P_std²) (Karras et al. 2022, Table 1 and §5: training at the levels where the
+    loss can still be reduced), σ the schedule's σ(t) = √((1 − ᾱ)/ᾱ), mapped to t by its inverse —
+    rounded to the nearest step of a discrete schedule — and kept inside [t_min, t_max]."""
+    sigma = torch.exp(p_mean + p_std * torch.randn(n, generator=generator, dtype=torch.float64))
+    t = schedule.t_from_sigma(sigma).clamp(schedule.t_min, schedule.t_max)
+    return t.round() if schedule.is_discrete else t
 
 
 def loss_weight(

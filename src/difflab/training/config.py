@@ -78,7 +78,8 @@ class DiffusionConfig:
     # simple | hybrid | vlb (losses.diffusion_loss); null: hybrid with learned_variance, else simple
     loss: str | None = None
     # uniform | importance: t drawn ∝ √E[L_t²] of the last 10 values per t (improved DDPM §3.3;
-    # the history is saved with checkpoints). A discrete schedule; meant for loss: vlb
+    # the history is saved with checkpoints; a discrete schedule; meant for loss: vlb) | lognormal:
+    # EDM's log-normal noise levels, ln σ ~ N(−1.2, 1.2²), on any schedule (losses.sample_lognormal_t)
     t_sampling: str = "uniform"
     cond_drop_prob: float = 0.0  # classifier-free guidance: drop the class / caption this often
     # An image concatenated to the network's input (difflab.image_condition): "inpaint" trains a

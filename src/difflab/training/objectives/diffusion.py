@@ -161,10 +161,13 @@ class DiffusionObjective(Objective):
 
     def draw_t_and_noise(self, x0: Tensor, step: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
         """t (float64, CPU; its own generator seeded by seed + step; importance-sampled with
-        ``diffusion.t_sampling: importance``) and ε ~ N(0, I) like x0."""
+        ``diffusion.t_sampling: importance``, at EDM's log-normal noise levels with ``lognormal``)
+        and ε ~ N(0, I) like x0."""
         n, t_generator = x0.shape[0], torch.Generator().manual_seed(self.config.train.seed + step)
         if self.t_sampler is not None:
             t = self.t_sampler.sample(n, t_generator)
+        elif self.config.diffusion.t_sampling == "lognormal":
+            t = losses.sample_lognormal_t(self.schedule, n, t_generator)
         else:
             t = losses.sample_training_t(self.schedule, n, t_generator)
         return t, torch.randn(x0.shape, generator=generator, device=x0.device)
