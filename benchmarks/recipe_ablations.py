@@ -8,7 +8,8 @@ UniPC-3 at 50 steps on a log-SNR spacing and scores it as quality_at_budget.py d
 classifier's score. Rows already scored in ``--out`` are kept, so a killed invocation resumes
 where it stopped; ``--only`` runs some rows. The table (``ablations.md`` and ``ablations.json`` in
 ``--out``) gives each row's FID next to the default's: the ratio says what the change buys at
-equal time, the steps and images/s say whether it bought it with throughput or per step.
+equal time; the steps and images seen say whether it bought it with throughput or per step (a row
+that sets ``train.steps`` may stop before the budget: its training seconds say so).
 
     python benchmarks/recipe_ablations.py --seconds 300 --samples 500 \\
         --classifier runs/fashion-mnist-16-eval-classifier --out runs/recipe-ablations
@@ -37,10 +38,13 @@ ABLATIONS: dict[str, tuple[str, tuple[str, ...]]] = {
     "lr_2e-3": ("learning rate 2e-3", ("optim.lr=2e-3",)),
     "lr_cosine": ("cosine learning-rate decay to 0.1× over the default row's steps",
                   ("optim.lr_schedule=cosine", "optim.min_lr_fraction=0.1", "train.steps={default_steps}")),
+    "v_lr_cosine": ("v-prediction and the cosine learning-rate decay together",
+                    ("diffusion.prediction=v", "optim.lr_schedule=cosine", "optim.min_lr_fraction=0.1",
+                     "train.steps={default_steps}")),
     "ema_0.9995": ("EMA decay 0.9995", ("train.ema_decay=0.9995",)),
     "batch_32": ("batch 32", ("optim.batch_size=32",)),
     "batch_128": ("batch 128", ("optim.batch_size=128",)),
-    "width_48": ("48 base channels (2.6M parameters)", ("model.options.model_channels=48",
+    "width_48": ("48 base channels (2.7M parameters)", ("model.options.model_channels=48",
                                                         "model.options.num_head_channels=48")),
     "compile": ("torch.compile (inductor's C++ backend); the budget starts after compilation",
                 ("train.compile=true",)),
@@ -92,7 +96,7 @@ def table(rows: dict[str, dict]) -> str:
     """A markdown table of the scored rows, in ABLATIONS' order, FID relative to the default's."""
     base = rows.get("default", {}).get("fid")
     lines = ["| row | change | FID | × default | KID ×1000 | precision | recall | classifier score "
-             "| steps | train images/s |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "| steps | images seen | training s |", "|" + " --- |" * 11]
     for name, (what, _) in ABLATIONS.items():
         f = rows.get(name)
         if not f or "fid" not in f:
@@ -100,7 +104,7 @@ def table(rows: dict[str, dict]) -> str:
         ratio = f"{f['fid'] / base:.2f}" if base else "—"
         clf = f"{f['classifier_score']:.2f}" if "classifier_score" in f else "—"
         lines.append(f"| {name} | {what} | {f['fid']:.2f} | {ratio} | {1000 * f['kid']:.1f} | {f['precision']:.2f} "
-                     f"| {f['recall']:.2f} | {clf} | {f['steps']:,} | {f['images_per_s']:.0f} |")
+                     f"| {f['recall']:.2f} | {clf} | {f['steps']:,} | {f['images_seen']:,} | {f['train_wall_s']:.0f} |")
     return "\n".join(lines)
 
 

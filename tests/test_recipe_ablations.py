@@ -39,13 +39,14 @@ def test_rows_are_chosen_by_name_and_a_wrong_name_is_one_clear_error(capsys):
 
 
 def test_the_table_compares_scored_rows_with_the_default_and_skips_unscored_ones(tmp_path):
-    figures = {"fid": 40.0, "kid": 0.006, "precision": 0.7, "recall": 0.7, "steps": 2700, "images_per_s": 576.0}
+    figures = {"fid": 40.0, "kid": 0.006, "precision": 0.7, "recall": 0.7, "steps": 2700, "images_seen": 172800,
+               "train_wall_s": 301.2}
     (tmp_path / "default.json").write_text(json.dumps(figures))
     (tmp_path / "v.json").write_text(json.dumps(dict(figures, fid=30.0, classifier_score=7.1)))
-    (tmp_path / "min_snr.json").write_text(json.dumps({"steps": 2600, "images_per_s": 550.0}))  # sampled, unscored
+    (tmp_path / "min_snr.json").write_text(json.dumps({"steps": 2600}))  # sampled, unscored
     rows = load_rows(tmp_path)
     assert set(rows) == {"default", "v", "min_snr"}
     lines = table(rows).splitlines()
     assert len(lines) == 4  # header, rule, default, v
-    assert lines[2].startswith("| default |") and "| 40.00 | 1.00 |" in lines[2]
+    assert lines[2].startswith("| default |") and "| 40.00 | 1.00 |" in lines[2] and "| 172,800 | 301 |" in lines[2]
     assert lines[3].startswith("| v |") and "| 30.00 | 0.75 |" in lines[3] and "| 7.10 |" in lines[3]
