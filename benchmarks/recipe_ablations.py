@@ -71,6 +71,11 @@ def parse_args(argv=None):
     unknown = [r for r in args.rows if r not in ABLATIONS]
     if unknown:
         p.error(f"unknown row(s) {', '.join(unknown)}; choose from {', '.join(ABLATIONS)}")
+    if args.seconds <= 0 or args.samples < 2 or args.steps < 1 or args.batch < 1:
+        p.error("--seconds must be > 0, --samples >= 2, --steps and --batch >= 1")
+    if args.classifier and not Path(args.classifier).is_dir():  # found now, not after the first row's training
+        p.error(f"--classifier {args.classifier}: no such run folder (train one with `difflab train "
+                "configs/fashion-mnist-16-classifier.yaml`, or leave the flag out)")
     args.device, args.resolution = "cpu", 16
     return args
 
