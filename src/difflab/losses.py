@@ -153,8 +153,9 @@ def sample_lognormal_t(schedule, n: int, generator: torch.Generator | None = Non
                        p_mean: float = -1.2, p_std: float = 1.2) -> Tensor:
     """Training times (float64, CPU) whose noise levels are EDM's log-normal ones on any schedule:
     ln σ ~ N(P_mean, P_std²) (Karras et al. 2022, Table 1 and §5: training at the levels where the
-    loss can still be reduced), σ the schedule's σ(t) = √((1 − ᾱ)/ᾱ), mapped to t by its inverse —
-    rounded to the nearest step of a discrete schedule — and kept inside [t_min, t_max]."""
+    loss can still be reduced), σ the noise level of x = x₀ + σε (√((1 − ᾱ)/ᾱ) on a VP schedule),
+    mapped to t by the schedule's inverse — rounded to the nearest step of a discrete schedule — and
+    kept inside [t_min, t_max]."""
     sigma = torch.exp(p_mean + p_std * torch.randn(n, generator=generator, dtype=torch.float64))
     t = schedule.t_from_sigma(sigma).clamp(schedule.t_min, schedule.t_max)
     return t.round() if schedule.is_discrete else t
