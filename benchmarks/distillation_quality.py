@@ -99,18 +99,19 @@ def points(args) -> list[dict]:
     return todo
 
 
-def check_runs(args) -> DiffusionModel:
-    """Load every run before the first point, so a wrong path fails at once in one line, not an
-    hour into the measurements; returns the teacher."""
-    models = []
+def load_runs(args) -> dict[str, DiffusionModel]:
+    """Every run the points sample (the teacher and each student, by the path points() names
+    them), loaded before the first point, so a wrong path fails at once in one line, not an hour
+    into the measurements."""
+    models = {}
     for run in [args.teacher, *map(str, student_runs(args.students))]:
         try:
-            models.append(DiffusionModel.load(run, device=args.device))
+            models[run] = DiffusionModel.load(run, device=args.device)
         except (OSError, ValueError) as error:
             raise SystemExit(f"distillation_quality: {error}") from None
-    if not models[0].num_classes:
+    if not models[args.teacher].num_classes:
         raise SystemExit(f"distillation_quality: the teacher {args.teacher} is not class-conditional")
-    return models[0]
+    return models
 
 
 def key(point: dict) -> tuple:
@@ -121,7 +122,7 @@ def key(point: dict) -> tuple:
 
 
 def measure(point: dict, args, shared: dict) -> tuple[dict, torch.Tensor]:
-    model = DiffusionModel.load(point["run"], device=args.device)
+    model = shared["models"][point["run"]]
     guidance = Guidance(scale=args.guidance_scale)
     sampler, extra = {"method": point["method"], "steps": point["steps"], "spacing": "trailing"}, {}
     if point["family"] == "student":  # its own DDIM grid
@@ -229,9 +230,11 @@ def main(argv=None) -> int:
     results = args.out / "points.json"
     rows = json.loads(results.read_text()) if results.exists() else []
     if not args.report_only:
-        teacher = check_runs(args)
+        todo = points(args)
+        models = load_runs(args)
+        teacher = models[args.teacher]
         try:
-            shared = {"classifier": load_classifier(args.eval_classifier, args.device),
+            shared = {"models": models, "classifier": load_classifier(args.eval_classifier, args.device),
                       "inception": InceptionFeatures(args.weights, args.device)}
         except (OSError, ValueError) as error:
             raise SystemExit(f"distillation_quality: {error}") from None
@@ -239,7 +242,6 @@ def main(argv=None) -> int:
         ref = load_dataset(name, split, resolution=teacher.image_shape[-1], channels=teacher.image_shape[0])
         shared["reference"] = Reference(name=args.ref, dataset=ref.subset(slice(0, args.max_ref)))
         done = {key(r) for r in rows if r["guidance_scale"] == args.guidance_scale and r["n"] == args.n}
-        todo = points(args)
         for point in todo:
             if key(point) in done:
                 continue

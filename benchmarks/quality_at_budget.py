@@ -219,7 +219,7 @@ def run_fid(args, out: Path, sides: tuple[str, ...] = ("ours", "baseline")) -> N
             continue
         samples = torch.from_numpy(np.load(path)["samples"]).permute(0, 3, 1, 2).contiguous()
         scores = evaluate(ImageDataset(samples, name=side), reference, extractor, classifier,
-                          EvalOptions(batch_size=250, use_cache=False))
+                          EvalOptions(batch_size=250))
         figures = json.loads((out / f"{side}.json").read_text())
         figures.update({k: scores[k] for k in ("fid", "kid", "kid_std", "precision", "recall", "classifier_score",
                                                "class_accuracy") if k in scores}, fid_images=len(samples))
