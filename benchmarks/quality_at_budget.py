@@ -79,7 +79,22 @@ def parse_args(argv=None):
     args.seconds = args.seconds or (400.0 if args.device == "cuda" else 900.0)
     args.samples = args.samples or (10000 if args.device == "cuda" else 2000)
     args.resolution = RESOLUTION[args.device]
+    check_args(p, args)
     return args
+
+
+def check_args(p: argparse.ArgumentParser, args) -> None:
+    """The flags' mistakes as one line before any training, not after it: a budget or a count out
+    of range, a ``--classifier`` that does not load (a run folder, or a dataset's default one)."""
+    from difflab.metrics.classifier import load_classifier
+
+    if args.seconds <= 0 or args.samples < 2 or args.steps < 1 or args.batch < 1:
+        p.error("--seconds must be > 0, --samples >= 2, --steps and --batch >= 1")
+    if args.classifier:
+        try:
+            load_classifier(args.classifier)
+        except (OSError, ValueError) as error:
+            p.error(f"--classifier {args.classifier}: {error}")
 
 
 def _train_images(args) -> torch.Tensor:

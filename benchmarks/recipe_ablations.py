@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from quality_at_budget import run_fid, run_ours  # noqa: E402
+from quality_at_budget import check_args, run_fid, run_ours  # noqa: E402
 
 # name -> (what changes, --set overrides). "{default_steps}" is the step count the default row
 # reached in the same budget (a learning-rate decay needs the length of the run).
@@ -71,11 +71,7 @@ def parse_args(argv=None):
     unknown = [r for r in args.rows if r not in ABLATIONS]
     if unknown:
         p.error(f"unknown row(s) {', '.join(unknown)}; choose from {', '.join(ABLATIONS)}")
-    if args.seconds <= 0 or args.samples < 2 or args.steps < 1 or args.batch < 1:
-        p.error("--seconds must be > 0, --samples >= 2, --steps and --batch >= 1")
-    if args.classifier and not Path(args.classifier).is_dir():  # found now, not after the first row's training
-        p.error(f"--classifier {args.classifier}: no such run folder (train one with `difflab train "
-                "configs/fashion-mnist-16-classifier.yaml`, or leave the flag out)")
+    check_args(p, args)
     args.device, args.resolution = "cpu", 16
     return args
 

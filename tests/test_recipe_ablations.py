@@ -39,7 +39,7 @@ def test_rows_are_chosen_by_name_and_a_wrong_name_is_one_clear_error(capsys):
     for wrong in (["--seconds", "0"], ["--samples", "1"], ["--classifier", "no/such/run"]):
         with pytest.raises(SystemExit):
             parse_args(wrong)
-    assert "no such run folder" in capsys.readouterr().err
+    assert "--classifier no/such/run: no classifier at no/such/run" in capsys.readouterr().err
 
 
 def test_the_table_compares_scored_rows_with_the_default_and_skips_unscored_ones(tmp_path):
