@@ -1,5 +1,6 @@
 """Few-step sampling, measured: a teacher with its best solvers, the teacher with tuned levels,
-and its progressively distilled students (Salimans & Ho 2022), at one guidance scale, by FID.
+its progressively distilled students (Salimans & Ho 2022) and its consistency-distilled students
+(Song et al. 2023), at one guidance scale, by FID.
 
 Every point draws N samples (every class in turn, the same seeds everywhere) and scores them
 against the reference split: Inception-v3 FID and KID, precision and recall (k = 3), and the
@@ -13,6 +14,8 @@ once (w is its input, Meng et al. 2023).
                      (`difflab tune-steps`'s search, difflab.pipelines.tune_steps)
     student          each --students run and the earlier rounds it keeps (OUT/rounds/*-steps),
                      DDIM at its own steps
+    consistency      each --consistency run (difflab distill --method consistency) at each of
+                     --consistency-steps, multistep consistency sampling
 
 Issue 25's acceptance reads off it: the 4-step student's FID against the teacher's best 50-call
 FID (≤ 1.5×) and the teacher's best 4-call FID (≤ 0.5×), the student's class accuracy (≥ 0.95),
@@ -47,7 +50,7 @@ from difflab.pipelines.guidance_policy import guidance_scale
 from difflab.sampling.sample import SAMPLERS
 
 METRICS = ("fid", "kid", "precision", "recall", "classifier_score", "class_accuracy")
-FAMILIES = ("teacher", "teacher, tuned levels", "student")
+FAMILIES = ("teacher", "teacher, tuned levels", "student", "consistency student")
 TEACHER_POINTS = ("unipc_3:4", "dpmpp_2m:4", "ddim:4", "unipc_3:8", "unipc_3:16", "unipc_3:50", "dpmpp_2m:50",
                   "ddim:50", "unipc_3:2", "dpmpp_2m:2", "ddim:2", "unipc_3:25", "dpmpp_2m:25")
 
@@ -58,6 +61,10 @@ def parse_args(argv=None):
     p.add_argument("--teacher", required=True, help="the class-conditional teacher run")
     p.add_argument("--students", nargs="*", default=[], help="distilled runs (`difflab distill`); each one's "
                    "earlier rounds are measured too")
+    p.add_argument("--consistency", nargs="*", default=[], metavar="RUN",
+                   help="consistency-distilled runs (`difflab distill --method consistency`)")
+    p.add_argument("--consistency-steps", type=int, nargs="*", default=[1, 2, 4, 8], metavar="STEPS",
+                   help="the step counts each --consistency run is measured at")
     p.add_argument("--eval-classifier", required=True, help="independent classifier trained on real images")
     p.add_argument("--guidance-scale", type=float, default=2.0, help="classifier-free guidance w, every point")
     p.add_argument("--teacher-points", nargs="*", default=list(TEACHER_POINTS), metavar="METHOD:STEPS")
@@ -96,6 +103,8 @@ def points(args) -> list[dict]:
              for s in args.tuned]
     todo += [{"family": "student", "run": str(run), "method": None, "steps": None}
              for run in student_runs(args.students)]
+    todo += [{"family": "consistency student", "run": run, "method": "consistency", "steps": s}
+             for run in args.consistency for s in args.consistency_steps]
     return todo
 
 
@@ -104,7 +113,7 @@ def load_runs(args) -> dict[str, DiffusionModel]:
     them), loaded before the first point, so a wrong path fails at once in one line, not an hour
     into the measurements."""
     models = {}
-    for run in [args.teacher, *map(str, student_runs(args.students))]:
+    for run in [args.teacher, *map(str, student_runs(args.students)), *args.consistency]:
         try:
             models[run] = DiffusionModel.load(run, device=args.device)
         except (OSError, ValueError) as error:
@@ -127,6 +136,8 @@ def measure(point: dict, args, shared: dict) -> tuple[dict, torch.Tensor]:
     sampler, extra = {"method": point["method"], "steps": point["steps"], "spacing": "trailing"}, {}
     if point["family"] == "student":  # its own DDIM grid
         sampler = {}
+    elif point["family"] == "consistency student":  # k of its training levels
+        sampler = {"method": point["method"], "steps": point["steps"]}
     elif point["family"] == "teacher, tuned levels":
         start = time.perf_counter()
         tuned = tune_steps(model, method=point["method"], steps=point["steps"], guidance=guidance,
@@ -159,14 +170,15 @@ def report(rows: list[dict], args) -> None:
               f"{r['class_accuracy']:>5.3f} {r['images_per_s']:>7.0f}")
     for measure in ("steps", "network_evals"):
         best = best_points(rows, measure)
-        if not (best["student"] and best["teacher"] and best["teacher 4"]):
-            continue
-        s, t50, t4 = best["student"], best["teacher"], best["teacher 4"]
-        unit = "steps" if measure == "steps" else "network evaluations"
-        print(f"by {unit}: the 4-step student's FID {s['fid']:.2f} is {s['fid'] / t50['fid']:.2f}x the teacher's "
-              f"best at 50 {unit} ({t50['method']}, {t50['fid']:.2f}; goal <= 1.5x) and {s['fid'] / t4['fid']:.2f}x "
-              f"its best at 4 ({t4['family']}, {t4['method']}, {t4['fid']:.2f}; goal <= 0.5x); class accuracy "
-              f"{s['class_accuracy']:.3f} (goal >= 0.95)")
+        for family in ("student", "consistency student"):
+            if not (best[family] and best["teacher"] and best["teacher 4"]):
+                continue
+            s, t50, t4 = best[family], best["teacher"], best["teacher 4"]
+            unit = "steps" if measure == "steps" else "network evaluations"
+            print(f"by {unit}: the 4-step {family}'s FID {s['fid']:.2f} is {s['fid'] / t50['fid']:.2f}x the "
+                  f"teacher's best at 50 {unit} ({t50['method']}, {t50['fid']:.2f}; goal <= 1.5x) and "
+                  f"{s['fid'] / t4['fid']:.2f}x its best at 4 ({t4['family']}, {t4['method']}, {t4['fid']:.2f}; "
+                  f"goal <= 0.5x); class accuracy {s['class_accuracy']:.3f} (goal >= 0.95)")
     best = best_points(rows, "steps")
     if best["teacher"]:
         print("steps to reach FID X (fewest measured; network evaluations in brackets):")
@@ -183,13 +195,14 @@ def best_points(rows: list[dict], measure: str = "steps") -> dict:
     """The points the acceptance compares, counting cost in ``measure`` ("steps", one guided
     denoiser call each, or "network_evals", two a guided teacher step and one a student step):
     the teacher's best at 50 ("teacher"), its best at 4 with any solver or tuned levels
-    ("teacher 4"), and the 4-step student ("student")."""
+    ("teacher 4"), and the 4-step students ("student", "consistency student")."""
     def best(candidates):
         return min(candidates, key=lambda r: r["fid"], default=None)
 
     return {"teacher": best(r for r in rows if r["family"] == "teacher" and r[measure] == 50),
-            "teacher 4": best(r for r in rows if r["family"] != "student" and r[measure] == 4),
-            "student": best(r for r in rows if r["family"] == "student" and r["steps"] == 4)}
+            "teacher 4": best(r for r in rows if r["family"].startswith("teacher") and r[measure] == 4),
+            "student": best(r for r in rows if r["family"] == "student" and r["steps"] == 4),
+            "consistency student": best(r for r in rows if r["family"] == "consistency student" and r["steps"] == 4)}
 
 
 def fewest_steps(rows: list[dict], family: str, fid_limit: float) -> dict | None:
@@ -209,14 +222,15 @@ def figure(rows: list[dict], out: Path) -> None:
 
     teacher = {r["steps"]: r for r in rows if r["family"] == "teacher" and r["method"] == "unipc_3"}
     panels = [teacher.get(50), teacher.get(4)]
-    panels += sorted((r for r in rows if r["family"] == "student" and r["steps"] <= 4), key=lambda r: -r["steps"])
+    for family in ("student", "consistency student"):
+        panels += sorted((r for r in rows if r["family"] == family and r["steps"] <= 4), key=lambda r: -r["steps"])
     panels = [r for r in panels if r and (out / "grids" / r["grid"]).exists()]
     if not panels:
         return
     fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 4.0))
     for ax, r in zip(axes if len(panels) > 1 else [axes], panels):
         ax.imshow(Image.open(out / "grids" / r["grid"]), cmap="gray")
-        who = "teacher, UniPC-3" if r["family"] == "teacher" else "student, DDIM"
+        who = {"teacher": "teacher, UniPC-3", "student": "student, DDIM"}.get(r["family"], "consistency")
         ax.set_title(f"{who}, {r['steps']} step{'s' * (r['steps'] > 1)}\nFID {r['fid']:.1f}, "
                      f"accuracy {r['class_accuracy']:.2f}", fontsize=9)
         ax.axis("off")

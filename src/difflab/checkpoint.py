@@ -496,7 +496,10 @@ class ModelRecord:
         distilled: what a progressively distilled student (``difflab distill``) was trained for:
             ``{"method": "ddim", "steps", "sigmas" (its exact noise levels, ending in 0), "spacing",
             "guidance_range" ([lo, hi] of the w input, or None), "teacher": {"path", "step",
-            "steps"}, "start_steps"}``; None for any other run. Sampling uses exactly that grid.
+            "steps"}, "start_steps"}``; a consistency-distilled one (``--method consistency``):
+            ``{"method": "consistency", "steps" (its default), "sigmas" (that default's levels),
+            "levels" (the N + 1 it was trained on), "spacing", "guidance_range", "teacher"}``; None
+            for any other run. Sampling uses exactly that grid (a consistency run: k of its levels).
         other: keys this version does not know, kept so that a rewrite loses nothing.
     """
 

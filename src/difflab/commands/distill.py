@@ -1,8 +1,10 @@
 """``difflab distill RUN --steps N --out OUT``: progressive distillation (Salimans & Ho 2022) of a
-trained run into a student that samples in N DDIM steps.
+trained run into a student that samples in N DDIM steps, or consistency distillation (Song et al.
+2023, ``--method consistency``) into one that samples in any of 1 … ``--levels`` steps.
 
-    difflab distill RUN --steps N --out OUT [--start-steps 64] [--iterations-per-round K] [--lr LR]
-        [--batch-size B] [--guidance-range LO,HI | none] [--spacing S] [--seconds BUDGET] [--resume]
+    difflab distill RUN --steps N --out OUT [--method progressive|consistency] [--start-steps 64]
+        [--levels 40] [--target-ema 0.95] [--iterations-per-round K] [--lr LR] [--batch-size B]
+        [--guidance-range LO,HI | none] [--spacing S] [--seconds BUDGET] [--resume]
         [--set KEY=VALUE]... [--no-progress]
 
 Each round halves the steps: a student of 32 steps learns RUN's 64-step DDIM sampler, a student of
@@ -11,7 +13,9 @@ Each round halves the steps: a student of 32 steps learns RUN's 64-step DDIM sam
 budget, and the paper's learning rate decaying linearly to 0 within the round); the last round
 writes OUT/checkpoint, the earlier ones OUT/rounds/<steps>-steps/checkpoint, each a normal run
 that samples with its own step count. The rounds train on RUN's training config (data, seed, ...)
-with the flags and ``--set`` applied. docs/distillation.md.
+with the flags and ``--set`` applied. Consistency distillation is one round of
+:class:`~difflab.training.objectives.ConsistencyDistillationObjective` writing OUT/checkpoint.
+docs/distillation.md.
 """
 
 from __future__ import annotations
@@ -22,26 +26,38 @@ from pathlib import Path
 
 DEFAULT_GUIDANCE_RANGE = (1.0, 5.0)
 DEFAULT_START = 64
+DEFAULT_ITERATIONS = {"progressive": 2000, "consistency": 6000}
 
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "distill",
-        help="distil a trained run into a few-step DDIM sampler (progressive distillation)",
+        help="distil a trained run into a few-step sampler (progressive or consistency distillation)",
         description="Progressive distillation (Salimans & Ho 2022): a student learns to take two of its teacher's "
-        "DDIM steps in one, round after round (64 -> 32 -> ... -> --steps). A class-conditional run trained with label "
+        "DDIM steps in one, round after round (64 -> 32 -> ... -> --steps). Consistency distillation (Song et al. "
+        "2023, --method consistency): in one round a student learns to map any point of the teacher's ODE trajectory "
+        "to its origin, and samples in any of 1 ... --levels steps. A class-conditional run trained with label "
         "dropout is distilled with classifier-free guidance: the student takes the guidance scale w as an input "
         "(Meng et al. 2023). The result OUT is a normal run: `difflab sample OUT --steps N` (docs/distillation.md).",
     )
     p.add_argument("run", metavar="RUN", help="the teacher: a difflab diffusion run (U-Net or DiT, unconditional or "
                    "class-conditional), or a distilled run to halve further")
-    p.add_argument("--steps", type=int, required=True, help="the DDIM steps of the final student")
+    p.add_argument("--steps", type=int, required=True, help="the DDIM steps of the final student (consistency: its "
+                   "default sampling steps; it samples with any of 1 ... --levels)")
+    p.add_argument("--method", choices=["progressive", "consistency"], default="progressive",
+                   help="progressive (halve the steps per round; default) or consistency distillation (one round, "
+                   "pseudo-Huber loss, an EMA target network)")
     p.add_argument("--out", required=True, metavar="DIR", help="the final student's run folder (earlier rounds go to "
                    "DIR/rounds/<steps>-steps)")
     p.add_argument("--start-steps", type=int, metavar="N0", help="the teacher's DDIM steps in the first round: "
                    f"--steps times a power of two (default {DEFAULT_START}; a distilled RUN starts from its own)")
-    p.add_argument("--iterations-per-round", type=int, default=2000, metavar="K",
-                   help="optimizer steps per round (default 2000; the paper: 50k at 32x32)")
+    p.add_argument("--levels", type=int, default=40, metavar="N", help="consistency: the N steps of the teacher's "
+                   "ODE the student learns to be consistent along (default 40; the paper: 18 at 32x32, 40 at 64x64)")
+    p.add_argument("--target-ema", type=float, default=0.95, metavar="MU",
+                   help="consistency: the EMA rate of the target network (default 0.95, the paper's)")
+    p.add_argument("--iterations-per-round", type=int, metavar="K",
+                   help=f"optimizer steps per round (default {DEFAULT_ITERATIONS['progressive']}; consistency: of its "
+                   f"one round, default {DEFAULT_ITERATIONS['consistency']}; the papers: 50k-800k at 32x32)")
     p.add_argument("--lr", type=float, help="the learning rate at the start of each round, decaying linearly to 0 "
                    "(default: RUN's optim.lr)")
     p.add_argument("--batch-size", type=int, metavar="B",
@@ -50,8 +66,8 @@ def register(subparsers) -> None:
                    f"uniformly per image (a class-conditional RUN with label dropout; default "
                    f"{DEFAULT_GUIDANCE_RANGE[0]:g},{DEFAULT_GUIDANCE_RANGE[1]:g}, a distilled RUN's own); 'none' "
                    "distils the unguided sampler")
-    p.add_argument("--spacing", default="trailing", help="the first teacher's step spacing (default trailing: it "
-                   "starts at pure noise, where the paper's student starts)")
+    p.add_argument("--spacing", default="trailing", help="the first teacher's step spacing, or the spacing of "
+                   "consistency's levels (default trailing: it starts at pure noise, where the student starts)")
     p.add_argument("--seconds", type=float, metavar="BUDGET", help="stop after this much training time over all "
                    "rounds, at a checkpoint; --resume continues")
     p.add_argument("--resume", action="store_true", help="continue the distillation in --out: finished rounds are "
@@ -124,10 +140,12 @@ def round_config(args, base: dict, teacher: str, n: int, folder: Path, bounds, b
 
     raw = copy.deepcopy(base)
     iterations = args.iterations_per_round
+    consistency = args.method == "consistency"
     sample = raw.setdefault("sample", {})
     scale = sample.get("guidance_scale", 1.0)
     settings = {
-        "distill": {"teacher": str(teacher), "steps": n, "spacing": args.spacing,
+        "distill": {"teacher": str(teacher), "method": args.method, "steps": n, "spacing": args.spacing,
+                    "levels": args.levels, "target_ema": args.target_ema,
                     "guidance_range": list(bounds) if bounds else None},
         "diffusion": {"cond_drop_prob": 0.0},  # the student learns the conditional sampler (guided by its w input)
         "optim": {"lr_schedule": "linear", "warmup_steps": 0, "min_lr_fraction": 0.0,
@@ -135,7 +153,7 @@ def round_config(args, base: dict, teacher: str, n: int, folder: Path, bounds, b
                   **({"batch_size": args.batch_size} if args.batch_size is not None else {})},
         "train": {"steps": iterations, "out_dir": str(folder), "max_seconds": budget, "sample_every": iterations,
                   "checkpoint_every": min(raw.get("train", {}).get("checkpoint_every", iterations), iterations)},
-        "sample": {"method": "ddim", "steps": n,
+        "sample": {"method": "consistency" if consistency else "ddim", "steps": n,
                    "guidance_scale": min(max(scale, bounds[0]), bounds[1]) if bounds else 1.0},
     }
     for section, values in settings.items():
@@ -145,18 +163,36 @@ def round_config(args, base: dict, teacher: str, n: int, folder: Path, bounds, b
     return config_from_dict(raw)
 
 
-def run(args) -> int:
-    from ..checkpoint import ModelRecord, load_state
-    from ..training.objectives import DistillationObjective
-    from ..training.trainer import train
-
-    config, _, _ = load_state(args.run, groups=[], with_extra=False)
-    record = ModelRecord.from_dict(config, args.run)
+def rounds(args, record) -> list[int]:
+    """The students' step counts, one per round: the halvings of progressive distillation, or the one
+    round of consistency distillation (its default sampling steps)."""
+    if args.method == "consistency":
+        if record.distilled:
+            raise ValueError(f"{args.run} is a distilled student; consistency distillation needs the diffusion run it "
+                             "came from (its ODE)")
+        if args.start_steps is not None:
+            raise ValueError("--start-steps belongs to progressive distillation; consistency distillation walks "
+                             "--levels steps of the teacher's ODE")
+        if not 1 <= args.steps <= args.levels:
+            raise ValueError(f"--steps must be in 1 ... --levels ({args.levels}), got {args.steps}")
+        return [args.steps]
     start = record.distilled["steps"] if record.distilled else args.start_steps or DEFAULT_START
     if record.distilled and args.start_steps not in (None, start):
         raise ValueError(f"{args.run} is distilled for {start} steps, which is where the next round starts: drop "
                          "--start-steps")
-    steps = halvings(start, args.steps)
+    return halvings(start, args.steps)
+
+
+def run(args) -> int:
+    from ..checkpoint import ModelRecord, load_state
+    from ..training.objectives import ConsistencyDistillationObjective, DistillationObjective
+    from ..training.trainer import train
+
+    config, _, _ = load_state(args.run, groups=[], with_extra=False)
+    record = ModelRecord.from_dict(config, args.run)
+    consistency = args.method == "consistency"
+    steps = rounds(args, record)
+    args.iterations_per_round = args.iterations_per_round or DEFAULT_ITERATIONS[args.method]
     if args.iterations_per_round < 1:
         raise ValueError(f"--iterations-per-round must be at least 1, got {args.iterations_per_round}")
     bounds = guidance_range(args, record)
@@ -176,17 +212,19 @@ def run(args) -> int:
         budget = None if args.seconds is None else args.seconds - (time.monotonic() - clock)
         if budget is not None and budget <= 0:
             return _out_of_time(n, folder, done[n], iterations)
-        print(f"difflab distill: round {k}/{len(steps)}: {2 * n} -> {n} steps, teacher {teacher}, student {folder}"
+        what = (f"consistency along {args.levels} steps of the teacher's ODE" if consistency
+                else f"round {k}/{len(steps)}: {2 * n} -> {n} steps")
+        print(f"difflab distill: {what}, teacher {teacher}, student {folder}"
               + (f", guidance scales {bounds[0]:g}..{bounds[1]:g} as an input" if bounds else ""))
         config = round_config(args, record.train_config, teacher, n, folder, bounds, budget)
         train(config, resume=folder if done[n] is not None else None, progress=not args.no_progress,
-              objective=DistillationObjective)
+              objective=ConsistencyDistillationObjective if consistency else DistillationObjective)
         done[n] = recorded_step(folder)
         if done[n] is None or done[n] < iterations:
             return _out_of_time(n, folder, done[n], iterations)
         teacher = folder
     print(f"difflab distill: checkpoint in {out / 'checkpoint'}; sample it with `difflab sample {out} --steps "
-          f"{args.steps}`")
+          f"{args.steps}`" + (f" (any of 1 ... {args.levels})" if consistency else ""))
     return 0
 
 

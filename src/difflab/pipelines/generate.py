@@ -42,6 +42,7 @@ from ..sampling import (
     strength_tail,
 )
 from ..sampling.compiled import compile_denoiser
+from ..sampling.consistency import consistency_levels
 from ..sampling.repaint import repaint, repaint_sigmas
 from ..sampling.spacing import default_spacing, fixed_strength_walk
 from .controlnet import Control, ControlledNetwork, control_inputs, controlled_model
@@ -114,21 +115,36 @@ class SamplerSettings:
 
 def distilled_settings(distilled: dict, method: str | None, steps: int | None, spacing, sigmas,
                        options: dict) -> SamplerSettings:
-    """The only settings of a distilled student (``ModelRecord.distilled``): DDIM, η = 0, on exactly the
-    noise levels it learned to jump between. Asking for the same (a PNG record's sigmas, --method ddim,
-    --steps N) is fine; anything else is one error naming what the run was distilled for."""
-    grid = torch.tensor(distilled["sigmas"], dtype=torch.float64)
+    """The only settings of a distilled student (``ModelRecord.distilled``). A progressive student:
+    DDIM, η = 0, on exactly the noise levels it learned to jump between. A consistency student:
+    multistep consistency sampling with any k of its N training levels (``--steps k``, k ≤ N;
+    :func:`~difflab.sampling.consistency_levels`). Asking for the same (a PNG
+    record's sigmas, the method by name, a step count it takes) is fine; anything else is one error
+    naming what the run was distilled for."""
+    consistency = distilled["method"] == "consistency"
     n, asked = distilled["steps"], []
+    if steps is None and sigmas is not None:
+        steps = len(sigmas) - 1  # a PNG record's levels say how many steps it took
+    if steps is not None and steps != n:
+        if consistency and 1 <= steps < len(distilled["levels"]):
+            n = steps
+        else:
+            asked.append(f"--steps {steps}")
+    grid = (torch.tensor(distilled["sigmas"], dtype=torch.float64) if n == distilled["steps"]
+            else consistency_levels(distilled["levels"], n))
     if method not in (None, distilled["method"]):
         asked.append(f"--method {method}")
-    if steps is not None and steps != n:
-        asked.append(f"--steps {steps}")
     if spacing not in (None, distilled["spacing"]):
         asked.append(f"--spacing {spacing}")
     if sigmas is not None and not torch.equal(torch.as_tensor(sigmas, dtype=torch.float64).cpu(), grid):
         asked.append("other noise levels (--sigmas)")
-    asked += [f"{key}={value}" for key, value in options.items() if (key, value) != ("eta", 0)]
+    asked += [f"{key}={value}" for key, value in options.items() if (key, value) != ("eta", 0) or consistency]
     if asked:
+        if consistency:
+            raise ValueError(f"this run was consistency-distilled on {len(distilled['levels']) - 1} noise levels "
+                             "(difflab distill --method consistency): sample it with --method consistency and "
+                             f"--steps 1 to {len(distilled['levels']) - 1}, or without sampler flags; got "
+                             f"{', '.join(asked)}")
         teacher = distilled.get("teacher") or {}
         more = f"; its teacher {teacher['path']} samples with {teacher['steps']}" if teacher.get("path") else ""
         raise ValueError(f"this run was distilled for DDIM with {n} step{'s' * (n != 1)} on its own noise levels "

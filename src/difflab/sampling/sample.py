@@ -11,6 +11,7 @@ from torch import Tensor
 
 from ..denoiser import BoundDenoiser, Denoiser
 from .common import NoiseSource, Step
+from .consistency import consistency
 from .ddim import ddim, ddim_invert
 from .ddpm import ddpm
 from .dpm_solver import dpmpp_multistep
@@ -42,6 +43,8 @@ SAMPLERS: dict[str, SamplerSpec] = {
                                 stochastic=True),
     "unipc": SamplerSpec(unipc, {"order": 2}, about="UniPC (bh2, order 2, with corrector)"),
     "unipc_3": SamplerSpec(unipc, {"order": 3}, about="UniPC (bh2, order 3, with corrector)"),
+    "consistency": SamplerSpec(consistency, {}, about="multistep consistency sampling (a consistency-distilled run)",
+                               stochastic=True),
 }
 
 # The samplers whose result is a function of the starting noise alone (ODE solvers, DDIM η = 0).

@@ -215,11 +215,18 @@ class EmbeddingSection:
 
 @dataclass
 class DistillSection:
-    """One round of progressive distillation (``difflab distill RUN --steps N``; docs/distillation.md)."""
+    """One round of progressive distillation, or consistency distillation (``difflab distill RUN
+    --steps N [--method consistency]``; docs/distillation.md)."""
 
     teacher: str | None = None  # the frozen teacher run (a difflab diffusion run, or the previous round's student)
-    steps: int = 4  # the student's DDIM steps; the teacher takes two steps for each of them
-    spacing: str = "trailing"  # the teacher's 2·steps grid when it is not itself distilled (its own grid otherwise)
+    method: str = "progressive"  # progressive (Salimans & Ho 2022) | consistency (Song et al. 2023)
+    # progressive: the student's DDIM steps (the teacher takes two for each); consistency: the student's
+    # default number of sampling steps (any of 1..levels works)
+    steps: int = 4
+    spacing: str = "trailing"  # the teacher's grid when it is not itself distilled (its own grid otherwise)
+    levels: int = 40  # consistency: the N noise levels of the teacher's ODE discretisation (CM's N)
+    target_ema: float = 0.95  # consistency: the target network's EMA rate μ (Song et al. 2023, CD)
+    huber_c: float | None = None  # consistency: the pseudo-Huber loss's c (null: 0.00054·√dims, Song & Dhariwal 2023)
     # the guidance weights w the student learns as an input, drawn uniformly (a class-conditional teacher
     # trained with label dropout; null: distil the unguided sampler)
     guidance_range: tuple | None = (1.0, 5.0)
@@ -408,6 +415,10 @@ RULES: dict[str, tuple[Callable[[object], bool], str]] = {
                      "a list of module-name patterns, e.g. ['*.attn.qkv', '*.cross.kv']"),
     "controlnet.control_scale": (_number, "a finite number"),
     "distill.steps": (_at_least(1), "an integer >= 1"),
+    "distill.method": (lambda v: v in ("progressive", "consistency"), "progressive or consistency"),
+    "distill.levels": (_at_least(2), "an integer >= 2"),
+    "distill.target_ema": (_between(0, 1, open_high=True), "in [0, 1)"),
+    "distill.huber_c": (_optional(_between(0, math.inf, open_low=True, open_high=True)), "null or a number > 0"),
     "distill.spacing": (lambda v: v in SPACINGS, "a step spacing: " + ", ".join(SPACINGS)),
     "distill.guidance_range": (lambda v: v is None or (len(v) == 2 and all(_number(w) for w in v) and v[0] <= v[1]),
                                "null or two numbers lo <= hi, e.g. [1, 5]"),

@@ -21,6 +21,7 @@ from .autoencoder import (
 )
 from .base import Inputs, Objective, StepLoss, TrainingData, take_rows
 from .classifier import NoisyClassifierObjective
+from .consistency import ConsistencyDistillationObjective
 from .controlnet import ControlNetObjective
 from .diffusion import DiffusionObjective, text_encoder_config
 from .distill import DistillationObjective
@@ -43,7 +44,8 @@ def objective_for(config: Config) -> type[Objective]:
 
 
 __all__ = [
-    "OBJECTIVES", "AutoencoderObjective", "ControlNetObjective", "DreamBoothLoraObjective",
+    "OBJECTIVES", "AutoencoderObjective", "ConsistencyDistillationObjective", "ControlNetObjective",
+    "DreamBoothLoraObjective",
     "DreamBoothObjective", "LoraObjective", "TextualInversionObjective",
     "DiffusionObjective", "DistillationObjective", "Inputs", "NoisyClassifierObjective", "Objective",
     "StepLoss", "TrainingData", "autoencoder_loss", "autoencoder_spec", "check_random_crop", "evaluate",

@@ -106,10 +106,14 @@ class DistillationObjective(DiffusionObjective):
             raise ConfigError(f"the data's classes {data.dataset.class_names} differ from the teacher's "
                               f"{record.class_names}")
         self.schedule = self.teacher.schedule  # the teacher's diffusion: schedule, prediction, variance
-        self.teacher_sigmas = teacher_grid(record, self.schedule, d.steps, d.spacing)
-        self.sigmas = self.teacher_sigmas[::2]  # the student's grid: every other level, the 0 included
+        self.teacher_sigmas, self.sigmas = self.grids(record, d)
         self.spacing = record.distilled["spacing"] if record.distilled else d.spacing
         self.guidance_range = self.check_guidance_range(d.guidance_range)
+
+    def grids(self, record: ModelRecord, d) -> tuple[Tensor, Tensor]:
+        """The teacher's levels and the student's: every other one of the teacher's 2·steps, the 0 included."""
+        teacher = teacher_grid(record, self.schedule, d.steps, d.spacing)
+        return teacher, teacher[::2]
 
     def check_guidance_range(self, bounds) -> tuple[float, float] | None:
         """The w range of guided distillation, or None: the teacher cannot be guided (unconditional,
