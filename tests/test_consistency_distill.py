@@ -109,12 +109,12 @@ def test_the_target_is_the_target_networks_x0_after_one_teacher_ddim_step(teache
     teacher_denoiser = obj.teacher.denoiser()
     if guided:
         teacher_denoiser = guide(teacher_denoiser, scale=w, uncond=null_class_labels(10))
-    target_denoiser = obj.teacher.denoiser().with_model(obj.target.shadow)
+    target_denoiser = obj.teacher.denoiser().with_model(obj.target_network.shadow)
     cond = {"class_labels": labels, **({"guidance_scale": torch.full((5,), w)} if guided else {})}
     for i in range(len(obj.sigmas) - 1):
         sigma, sigma_next = float(obj.sigmas[i]), float(obj.sigmas[i + 1])
         x = x0 + sigma * noise
-        y = obj.target_x0(x, torch.full((5,), i), {"class_labels": labels},
+        y = obj.target(x, torch.full((5,), i), {"class_labels": labels},
                           torch.full((5,), w, dtype=torch.float64) if guided else None)
         step = ddim(teacher_denoiser.bind(class_labels=labels), x, torch.tensor([sigma, sigma_next]))
         expected = step if sigma_next == 0 else target_denoiser(step, torch.full((5,), sigma_next), **cond)
@@ -122,10 +122,10 @@ def test_the_target_is_the_target_networks_x0_after_one_teacher_ddim_step(teache
     # rows at different levels in one batch: each its own
     rows = torch.tensor([0, 5, 2, 5, 4])
     x = x0 + obj.sigmas[rows].float().view(-1, 1, 1, 1) * noise
-    mixed = obj.target_x0(x, rows, {"class_labels": labels}, None if not guided else torch.full((5,), w,
+    mixed = obj.target(x, rows, {"class_labels": labels}, None if not guided else torch.full((5,), w,
                                                                                                dtype=torch.float64))
     for r in range(5):
-        alone = obj.target_x0(x[r:r + 1], rows[r:r + 1], {"class_labels": labels[r:r + 1]},
+        alone = obj.target(x[r:r + 1], rows[r:r + 1], {"class_labels": labels[r:r + 1]},
                               None if not guided else torch.full((1,), w, dtype=torch.float64))
         torch.testing.assert_close(mixed[r:r + 1], alone, rtol=1e-5, atol=1e-5)
 
@@ -135,20 +135,21 @@ def test_the_target_network_is_an_ema_of_the_student(teacher, tmp_path):
     model = build_model(obj.model_spec())
     obj.attach(model)
     teacher_weights = obj.teacher.network.state_dict()
-    assert all(torch.equal(obj.target.shadow.state_dict()[k], v) for k, v in teacher_weights.items())
-    before = {k: v.clone() for k, v in obj.target.shadow.state_dict().items()}
+    assert all(torch.equal(obj.target_network.shadow.state_dict()[k], v) for k, v in teacher_weights.items())
+    before = {k: v.clone() for k, v in obj.target_network.shadow.state_dict().items()}
     perturbed(model, seed=4)
     x0 = torch.zeros(2, 1, 8, 8)
     obj.draw(x0, torch.arange(2), 1, torch.Generator().manual_seed(0))
     for (k, old), new in zip(before.items(), model.state_dict().values()):
         if old.is_floating_point():
-            torch.testing.assert_close(obj.target.shadow.state_dict()[k], 0.9 * old + 0.1 * new)
+            torch.testing.assert_close(obj.target_network.shadow.state_dict()[k], 0.9 * old + 0.1 * new)
     state = obj.state_dict()
     assert state and all(k.startswith("target.") for k in state)
     fresh = objective(teacher, tmp_path)
     fresh.attach(build_model(fresh.model_spec()))
     fresh.load_state_dict(state)
-    assert all(torch.equal(v, obj.target.shadow.state_dict()[k]) for k, v in fresh.target.shadow.state_dict().items())
+    restored, saved = fresh.target_network.shadow.state_dict(), obj.target_network.shadow.state_dict()
+    assert all(torch.equal(v, saved[k]) for k, v in restored.items())
     with pytest.raises(ValueError, match="no consistency target network"):
         fresh.load_state_dict({})
 

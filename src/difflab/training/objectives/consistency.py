@@ -37,12 +37,11 @@ import torch
 from torch import Tensor
 
 from ... import process
-from ...denoiser import Denoiser
 from ...sampling import consistency_levels, get_sigmas
-from ...training.ema import EMA
 from ..config import Config, ConfigError
+from ..ema import EMA
 from .base import Inputs, StepLoss, TrainingData
-from .distill import DistillationObjective, ddim_step
+from .distill import DistillationObjective, ddim_step, with_guidance_scale
 
 TARGET_PREFIX = "target."
 
@@ -72,7 +71,7 @@ class ConsistencyDistillationObjective(DistillationObjective):
             raise ConfigError(f"distill.steps ({d.steps}) must be at most distill.levels ({d.levels}): a consistency "
                               "run samples on its training levels")
         self.huber_c = d.huber_c if d.huber_c is not None else default_huber_c(data.shape)
-        self.target: EMA | None = None
+        self.target_network: EMA | None = None
 
     def grids(self, record, d) -> tuple[Tensor, Tensor]:
         """The teacher's N + 1 levels; the student learns f at every one of them."""
@@ -86,51 +85,42 @@ class ConsistencyDistillationObjective(DistillationObjective):
         """The student starts as the teacher; the target network starts as the student."""
         super().attach(model)
         self.student = model
-        self.target = EMA(model, self.config.distill.target_ema, warmup=False)
+        self.target_network = EMA(model, self.config.distill.target_ema, warmup=False)
 
     def state_dict(self) -> dict[str, Tensor]:
-        return {TARGET_PREFIX + k: v for k, v in self.target.state_dict().items()}
+        return {TARGET_PREFIX + k: v for k, v in self.target_network.state_dict().items()}
 
     def load_state_dict(self, state: dict[str, Tensor]) -> None:
         mine = {k[len(TARGET_PREFIX):]: v for k, v in state.items() if k.startswith(TARGET_PREFIX)}
         if len(mine) != len(state) or not mine:
             raise ValueError("the checkpoint holds no consistency target network: resume it with the objective that "
                              "wrote it (difflab distill --method progressive?)")
-        self.target.load_state_dict(mine)
+        self.target_network.load_state_dict(mine)
 
     def draw(self, x0: Tensor, idx: Tensor, step: int, generator: torch.Generator,
              pixels: Tensor | None = None) -> Inputs:
         """The step's rows and w (as progressive distillation draws them, over N levels), after
         moving θ⁻ towards the student weights the last optimizer step left."""
-        self.target.update(self.student, step)
+        self.target_network.update(self.student, step)
         return super().draw(x0, idx, step, generator, pixels)
 
     @torch.no_grad()
-    def target_x0(self, x: Tensor, rows: Tensor, cond: dict, w: Tensor | None) -> Tensor:
+    def target(self, x: Tensor, rows: Tensor, cond: dict, w: Tensor | None) -> Tensor:
         """y of each row: f_θ⁻ after one teacher DDIM step σᵢ → σᵢ₊₁ (the step's end itself at σ = 0)."""
         sigma, sigma_next = self.sigmas[rows], self.sigmas[rows + 1]
-        teacher_cond = cond
-        if w is not None and self.teacher.record.takes_guidance_scale:
-            teacher_cond = {**cond, "guidance_scale": w.to(device=x.device, dtype=x.dtype)}
-        x_next = ddim_step(x, self.teacher_denoiser(w)(x, sigma, **teacher_cond), sigma, sigma_next)
+        x_next = ddim_step(x, self.teacher_denoiser(w)(x, sigma, **self.teacher_cond(cond, w, x)), sigma, sigma_next)
         at_zero = sigma_next == 0
         if bool(at_zero.all()):
             return x_next
-        target = self.teacher.denoiser().with_model(self.target.shadow)
-        student_cond = cond if w is None else {**cond, "guidance_scale": w.to(device=x.device, dtype=x.dtype)}
-        y = target(x_next, sigma_next.clamp(min=self.sigmas[-2]), **student_cond)  # rows at 0 are replaced below
+        target = self.teacher.denoiser().with_model(self.target_network.shadow)
+        # rows at σ = 0 are evaluated at the lowest level, then replaced: f is never evaluated at 0
+        y = target(x_next, sigma_next.clamp(min=self.sigmas[-2]), **with_guidance_scale(cond, w, x))
         return torch.where(process.broadcast_to(at_zero, x).to(x.device), x_next, y)
 
-    def loss(self, net, inputs: Inputs) -> StepLoss:
-        x0, rows, w = inputs["x0"], inputs["rows"], inputs.get("w")
-        sigma = self.sigmas[rows]
-        x = x0 + process.broadcast_to(sigma, x0) * inputs["noise"]
-        y = self.target_x0(x, rows, inputs["cond"], w)
-        cond = inputs["cond"] if w is None else {**inputs["cond"], "guidance_scale": w.to(x0.device, x0.dtype)}
-        student = Denoiser(net, self.schedule, self.teacher.prediction, self.teacher.learned_variance)
-        f = student.predict(x, sigma, **cond).x0
-        distance = pseudo_huber(f, y, self.huber_c)
-        return StepLoss(distance.mean(), {"x0_mse": (f.detach() - y).float().square().mean()})
+    def distance(self, x0: Tensor, target: Tensor, sigma: Tensor) -> StepLoss:
+        """The pseudo-Huber distance, unweighted (Song et al. 2023 use λ = 1 for CD)."""
+        return StepLoss(pseudo_huber(x0, target, self.huber_c).mean(),
+                        {"x0_mse": (x0.detach() - target).float().square().mean()})
 
     def distilled_record(self) -> dict:
         """What the student was trained for (``ModelRecord.distilled``): consistency sampling on its levels."""

@@ -67,6 +67,12 @@ def distillation_target(x: Tensor, x_next: Tensor, sigma: Tensor, sigma_next: Te
     return (x_next - ratio * x) / (1 - ratio)
 
 
+def with_guidance_scale(cond: dict, w: Tensor | None, like: Tensor) -> dict:
+    """``cond`` with a guided student's w input (``guidance_scale``, in ``like``'s device and dtype)
+    added; ``cond`` itself without w."""
+    return cond if w is None else {**cond, "guidance_scale": w.to(device=like.device, dtype=like.dtype)}
+
+
 def truncated_snr_weight(sigma: Tensor) -> Tensor:
     """max(SNR, 1) with SNR = 1/σ² (Salimans & Ho 2022, §4: "truncated SNR" weighting of the x-space error)."""
     return torch.clamp(sigma.double() ** -2, min=1.0)
@@ -159,25 +165,31 @@ class DistillationObjective(DiffusionObjective):
         return denoiser.with_model(ClassifierFreeGuidance(denoiser.model, w, uncond,
                                                           learned_variance=self.teacher.learned_variance))
 
+    def teacher_cond(self, cond: dict, w: Tensor | None, like: Tensor) -> dict:
+        """The teacher's conditioning: w as an input too when the teacher is a guided student."""
+        return with_guidance_scale(cond, w if self.teacher.record.takes_guidance_scale else None, like)
+
     @torch.no_grad()
     def target(self, x: Tensor, rows: Tensor, cond: dict, w: Tensor | None) -> Tensor:
         """x̃ of each row: the teacher's two DDIM steps from x, then the one-step x̂₀ that matches them."""
         sigma, mid, end = (self.teacher_sigmas[2 * rows + k] for k in range(3))
-        denoise = self.teacher_denoiser(w)
-        if w is not None and self.teacher.record.takes_guidance_scale:
-            cond = {**cond, "guidance_scale": w.to(device=x.device, dtype=x.dtype)}
+        denoise, cond = self.teacher_denoiser(w), self.teacher_cond(cond, w, x)
         x_mid = ddim_step(x, denoise(x, sigma, **cond), sigma, mid)
         x_end = ddim_step(x_mid, denoise(x_mid, mid, **cond), mid, end)
         return distillation_target(x, x_end, sigma, end)
 
     def loss(self, net, inputs: Inputs) -> StepLoss:
+        """The student's x̂₀ at a row's level against the row's :meth:`target`, by :meth:`distance`."""
         x0, rows, w = inputs["x0"], inputs["rows"], inputs.get("w")
         sigma = self.sigmas[rows]
         x = x0 + process.broadcast_to(sigma, x0) * inputs["noise"]
         target = self.target(x, rows, inputs["cond"], w)
-        cond = inputs["cond"] if w is None else {**inputs["cond"], "guidance_scale": w.to(x0.device, x0.dtype)}
         student = Denoiser(net, self.schedule, self.teacher.prediction, self.teacher.learned_variance)
-        error = (student.predict(x, sigma, **cond).x0 - target).float().square().flatten(1).mean(1)  # (N,)
+        return self.distance(student.predict(x, sigma, **with_guidance_scale(inputs["cond"], w, x0)).x0, target, sigma)
+
+    def distance(self, x0: Tensor, target: Tensor, sigma: Tensor) -> StepLoss:
+        """The truncated-SNR-weighted squared error (Salimans & Ho 2022, §4)."""
+        error = (x0 - target).float().square().flatten(1).mean(1)  # (N,)
         weight = truncated_snr_weight(sigma).to(device=error.device, dtype=error.dtype)
         return StepLoss((weight * error).mean(), {"x0_mse": error.detach().mean()})
 
