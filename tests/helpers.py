@@ -168,3 +168,18 @@ def served_run(folder):
 
     train(tiny_config(folder, "train.steps=3", "diffusion.cond_drop_prob=0.2", "sample.steps=4"), progress=False)
     return folder
+
+
+def distillation_batch(objective, guided: bool, w: float = 3.0):
+    """Five fixed images in [−1, 1], their noise and class labels 0–4, and the objective's teacher
+    as DDIM sampling uses it (guided by CFG at ``w`` when ``guided``): what the distillation
+    objectives' target tests step from."""
+    from difflab.guidance import guide, null_class_labels
+
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.rand(5, 1, 8, 8, generator=g) * 2 - 1
+    noise = torch.randn(x0.shape, generator=g)
+    teacher = objective.teacher.denoiser()
+    if guided:
+        teacher = guide(teacher, scale=w, uncond=null_class_labels(10))
+    return x0, noise, torch.arange(5), teacher

@@ -17,7 +17,6 @@ from difflab import Pipeline
 from difflab.checkpoint import load_state
 from difflab.cli import main as cli
 from difflab.data.load import load_dataset
-from difflab.guidance import guide, null_class_labels
 from difflab.models import build_model
 from difflab.sampling import consistency, consistency_levels, get_sigmas
 from difflab.sampling.ddim import ddim
@@ -25,7 +24,7 @@ from difflab.training.config import ConfigError
 from difflab.training.objectives import ConsistencyDistillationObjective, TrainingData
 from difflab.training.objectives.consistency import default_huber_c, pseudo_huber
 from difflab.training.trainer import train
-from helpers import perturbed, tiny_config
+from helpers import distillation_batch, perturbed, tiny_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -101,14 +100,8 @@ def test_the_target_is_the_target_networks_x0_after_one_teacher_ddim_step(teache
     model = perturbed(build_model(obj.model_spec()), seed=3)
     obj.attach(model)
     assert obj.sigmas.tolist() == get_sigmas(obj.schedule, 6, "trailing").tolist() and obj.sigmas[-1] == 0
-    g = torch.Generator().manual_seed(0)
-    x0 = torch.rand(5, 1, 8, 8, generator=g) * 2 - 1
-    noise = torch.randn(x0.shape, generator=g)
-    labels = torch.arange(5)
     w = 3.0
-    teacher_denoiser = obj.teacher.denoiser()
-    if guided:
-        teacher_denoiser = guide(teacher_denoiser, scale=w, uncond=null_class_labels(10))
+    x0, noise, labels, teacher_denoiser = distillation_batch(obj, guided, w)
     target_denoiser = obj.teacher.denoiser().with_model(obj.target_network.shadow)
     cond = {"class_labels": labels, **({"guidance_scale": torch.full((5,), w)} if guided else {})}
     for i in range(len(obj.sigmas) - 1):

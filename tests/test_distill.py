@@ -16,14 +16,13 @@ from difflab.cli import main as cli
 from difflab.data.load import load_dataset
 from difflab.denoiser import Denoiser
 from difflab.device import memory_format
-from difflab.guidance import guide, null_class_labels
 from difflab.models import build_model
 from difflab.sampling.ddim import ddim
 from difflab.training.config import ConfigError
 from difflab.training.objectives import DistillationObjective, TrainingData
 from difflab.training.objectives.distill import distillation_target
 from difflab.training.trainer import train
-from helpers import perturbed, tiny_config
+from helpers import distillation_batch, perturbed, tiny_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -51,14 +50,8 @@ def test_one_step_to_the_target_lands_where_the_teachers_two_ddim_steps_do(teach
     obj = objective(teacher, tmp_path, *([] if guided else ["distill.guidance_range=null"]))
     perturbed(obj.teacher.network)  # every layer away from its (zero) initialisation
     assert (obj.guidance_range is not None) == guided
-    g = torch.Generator().manual_seed(0)
-    x0 = torch.rand(5, 1, 8, 8, generator=g) * 2 - 1
-    noise = torch.randn(x0.shape, generator=g)
-    labels = torch.arange(5)
     w = 3.0
-    teacher_denoiser = obj.teacher.denoiser()
-    if guided:
-        teacher_denoiser = guide(teacher_denoiser, scale=w, uncond=null_class_labels(10))
+    x0, noise, labels, teacher_denoiser = distillation_batch(obj, guided, w)
     for i in range(len(obj.sigmas) - 1):
         rows = torch.full((5,), i)
         sigma, mid, end = (float(obj.teacher_sigmas[2 * i + k]) for k in range(3))
