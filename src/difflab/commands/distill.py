@@ -26,10 +26,13 @@ from pathlib import Path
 
 DEFAULT_GUIDANCE_RANGE = (1.0, 5.0)
 DEFAULT_START = 64
-DEFAULT_ITERATIONS = {"progressive": 2000, "consistency": 6000}
+DEFAULT_ITERATIONS = {"progressive": 2000, "consistency": 8000}
 
 
 def register(subparsers) -> None:
+    from ..training.config import DistillSection
+
+    defaults = DistillSection()
     p = subparsers.add_parser(
         "distill",
         help="distil a trained run into a few-step sampler (progressive or consistency distillation)",
@@ -51,10 +54,12 @@ def register(subparsers) -> None:
                    "DIR/rounds/<steps>-steps)")
     p.add_argument("--start-steps", type=int, metavar="N0", help="the teacher's DDIM steps in the first round: "
                    f"--steps times a power of two (default {DEFAULT_START}; a distilled RUN starts from its own)")
-    p.add_argument("--levels", type=int, default=40, metavar="N", help="consistency: the N steps of the teacher's "
-                   "ODE the student learns to be consistent along (default 40; the paper: 18 at 32x32, 40 at 64x64)")
-    p.add_argument("--target-ema", type=float, default=0.95, metavar="MU",
-                   help="consistency: the EMA rate of the target network (default 0.95, the paper's)")
+    p.add_argument("--levels", type=int, default=defaults.levels, metavar="N",
+                   help="consistency: the N steps of the teacher's ODE the student learns to be consistent along "
+                   f"(default {defaults.levels}; the paper: 18 at 32x32, 40 at 64x64)")
+    p.add_argument("--target-ema", type=float, default=defaults.target_ema, metavar="MU",
+                   help=f"consistency: the EMA rate of the target network (default {defaults.target_ema:g}, the "
+                   "paper's)")
     p.add_argument("--iterations-per-round", type=int, metavar="K",
                    help=f"optimizer steps per round (default {DEFAULT_ITERATIONS['progressive']}; consistency: of its "
                    f"one round, default {DEFAULT_ITERATIONS['consistency']}; the papers: 50k-800k at 32x32)")
