@@ -58,10 +58,16 @@ class ExtendedEmbedding(nn.Module):
 
     @property
     def num_embeddings(self) -> int:
-        return self.weight.shape[0]
+        return self.base.num_embeddings + len(self.extra)
 
     def forward(self, ids: Tensor) -> Tensor:
-        return F.embedding(ids, self.weight)
+        """Rows looked up in their own table: no copy of the whole vocabulary per call, and a
+        gradient only as large as the new rows (the same values as ``F.embedding(ids, self.weight)``)."""
+        first = self.base.num_embeddings
+        new = ids >= first
+        old_rows = self.base(ids.clamp(max=first - 1))
+        new_rows = F.embedding((ids - first).clamp(min=0), self.extra.to(old_rows.dtype))
+        return torch.where(new[..., None], new_rows, old_rows)
 
 
 def vocabulary_size(tokenizer) -> int:
@@ -81,7 +87,7 @@ def add_word(tokenizer, embedding_owner: nn.Module, attribute: str, token: Token
     if token.vectors.shape[1] != dim:
         raise ValueError(f"the embedding of {token.word!r} has vectors of width {token.vectors.shape[1]}, this text "
                          f"encoder's are {dim} wide: it was made for another encoder")
-    if table.weight.shape[0] != vocabulary_size(tokenizer):
+    if table.num_embeddings != vocabulary_size(tokenizer):
         raise ValueError("the tokenizer and the embedding table disagree on the vocabulary size")
     ids = teach_tokenizer(tokenizer, token.word, len(token.vectors))
     extra = token.vectors.to(device=table.weight.device)

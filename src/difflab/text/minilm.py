@@ -122,7 +122,7 @@ class MiniLMTextEncoder(nn.Module):
         """
         max_length = self.max_length if max_length is None else self._check_length(max_length)
         input_ids, mask = self.tokenizer(texts, max_length, padding)
-        device = self.encoder.word_embeddings.weight.device
+        device = self.encoder.position_embeddings.weight.device
         input_ids, mask = input_ids.to(device), mask.to(device)
         states = self.encoder(input_ids, mask) * mask[..., None]  # (N, L, 384)
         return TextEncoding(states, mask)

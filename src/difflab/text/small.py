@@ -218,6 +218,6 @@ class SmallTextEncoder(nn.Module):
             max_length = self.max_length
         check_max_length(max_length, self.max_length, 1, "the small text encoder ([CLS] included)")
         input_ids, mask = self.tokenizer(texts, max_length, padding)
-        device = self.token_embedding.weight.device
+        device = next(self.parameters()).device
         input_ids, mask = input_ids.to(device), mask.to(device)
         return TextEncoding(self.forward(input_ids, mask), mask)

@@ -85,7 +85,13 @@ class TextualInversionObjective(PersonalisationObjective):
     def forward(self, x_t: Tensor, t: Tensor, input_ids: Tensor, token_mask: Tensor, **cond) -> Tensor:
         """The base's prediction for token ids holding the word, encoded with the live vectors."""
         if self.text.frozen:
-            states = self.encoder.encoder(input_ids, token_mask) * token_mask[..., None]
+            n = input_ids.shape[0]
+            if n > 1 and bool((input_ids == input_ids[:1]).all() and (token_mask == token_mask[:1]).all()):
+                # one prompt for the whole batch (training): encode it once, the same states and gradient
+                states = self.encoder.encoder(input_ids[:1], token_mask[:1]) * token_mask[:1, :, None]
+                states, token_mask = states.expand(n, -1, -1), token_mask[:1].expand(n, -1)
+            else:
+                states = self.encoder.encoder(input_ids, token_mask) * token_mask[..., None]
             return self.base.network(x_t, t, context=states, context_mask=token_mask, **cond)
         return self.base.network(x_t, t, input_ids=input_ids, token_mask=token_mask, **cond)
 
