@@ -21,6 +21,7 @@ import torch
 
 from difflab.controls import make_controls
 from difflab.data import load_dataset
+from difflab.data.convert import random_placement
 from difflab.images import save_grid
 from difflab.metrics.control import edge_f1
 from difflab.pipelines import DiffusionModel, generate
@@ -42,6 +43,10 @@ def main(argv=None) -> int:
     p.add_argument("--prompts", choices=["own", "shuffled", "empty"], default="own",
                    help="each image's own name; the name of another held-out emoji (half the split away), so the "
                         "prompt does not give the layout and only the control can; or no prompt")
+    p.add_argument("--placement", type=float, nargs=2, metavar=("MIN", "MAX"),
+                   help="shrink each held-out emoji by a scale in [MIN, MAX] and place it at random (seed 0) before "
+                        "its edges are taken: layouts the base never draws from a name, so only the control can "
+                        "set them (a ControlNet trained with data.random_placement)")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--out", type=Path, help="write results.json and grid.png here")
     args = p.parse_args(argv)
@@ -51,6 +56,8 @@ def main(argv=None) -> int:
     data = load_dataset(base.record.train_config["data"]["dataset"], args.split, resolution=side, channels=channels)
     index = [i % len(data) for i in range(args.n)]
     pictures = data.images[index]
+    if args.placement:
+        pictures = random_placement(pictures, tuple(args.placement), torch.Generator().manual_seed(0))
     named = {"own": index, "shuffled": [(i + len(data) // 2) % len(data) for i in index], "empty": None}[args.prompts]
     prompts = [""] * args.n if named is None else [data.captions[i] for i in named]
     edges = make_controls(net.control, pictures)
@@ -85,7 +92,7 @@ def main(argv=None) -> int:
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
         summary = {"base": args.base, "controlnet": args.controlnet, "split": args.split, "n": args.n,
-                   "prompts_from": args.prompts,
+                   "prompts_from": args.prompts, "placement": args.placement,
                    "steps": args.steps, "tolerances": args.tolerances, "rows": rows, "prompts": prompts[:8]}
         (args.out / "results.json").write_text(json.dumps(summary, indent=1) + "\n")
         # rows: the held-out emoji, its Canny edges, base alone, then the ControlNet at each scale

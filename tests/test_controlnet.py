@@ -11,6 +11,8 @@ from PIL import Image
 
 from difflab.checkpoint import load_state, weights_sha256
 from difflab.cli import main as cli
+from difflab.controls import canny
+from difflab.data import load_dataset, random_placement, to_float, to_uint8
 from difflab.data.fill import draw_fill, load_fill
 from difflab.errors import UserError
 from difflab.images import save_images
@@ -23,6 +25,7 @@ from difflab.pipelines.img2img import InitImages
 from difflab.pipelines.inpaint import Inpainting
 from difflab.training.config import ConfigError, load_config
 from difflab.training.objectives import ControlNetObjective
+from difflab.training.objectives.base import TrainingData
 from difflab.training.trainer import train
 from helpers import TINY, perturb_head
 
@@ -329,6 +332,22 @@ def test_an_unlocked_decoder_is_trained_and_used(runs, tmp_path):
                            model.network(x, t, class_labels=labels, decoder=net.network))
 
 
+def test_placed_images_are_trained_with_the_controls_of_their_placement(runs, tmp_path):
+    base, _ = runs
+    config = load_config(None, TINY + FILL + CN + [f"controlnet.base={base}", "controlnet.control={kind: canny}",
+                                                   "data.random_placement=[0.5, 0.75]", f"train.out_dir={tmp_path}"])
+    data = load_dataset("fill", "train", 8)
+    objective = ControlNetObjective(config, TrainingData(data, data.images, None, torch.device("cpu")))
+    x0 = random_placement(to_float(data.images[:6]), (0.5, 0.75), torch.Generator().manual_seed(1))
+    drawn = objective.draw(x0, torch.arange(6), 0, torch.Generator().manual_seed(2))
+    expected = canny(to_uint8(x0)).float() / 255  # the placed images' edges, not the stored ones
+    assert torch.equal(drawn["cond"]["control_image"], expected)
+    assert not torch.equal(expected, canny(data.images[:6]).float() / 255)
+    train(config, progress=False, objective=ControlNetObjective)  # and the trainer places every batch
+    assert json.loads((tmp_path / "checkpoint" / "config.json").read_text())["train_config"]["data"][
+        "random_placement"] == [0.5, 0.75]
+
+
 def test_bad_controlnet_configs_are_one_clear_error_before_training(runs, tmp_path):
     base, _ = runs
     cases = {
@@ -338,6 +357,7 @@ def test_bad_controlnet_configs_are_one_clear_error_before_training(runs, tmp_pa
         "unknown control kind": [f"controlnet.base={base}", "controlnet.control={kind: depth}"],
         "does not exist": [f"controlnet.base={tmp_path / 'nothing'}"],
         "makes 3x8x8 images": [f"controlnet.base={base}", "data.resolution=16"],
+        "are given, not made from the pixels": [f"controlnet.base={base}", "data.random_placement=[0.5, 1]"],
     }
     for message, extra in cases.items():
         config = load_config(None, TINY + FILL + CN + [f"train.out_dir={tmp_path / 'out'}"] + extra)

@@ -14,6 +14,7 @@ from difflab.data import (
     parse_spec,
     random_crop,
     random_hflip,
+    random_placement,
     resize_square,
     to_channels,
     to_float,
@@ -142,6 +143,28 @@ def test_random_crop_takes_a_window_of_each_image():
     assert all(any(torch.equal(c, o[..., left : left + 10]) for left in range(3)) for c, o in zip(full_height, x))
     with pytest.raises(ValueError, match="between 1 and 10"):
         random_crop(x, 11)
+
+
+def test_random_placement_shrinks_each_image_onto_its_background():
+    x = torch.full((5, 3, 12, 12), 255, dtype=torch.uint8)  # a white ground (emoji) with a grey square
+    x[:, :, 2:10, 2:10] = torch.arange(5, dtype=torch.uint8).view(5, 1, 1, 1) * 40
+    placed = random_placement(x, (0.5, 0.5), torch.Generator().manual_seed(0))
+    assert placed.shape == x.shape and placed.dtype == torch.uint8
+    small = torch.nn.functional.interpolate(x.float(), size=(6, 6), mode="area").round().to(torch.uint8)
+    for p, s in zip(placed, small):  # the 6x6 area-resized image somewhere, the ground everywhere else
+        spots = [(top, left) for top in range(7) for left in range(7)
+                 if torch.equal(p[:, top : top + 6, left : left + 6], s)]
+        assert spots
+        top, left = spots[0]
+        outside = torch.ones(12, 12, dtype=torch.bool)
+        outside[top : top + 6, left : left + 6] = False
+        assert (p[:, outside] == 255).all()
+    assert torch.equal(random_placement(x, (0.5, 0.5), torch.Generator().manual_seed(0)), placed)  # seeded
+    assert torch.equal(random_placement(x, (1.0, 1.0)), x)  # scale 1: nowhere to move
+    floats = to_float(x)  # [-1, 1] batches as the trainer has them: the same placement
+    assert torch.equal(to_uint8(random_placement(floats, (0.5, 0.5), torch.Generator().manual_seed(0))), placed)
+    with pytest.raises(ValueError, match="0 < min <= max <= 1"):
+        random_placement(x, (0.8, 0.5))
 
 
 @pytest.mark.parametrize("layout", ["NHWC", "NCHW", "NHW"])

@@ -117,3 +117,12 @@ def test_controlnet_on_a_latent_base_reads_pixel_control_images(tmp_path, autoen
                       controls=[Control(ControlNetModel.load(net), InitImages(edges, [None] * 3), 0.0)])
     plain, _ = generate(model, 3, steps=2, class_index=1)
     assert torch.equal(off, plain)  # scale 0 is the base, bit for bit, in latent space too
+
+
+def test_random_placement_moves_pixels_before_encoding_and_refuses_a_latent_cache(tmp_path, autoencoder, capsys):
+    run = latent_run(tmp_path / "a", autoencoder, "data.latent_cache=false", "data.random_placement=[0.5, 1]")
+    assert json.loads((run / "checkpoint" / "config.json").read_text())["step"] == 3
+    sets = sum((["--set", x.replace("attention_resolutions: [4]", "attention_resolutions: [2]")] for x in TINY), [])
+    code = cli(["train", *sets, "--set", f"data.autoencoder={autoencoder}", "--set", "data.latent_cache=true",
+                "--set", "data.random_placement=[0.5, 1]", "--no-progress", "--out", str(tmp_path / "b")])
+    assert code == 2 and "set data.latent_cache: false" in capsys.readouterr().err

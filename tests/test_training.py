@@ -231,3 +231,11 @@ def test_repeats_make_batches_larger_than_a_handful_of_pictures(tmp_path):
     assert load_state(run)[2]["step"] == 2
     with pytest.raises(ConfigError, match="'data.repeats' must be a whole number >= 1"):
         tiny_config(tmp_path / "c", "data.repeats=0")
+
+
+def test_random_placement_trains_a_pixel_model_and_refuses_bad_scales(tmp_path):
+    run = train(tiny_config(tmp_path / "a", "data.random_placement=[0.5, 1.0]", "train.steps=2"), progress=False)
+    assert load_state(run)[2]["step"] == 2
+    for bad in ("[0, 1]", "[0.8, 0.5]", "[0.5, 1.5]", "[0.5]", "[a, b]"):
+        with pytest.raises(ConfigError, match="'data.random_placement' must be two scales"):
+            tiny_config(tmp_path / "b", f"data.random_placement={bad}")

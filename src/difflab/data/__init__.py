@@ -9,7 +9,15 @@ the stored pixels and the [-1, 1] range networks see.
 from difflab.data.arrays import images_from_array, load_npz_images
 from difflab.data.cache import cache_dir
 from difflab.data.captions import templated_captions
-from difflab.data.convert import random_crop, random_hflip, resize_square, to_channels, to_float, to_uint8
+from difflab.data.convert import (
+    random_crop,
+    random_hflip,
+    random_placement,
+    resize_square,
+    to_channels,
+    to_float,
+    to_uint8,
+)
 from difflab.data.dataset import ImageDataset
 from difflab.data.emoji import load_emoji
 from difflab.data.image_folder import load_image_folder
@@ -19,5 +27,5 @@ from difflab.data.paired_edits import FAMILIES, paired_edits
 __all__ = [
     "BUILTIN", "FAMILIES", "ImageDataset", "cache_dir", "images_from_array", "load_dataset", "load_emoji",
     "load_image_folder", "load_npz_images", "paired_edits", "parse_spec", "random_crop", "random_hflip",
-    "resize_square", "templated_captions", "to_channels", "to_float", "to_uint8",
+    "random_placement", "resize_square", "templated_captions", "to_channels", "to_float", "to_uint8",
 ]

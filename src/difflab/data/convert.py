@@ -74,3 +74,30 @@ def random_crop(x: torch.Tensor, size: int, generator: torch.Generator | None = 
     batch = torch.arange(n, device=x.device)[:, None, None, None]
     channel = torch.arange(x.shape[1], device=x.device)[None, :, None, None]
     return x[batch, channel, rows, cols]
+
+
+def random_placement(x: torch.Tensor, scales: tuple[float, float],
+                     generator: torch.Generator | None = None) -> torch.Tensor:
+    """Each image of a batch (N, C, H, W), float or uint8, shrunk by a factor s ~ U(scales) and
+    pasted at a uniformly random position on its top-left pixel's colour (the white of emoji, the
+    black of Fashion-MNIST); same shape and dtype.
+
+    The area-resized image is round(s·H) × round(s·W); its top-left corner is uniform over the
+    positions where it fits. A ControlNet trained on subjects that always fill the frame can learn
+    to copy the layout its base already draws from the prompt; placed subjects give it layouts the
+    base never drew, which only the control image can set (``data.random_placement``).
+    """
+    low, high = scales
+    if not 0 < low <= high <= 1:
+        raise ValueError(f"the placement's scales must satisfy 0 < min <= max <= 1, got [{low}, {high}]")
+    n, _, height, width = x.shape
+    device = generator.device if generator is not None else x.device
+    draws = torch.rand(n, 3, generator=generator, device=device).cpu().tolist()
+    pixels = x.to(torch.float32)
+    out = pixels[:, :, :1, :1].expand_as(pixels).clone()
+    for i, (u, a, b) in enumerate(draws):
+        s = low + (high - low) * u
+        h, w = max(1, round(s * height)), max(1, round(s * width))
+        top, left = int(a * (height - h + 1)), int(b * (width - w + 1))
+        out[i, :, top : top + h, left : left + w] = F.interpolate(pixels[i : i + 1], size=(h, w), mode="area")[0]
+    return out.round().clamp(0, 255).to(torch.uint8) if x.dtype == torch.uint8 else out.to(x.dtype)

@@ -45,6 +45,8 @@ class DataConfig:
     channels: int | None = None  # 1 or 3; None keeps the dataset's
     hflip: bool = False  # random horizontal flips
     random_crop: int | None = None  # autoencoders: train on random crops of this side (LDM's first stages)
+    random_placement: tuple | None = None  # [min, max]: each image shrunk by s ~ U(min, max) and placed at random
+                                           # (pixel models; a ControlNet's controls follow the placed image)
     class_conditional: bool = False  # condition on the dataset's class labels
     text_conditional: bool = False  # condition on the dataset's captions (model.text_encoder)
     autoencoder: str | None = None  # latent diffusion: a `difflab train-autoencoder` run to train in the latents of
@@ -329,6 +331,11 @@ def _optional(check):
     return lambda v: v is None or check(v)
 
 
+def _scale_range(v) -> bool:
+    numbers = len(v) == 2 and all(isinstance(s, (int, float)) and not isinstance(s, bool) for s in v)
+    return numbers and 0 < v[0] <= v[1] <= 1
+
+
 def _mask_mix(mix) -> bool:
     weights = list(mix.values())
     valid = bool(mix) and set(mix) <= set(MASK_KINDS) and all(_number(w) and w >= 0 for w in weights)
@@ -346,6 +353,7 @@ RULES: dict[str, tuple[Callable[[object], bool], str]] = {
     "data.exclude_classes": (lambda v: all(isinstance(name, str) for name in v), "a list of class names"),
     "data.repeats": (_between(1, 100_000), "a whole number >= 1"),
     "data.random_crop": (_optional(_between(1, _MAX_SIDE)), f"between 1 and {_MAX_SIDE}, or null (no crops)"),
+    "data.random_placement": (_optional(_scale_range), "two scales [min, max] with 0 < min <= max <= 1, or null"),
     "data.autoencoder": (_optional(_text), "the folder of a `difflab train-autoencoder` run, or null"),
     "model.name": (_text, "a model name (unet, dit, noisy_classifier, autoencoder_kl, autoencoder_vq)"),
     "model.preset": (_optional(_text), "a preset name of the model, or null"),

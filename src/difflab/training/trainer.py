@@ -28,7 +28,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from ..checkpoint import find_checkpoint, load_state
-from ..data.convert import random_crop, random_hflip, to_float
+from ..data.convert import random_crop, random_hflip, random_placement, to_float
 from ..data.load import load_dataset
 from ..device import bf16_autocast, memory_format
 from ..images import check_output_folder
@@ -220,6 +220,9 @@ def _train(cfg: Config, rt: distributed.Runtime, out: Path, resume, init_from, o
             latent_cache = [latent.encode_all(images, generator=encode_g, progress=progress and rt.is_main)]
             if cfg.data.hflip:
                 latent_cache.append(latent.encode_all(images.flip(-1), generator=encode_g))
+    if cfg.data.random_placement and latent_cache is not None:
+        raise ConfigError("data.random_placement moves pixels, and data.latent_cache encodes them once: set "
+                          "data.latent_cache: false to place a latent model's images (encoded every step)")
     objective = objective_cls(cfg, TrainingData(dataset, images, latent, device))  # checks the config against the data
     if cfg.optim.batch_size > len(dataset):
         raise ConfigError(f"config key 'optim.batch_size' must be at most the number of training images "
@@ -318,6 +321,8 @@ def _train(cfg: Config, rt: distributed.Runtime, out: Path, resume, init_from, o
                 x0 = random_hflip(x0, g)
             if cfg.data.random_crop:
                 x0 = random_crop(x0, cfg.data.random_crop, g)
+            if cfg.data.random_placement:
+                x0 = random_placement(x0, cfg.data.random_placement, g)
             if latent is not None:  # encoded on the fly
                 pixels = x0 if objective.needs_pixels else None
                 x0 = latent.encode(x0, generator=g)

@@ -26,6 +26,7 @@ from ... import losses
 from ...checkpoint import CONTROLNET_KIND, weights_sha256
 from ...conditioning import select
 from ...controls import ControlSpec, make_controls, to_hint
+from ...data.convert import to_uint8
 from ...images import save_grid
 from ...models import CONTROLNET_NAMES, DiT
 from ...pipelines.controlnet import Control, ControlNetModel, controlnet_inputs
@@ -71,6 +72,12 @@ class ControlNetObjective(DiffusionObjective):
             raise ConfigError(f"the control images are {controls.shape[-1]} pixels a side, the images "
                               f"{dataset.images.shape[-1]}: give control images of the data's size")
         self.controls = controls.to(data.device)
+        self.placed = config.data.random_placement is not None  # controls made from each placed batch
+        if self.placed and self.control.kind in ("fill", "folder"):
+            raise ConfigError(f"data.random_placement moves the images, and the {self.control.kind} control images "
+                              "are given, not made from the pixels: use a canny, soft_edges, tile or grayscale "
+                              "control, or set data.random_placement: null")
+        self.needs_pixels = self.placed and data.latent is not None
         self.network = None  # the trained ControlNet (attach)
 
     def text_encoder_config(self) -> dict | None:
@@ -105,7 +112,11 @@ class ControlNetObjective(DiffusionObjective):
             cond["class_labels"] = torch.where(drop, torch.full_like(y, self.base.num_classes), y)
         if self.text is not None:
             cond.update(select(self.caption_table, self.caption_rows[idx], self.null_caption, drop))
-        cond["control_image"] = to_hint(self.controls[idx])
+        if self.placed:  # the control of the image as placed (data.random_placement)
+            placed = make_controls(self.control, to_uint8(x0 if pixels is None else pixels))
+            cond["control_image"] = to_hint(placed.to(x0.device))
+        else:
+            cond["control_image"] = to_hint(self.controls[idx])
         return {"x0": x0, "t": t, "noise": noise, "cond": cond}
 
     def loss(self, net, inputs: Inputs) -> StepLoss:
