@@ -11,6 +11,8 @@ import math
 import torch
 from torch import Tensor
 
+from .generic_levels import generic_levels
+
 
 def _check_steps(steps) -> int:
     if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
@@ -90,8 +92,16 @@ KARRAS_STEPS_PER_NEPER = 2.0  # … where Karras spacing takes over from this ma
 
 
 def default_spacing(schedule, steps: int) -> str:
-    """The spacing :func:`~difflab.sampling.sample` uses when none is given, from the schedule's
-    range of noise levels and the number of steps (a measured rule; docs/sampling.md).
+    """The spacing :func:`~difflab.sampling.sample` uses when none is given: ``"generic"`` where
+    :mod:`~difflab.sampling.generic_levels` has levels for the schedule and the number of steps
+    (the built-in linear, scaled-linear and cosine schedules at 10 and 20 steps), else
+    :func:`rule_spacing`'s (docs/sampling.md)."""
+    return "generic" if generic_levels(schedule, _check_steps(steps)) is not None else rule_spacing(schedule, steps)
+
+
+def rule_spacing(schedule, steps: int) -> str:
+    """A named spacing from the schedule's range of noise levels and the number of steps (a
+    measured rule; docs/sampling.md).
 
     With the span s = ln(σ_max/σ_min) (half the schedule's log-SNR range, λ = −2 ln σ):
 
@@ -107,7 +117,8 @@ def default_spacing(schedule, steps: int) -> str:
     UniPC-3 (the default sampler) on Gaussian mixtures in 8, 32 and 64 dimensions with exact
     denoisers (``benchmarks/sampler_accuracy.py --defaults``): no spacing, nor any fixed sampler
     and spacing, is within 1.1× of the best on every mixture at 10–20 calls of the linear schedule;
-    this rule takes the one with the smallest worst case (docs/benchmarks.md, "Default spacing").
+    this rule takes the one with the smallest worst case (docs/benchmarks.md, "Default spacing"),
+    and :mod:`~difflab.sampling.generic_levels` beats it where it has levels.
     """
     steps = _check_steps(steps)
     sigma_max, sigma_min = float(schedule.sigma_max), float(schedule.sigma_min)
@@ -119,6 +130,16 @@ def default_spacing(schedule, steps: int) -> str:
     if span < NARROW_SPAN and steps >= KARRAS_STEPS_PER_NEPER * span:
         return "karras"
     return "log_snr"
+
+
+def generic(schedule, steps: int) -> Tensor:
+    """The generic tuned levels of :mod:`~difflab.sampling.generic_levels` where it has them for
+    this schedule and number of steps, else the levels of :func:`rule_spacing`'s spacing."""
+    levels = generic_levels(schedule, _check_steps(steps))
+    return levels if levels is not None else SPACINGS[rule_spacing(schedule, steps)](schedule, steps)
+
+
+SPACINGS["generic"] = generic
 
 
 def get_sigmas(schedule, steps: int, spacing="log_snr", final_denoise: bool = True) -> Tensor:

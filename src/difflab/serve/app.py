@@ -20,7 +20,7 @@ import time
 from .studio import AUTO_SPACING, EVERY_CLASS, Cancelled, Request, Studio
 from .uploads import UploadError, read_upload
 
-SPACINGS = ("trailing", "leading", "linspace", "log_snr", "karras")
+SPACINGS = ("trailing", "leading", "linspace", "log_snr", "karras", "generic")
 
 
 EDITOR_SIDE = 384  # pixels: a small image is shown this big in the mask editor, so a brush can hit it
