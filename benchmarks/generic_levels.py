@@ -101,6 +101,31 @@ def check_runs(runs: list[str], steps_list: list[int], n: int = 256) -> None:
                   flush=True)
 
 
+def plot_levels(path: str, steps: int = 20) -> None:
+    """log σ of each level against its index: the shipped generic levels beside the named spacings."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from difflab.sampling.generic_levels import GENERIC_LEVELS
+
+    fig, axes = plt.subplots(1, len(GENERIC_LEVELS), figsize=(4.2 * len(GENERIC_LEVELS), 3.6))
+    for ax, name in zip(axes, GENERIC_LEVELS):
+        schedule = schedules.get_schedule(name)
+        for spacing in ("generic", "trailing", "log_snr", "karras"):
+            levels = get_sigmas(schedule, steps, spacing)[:-1]
+            ax.plot(range(steps), levels.log10().numpy(), "o-" if spacing == "generic" else ".--", label=spacing,
+                    markersize=4 if spacing == "generic" else 3)
+        ax.set_title(f"{name}, {steps} steps")
+        ax.set_xlabel("step")
+        ax.set_ylabel("log10 sigma")
+        ax.grid(alpha=0.3)
+    axes[0].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -108,7 +133,11 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, nargs="+", default=[10, 20])
     p.add_argument("--evals", type=int, default=2000, help="Nelder-Mead's budget of solves of the family")
     p.add_argument("--check", nargs="+", metavar="RUN", help="score the shipped levels on these trained runs instead")
+    p.add_argument("--plot", metavar="PNG", help="draw the shipped 20-step levels beside the named spacings instead")
     args = p.parse_args(argv)
+    if args.plot:
+        plot_levels(args.plot)
+        return 0
     if args.check:
         check_runs(args.check, args.steps)
         return 0
