@@ -18,7 +18,7 @@ fit and prints the table below.
 Each entry stores the interior levels as fractions u of the log-σ range,
 σᵢ = σ_max · (σ_min/σ_max)^uᵢ, for one schedule (recognised by its σ_max and σ_min) and one
 number of steps. Other schedules and step counts have no entry: :func:`generic_levels` returns
-None and the caller falls back to the rule of :func:`~difflab.sampling.spacing.default_spacing`.
+None and the caller falls back to the rule of :func:`~difflab.sampling.spacing.rule_spacing`.
 """
 
 from __future__ import annotations

@@ -46,7 +46,7 @@ class DataConfig:
     hflip: bool = False  # random horizontal flips
     random_crop: int | None = None  # autoencoders: train on random crops of this side (LDM's first stages)
     random_placement: tuple | None = None  # [min, max]: each image shrunk by s ~ U(min, max) and placed at random
-                                           # (pixel models; a ControlNet's controls follow the placed image)
+                                           # (in pixels, before a latent encoding; ControlNet controls follow)
     class_conditional: bool = False  # condition on the dataset's class labels
     text_conditional: bool = False  # condition on the dataset's captions (model.text_encoder)
     autoencoder: str | None = None  # latent diffusion: a `difflab train-autoencoder` run to train in the latents of
