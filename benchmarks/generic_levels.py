@@ -31,31 +31,26 @@ from difflab.analytic import GaussianMixture
 from difflab.sampling import sample
 from difflab.sampling.spacing import get_sigmas
 from difflab.sampling.tuning import logits_from_sigmas, sigmas_from_logits
+from sampler_accuracy import Problem
 
 FLOOR = 2e-5
 STARTS = ("log_snr", "karras", "trailing")
 
 
-def family(schedule) -> list[tuple]:
-    """(model function, noise, exact solution) of every problem of the family."""
+def family(schedule) -> list[Problem]:
+    """Every problem of the family, each with its noise and exact solution (``sampler_accuracy.Problem``)."""
     problems = [GaussianMixture.random(8, dim, spread=1.0, std_range=(0.3, 0.6), seed=101 + k)
                 for k, dim in enumerate([8, 16, 32, 64] * 3)]
     problems += [GaussianMixture.gaussian(dim=8, mean=mean, std=std) for mean, std in ((0.3, 0.4), (0.8, 0.7),
                                                                                      (0.5, 0.3))]
-    out = []
-    for k, data in enumerate(problems):
-        noise = torch.randn(128, data.dim, generator=torch.Generator().manual_seed(7 + k), dtype=torch.float64)
-        x = noise * float(schedule.prior_std(schedule.sigma_max))
-        exact = data.denoise(data.ode_solution(x, schedule.sigma_max, schedule.sigma_min), schedule.sigma_min)
-        out.append((data.model(schedule, "epsilon"), noise, exact))
-    return out
+    return [Problem(f"family{k}", data, schedule,
+                    torch.randn(128, data.dim, generator=torch.Generator().manual_seed(7 + k), dtype=torch.float64))
+            for k, data in enumerate(problems)]
 
 
-def score(problems, schedule, sigmas) -> float:
-    errors = []
-    for model, noise, exact in problems:
-        x = sample(model, noise, schedule, method="unipc_3", sigmas=sigmas)
-        errors.append(float((x - exact).norm() / exact.norm()) if torch.isfinite(x).all() else math.inf)
+def score(problems: list[Problem], schedule, sigmas) -> float:
+    errors = [p.error(sample(p.data.model(schedule, "epsilon"), p.noise, schedule, method="unipc_3", sigmas=sigmas))
+              for p in problems]
     return float(np.mean(np.log(np.maximum(errors, FLOOR))))
 
 

@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 CONTROL_KINDS = ("canny", "soft_edges", "fill", "tile", "grayscale", "folder")
+PIXEL_KINDS = ("canny", "soft_edges", "tile", "grayscale")  # computed from the pixels (the others are given)
 LUMA = (0.299, 0.587, 0.114)
 
 
@@ -178,7 +179,7 @@ def make_controls(spec: ControlSpec, dataset) -> Tensor:
         return tile(images, int(o.get("factor", 4)))
     if spec.kind == "grayscale":
         return grayscale(images)
-    if isinstance(dataset, Tensor):
+    if isinstance(dataset, Tensor):  # not one of PIXEL_KINDS
         raise ValueError(f"the {spec.kind} control is not computed from pixels: pass a ready control image")
     if spec.kind == "fill":
         if dataset.controls is None:

@@ -464,6 +464,9 @@ def validate(config: Config) -> Config:
         raise ConfigError(f"config keys 'optim.lr' x 'optim.weight_decay' must be below 1 (AdamW multiplies the "
                           f"weights by 1 - lr x weight_decay every step), got {config.optim.lr:g} x "
                           f"{config.optim.weight_decay:g}")
+    if config.data.random_placement and config.data.autoencoder and config.data.latent_cache:
+        raise ConfigError("data.random_placement moves pixels, and data.latent_cache encodes them once: set "
+                          "data.latent_cache: false to place a latent model's images (encoded every step)")
     d = config.diffusion
     try:
         schedule = get_schedule(d.schedule, **d.schedule_options)

@@ -220,9 +220,6 @@ def _train(cfg: Config, rt: distributed.Runtime, out: Path, resume, init_from, o
             latent_cache = [latent.encode_all(images, generator=encode_g, progress=progress and rt.is_main)]
             if cfg.data.hflip:
                 latent_cache.append(latent.encode_all(images.flip(-1), generator=encode_g))
-    if cfg.data.random_placement and latent_cache is not None:
-        raise ConfigError("data.random_placement moves pixels, and data.latent_cache encodes them once: set "
-                          "data.latent_cache: false to place a latent model's images (encoded every step)")
     objective = objective_cls(cfg, TrainingData(dataset, images, latent, device))  # checks the config against the data
     if cfg.optim.batch_size > len(dataset):
         raise ConfigError(f"config key 'optim.batch_size' must be at most the number of training images "

@@ -25,7 +25,7 @@ from torch import Tensor
 from ... import losses
 from ...checkpoint import CONTROLNET_KIND, weights_sha256
 from ...conditioning import select
-from ...controls import ControlSpec, make_controls, to_hint
+from ...controls import PIXEL_KINDS, ControlSpec, make_controls, to_hint
 from ...data.convert import to_uint8
 from ...images import save_grid
 from ...models import CONTROLNET_NAMES, DiT
@@ -73,10 +73,10 @@ class ControlNetObjective(DiffusionObjective):
                               f"{dataset.images.shape[-1]}: give control images of the data's size")
         self.controls = controls.to(data.device)
         self.placed = config.data.random_placement is not None  # controls made from each placed batch
-        if self.placed and self.control.kind in ("fill", "folder"):
+        if self.placed and self.control.kind not in PIXEL_KINDS:
             raise ConfigError(f"data.random_placement moves the images, and the {self.control.kind} control images "
-                              "are given, not made from the pixels: use a canny, soft_edges, tile or grayscale "
-                              "control, or set data.random_placement: null")
+                              f"are given, not made from the pixels: use a {', '.join(PIXEL_KINDS)} control, or set "
+                              "data.random_placement: null")
         self.needs_pixels = self.placed and data.latent is not None
         self.network = None  # the trained ControlNet (attach)
 
