@@ -4,10 +4,14 @@ probability-flow ODE solutions (in the manner of Align Your Steps, Sabour et al.
 
 The family: 12 mixtures of 8 components (stds 0.3–0.6) in 8, 16, 32 and 64 dimensions, seeds
 101–112, and 3 Gaussians; 128 noises each. None is a problem of ``sampler_accuracy.py`` (seed 0),
-which scores the result. The objective is the mean over the family of log max(relative error,
-2e-5) (the floor: a Gaussian can be solved exactly by accident and would outweigh the mixtures);
-Nelder–Mead starts from the best of the log-SNR, Karras and trailing spacings. Prints the
-table entries to paste into ``GENERIC_LEVELS``.
+which scores the result. The objective is the *regret* of the levels: per problem, log of UniPC-3's
+relative error on them over the least error of every fixed configuration (each deterministic
+sampler on each named spacing, at the same model calls), both floored at 2e-5 (a Gaussian can be
+solved exactly by accident); its smooth maximum over the family, 1/τ · log mean exp(τ·regret) with
+τ = 3, is minimised. Nelder–Mead starts from the best of the shipped generic levels and the
+log-SNR, Karras and trailing spacings; a second, shorter search also counts UniPC-2 and
+DPM-Solver++ 2M / 3M on the candidate levels among the rivals (the default should not be beaten on
+its own levels either). Prints the table entries to paste into ``GENERIC_LEVELS``.
 
     python benchmarks/generic_levels.py --schedules linear scaled_linear cosine --steps 10 20
 
@@ -28,13 +32,15 @@ from scipy.optimize import minimize
 
 from difflab import schedules
 from difflab.analytic import GaussianMixture
-from difflab.sampling import sample
-from difflab.sampling.spacing import get_sigmas
+from difflab.sampling import DETERMINISTIC, sample
+from difflab.sampling.spacing import SPACINGS, get_sigmas
 from difflab.sampling.tuning import logits_from_sigmas, sigmas_from_logits
-from sampler_accuracy import Problem
+from sampler_accuracy import Ours, Problem
 
 FLOOR = 2e-5
-STARTS = ("log_snr", "karras", "trailing")
+STARTS = ("generic", "log_snr", "karras", "trailing")  # "generic": the shipped levels, so a refit refines them
+TEMPERATURE = 3.0  # of the smooth maximum over the family: 1/τ · log mean exp(τ·regret)
+RIVALS = ("unipc", "dpmpp_2m", "dpmpp_3m")  # other solvers that may beat UniPC-3 on the candidate levels
 
 
 def family(schedule) -> list[Problem]:
@@ -48,33 +54,63 @@ def family(schedule) -> list[Problem]:
             for k, data in enumerate(problems)]
 
 
-def score(problems: list[Problem], schedule, sigmas) -> float:
-    errors = [p.error(sample(p.data.model(schedule, "epsilon"), p.noise, schedule, method="unipc_3", sigmas=sigmas))
-              for p in problems]
-    return float(np.mean(np.log(np.maximum(errors, FLOOR))))
+def solve(problem: Problem, method: str, **levels) -> float:
+    """Relative error of ``method`` on ``problem`` with ``steps``/``spacing`` or ``sigmas``."""
+    model = problem.data.model(problem.schedule, "epsilon")
+    return problem.error(sample(model, problem.noise, problem.schedule, method=method, **levels))
 
 
-def fit(schedule, steps: int, evals: int) -> tuple[list[float], dict]:
-    """The interior levels as fractions of the log-σ range, and how the fit went."""
+def best_fixed(problems: list[Problem], steps: int) -> np.ndarray:
+    """Per problem, the least error of every fixed configuration at ``steps`` model calls: each
+    deterministic sampler on each named spacing but the generic levels being fitted (Heun on the
+    steps whose calls fit, as ``sampler_accuracy.py`` counts them)."""
+    spacings = [name for name in SPACINGS if name != "generic"]
+    configs = [(m, Ours(m, m, None).steps(steps)) for m in DETERMINISTIC]
+    return np.array([min(solve(p, m, steps=n, spacing=s) for m, n in configs for s in spacings) for p in problems])
+
+
+def regret(problems: list[Problem], best: np.ndarray, sigmas, rivals=()) -> np.ndarray:
+    """log(error of UniPC-3 on the levels / the best fixed configuration's), per problem (both
+    floored at 2e-5); ``rivals``: solvers whose error on the same levels joins the best."""
+    errors = np.array([solve(p, "unipc_3", sigmas=sigmas) for p in problems])
+    for method in rivals:
+        best = np.minimum(best, [solve(p, method, sigmas=sigmas) for p in problems])
+    return np.log(np.maximum(errors, FLOOR)) - np.log(np.maximum(best, FLOOR))
+
+
+def smooth_max(values: np.ndarray) -> float:
+    return float(np.log(np.mean(np.exp(TEMPERATURE * values))) / TEMPERATURE)
+
+
+def fit(schedule, steps: int, evals: int, rival_evals: int) -> tuple[list[float], dict]:
+    """The interior levels as fractions of the log-σ range, and how the fit went: ``evals``
+    solves of the family against the fixed configurations, then ``rival_evals`` with the rival
+    solvers on the same levels counted too."""
     problems = family(schedule)
+    best = best_fixed(problems, steps)
     sigma_max, sigma_min = float(schedule.sigma_max), float(schedule.sigma_min)
-    starts = {name: score(problems, schedule, get_sigmas(schedule, steps, name)) for name in STARTS}
+    starts = {name: smooth_max(regret(problems, best, get_sigmas(schedule, steps, name))) for name in STARTS}
     start = min(starts, key=starts.get)
-    best = {"value": math.inf, "logits": None}
+    x = logits_from_sigmas(get_sigmas(schedule, steps, start), sigma_min)
+    for budget, rivals in ((evals, ()), (rival_evals, RIVALS)):
+        found = {"value": math.inf, "logits": x}
 
-    def objective(logits) -> float:
-        value = score(problems, schedule, sigmas_from_logits(logits, sigma_max, sigma_min))
-        if value < best["value"]:
-            best.update(value=value, logits=np.array(logits))
-        return value
+        def objective(logits, rivals=rivals, found=found) -> float:
+            value = smooth_max(regret(problems, best, sigmas_from_logits(logits, sigma_max, sigma_min), rivals))
+            if value < found["value"]:
+                found.update(value=value, logits=np.array(logits))
+            return value
 
-    x0 = logits_from_sigmas(get_sigmas(schedule, steps, start), sigma_min)
-    minimize(objective, x0, method="Nelder-Mead", options={"maxfev": evals, "xatol": 1e-5, "fatol": 1e-5,
-                                                            "adaptive": True})
-    sigmas = sigmas_from_logits(best["logits"], sigma_max, sigma_min)[:-1]  # drop the final 0
+        if budget:
+            minimize(objective, x, method="Nelder-Mead", options={"maxfev": budget, "xatol": 1e-5, "fatol": 1e-5,
+                                                                   "adaptive": True})
+            x = found["logits"]
+    sigmas = sigmas_from_logits(x, sigma_max, sigma_min)
+    final = regret(problems, best, sigmas, RIVALS)
     span = math.log(sigma_max) - math.log(sigma_min)
-    fractions = [(math.log(sigma_max) - math.log(float(s))) / span for s in sigmas[1:]]
-    return fractions, {"starts": starts, "start": start, "objective": best["value"]}
+    fractions = [(math.log(sigma_max) - math.log(float(s))) / span for s in sigmas[1:-1]]  # drop σ_max and 0
+    return fractions, {"starts": starts, "start": start, "objective": smooth_max(final),
+                       "worst": float(np.exp(final.max()))}
 
 
 def check_runs(runs: list[str], steps_list: list[int], n: int = 256) -> None:
@@ -126,7 +162,10 @@ def main(argv=None) -> int:
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--schedules", nargs="+", default=["linear", "scaled_linear", "cosine"])
     p.add_argument("--steps", type=int, nargs="+", default=[10, 20])
-    p.add_argument("--evals", type=int, default=2000, help="Nelder-Mead's budget of solves of the family")
+    p.add_argument("--evals", type=int, default=2000,
+                   help="Nelder-Mead's budget of solves of the family, against the fixed configurations")
+    p.add_argument("--rival-evals", type=int, default=600,
+                   help="then this many more with UniPC-2 and DPM-Solver++ 2M/3M on the same levels counted as rivals")
     p.add_argument("--check", nargs="+", metavar="RUN", help="score the shipped levels on these trained runs instead")
     p.add_argument("--plot", metavar="PNG", help="draw the shipped 20-step levels beside the named spacings instead")
     args = p.parse_args(argv)
@@ -141,10 +180,11 @@ def main(argv=None) -> int:
         entries = {}
         for steps in args.steps:
             start = time.perf_counter()
-            fractions, how = fit(schedule, steps, args.evals)
+            fractions, how = fit(schedule, steps, args.evals, args.rival_evals)
             entries[steps] = fractions
             print(f"# {name}, {steps} steps: from {how['start']} ({how['starts'][how['start']]:.3f}) to "
-                  f"{how['objective']:.3f} in {time.perf_counter() - start:.0f} s", flush=True)
+                  f"{how['objective']:.3f} (worst problem {how['worst']:.2f}x the best fixed configuration) "
+                  f"in {time.perf_counter() - start:.0f} s", flush=True)
         table = ", ".join(f"{steps}: ({', '.join(f'{u:.6f}' for u in fr)})" for steps, fr in entries.items())
         print(f'"{name}": ({float(schedule.sigma_max)!r}, {float(schedule.sigma_min)!r}, {{{table}}}),', flush=True)
     return 0

@@ -21,7 +21,9 @@ def register(subparsers) -> None:
     p.add_argument("checkpoint", help="a run folder or its checkpoint/ folder")
     p.add_argument("--steps", type=int, required=True, help="number of sampler steps to tune (>= 2)")
     p.add_argument("--method", choices=sorted(DETERMINISTIC), help="deterministic sampler (default: the checkpoint's)")
-    p.add_argument("--init", choices=sorted(SPACINGS), default="trailing", help="spacing the search starts from")
+    p.add_argument("--init", nargs="+", choices=sorted(SPACINGS), default=["trailing", "generic"],
+                   help="spacing(s) the search may start from: each is scored on the calibration noise and the search "
+                        "starts from the best ('generic': the levels tuned once per schedule, docs/sampling.md)")
     p.add_argument("--n", type=int, default=64, help="calibration images (and as many fresh ones for the check)")
     p.add_argument("--seed", type=int, default=10_000_000,
                    help="calibration noise seeds SEED..SEED+n-1 (keep them apart from the seeds you sample with)")
@@ -61,7 +63,7 @@ def run(args) -> int:
     settings = SamplerSettings.resolve(model, args.method, args.steps)
     method, steps = settings.method, settings.steps
     guidance = guidance_from_args(args, device)
-    tuned = tune_steps(model, method=method, steps=steps, n=args.n, seed=args.seed, init=args.init,
+    tuned = tune_steps(model, method=method, steps=steps, n=args.n, seed=args.seed, init=tuple(args.init),
                        class_index=args.class_index, guidance=guidance, prompts=read_prompts(args),
                        reference_steps=args.reference_steps, max_evals=args.max_evals, max_seconds=args.max_seconds,
                        progress=True,
@@ -72,11 +74,11 @@ def run(args) -> int:
         return 1
     levels = ", ".join(f"{s:.4g}" for s in tuned.sigmas)
     print(f"difflab tune-steps: {method}, {steps} steps, relative error against a {tuned.reference_steps}-step solve:\n"
-          f"  calibration noise: {args.init} {tuned.error_init:.3g} -> tuned {tuned.error_tuned:.3g}\n"
-          f"  fresh noise:       {args.init} {tuned.heldout_error_init:.3g} -> tuned {tuned.heldout_error:.3g}\n"
+          f"  calibration noise: {tuned.init} {tuned.error_init:.3g} -> tuned {tuned.error_tuned:.3g}\n"
+          f"  fresh noise:       {tuned.init} {tuned.heldout_error_init:.3g} -> tuned {tuned.heldout_error:.3g}\n"
           f"  sigmas: {levels}")
     if tuned.heldout_error >= tuned.heldout_error_init:
-        print(f"difflab tune-steps: not written: the tuned levels are no better than {args.init} spacing on fresh "
+        print(f"difflab tune-steps: not written: the tuned levels are no better than {tuned.init} spacing on fresh "
               "noise; tune on more images (--n) or keep the plain spacing")
         return 1
     path = tuned.save(args.out or tuned_path(model, method, steps))

@@ -37,7 +37,7 @@ def tune_steps(
     steps: int,
     n: int = 64,
     seed: int = 10_000_000,
-    init: str = "trailing",
+    init: str | tuple[str, ...] = ("trailing", "generic"),
     class_index: int | None = None,
     guidance: Guidance | None = None,
     prompts: list[str] | None = None,
@@ -48,7 +48,8 @@ def tune_steps(
     compile: bool = False,
 ) -> TunedSigmas:
     """Tune ``steps`` levels of ``method`` on n calibration images (seeds SEED …), then check them
-    on n fresh ones (seeds SEED + 10⁶ …). Conditioning (classes in turn, prompts, guidance) is
+    on n fresh ones (seeds SEED + 10⁶ …). The search starts from the best of the ``init``
+    spacings on the calibration images. Conditioning (classes in turn, prompts, guidance) is
     what :func:`~difflab.pipelines.generate` would use; the levels are tuned in the model's own
     space (latents for a latent model). ``compile`` runs the thousands of solves with the
     denoiser's step under ``torch.compile`` (:mod:`difflab.sampling.compiled`); ``max_seconds``
@@ -120,7 +121,8 @@ def shipped_budget(tune_seconds: float | None, trained_seconds: float) -> float 
 def ship_tuned_levels(checkpoint: str | Path, step_counts: tuple[int, ...], seconds: float, *,
                       device: str | torch.device = "cpu", prompts: list[str] | None = None,
                       n: int = CALIBRATION_IMAGES) -> list[str]:
-    """Tune the checkpoint's own sampler (its ``sample.method``, from its default spacing) at each
+    """Tune the checkpoint's own sampler (its ``sample.method``, from its spacing or the generic
+    levels of :mod:`~difflab.sampling.generic_levels`, whichever starts better) at each
     of ``step_counts`` within ``seconds`` in all, and write every schedule that beats that spacing
     on fresh noise into the checkpoint, where ``difflab sample`` and :class:`~difflab.Pipeline`
     find it. ``prompts``: captions to tune a text-conditioned model with. Returns one line per
@@ -129,8 +131,9 @@ def ship_tuned_levels(checkpoint: str | Path, step_counts: tuple[int, ...], seco
     lines, start = [], time.perf_counter()
     for i, steps in enumerate(step_counts):
         settings = SamplerSettings.resolve(model, None, steps)  # a stochastic method: tune_sigmas refuses it
+        starts = (settings.spacing, "generic")  # the run's spacing, or the generic levels if they start better
         share = (seconds - (time.perf_counter() - start)) / (len(step_counts) - i)  # what earlier ones left
-        tuned = tune_steps(model, method=settings.method, steps=steps, n=n, prompts=prompts, init=settings.spacing,
+        tuned = tune_steps(model, method=settings.method, steps=steps, n=n, prompts=prompts, init=starts,
                            reference_steps=REFERENCE_STEPS, max_seconds=share)
         if not tuned.evaluations:
             lines.append(f"{settings.method}, {steps} steps: not tuned: its {max(share, 0.0):.0f} s went to the "

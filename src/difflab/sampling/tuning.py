@@ -24,6 +24,7 @@ import contextlib
 import json
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -144,7 +145,7 @@ def tune_sigmas(
     *,
     method: str = "unipc_3",
     steps: int = 10,
-    init="log_snr",
+    init: str | Sequence[str] = "log_snr",
     prediction: str = "epsilon",
     cond: dict | None = None,
     reference_steps: int = 200,
@@ -160,7 +161,9 @@ def tune_sigmas(
         noise: calibration noise (standard normal, the shape of a batch of samples).
         method: a deterministic sampler name; the levels are tuned for it.
         steps: number of steps of the tuned schedule (model calls: ``model_calls(method, steps)``).
-        init: the spacing the search starts from (a name from ``SPACINGS``).
+        init: the spacing the search starts from (a name from ``SPACINGS``), or several names:
+            each is scored on the calibration noise (one solve each) and the search starts from
+            the best, which the result records as its ``init``.
         reference_steps: steps of the UniPC-3 / log-SNR solve taken as the exact answer.
         max_evals: budget of the search in solver runs (default 150 per level, at most 3,000).
         max_seconds: a wall-clock budget as well, for this call and the :meth:`TunedSigmas.check`
@@ -186,8 +189,14 @@ def tune_sigmas(
     deadline = math.inf if max_seconds is None else start + max_seconds - reference_seconds
     sigma_max, sigma_min = float(schedule.sigma_max), float(schedule.sigma_min)
 
-    x0 = logits_from_sigmas(initial_sigmas(schedule, steps, init), sigma_min)
-    error_init = error(sigmas_from_logits(x0, sigma_max, sigma_min))
+    starts = {}
+    for name in dict.fromkeys([init] if isinstance(init, str) else init):  # in order, once each
+        logits = logits_from_sigmas(initial_sigmas(schedule, steps, name), sigma_min)
+        starts[name] = (error(sigmas_from_logits(logits, sigma_max, sigma_min)), logits)
+    if not starts:
+        raise ValueError("tune_sigmas needs at least one initial spacing (init)")
+    init = min(starts, key=lambda name: starts[name][0])
+    error_init, x0 = starts[init]
     max_evals = max_evals or min(150 * steps, 3000)
     bar = None
     if progress:
