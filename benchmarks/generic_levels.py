@@ -54,27 +54,26 @@ def family(schedule) -> list[Problem]:
             for k, data in enumerate(problems)]
 
 
-def solve(problem: Problem, method: str, **levels) -> float:
-    """Relative error of ``method`` on ``problem`` with ``steps``/``spacing`` or ``sigmas``."""
+def solve(problem: Problem, method: str, sigmas) -> float:
+    """Relative error of ``method`` on ``problem`` with the levels ``sigmas``."""
     model = problem.data.model(problem.schedule, "epsilon")
-    return problem.error(sample(model, problem.noise, problem.schedule, method=method, **levels))
+    return problem.error(sample(model, problem.noise, problem.schedule, method=method, sigmas=sigmas))
 
 
 def best_fixed(problems: list[Problem], steps: int) -> np.ndarray:
     """Per problem, the least error of every fixed configuration at ``steps`` model calls: each
-    deterministic sampler on each named spacing but the generic levels being fitted (Heun on the
-    steps whose calls fit, as ``sampler_accuracy.py`` counts them)."""
-    spacings = [name for name in SPACINGS if name != "generic"]
-    configs = [(m, Ours(m, m, None).steps(steps)) for m in DETERMINISTIC]
-    return np.array([min(solve(p, m, steps=n, spacing=s) for m, n in configs for s in spacings) for p in problems])
+    deterministic sampler on each named spacing but the generic levels being fitted, run as
+    ``sampler_accuracy.py`` runs them (Heun on the steps whose calls fit)."""
+    configs = [Ours(f"{m}/{s}", m, s) for m in DETERMINISTIC for s in SPACINGS if s != "generic"]
+    return np.array([min(p.error(c.run(p, steps)[0]) for c in configs) for p in problems])
 
 
 def regret(problems: list[Problem], best: np.ndarray, sigmas, rivals=()) -> np.ndarray:
     """log(error of UniPC-3 on the levels / the best fixed configuration's), per problem (both
     floored at 2e-5); ``rivals``: solvers whose error on the same levels joins the best."""
-    errors = np.array([solve(p, "unipc_3", sigmas=sigmas) for p in problems])
+    errors = np.array([solve(p, "unipc_3", sigmas) for p in problems])
     for method in rivals:
-        best = np.minimum(best, [solve(p, method, sigmas=sigmas) for p in problems])
+        best = np.minimum(best, [solve(p, method, sigmas) for p in problems])
     return np.log(np.maximum(errors, FLOOR)) - np.log(np.maximum(best, FLOOR))
 
 
