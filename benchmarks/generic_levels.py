@@ -2,16 +2,16 @@
 for one schedule and number of steps, tuned once on a family of Gaussian mixtures with exact
 probability-flow ODE solutions (in the manner of Align Your Steps, Sabour et al. 2024).
 
-The family: 12 mixtures of 8 components (stds 0.3–0.6) in 8, 16, 32 and 64 dimensions, seeds
-101–112, and 3 Gaussians; 128 noises each. None is a problem of ``sampler_accuracy.py`` (seed 0),
-which scores the result. The objective is the *regret* of the levels: per problem, log of UniPC-3's
-relative error on them over the least error of every fixed configuration (each deterministic
-sampler on each named spacing, at the same model calls), both floored at 2e-5 (a Gaussian can be
-solved exactly by accident); its smooth maximum over the family, 1/τ · log mean exp(τ·regret) with
-τ = 3, is minimised. Nelder–Mead starts from the best of the shipped generic levels and the
-log-SNR, Karras and trailing spacings; a second, shorter search also counts UniPC-2 and
-DPM-Solver++ 2M / 3M on the candidate levels among the rivals (the default should not be beaten on
-its own levels either). Prints the table entries to paste into ``GENERIC_LEVELS``.
+The family: 12 mixtures of 8 components (stds 0.3–0.6) in 8, 16, 32 and 64 dimensions, seeds 101–112
+(``--mixtures`` for more), and 3 Gaussians; 128 noises each. None is a problem of
+``sampler_accuracy.py`` (seed 0), which scores the result. The objective is the *regret* of the
+levels: per problem, log of UniPC-3's relative error on them over the least error of every fixed
+configuration (each deterministic sampler on each named spacing, at the same model calls), both
+floored at 2e-5 (a Gaussian can be solved exactly by accident); its smooth maximum over the family,
+1/τ · log mean exp(τ·regret) with τ = 3, is minimised. Nelder–Mead starts from the best of the
+shipped generic levels and the log-SNR, Karras and trailing spacings; a second, shorter search also
+counts UniPC-2 and DPM-Solver++ 2M / 3M on the candidate levels among the rivals (the default should
+not be beaten on its own levels either). Prints the table entries to paste into ``GENERIC_LEVELS``.
 
     python benchmarks/generic_levels.py --schedules linear scaled_linear cosine --steps 10 20
 
@@ -41,12 +41,14 @@ FLOOR = 2e-5
 STARTS = ("generic", "log_snr", "karras", "trailing")  # "generic": the shipped levels, so a refit refines them
 TEMPERATURE = 3.0  # of the smooth maximum over the family: 1/τ · log mean exp(τ·regret)
 RIVALS = ("unipc", "dpmpp_2m", "dpmpp_3m")  # other solvers that may beat UniPC-3 on the candidate levels
+MIXTURES = 12  # mixtures in the family, beside its three Gaussians
 
 
-def family(schedule) -> list[Problem]:
-    """Every problem of the family, each with its noise and exact solution (``sampler_accuracy.Problem``)."""
-    problems = [GaussianMixture.random(8, dim, spread=1.0, std_range=(0.3, 0.6), seed=101 + k)
-                for k, dim in enumerate([8, 16, 32, 64] * 3)]
+def family(schedule, mixtures: int = MIXTURES) -> list[Problem]:
+    """Every problem of the family, each with its noise and exact solution (``sampler_accuracy.Problem``):
+    ``mixtures`` mixtures (dimensions 8, 16, 32, 64 in turn, seeds from 101) and three Gaussians."""
+    problems = [GaussianMixture.random(8, (8, 16, 32, 64)[k % 4], spread=1.0, std_range=(0.3, 0.6), seed=101 + k)
+                for k in range(mixtures)]
     problems += [GaussianMixture.gaussian(dim=8, mean=mean, std=std) for mean, std in ((0.3, 0.4), (0.8, 0.7),
                                                                                      (0.5, 0.3))]
     return [Problem(f"family{k}", data, schedule,
@@ -81,11 +83,11 @@ def smooth_max(values: np.ndarray) -> float:
     return float(np.log(np.mean(np.exp(TEMPERATURE * values))) / TEMPERATURE)
 
 
-def fit(schedule, steps: int, evals: int, rival_evals: int) -> tuple[list[float], dict]:
+def fit(schedule, steps: int, evals: int, rival_evals: int, mixtures: int = MIXTURES) -> tuple[list[float], dict]:
     """The interior levels as fractions of the log-σ range, and how the fit went: ``evals``
     solves of the family against the fixed configurations, then ``rival_evals`` with the rival
     solvers on the same levels counted too."""
-    problems = family(schedule)
+    problems = family(schedule, mixtures)
     best = best_fixed(problems, steps)
     sigma_max, sigma_min = float(schedule.sigma_max), float(schedule.sigma_min)
     starts = {name: smooth_max(regret(problems, best, get_sigmas(schedule, steps, name))) for name in STARTS}
@@ -165,6 +167,8 @@ def main(argv=None) -> int:
                    help="Nelder-Mead's budget of solves of the family, against the fixed configurations")
     p.add_argument("--rival-evals", type=int, default=600,
                    help="then this many more with UniPC-2 and DPM-Solver++ 2M/3M on the same levels counted as rivals")
+    p.add_argument("--mixtures", type=int, default=MIXTURES,
+                   help="Gaussian mixtures in the family (beside its 3 Gaussians)")
     p.add_argument("--check", nargs="+", metavar="RUN", help="score the shipped levels on these trained runs instead")
     p.add_argument("--plot", metavar="PNG", help="draw the shipped 20-step levels beside the named spacings instead")
     args = p.parse_args(argv)
@@ -179,7 +183,7 @@ def main(argv=None) -> int:
         entries = {}
         for steps in args.steps:
             start = time.perf_counter()
-            fractions, how = fit(schedule, steps, args.evals, args.rival_evals)
+            fractions, how = fit(schedule, steps, args.evals, args.rival_evals, args.mixtures)
             entries[steps] = fractions
             print(f"# {name}, {steps} steps: from {how['start']} ({how['starts'][how['start']]:.3f}) to "
                   f"{how['objective']:.3f} (worst problem {how['worst']:.2f}x the best fixed configuration) "
