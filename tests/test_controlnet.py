@@ -9,6 +9,7 @@ import torch
 from diffusers.models.controlnets.controlnet import ControlNetConditioningEmbedding
 from PIL import Image
 
+from difflab import losses
 from difflab.checkpoint import load_state, weights_sha256
 from difflab.cli import main as cli
 from difflab.controls import canny
@@ -363,3 +364,31 @@ def test_bad_controlnet_configs_are_one_clear_error_before_training(runs, tmp_pa
         config = load_config(None, TINY + FILL + CN + [f"train.out_dir={tmp_path / 'out'}"] + extra)
         with pytest.raises(ConfigError, match=message):
             train(config, progress=False, objective=ControlNetObjective)
+
+
+@pytest.mark.parametrize("prediction", ["v", "epsilon"])
+def test_the_controlnet_loss_is_the_bases_own_loss_in_its_prediction_type(tmp_path, prediction):
+    """A fresh ControlNet adds nothing, so its training loss is the base's diffusion loss on the same
+    draw, in the base's parameterisation (a v-prediction base trains its ControlNet on v)."""
+    base = tmp_path / "base"
+    train(load_config(None, TINY + FILL + [f"diffusion.prediction={prediction}", f"train.out_dir={base}",
+                                           "train.steps=2"]), progress=False)
+    config = load_config(None, TINY + FILL + CN + [f"controlnet.base={base}", f"train.out_dir={tmp_path / 'cn'}"])
+    data = load_dataset("fill", "train", 8)
+    objective = ControlNetObjective(config, TrainingData(data, data.images, None, torch.device("cpu")))
+    net = build_model(objective.model_spec())
+    objective.attach(net)
+    x0 = to_float(data.images[:6])
+    inputs = objective.draw(x0, torch.arange(6), 0, torch.Generator().manual_seed(3))
+    cond = {k: v for k, v in inputs["cond"].items() if k != "control_image"}
+    model = DiffusionModel.load(base)
+    assert model.prediction == prediction
+
+    def own(other):
+        return losses.diffusion_loss(model.network, x0, model.schedule, prediction=other, cond=cond,
+                                     t=inputs["t"], noise=inputs["noise"]).loss
+
+    with torch.no_grad():
+        got = objective.loss(net, inputs).loss
+        assert torch.allclose(got, own(prediction), rtol=1e-6, atol=1e-7)
+        assert not torch.allclose(got, own("epsilon" if prediction == "v" else "v"), rtol=1e-3)
