@@ -4,7 +4,9 @@
 The base (``configs/fashion-mnist-16-text-no-boot.yaml``) is trained on every class but "Ankle
 boot". Five fixed training ankle boots (the first five of the train split) are the subject, under
 "a photo of a sks boot" (the new word ``sks`` for textual inversion). Each method trains for at
-most ``--budget`` seconds; then, with the independent Fashion-MNIST classifier:
+most ``--budget`` seconds (LoRA and DreamBooth also at most 2,000 steps); then, every sample at
+the CFG scale ``--guidance-scale`` (default 7.5, diffusers' ``StableDiffusionPipeline`` default;
+the Fashion-MNIST configs sample at 3), with the independent Fashion-MNIST classifier:
 
 * **subject accuracy**: the fraction of ``--n`` samples of the personalised prompt classified as
   an ankle boot (the base's own figure for the same prompt beside it);
@@ -14,7 +16,8 @@ most ``--budget`` seconds; then, with the independent Fashion-MNIST classifier:
   (on [0, 1] pixels), DreamBooth's known failure.
 
     python benchmarks/personalisation.py --base runs/fashion-mnist-16-text-no-boot \\
-        --classifier runs/fashion-mnist-16-eval-classifier --out benchmarks/results/personalisation
+        --classifier runs/fashion-mnist-16-eval-classifier \\
+        --out benchmarks/results/personalisation_attn16_cfg7.5
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from difflab.images import save_grid, save_images
 from difflab.metrics import load_classifier
 from difflab.pipelines import DiffusionModel, generate
 from difflab.pipelines.embeddings import add_embedding
+from difflab.pipelines.guidance_policy import Guidance
 from difflab.pipelines.lora import add_lora
 from difflab.training.config import load_config
 from difflab.training.objectives import (
@@ -45,12 +49,12 @@ from difflab.training.trainer import train
 SUBJECT = "Ankle boot"
 PROMPT = "a photo of a sks boot"
 CLASS_PROMPT = "a photo of a boot"
-COMMON = ["data.resolution=16", "data.channels=1", "optim.batch_size=5", "optim.warmup_steps=0",
+COMMON = ["data.resolution=16", "data.channels=1", "optim.batch_size=5", "optim.warmup_steps=0", "train.steps=2000",
           "train.log_every=50", "train.sample_every=0", "train.checkpoint_every=100000", "train.ema_decay=0.99"]
 METHODS = {  # name: objective, its settings (learning rates chosen for this model size; docs/personalisation.md)
     "textual_inversion": (TextualInversionObjective, ["embedding.prompt=a photo of a sks boot", "embedding.word=sks",
-                                                       "embedding.initializer=boot", "embedding.num_vectors=2",
-                                                       "optim.lr=5e-3"]),
+                                                       "embedding.initializer=sneaker", "embedding.num_vectors=9",
+                                                       "optim.lr=2e-2", "train.steps=100000"]),
     "lora": (LoraObjective, ["lora.prompt=a photo of a sks boot", "lora.rank=4", "optim.lr=1e-3"]),
     "dreambooth_prior": (DreamBoothObjective, ["dreambooth.instance_prompt=a photo of a sks boot",
                                                f"dreambooth.class_prompt={CLASS_PROMPT}",
@@ -77,7 +81,7 @@ def train_method(name: str, base: str, pictures: Path, out: Path, budget: float,
                  overrides: list[str]) -> float:
     objective, settings = METHODS[name]
     where = [f"{SECTION[name]}.base={base}", f"data.dataset={pictures}", f"train.out_dir={out}",
-             f"train.steps={steps}", f"train.max_seconds={budget}"]
+             f"train.max_seconds={budget}", *([f"train.steps={steps}"] if steps else [])]
     config = load_config(None, COMMON + settings + overrides + where)
     start = time.perf_counter()
     train(config, progress=False, objective=objective)
@@ -108,10 +112,10 @@ def trainable_share(name: str, base: str, run: Path) -> dict:
     return {"trained_parameters": trained, "trained_share": trained / total}
 
 
-def evaluate(model, classifier, subject: torch.Tensor, n: int, n_per_class: int) -> dict:
+def evaluate(model, classifier, subject: torch.Tensor, n: int, n_per_class: int, guidance: Guidance | None) -> dict:
     names = classifier.class_names
     target = names.index(SUBJECT)
-    images, _ = generate(model, n, seeds=list(range(n)), prompts=[PROMPT])
+    images, _ = generate(model, n, seeds=list(range(n)), prompts=[PROMPT], guidance=guidance)
     subject_accuracy = float((classifier.probabilities(images).argmax(1) == target).float().mean())
     small = torch.nn.functional.interpolate(subject.float(), size=images.shape[-2:], mode="area") / 255
     distance = torch.cdist((images.float() / 255).flatten(1), small.flatten(1)).min(1).values
@@ -122,7 +126,7 @@ def evaluate(model, classifier, subject: torch.Tensor, n: int, n_per_class: int)
             continue
         prompt = TEMPLATES[0].format(with_article(class_name.lower()))
         drawn, _ = generate(model, n_per_class, seeds=list(range(5000 + 100 * index, 5000 + 100 * index + n_per_class)),
-                            prompts=[prompt])
+                            prompts=[prompt], guidance=guidance)
         classes[class_name] = float((classifier.probabilities(drawn).argmax(1) == index).float().mean())
     return {"subject_accuracy": subject_accuracy, "copy_fraction": float((rmse < 0.1).float().mean()),
             "mean_nn_rmse": float(rmse.mean()), "class_accuracy": classes,
@@ -138,7 +142,10 @@ def main(argv=None) -> int:
     p.add_argument("--budget", type=float, default=600, help="seconds of training per method")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a setting of every method's config (e.g. optim.lr=2e-2 for one method)")
-    p.add_argument("--steps", type=int, default=2000, help="steps per method at most")
+    p.add_argument("--steps", type=int, help="steps per method at most (default: 2,000; textual inversion: "
+                   "as many as --budget allows)")
+    p.add_argument("--guidance-scale", type=float, default=7.5,
+                   help="CFG scale of every sample (diffusers' StableDiffusionPipeline default; 0: the base's own)")
     p.add_argument("--n", type=int, default=200, help="samples of the personalised prompt")
     p.add_argument("--n-per-class", type=int, default=100, help="samples per other class (prior drift)")
     p.add_argument("--runs", type=Path, default=Path("runs/personalisation"), help="where the runs go")
@@ -149,7 +156,8 @@ def main(argv=None) -> int:
     classifier = load_classifier(args.classifier)
     subject = subject_pictures(args.runs / "subject")
     results, grid = {}, []
-    base_scores = evaluate(DiffusionModel.load(args.base), classifier, subject, args.n, args.n_per_class)
+    guidance = Guidance(scale=args.guidance_scale) if args.guidance_scale else None
+    base_scores = evaluate(DiffusionModel.load(args.base), classifier, subject, args.n, args.n_per_class, guidance)
     results["base"] = {k: v for k, v in base_scores.items() if k != "samples"}
     grid.append(base_scores["samples"][:5])
     print(f"base: subject accuracy {base_scores['subject_accuracy']:.3f}, mean class accuracy "
@@ -158,7 +166,7 @@ def main(argv=None) -> int:
         run = args.runs / name
         seconds = None if args.skip_training else train_method(name, args.base, args.runs / "subject", run,
                                                                args.budget, args.steps, args.overrides)
-        scores = evaluate(personalised(name, args.base, run), classifier, subject, args.n, args.n_per_class)
+        scores = evaluate(personalised(name, args.base, run), classifier, subject, args.n, args.n_per_class, guidance)
         before = results["base"]["class_accuracy"]
         drift = {c: accuracy - before[c] for c, accuracy in scores["class_accuracy"].items()}
         results[name] = {**{k: v for k, v in scores.items() if k != "samples"}, "train_seconds": seconds,
@@ -174,7 +182,8 @@ def main(argv=None) -> int:
         save_grid(torch.cat([subject_small.round().to(torch.uint8), *grid]), args.out / "grid.png", nrow=5,
                   upscale=4)
         (args.out / "results.json").write_text(json.dumps({"prompt": PROMPT, "methods": args.methods,
-                                                           "budget": args.budget, **results}, indent=1) + "\n")
+                                                           "budget": args.budget, "guidance_scale": args.guidance_scale,
+                                                           **results}, indent=1) + "\n")
     return 0
 
 
