@@ -77,7 +77,7 @@ def subject_pictures(folder: Path) -> torch.Tensor:
     return images
 
 
-def train_method(name: str, base: str, pictures: Path, out: Path, budget: float, steps: int,
+def train_method(name: str, base: str, pictures: Path, out: Path, budget: float, steps: int | None,
                  overrides: list[str]) -> float:
     objective, settings = METHODS[name]
     where = [f"{SECTION[name]}.base={base}", f"data.dataset={pictures}", f"train.out_dir={out}",
