@@ -4,7 +4,7 @@ does it keep the source's layout better than regenerating the edited prompt from
 For each word swap (class names of equal token count under the model's tokenizer, e.g. "a photo
 of a sneaker" -> "a photo of a sandal") and each seed, three images share the seed's noise: the
 source (source prompt), the prompt-to-prompt edit (replace mode, the source's attention maps for
-the first steps) and the regeneration of the edited prompt without attention control. An
+the first steps, and its decoder features for the first τ_f: --feature-replace) and the regeneration of the edited prompt without attention control. An
 independent classifier trained on real images labels the edits; the mean squared difference to
 the source (pixels in [0, 1]) is compared between edit and regeneration. Acceptance: edits
 recognised as the edited class >= 0.70 of the time, and MSE(source, edit) <= 0.5 x
@@ -57,6 +57,9 @@ def main(argv=None) -> int:
     p.add_argument("--batch", type=int, default=200, help="seeds per prompt_to_prompt call")
     p.add_argument("--cross-replace", type=float, default=0.8, help="tau_c (library default)")
     p.add_argument("--self-replace", type=float, default=0.4, help="tau_s (library default)")
+    p.add_argument("--feature-replace", type=float,
+                   help="tau_f, decoder feature injection (default: the library's; 0: the paper's prompt-to-prompt)")
+    p.add_argument("--blend", action="store_true", help="local blend on the swapped words (Hertz et al. 2022, §3.2)")
     p.add_argument("--method", default="ddim", help="sampler (prompt_to_prompt's default)")
     p.add_argument("--steps", type=int, help="sampler steps (default: the checkpoint's)")
     p.add_argument("--guidance-scale", type=float, help="CFG weight (default: the checkpoint's)")
@@ -104,8 +107,10 @@ def main(argv=None) -> int:
         sources, edits, regens = [], [], []
         for i in range(0, len(seeds), args.batch):
             chunk = seeds[i : i + args.batch]
-            s, e, _ = prompt_to_prompt(model, src_prompt, edit_prompt, mode="replace", seeds=chunk,
-                                       cross_replace=args.cross_replace, self_replace=args.self_replace, **sampling)
+            s, e, control = prompt_to_prompt(model, src_prompt, edit_prompt, mode="replace", seeds=chunk,
+                                       cross_replace=args.cross_replace, self_replace=args.self_replace,
+                                       feature_replace=args.feature_replace,
+                                       blend_words=[source_name, edit_name] if args.blend else None, **sampling)
             r, _ = generate(model, len(chunk), seeds=chunk, prompts=[edit_prompt], **sampling)
             sources.append(s), edits.append(e), regens.append(r)
         sources, edits, regens = torch.cat(sources), torch.cat(edits), torch.cat(regens)
@@ -157,6 +162,7 @@ def main(argv=None) -> int:
              "first_seed": args.first_seed, "method": args.method, "steps": settings.steps,
              "spacing": settings.spacing, "guidance_scale": guidance_scale(model, guidance),
              "cross_replace": args.cross_replace, "self_replace": args.self_replace,
+             "feature_replace": control.feature_steps / settings.steps, "blend": args.blend,
              "template": args.template, "mse_pixel_range": [0, 1],
              "checks": checks, "per_swap": per_swap, "overall": overall, "criteria": criteria,
              "wall_seconds": round(wall, 1)}, indent=1) + "\n")

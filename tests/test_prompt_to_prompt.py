@@ -136,7 +136,7 @@ def test_the_controller_sees_every_attention_of_a_dit_with_cross_attention():
     control = PromptToPromptControl(2, same, steps=1, cross_replace=1.0)
     with torch.no_grad(), attention_controller(net, control):
         assert torch.equal(net(x, t, context=context, context_mask=mask), plain)
-    assert control.calls == {"cross": 2, "self": 2}
+    assert control.calls == {"cross": 2, "self": 2, "features": 0}
     swap = TokenMap(torch.arange(5), torch.ones(5), torch.ones(5))  # edits take the sources' maps
     control = PromptToPromptControl(2, swap, steps=1, cross_replace=1.0, self_replace=0.0)
     with torch.no_grad(), attention_controller(net, control):
@@ -185,3 +185,64 @@ def test_dit_with_cross_attention(tmp_path):
                                                **sample_kwargs())
     assert not torch.equal(sources, edits)
     assert control.calls["cross"] == 6 * len(model.network.blocks)
+    assert control.feature_steps == 0 and control.calls["features"] == 0  # a DiT's default: no feature injection
+    with pytest.raises(ValueError, match="DiT has none"):
+        prompt_to_prompt(model, PROMPT, EDIT, n=1, feature_replace=0.5, **sample_kwargs())
+
+
+def test_feature_injection_takes_the_sources_decoder_features():
+    """Plug-and-play features (Tumanyan et al. 2023): in the injected steps the feature layer's edit
+    rows are the source rows', the source rows and the unconditional rows are untouched, and the
+    hook is gone afterwards."""
+    from difflab.editing import PromptToPromptControl, TokenMap
+    from difflab.editing.feature_injection import feature_injection, feature_layer
+    from difflab.models import build_model
+
+    net = build_model({"name": "unet", "image_size": 16, "in_channels": 1, "model_channels": 8,
+                       "channel_mult": [1, 2, 2], "num_res_blocks": 2, "attention_resolutions": [4], "num_heads": 1,
+                       "norm_groups": 4, "context_dim": 12}).eval()
+    perturb_head(net)
+    # the second residual block of the decoder level at a quarter of the input's resolution (4×4, the coarsest)
+    assert feature_layer(net) is net.decoder[1][0]
+    x, t = torch.randn(6, 1, 16, 16), torch.full((6,), 10.0)
+    context = torch.randn(6, 5, 12)
+    plain = net(x, t, context=context)
+    seen = []
+    control = PromptToPromptControl(2, TokenMap(torch.arange(5), torch.zeros(5), torch.ones(5)), steps=10,
+                                    feature_replace=0.5)
+    with torch.no_grad(), feature_injection(net, control):
+        recorder = feature_layer(net).register_forward_hook(lambda m, i, out: seen.append(out))  # runs after
+        injected = net(x, t, context=context)
+        control.step = 5  # past ⌊0.5 · 10⌋ steps: nothing injected
+        late = net(x, t, context=context)
+        recorder.remove()
+    assert torch.equal(seen[0][2:4], seen[0][:2]) and not torch.equal(seen[0][4:], seen[0][:2])
+    assert torch.equal(injected[:2], plain[:2]) and torch.equal(injected[4:], plain[4:])
+    assert not torch.allclose(injected[2:4], plain[2:4])
+    assert torch.equal(late, plain) and control.calls["features"] == 2
+    assert not feature_layer(net)._forward_hooks  # removed afterwards
+
+
+def test_feature_injection_on_a_text_run(text_model):
+    """The default injects on a U-Net and keeps identical prompts bit-identical and the source plain."""
+    _, model = text_model
+    sources, same, control = prompt_to_prompt(model, PROMPT, PROMPT, n=2, **sample_kwargs())
+    assert control.feature_steps == 1 and control.calls["features"] == 6  # ⌊0.2 · 6⌋ steps; one call a step
+    assert torch.equal(sources, same)
+    _, _, off = prompt_to_prompt(model, PROMPT, EDIT, n=1, feature_replace=0, **sample_kwargs())
+    assert off.feature_steps == 0 and off.calls["features"] == 0  # nothing installed
+
+
+def test_feature_injection_replaces_the_edit_rows_only():
+    from difflab.editing import PromptToPromptControl, TokenMap
+
+    control = PromptToPromptControl(2, TokenMap(torch.arange(3), torch.ones(3), torch.ones(3)), steps=10,
+                                    feature_replace=0.3)
+    h = torch.randn(8, 4, 2, 2)
+    out = control.features(h)
+    assert torch.equal(out[:2], h[:2]) and torch.equal(out[2:4], h[:2]) and torch.equal(out[4:], h[4:])
+    control.step = 3  # past ⌊0.3 · 10⌋ steps
+    assert control.features(h) is h
+    with pytest.raises(ValueError, match="feature_replace"):
+        PromptToPromptControl(2, TokenMap(torch.arange(3), torch.ones(3), torch.ones(3)), steps=10,
+                              feature_replace=1.5)

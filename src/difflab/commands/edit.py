@@ -15,7 +15,8 @@ def register(subparsers) -> None:
         help="prompt-to-prompt, or instruct-pix2pix: edit images by a written instruction",
         description="Prompt-to-prompt (Hertz et al. 2022) on a text model with cross-attention: each source "
         "image (--prompt) and its edit (--edit) share their noise, and the edit takes the source's attention maps "
-        "for the first steps, so it keeps the layout and changes what the edited words say. Writes grid.png "
+        "for the first steps (and, on a U-Net, the source's features of one decoder block), so it keeps the layout "
+        "and changes what the edited words say. Writes grid.png "
         "(each row: source, edit), source/ and edit/ (one PNG per image). With --image and --instruction, an "
         "instruct-pix2pix model (Brooks et al. 2023) edits the given images instead: OUT/images/ and OUT/pairs.png. "
         "See docs/editing.md and docs/image-conditioning.md.",
@@ -39,6 +40,10 @@ def register(subparsers) -> None:
                    help="the fraction of the steps in which the edit takes the source's cross-attention maps")
     p.add_argument("--self-replace", type=float, default=0.4, metavar="F",
                    help="the fraction of the steps in which the edit takes the source's self-attention maps")
+    p.add_argument("--feature-replace", type=float, metavar="F",
+                   help="the fraction of the steps in which the edit takes the source's features of one U-Net "
+                        "decoder block (plug-and-play features, Tumanyan et al. 2023), which hold the layout "
+                        "(default: 0.2 on a U-Net, 0 on a DiT; 0: the paper's prompt-to-prompt)")
     p.add_argument("--local-blend", action="append", metavar="WORD", default=[],
                    help="local blend: change only where WORD (of either prompt) is drawn, keep the source elsewhere "
                         "(repeatable; e.g. --local-blend sneaker --local-blend sandal)")
@@ -96,9 +101,9 @@ def run(args) -> int:
     n = len(noise) if noise is not None else args.n
     sources, edits, _ = prompt_to_prompt(
         model, args.prompt, args.edit, mode=args.mode, reweight=reweight, cross_replace=args.cross_replace,
-        self_replace=args.self_replace, seed=args.seed, n=n, method=args.method, steps=args.steps,
-        spacing=args.spacing, guidance=Guidance(scale=args.guidance_scale), noise=noise,
-        blend_words=args.local_blend, blend_threshold=args.blend_threshold)
+        self_replace=args.self_replace, feature_replace=args.feature_replace, seed=args.seed, n=n,
+        method=args.method, steps=args.steps, spacing=args.spacing, guidance=Guidance(scale=args.guidance_scale),
+        noise=noise, blend_words=args.local_blend, blend_threshold=args.blend_threshold)
     save_images(sources, out / "source")
     save_images(edits, out / "edit")
     pairs = [image for pair in zip(sources, edits) for image in pair]

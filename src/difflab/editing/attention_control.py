@@ -6,6 +6,7 @@ pass::
 
     cross-attention, step < τ_c·T:  M̂* = α ⊙ M[..., map] + (1 − α) ⊙ M*   then  M̂* ⊙ scale
     self-attention,  step < τ_s·T:  M̂* = M      (maps of at most ``self_max_tokens`` queries)
+    decoder features, step < τ_f·T:  f* = f      (one U-Net block; :mod:`.feature_injection`)
 
 with ``map``/``α`` from :func:`~difflab.editing.tokens.token_map` (replace: every position;
 refine: the aligned tokens) and ``scale`` the per-token reweighting (§3.2, "attention
@@ -39,23 +40,28 @@ class PromptToPromptControl:
         tokens: the edit's key-position map.
         steps: T, the sampler's steps; :attr:`step` is the current one, set before each model call.
         cross_replace, self_replace: τ_c and τ_s, the fractions of the steps with injected maps.
+        feature_replace: τ_f, the fraction of the steps with injected decoder features (beyond
+            the paper: Tumanyan et al. 2023's plug-and-play features; 0: none).
         self_max_tokens: self-attention maps with more queries keep their own (the paper's 16×16).
 
     Attributes:
-        calls: how many cross- and self-attention maps it has seen (``{"cross": k, "self": m}``).
+        calls: how many cross- and self-attention maps and feature-layer outputs it has seen
+            (``{"cross": k, "self": m, "features": f}``).
         blend: a :class:`~difflab.editing.local_blend.LocalBlend` that gets every cross-attention
             map before the edit (None: no local blend).
     """
 
     def __init__(self, pairs: int, tokens: TokenMap, steps: int, cross_replace: float = 0.8,
-                 self_replace: float = 0.4, self_max_tokens: int = 256):
-        for name, value in (("cross_replace", cross_replace), ("self_replace", self_replace)):
+                 self_replace: float = 0.4, feature_replace: float = 0.0, self_max_tokens: int = 256):
+        for name, value in (("cross_replace", cross_replace), ("self_replace", self_replace),
+                            ("feature_replace", feature_replace)):
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} is a fraction of the steps in [0, 1], got {value}")
         self.pairs, self.tokens, self.self_max_tokens = pairs, tokens, self_max_tokens
         self.cross_steps, self.self_steps = int(steps * cross_replace), int(steps * self_replace)
+        self.feature_steps = int(steps * feature_replace)
         self.step = 0
-        self.calls = {"cross": 0, "self": 0}
+        self.calls = {"cross": 0, "self": 0, "features": 0}
         self.blend = None
 
     def cross_attention(self, probs: Tensor) -> Tensor:
@@ -79,6 +85,14 @@ class PromptToPromptControl:
         if self.step >= self.self_steps or probs.shape[2] > self.self_max_tokens or probs.shape[0] < 2 * n:
             return probs
         return torch.cat([probs[:n], probs[:n], probs[2 * n :]])
+
+    def features(self, h: Tensor) -> Tensor:
+        """The feature layer's output (N, C, H, W) with the edit rows' replaced by the source rows' (early steps)."""
+        self.calls["features"] += 1
+        n = self.pairs
+        if self.step >= self.feature_steps or h.shape[0] < 2 * n:
+            return h
+        return torch.cat([h[:n], h[:n], h[2 * n :]])
 
 
 @contextmanager

@@ -3,7 +3,8 @@
 Each pair (source i, edit i) shares its starting noise (seed i's, or a DDIM inversion's) and the
 sampler's noise; the n sources and n edits run in one batch ``[sources; edits]`` through the
 plan's guided denoiser, with :class:`~difflab.editing.PromptToPromptControl` installed on the
-network for that call only. The controller learns the step from the noise level each model call
+network for that call only (and, for the first τ_f of the steps, the source's features of one U-Net
+decoder block: :mod:`.feature_injection`). The controller learns the step from the noise level each model call
 gets (any sampler; τ·T counts solver steps), through a thin wrapper around the model function:
 nothing in the sampling path changes.
 """
@@ -15,14 +16,17 @@ import dataclasses
 import torch
 from torch import Tensor
 
+from ..models.unet import UNet
 from ..pipelines.generate import SamplerSettings, batches, plan
 from ..pipelines.guidance_policy import Guidance
 from ..pipelines.loading import DiffusionModel
 from .attention_control import PromptToPromptControl, attention_controller, has_cross_attention
+from .feature_injection import feature_injection
 from .local_blend import LocalBlend
 from .tokens import token_map, word_positions
 
 MODES = ("replace", "refine", "reweight")
+DEFAULT_FEATURE_REPLACE = 0.2  # τ_f on a U-Net: the edit's layout held, its class still drawn (docs/editing.md)
 
 
 class _StepTracker:
@@ -40,7 +44,8 @@ class _StepTracker:
 
 def prompt_to_prompt(model: DiffusionModel, prompt: str, edit: str | None = None, *, mode: str = "replace",
                      reweight: dict[str, float] | None = None, cross_replace: float = 0.8, self_replace: float = 0.4,
-                     n: int = 1, seed: int = 0, seeds: list[int] | None = None, method: str = "ddim",
+                     feature_replace: float | None = None, n: int = 1, seed: int = 0, seeds: list[int] | None = None,
+                     method: str = "ddim",
                      steps: int | None = None, spacing: str | None = None, guidance: Guidance | None = None,
                      noise: Tensor | None = None, blend_words: list[str] | None = None, blend_threshold: float = 0.3,
                      **options) -> tuple[Tensor, Tensor, PromptToPromptControl]:
@@ -53,6 +58,9 @@ def prompt_to_prompt(model: DiffusionModel, prompt: str, edit: str | None = None
             tokens take the source's maps) or ``reweight`` (refine's alignment, for use with ``reweight``).
         reweight: ``{word: scale}`` for words of the edit prompt (any mode).
         cross_replace, self_replace: the fractions τ_c, τ_s of the steps with the source's maps.
+        feature_replace: the fraction τ_f of the steps in which the edit takes the source's
+            decoder features (:mod:`.feature_injection`, beyond the paper); None: 0.2 on a U-Net
+            (measured: docs/editing.md), 0 on a DiT; 0: the paper's prompt-to-prompt.
         n, seed, seeds: n pairs (default with ``noise``: one per noise), pair i from seed ``seed + i``
             (or ``seeds[i]``).
         method, steps, spacing, guidance, options: the sampler and guidance, as for ``generate``.
@@ -62,7 +70,8 @@ def prompt_to_prompt(model: DiffusionModel, prompt: str, edit: str | None = None
 
     Raises:
         ValueError: a model without cross-attention or text conditioning, an unknown mode, replace
-            with different token counts, a reweighted word not in the edit prompt.
+            with different token counts, a reweighted word not in the edit prompt, a fraction
+            outside [0, 1], feature injection on a DiT.
     """
     if not has_cross_attention(model.network) or not model.text_encoder:
         kind = "class-conditional" if model.num_classes else "unconditional"
@@ -78,7 +87,9 @@ def prompt_to_prompt(model: DiffusionModel, prompt: str, edit: str | None = None
     settings = SamplerSettings.resolve(model, method, steps, spacing, **options)
     job = plan(model, 2 * n, settings, seeds=seeds + seeds, guidance=guidance, prompts=[prompt] * n + [edit] * n)
     tokens = token_map(job.text, prompt, edit, mode, reweight)
-    control = PromptToPromptControl(n, tokens, settings.steps, cross_replace, self_replace)
+    if feature_replace is None:
+        feature_replace = DEFAULT_FEATURE_REPLACE if isinstance(model.network, UNet) else 0.0
+    control = PromptToPromptControl(n, tokens, settings.steps, cross_replace, self_replace, feature_replace)
     if blend_words:
         control.blend = LocalBlend(n, word_positions(job.text, prompt, blend_words),
                                    word_positions(job.text, edit, blend_words), settings.steps, blend_threshold)
@@ -91,7 +102,7 @@ def prompt_to_prompt(model: DiffusionModel, prompt: str, edit: str | None = None
             raise ValueError(f"the noise must have shape {(n, *model.image_shape)} (one per pair), "
                              f"got {tuple(noise.shape)}")
         noise = torch.cat([noise, noise])
-    with attention_controller(model.network, control):
+    with attention_controller(model.network, control), feature_injection(model.network, control):
         images = torch.cat([images for _, images in batches(job, batch_size=2 * n, noise=noise,
                                                              callback=control.blend)])
     return images[:n], images[n:], control
