@@ -4,9 +4,10 @@ does it keep the source's layout better than regenerating the edited prompt from
 For each word swap (class names of equal token count under the model's tokenizer, e.g. "a photo
 of a sneaker" -> "a photo of a sandal") and each seed, three images share the seed's noise: the
 source (source prompt), the prompt-to-prompt edit (replace mode, the source's attention maps for
-the first steps, and its decoder features for the first τ_f: --feature-replace) and the regeneration of the edited prompt without attention control. An
-independent classifier trained on real images labels the edits; the mean squared difference to
-the source (pixels in [0, 1]) is compared between edit and regeneration. Acceptance: edits
+the first steps, and its decoder features for the first τ_f: --feature-replace) and the
+regeneration of the edited prompt without attention control. An independent classifier trained
+on real images labels the edits; the mean squared difference to the source (pixels in [0, 1]) is
+compared between edit and regeneration. Acceptance: edits
 recognised as the edited class >= 0.70 of the time, and MSE(source, edit) <= 0.5 x
 MSE(source, regeneration). Also checks that identical prompts give a bit-identical image and an
 all-ones reweight is the identity. Writes results.json and grid.png (per swap: source, edit,
