@@ -52,7 +52,8 @@ def register(subparsers) -> None:
     p.add_argument("--n", type=int, default=4, help="number of source/edit pairs")
     p.add_argument("--seed", type=int, default=0, help="pair i uses noise seed SEED+i")
     p.add_argument("--noise", metavar="NPZ", help="start the pairs from this noise (from `difflab invert`) "
-                   "instead of the seeds' (--n defaults to its count)")
+                   "instead of the seeds' (--n defaults to its count); a null-text inversion (`difflab invert "
+                   "--null-text`) also brings its tuned unconditional contexts, steps, spacing and guidance scale")
     p.add_argument("--method", choices=sorted(SAMPLERS), default="ddim", help="sampler")
     p.add_argument("--steps", type=int, help="sampler steps (default: the checkpoint's)")
     p.add_argument("--spacing", choices=sorted(SPACINGS), help="step spacing (default: the checkpoint's)")
@@ -85,7 +86,7 @@ def run(args) -> int:
     from ..editing import prompt_to_prompt
     from ..images import check_output_folder, save_grid, save_images
     from ..pipelines import DiffusionModel, Guidance
-    from .sample import read_noise
+    from .sample import read_inversion
 
     if args.image or args.instruction:
         return run_instruction(args)
@@ -97,13 +98,13 @@ def run(args) -> int:
         raise ValueError(f"--n must be at least 1, got {args.n}")
     out = check_output_folder(Path(args.out))
     model = DiffusionModel.load(args.checkpoint, use_ema=not args.no_ema, device=pick_device(args.device))
-    noise = read_noise(args.noise) if args.noise else None
+    noise, null_text = read_inversion(args.noise) if args.noise else (None, None)
     n = len(noise) if noise is not None else args.n
     sources, edits, _ = prompt_to_prompt(
         model, args.prompt, args.edit, mode=args.mode, reweight=reweight, cross_replace=args.cross_replace,
         self_replace=args.self_replace, feature_replace=args.feature_replace, seed=args.seed, n=n,
         method=args.method, steps=args.steps, spacing=args.spacing, guidance=Guidance(scale=args.guidance_scale),
-        noise=noise, blend_words=args.local_blend, blend_threshold=args.blend_threshold)
+        noise=noise, blend_words=args.local_blend, blend_threshold=args.blend_threshold, null_text=null_text)
     save_images(sources, out / "source")
     save_images(edits, out / "edit")
     pairs = [image for pair in zip(sources, edits) for image in pair]

@@ -339,7 +339,9 @@ def run(args) -> int:
     if getattr(args, "prompt_weights", False):
         use_prompt_weights(model)
     add_loras(model, args)
-    noise = read_noise(args.noise) if args.noise else None
+    noise, null_text = read_inversion(args.noise) if args.noise else (None, None)
+    if null_text is not None:
+        use_null_text_settings(args, null_text)
     edit = edit_from_args(args, model)
     cond_images = None
     if args.cond_image:
@@ -350,6 +352,9 @@ def run(args) -> int:
     given = len(noise) if noise is not None else len(edit.init) if edit else len(cond_images) if cond_images else \
         len(controls[0].images) if controls else 64
     n = args.n or given
+    if null_text is not None and n != len(noise):
+        raise ValueError(f"--noise {args.noise} is a null-text inversion of {len(noise)} images: sample exactly those "
+                         f"(drop --n {n})")
     guidance = guidance_from_args(args, device)
     prompts = read_prompts(args)
     kwargs = schedule_from_args(args, model, guidance)
@@ -359,13 +364,29 @@ def run(args) -> int:
     job = plan(model, n, settings, seed=args.seed, class_index=args.class_index, guidance=guidance, prompts=prompts,
                threshold=threshold, precision=args.precision, compile=args.compile, edit=edit,
                cond_images=cond_images, aug_level=args.aug_level, controls=controls, force_controls=args.force)
-    return write_samples(job, out_dir, args, noise)
+    return write_samples(job, out_dir, args, noise, null_text)
+
+
+def use_null_text_settings(args, null_text) -> None:
+    """Sample a null-text inversion with its own walk and scale: DDIM, its steps, spacing and
+    guidance scale fill the flags not given; a flag that contradicts them is an error."""
+    if getattr(args, "sigmas", None):
+        raise ValueError(f"--noise {args.noise} is a null-text inversion, tuned for its own DDIM walk: drop --sigmas")
+    for flag, name, value in (("--method", "method", "ddim"), ("--steps", "steps", null_text.steps),
+                              ("--spacing", "spacing", null_text.spacing),
+                              ("--guidance-scale", "guidance_scale", null_text.guidance_scale)):
+        given = getattr(args, name, None)
+        if given is None:
+            setattr(args, name, value)
+        elif given != value:
+            raise ValueError(f"{flag} {given} contradicts the null-text inversion in {args.noise} (tuned for {value}): "
+                             f"drop {flag}")
 
 
 GRID_IMAGES = 1024  # the most images grid.png shows (all of them are under images/ and in samples.npz)
 
 
-def write_samples(job, out_dir, args, noise=None) -> int:
+def write_samples(job, out_dir, args, noise=None, null_text=None) -> int:
     """Sample the plan into ``out_dir``, each batch's PNGs written as it finishes (an interrupted
     run loses one batch at most; ``--resume`` makes only the images not written yet); then
     ``samples.npz`` from the PNGs, without holding them all in memory, and the grids."""
@@ -387,7 +408,12 @@ def write_samples(job, out_dir, args, noise=None) -> int:
                                  "give another --out or drop --resume")
         todo = [i for i in range(n) if not paths[i].is_file()]
         print(f"difflab sample: resuming: {n - len(todo)} of {n} images already in {folder}")
-    for chunk, images in batches(job, batch_size=args.batch_size, indices=todo, progress=True, noise=noise):
+    batch_size = args.batch_size
+    if null_text is not None and todo:  # its images' tuned contexts, in one batch
+        from ..pipelines.null_text import apply_null_text
+
+        job, batch_size = apply_null_text(job, null_text, todo), len(todo)
+    for chunk, images in batches(job, batch_size=batch_size, indices=todo, progress=True, noise=noise):
         save_images(images, folder, names=[paths[i].name for i in chunk],
                     pnginfos=[png_text(job.image_record(i)) for i in chunk])
     save_npz_from_files(paths, out_dir / "samples.npz", job.labels)
@@ -494,17 +520,31 @@ def apply_input_record(args, record: dict) -> None:
 
 def read_noise(path: str):
     """The ``noise`` array of an .npz written by ``difflab invert`` (N, C, H, W)."""
+    return read_inversion(path)[0]
+
+
+def read_inversion(path: str):
+    """The ``noise`` (N, C, H, W) of an .npz written by ``difflab invert``, and its null-text
+    inversion (:class:`~difflab.pipelines.null_text.NullText`; None for a plain inversion)."""
     from pathlib import Path
 
     import numpy as np
     import torch
 
+    from ..pipelines.null_text import NullText
+
     if not Path(path).is_file():
         raise FileNotFoundError(f"--noise {path} does not exist")
-    with np.load(path) as npz:
+    try:
+        npz = np.load(path)  # arrays only: allow_pickle stays off
+    except (OSError, ValueError) as error:
+        raise ValueError(f"--noise {path} is not a readable .npz ({error}): give the file `difflab invert` wrote") \
+            from None
+    with npz:
         if "noise" not in npz.files:
             raise ValueError(f"{path} has no array 'noise': give an .npz written by `difflab invert`")
-        return torch.from_numpy(npz["noise"]).float()
+        noise = torch.from_numpy(npz["noise"]).float()
+        return noise, NullText.from_arrays(npz, noise)
 
 
 def safe_name(name: str) -> str:

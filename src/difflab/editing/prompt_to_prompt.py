@@ -20,6 +20,7 @@ from ..models.unet import UNet
 from ..pipelines.generate import SamplerSettings, batches, plan
 from ..pipelines.guidance_policy import Guidance
 from ..pipelines.loading import DiffusionModel
+from ..pipelines.null_text import NullText, apply_null_text
 from .attention_control import PromptToPromptControl, attention_controller, has_cross_attention
 from .feature_injection import feature_injection
 from .local_blend import LocalBlend
@@ -48,7 +49,7 @@ def prompt_to_prompt(model: DiffusionModel, prompt: str, edit: str | None = None
                      method: str = "ddim",
                      steps: int | None = None, spacing: str | None = None, guidance: Guidance | None = None,
                      noise: Tensor | None = None, blend_words: list[str] | None = None, blend_threshold: float = 0.3,
-                     **options) -> tuple[Tensor, Tensor, PromptToPromptControl]:
+                     null_text: NullText | None = None, **options) -> tuple[Tensor, Tensor, PromptToPromptControl]:
     """Sources and edits as uint8 (n, C, H, W) each, and the controller (its ``calls`` counts).
 
     Args:
@@ -67,6 +68,10 @@ def prompt_to_prompt(model: DiffusionModel, prompt: str, edit: str | None = None
         noise: (n, C, H, W) starting noise for the pairs, e.g. ``invert_images`` of real images.
         blend_words: local blend (:mod:`.local_blend`): the edit changes only where these words
             (looked up in both prompts) are drawn; blend_threshold: its mask's threshold.
+        null_text: edit real images under guidance: a
+            :func:`~difflab.pipelines.null_text.null_text_inversion` of them (with ``prompt``); its
+            noise starts the pairs and both rows of pair i take image i's tuned unconditional
+            contexts. Steps, spacing and guidance default to its own (DDIM).
 
     Raises:
         ValueError: a model without cross-attention or text conditioning, an unknown mode, replace
@@ -81,11 +86,18 @@ def prompt_to_prompt(model: DiffusionModel, prompt: str, edit: str | None = None
     if mode not in MODES:
         raise ValueError(f"unknown prompt-to-prompt mode {mode!r}; choose one of: {', '.join(MODES)}")
     edit = prompt if edit is None else edit
+    if null_text is not None:
+        noise = null_text.noise if noise is None else noise
+        steps, spacing = steps or null_text.steps, spacing or null_text.spacing
+        if guidance is None or guidance.scale is None:
+            guidance = dataclasses.replace(guidance or Guidance(), scale=null_text.guidance_scale)
     if seeds is None:
         seeds = list(range(seed, seed + (len(noise) if noise is not None else n)))
     n = len(seeds)
     settings = SamplerSettings.resolve(model, method, steps, spacing, **options)
     job = plan(model, 2 * n, settings, seeds=seeds + seeds, guidance=guidance, prompts=[prompt] * n + [edit] * n)
+    if null_text is not None:
+        job = apply_null_text(job, null_text, list(range(n)) * 2)
     tokens = token_map(job.text, prompt, edit, mode, reweight)
     if feature_replace is None:
         feature_replace = DEFAULT_FEATURE_REPLACE if isinstance(model.network, UNet) else 0.0

@@ -535,6 +535,7 @@ def generate(
     aug_level: float | None = None,
     controls: list[Control] | None = None,
     force_controls: bool = False,
+    null_text=None,
     **options,
 ) -> tuple[Tensor, Tensor | None]:
     """n samples as uint8 (N, C, H, W), with their class labels (None if unconditional and unguided);
@@ -571,6 +572,10 @@ def generate(
     ``controls``: ControlNets (:class:`~.controlnet.Control`: network, control images, scale,
     window, guess mode) whose residuals add up in the base U-Net; ``force_controls`` applies one
     whose recorded base weights differ from ``model``'s.
+
+    ``null_text`` (:class:`~.null_text.NullText`, from :func:`~.null_text.null_text_inversion`)
+    samples its images back under guidance: its noise (unless ``noise`` is given) and tuned
+    unconditional contexts, in one batch; method, steps, spacing and scale must be its own.
     """
     if negative_prompt is not None:
         guidance = dataclasses.replace(guidance or Guidance(), negative_prompt=negative_prompt)
@@ -578,6 +583,14 @@ def generate(
     job = plan(model, n, settings, seed=seed, seeds=seeds, class_index=class_index, labels=labels, guidance=guidance,
                prompts=prompts, threshold=threshold, precision=precision, compile=compile, edit=edit,
                cond_images=cond_images, aug_level=aug_level, controls=controls, force_controls=force_controls)
+    if null_text is not None:
+        from .null_text import apply_null_text
+
+        if n != len(null_text.noise):
+            raise ValueError(f"a null-text inversion of {len(null_text.noise)} images samples {len(null_text.noise)} "
+                             f"images, not {n}")
+        job, batch_size = apply_null_text(job, null_text, list(range(n))), n
+        noise = null_text.noise if noise is None else noise
     out = run(job, batch_size=batch_size, progress=progress, noise=noise, x_start=x_start, strength=strength,
               strength_mode=strength_mode, callback=callback)
     return out.images, out.labels

