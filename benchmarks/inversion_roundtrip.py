@@ -7,7 +7,7 @@ sampled back from that noise by deterministic DDIM (η = 0) with the same steps,
 (``generate(..., noise=noise)``, ``difflab sample --noise``), once per sampling guidance scale.
 At guidance 1 the sample retraces the inverted ODE path; at w > 1 classifier-free guidance changes
 every step's x̂₀, so the path and the image are not recovered: why exact editing under CFG needs
-null-text inversion (Mokady et al. 2023, not built).
+null-text inversion (Mokady et al. 2023; benchmarks/null_text_roundtrip.py for text models).
 
 The acceptance: mean PSNR >= 30 dB at guidance 1.
 
