@@ -105,6 +105,27 @@ def test_invert_sample_and_edit_commands(minilm_run, tmp_path):
     assert len(list((tmp_path / "e" / "edit").iterdir())) == 3
 
 
+def test_edit_command_on_real_images(minilm_run, tmp_path, capsys):
+    """`difflab edit --image DIR --prompt P --edit P*`: null-text inversion and prompt-to-prompt in one
+    command; the inversion is kept in OUT/noise.npz, and a second edit from it gives the same sources."""
+    run, _, _, pictures = minilm_run
+    out = tmp_path / "e"
+    assert cli(["edit", str(run), "--image", str(pictures), "--prompt", PROMPT, "--edit", EDIT, "--steps", str(STEPS),
+                "--guidance-scale", str(SCALE), "--out", str(out)]) == 0
+    with np.load(out / "noise.npz") as npz:
+        assert npz["null_contexts"].shape[:2] == (STEPS, 3)
+    again = tmp_path / "again"
+    assert cli(["edit", str(run), "--noise", str(out / "noise.npz"), "--prompt", PROMPT, "--edit", EDIT,
+                "--out", str(again)]) == 0
+    for name in ("00000.png", "00002.png"):
+        first, second = (np.array(Image.open(folder / "source" / name)) for folder in (out, again))
+        assert np.array_equal(first, second)
+    capsys.readouterr()
+    assert cli(["edit", str(run), "--image", str(pictures), "--noise", str(out / "noise.npz"), "--prompt", PROMPT,
+                "--edit", EDIT, "--out", str(tmp_path / "x")]) != 0
+    assert "drop --noise" in capsys.readouterr().err
+
+
 def test_null_text_edit_keeps_the_source_row(minilm_run):
     """prompt_to_prompt(null_text=...): the source rows are the null-text reconstruction itself."""
     _, model, images, _ = minilm_run

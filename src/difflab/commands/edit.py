@@ -25,8 +25,10 @@ def register(subparsers) -> None:
     p.add_argument("checkpoint", help="a run folder or its checkpoint/ folder (a text model)")
     p.add_argument("--prompt", metavar="TEXT", help="prompt-to-prompt: the source prompt")
     p.add_argument("--image", metavar="IMG_OR_DIR",
-                   help="instruct-pix2pix: the image(s) to edit by --instruction (a model trained with "
-                        "diffusion.image_condition: source); writes OUT/images/ and OUT/pairs.png (source, edit)")
+                   help="real image(s) to edit. With --prompt (their caption) and --edit: prompt-to-prompt from "
+                        "their null-text inversion at the guidance scale (a text model with a frozen encoder; also "
+                        "written to OUT/noise.npz for --noise). With --instruction: an instruct-pix2pix model's edit "
+                        "(trained with diffusion.image_condition: source); writes OUT/images/ and OUT/pairs.png")
     p.add_argument("--instruction", metavar="TEXT", help="instruct-pix2pix: the edit, written ('make it red')")
     p.add_argument("--image-guidance", type=float, metavar="S_I",
                    help="instruct-pix2pix: image guidance s_I (default: the checkpoint's); --guidance-scale is s_T")
@@ -88,7 +90,7 @@ def run(args) -> int:
     from ..pipelines import DiffusionModel, Guidance
     from .sample import read_inversion
 
-    if args.image or args.instruction:
+    if args.instruction or (args.image and not args.prompt):
         return run_instruction(args)
     if not args.prompt:
         raise ValueError("give --prompt (and --edit) for prompt-to-prompt, or --image and --instruction for "
@@ -99,6 +101,11 @@ def run(args) -> int:
     out = check_output_folder(Path(args.out))
     model = DiffusionModel.load(args.checkpoint, use_ema=not args.no_ema, device=pick_device(args.device))
     noise, null_text = read_inversion(args.noise) if args.noise else (None, None)
+    if args.image:  # real images: null-text inversion under the source prompt, kept in OUT/noise.npz
+        if args.noise:
+            raise ValueError("--image inverts the images itself: drop --noise (or drop --image to edit that inversion)")
+        null_text = invert_for_editing(args, model, out)
+        noise = null_text.noise
     n = len(noise) if noise is not None else args.n
     sources, edits, _ = prompt_to_prompt(
         model, args.prompt, args.edit, mode=args.mode, reweight=reweight, cross_replace=args.cross_replace,
@@ -113,6 +120,26 @@ def run(args) -> int:
     grid = save_grid(torch.stack(pairs), out / "grid.png", nrow=2, upscale=max(1, 64 // sources.shape[-1]))
     print(f"difflab edit: {n} pairs ({args.mode}) in {out} (grid: {grid}; each row: source, edit)")
     return 0
+
+
+def invert_for_editing(args, model, out):
+    """``--image`` with ``--prompt``: the null-text inversion of the images for the edit's
+    guidance scale (written to OUT/noise.npz, which ``--noise`` reuses for other edits)."""
+    import numpy as np
+
+    from ..pipelines import Guidance
+    from ..pipelines.guidance_policy import guidance_scale
+    from ..pipelines.img2img import load_init_images
+    from ..pipelines.null_text import null_text_inversion
+
+    images = load_init_images(args.image, model).images
+    scale = guidance_scale(model, Guidance(scale=args.guidance_scale))
+    inverted = null_text_inversion(model, images, args.prompt, guidance_scale=scale, steps=args.steps,
+                                   spacing=args.spacing, progress=True)
+    out.mkdir(parents=True, exist_ok=True)
+    np.savez(out / "noise.npz", noise=inverted.noise.float().cpu().numpy(), **inverted.arrays())
+    print(f"difflab edit: {len(images)} images null-text inverted under {args.prompt!r} to {out / 'noise.npz'}")
+    return inverted
 
 
 def run_instruction(args) -> int:
