@@ -144,6 +144,8 @@ def test_bad_input_is_one_clear_error(minilm_run, tmp_path, capsys):
     run, model, images, pictures = minilm_run
     with pytest.raises(ValueError, match="scale > 1"):
         null_text_inversion(model, images, PROMPT, guidance_scale=1.0, steps=STEPS)
+    with pytest.raises(ValueError, match="diverged at step 1"):
+        null_text_inversion(model, images, PROMPT, guidance_scale=SCALE, steps=STEPS, lr=float("inf"))
     for argv, message in (
         (["--null-text", "--guidance-scale", "3"], "needs the images' caption"),
         (["--prompt", PROMPT, "--guidance-scale", "3"], "add --null-text"),

@@ -186,6 +186,9 @@ def null_text_inversion(model: DiffusionModel, images: Tensor, prompt: str, *, g
             optimizer = torch.optim.Adam([context], lr=lr)
             for _ in range(inner_steps):
                 loss = _miss(job, x, sigma, sigma_next, target, cond).mean()
+                if not torch.isfinite(loss):
+                    raise ValueError(f"null-text inversion diverged at step {k + 1} of {len(sigmas) - 1} (loss "
+                                     f"{loss.item()}): lower the learning rate (lr, default 1e-2) or the scale")
                 if loss.item() < tolerance:
                     break
                 optimizer.zero_grad(set_to_none=True)
