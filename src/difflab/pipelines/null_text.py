@@ -26,7 +26,6 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..conditioning import TextConditioning
 from ..data import to_float
 from ..guidance import ClassifierFreeGuidance
 from ..sampling import invert
@@ -142,10 +141,11 @@ def null_text_inversion(model: DiffusionModel, images: Tensor, prompt: str, *, g
     """
     from tqdm.auto import tqdm
 
-    if not model.text_encoder or "context" not in TextConditioning(model.text_encoder).null():
-        raise ValueError("null-text inversion tunes the frozen text encoder's states of the empty caption, and this "
-                         "model has no frozen text encoder (a class-conditional model, or the trainable 'small' "
-                         "encoder): use plain `difflab invert` at guidance 1")
+    no_encoder = ValueError("null-text inversion tunes the frozen text encoder's states of the empty caption, and "
+                            "this model has no frozen text encoder (a class-conditional model, or the trainable "
+                            "'small' encoder): use plain `difflab invert` at guidance 1")
+    if not model.text_encoder:
+        raise no_encoder
     if not guidance_scale > 1.0:
         raise ValueError(f"null-text inversion is for sampling with classifier-free guidance (scale > 1), got "
                          f"{guidance_scale:g}: at scale 1 plain DDIM inversion already reconstructs")
@@ -163,6 +163,8 @@ def null_text_inversion(model: DiffusionModel, images: Tensor, prompt: str, *, g
         if model.latent is not None:
             x0 = model.latent.encode(x0)
         unguided = plan(model, n, settings, guidance=Guidance(scale=1.0), prompts=[prompt])
+        if "context" not in unguided.text.null():  # token ids: the encoder trains with the network
+            raise no_encoder
         trajectory = [x0]  # z*_0 … z*_T in the sampler's space, ascending σ
         invert(unguided.denoiser, x0, sigmas=sigmas, cond=unguided.cond(range(n)),
                callback=lambda step: trajectory.append(step.x))
