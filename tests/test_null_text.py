@@ -178,3 +178,25 @@ def test_a_trainable_text_encoder_is_one_clear_error(tmp_path):
     images, _ = generate(model, 1, steps=2, prompts=[PROMPT], guidance=Guidance(scale=1.0))
     with pytest.raises(ValueError, match="no frozen text encoder"):
         null_text_inversion(model, images, PROMPT, guidance_scale=3.0, steps=2)
+
+
+def test_pipeline_invert_and_edit(minilm_run):
+    """Pipeline.invert (plain and null-text) and Pipeline.edit (seeds, or real images in one call)."""
+    from difflab import Pipeline
+
+    _, model, images, pictures = minilm_run
+    pipe = Pipeline(model)
+    noise = pipe.invert(pictures, prompt=PROMPT, steps=STEPS)  # a folder, as the CLI reads it
+    assert torch.equal(noise, invert_images(model, images, steps=STEPS, prompt=PROMPT))
+    back = pipe(PROMPT, noise=noise, method="ddim", steps=STEPS, guidance_scale=1, output="tensor")  # n from noise
+    assert back.shape == images.shape
+    with pytest.raises(ValueError, match="null_text=True"):
+        pipe.invert(images, prompt=PROMPT, guidance_scale=3.0)
+    sources, edits = pipe.edit(PROMPT, EDIT, image=images[:2], steps=STEPS, guidance_scale=SCALE, output="tensor")
+    inverted = pipe.invert(images[:2], prompt=PROMPT, steps=STEPS, null_text=True, guidance_scale=SCALE)
+    expected, _, _ = prompt_to_prompt(model, PROMPT, EDIT, null_text=inverted)
+    assert torch.equal(sources, expected) and edits.shape == sources.shape
+    pil_sources, pil_edits = pipe.edit(PROMPT, EDIT, n=2, seed=1, steps=STEPS)
+    assert len(pil_sources) == len(pil_edits) == 2 and pil_edits[0].size == (8, 8)
+    with pytest.raises(ValueError, match="one of them"):
+        pipe.edit(PROMPT, EDIT, image=images[:1], null_text=inverted)

@@ -26,12 +26,14 @@ from .controlnet import build_controls
 from .embeddings import add_embedding
 from .generate import Edit, Generated, SamplerSettings, plan, run
 from .guidance_policy import Guidance
+from .guidance_policy import guidance_scale as resolve_scale
 from .img2img import InitImages, load_init_images, pixel_shape
 from .inpaint import Inpainting, as_mask, read_mask
 from .inpaint_area import INPAINT_AREAS, MaskedArea
+from .inversion import invert_images
 from .loading import DiffusionModel, NoisyClassifierModel
 from .lora import add_lora
-from .null_text import apply_null_text
+from .null_text import apply_null_text, null_text_inversion
 from .png_info import RECORD_KEY, parameters_text, read_record
 from .super_resolution import load_cond_images
 from .tune import find_tuned
@@ -218,7 +220,8 @@ class Pipeline:
                                       guess_mode, control_preprocess)
         elif control_image is not None:
             raise ValueError("a control image needs its ControlNet: pass controlnet=...")
-        n = n if n is not None else (len(seeds) if seeds else len(edit.init) if edit is not None else
+        n = n if n is not None else (len(seeds) if seeds else len(noise) if noise is not None else
+                                     len(edit.init) if edit is not None else
                                      len(cond_images) if cond_images is not None else
                                      len(controls[0].images) if controls else 1)
         job = plan(self.model, n, settings, seed=seed, seeds=seeds, class_index=self.class_index(class_label),
@@ -232,6 +235,51 @@ class Pipeline:
         out = run(job, batch_size=batch_size, progress=progress, noise=noise, x_start=x_start, strength=strength,
                   strength_mode=strength_mode, callback=callback)
         return self._as(out, output)
+
+    def invert(self, image, *, prompt: str | None = None, class_label: int | str | None = None,
+               steps: int | None = None, spacing: str | None = None, null_text: bool = False,
+               guidance_scale: float | None = None, inner_steps: int = 10):
+        """DDIM inversion of ``image`` (any form :meth:`__call__` takes): the unit-scale noise
+        (N, C, H, W) that DDIM at guidance 1 with the same steps, spacing and ``prompt`` /
+        ``class_label`` maps back (``pipe(prompt, noise=..., method="ddim", guidance_scale=1)``).
+        With ``null_text``: a :class:`~.null_text.NullText` for sampling back, and editing, under
+        classifier-free guidance at ``guidance_scale`` (default: the checkpoint's; a text model with
+        a frozen encoder): ``pipe(prompt, null_text=...)``, :meth:`edit` ``(null_text=...)``."""
+        images = load_init_images(image, self.model).images
+        if null_text:
+            scale = resolve_scale(self.model, Guidance(scale=guidance_scale))
+            return null_text_inversion(self.model, images, prompt, guidance_scale=scale, steps=steps,
+                                       spacing=spacing, inner_steps=inner_steps)
+        if guidance_scale is not None:
+            raise ValueError("guidance_scale is null-text inversion's (null_text=True); plain DDIM inversion runs "
+                             "unguided")
+        return invert_images(self.model, images, steps=steps, spacing=spacing,
+                             class_index=self.class_index(class_label), prompt=prompt)
+
+    def edit(self, prompt: str, edit: str | None = None, *, image=None, null_text=None,
+             guidance_scale: float | None = None, output: str = "pil", **options):
+        """Prompt-to-prompt (docs/editing.md): ``(sources, edits)``, each in the ``output`` form of
+        :meth:`__call__` (PIL images without generation records, a uint8 tensor or an array).
+
+        ``image`` (any form :meth:`__call__` takes): edit real images, null-text inverted under
+        ``prompt`` first; ``null_text``: an inversion made earlier (:meth:`invert`). ``options``
+        are :func:`~difflab.editing.prompt_to_prompt`'s: ``mode``, ``reweight``, ``cross_replace``,
+        ``self_replace``, ``feature_replace``, ``n``, ``seed``, ``seeds``, ``method``, ``steps``,
+        ``spacing``, ``noise``, ``blend_words``, ``blend_threshold``."""
+        from ..editing import prompt_to_prompt
+
+        if output not in OUTPUTS:
+            raise ValueError(f"unknown output {output!r}; choose one of: {', '.join(OUTPUTS)}")
+        if image is not None:
+            if null_text is not None or options.get("noise") is not None:
+                raise ValueError("image= is inverted here: pass image, null_text or noise, one of them")
+            null_text = self.invert(image, prompt=prompt, null_text=True, guidance_scale=guidance_scale,
+                                    steps=options.get("steps"), spacing=options.get("spacing"))
+        guidance = Guidance(scale=guidance_scale) if guidance_scale is not None else None
+        sources, edits, _ = prompt_to_prompt(self.model, prompt, edit, null_text=null_text, guidance=guidance,
+                                             **options)
+        return tuple(images if output == "tensor" else images.permute(0, 2, 3, 1).numpy() if output == "numpy"
+                     else [to_pil(image) for image in images] for images in (sources, edits))
 
     def from_png(self, path: str | Path, output: str = "pil"):
         """The image a difflab PNG records, made again (this pipeline's weights, its record's settings)."""
