@@ -8,6 +8,10 @@
 Each image returned carries its generation record in ``image.info["difflab"]`` (a JSON string),
 which :func:`~difflab.pipelines.png_info.save_png` writes into the PNG; ``difflab sample
 --from-png`` and :meth:`Pipeline.from_png` make the same image again from it.
+
+Editing (docs/editing.md): ``pipe(image=..., strength=...)`` and ``mask=...`` (img2img,
+inpainting), :meth:`Pipeline.invert` (DDIM or null-text inversion) and :meth:`Pipeline.edit`
+(prompt-to-prompt, of seeds or of real images).
 """
 
 from __future__ import annotations
