@@ -4,7 +4,11 @@
 
 Starts `difflab serve` on the runs, drives Debian's chromium with Playwright through each tab
 (Generate with 8 images, Image to image and Inpaint on a Fashion-MNIST test picture with a
-brush stroke, the model card, a PNG dropped on "Restore from PNG") and saves a PNG per tab.
+brush stroke, the model card, a PNG dropped on "Restore from PNG", and Prompt-to-prompt on the
+text run: a test sneaker edited into a sandal) and saves a PNG per tab; ``--p2p-only`` takes the
+last alone:
+
+    python benchmarks/ui_screenshots.py --runs runs/fashion-mnist-16-text --p2p-only
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", nargs="+", default=["runs/fashion-mnist-16-cfg", "runs/fashion-mnist-16-text"])
     parser.add_argument("--out", default="docs/ui")
+    parser.add_argument("--p2p-only", action="store_true", help="only the Prompt-to-prompt tab's screenshot")
     args = parser.parse_args()
     from playwright.sync_api import sync_playwright
 
@@ -70,6 +75,27 @@ def main() -> None:
                 field.fill(str(value))
                 field.press("Enter")
 
+            text_run = next((Path(r).name for r in args.runs if "text" in Path(r).name), None)
+            if text_run:  # a real sneaker edited into a sandal
+                page.locator("#model input").fill(text_run)
+                page.locator("#model input").press("Enter")
+                page.wait_for_timeout(1000)
+                page.locator("#prompt textarea").fill("a photo of a sneaker")
+                page.get_by_role("tab", name="Prompt-to-prompt").click()
+                page.locator("#edit-prompt textarea").fill("a photo of a sandal")
+                sneaker = load_dataset("fashion-mnist", split="test", resolution=16)
+                first = sneaker.images[(sneaker.labels == 7).nonzero()[0, 0]]
+                to_pil(first).resize((64, 64)).save(work / "sneaker.png")
+                page.locator("#p2p-image input[type=file]").set_input_files(str(work / "sneaker.png"))
+                page.wait_for_timeout(1000)
+                run("#p2p")
+                page.screenshot(path=str(out / "prompt-to-prompt.png"), full_page=True)
+                page.locator("#model input").fill(Path(args.runs[0]).name)  # back to the first run
+                page.locator("#model input").press("Enter")
+                page.wait_for_timeout(1000)
+            if args.p2p_only:
+                browser.close()
+                return
             number("n", 8)
             run("#generate")
             page.screenshot(path=str(out / "generate.png"), full_page=True)

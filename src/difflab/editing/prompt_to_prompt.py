@@ -43,13 +43,28 @@ class _StepTracker:
         return self.model(x_t, t, **cond)
 
 
+def _on_step(callback, blend):
+    """The sampler callback: the caller's, then local blend's (either may be None)."""
+    if callback is None or blend is None:
+        return callback or blend
+
+    def both(step):
+        replaced = callback(step)
+        if replaced is not None:
+            step = dataclasses.replace(step, x=replaced)
+        blended = blend(step)
+        return blended if blended is not None else replaced
+    return both
+
+
 def prompt_to_prompt(model: DiffusionModel, prompt: str, edit: str | None = None, *, mode: str = "replace",
                      reweight: dict[str, float] | None = None, cross_replace: float = 0.8, self_replace: float = 0.4,
                      feature_replace: float | None = None, n: int = 1, seed: int = 0, seeds: list[int] | None = None,
                      method: str = "ddim",
                      steps: int | None = None, spacing: str | None = None, guidance: Guidance | None = None,
                      noise: Tensor | None = None, blend_words: list[str] | None = None, blend_threshold: float = 0.3,
-                     null_text: NullText | None = None, **options) -> tuple[Tensor, Tensor, PromptToPromptControl]:
+                     null_text: NullText | None = None, callback=None,
+                     **options) -> tuple[Tensor, Tensor, PromptToPromptControl]:
     """Sources and edits as uint8 (n, C, H, W) each, and the controller (its ``calls`` counts).
 
     Args:
@@ -72,6 +87,8 @@ def prompt_to_prompt(model: DiffusionModel, prompt: str, edit: str | None = None
             :func:`~difflab.pipelines.null_text.null_text_inversion` of them (with ``prompt``); its
             noise starts the pairs and both rows of pair i take image i's tuned unconditional
             contexts. Steps, spacing and guidance default to its own (DDIM).
+        callback: ``callback(step)`` after each sampler step (progress, cancellation by raising),
+            as for ``generate``; a returned tensor replaces the state (before local blend).
 
     Raises:
         ValueError: a model without cross-attention or text conditioning, an unknown mode, replace
@@ -116,5 +133,5 @@ def prompt_to_prompt(model: DiffusionModel, prompt: str, edit: str | None = None
         noise = torch.cat([noise, noise])
     with attention_controller(model.network, control), feature_injection(model.network, control):
         images = torch.cat([images for _, images in batches(job, batch_size=2 * n, noise=noise,
-                                                             callback=control.blend)])
+                                                             callback=_on_step(callback, control.blend))])
     return images[:n], images[n:], control

@@ -2,7 +2,8 @@
 
 The page has the settings every generation shares on top (model, prompt or class, sampler, seed,
 guidance, number of images) and a tab per task: *Generate*, *Image to image*, *Inpaint* (the
-brush of Gradio's image editor draws the mask) and *Model card*; one gallery below shows the
+brush of Gradio's image editor draws the mask), *Prompt-to-prompt* (a text model's edit of its
+samples or of an uploaded picture) and *Model card*; one gallery below shows the
 results, each a PNG with its generation record (its download carries it), and a live preview of
 x̂₀ while the sampler runs. A difflab PNG dropped on "Restore from PNG" sets the fields it records.
 
@@ -116,6 +117,21 @@ def build_app(studio: Studio, queue_size: int = 16):
                     blur = gr.Slider(0, 16, value=0, step=1, label="Mask blur", elem_id="mask-blur")
                 inpaint = gr.Button("Inpaint", variant="primary", elem_id="inpaint")
                 inpaint_original = gr.State(None)  # the checked upload, at its own size
+            with gr.Tab("Prompt-to-prompt", elem_id="tab-p2p", visible=features["text"]) as p2p_tab:
+                edit_prompt = gr.Textbox(label="Edited prompt (the prompt above with words changed)",
+                                         elem_id="edit-prompt")
+                with gr.Row():
+                    cross = gr.Slider(0.0, 1.0, value=0.8, step=0.05, label="Cross-attention steps",
+                                      elem_id="cross-replace")
+                    self_ = gr.Slider(0.0, 1.0, value=0.4, step=0.05, label="Self-attention steps",
+                                      elem_id="self-replace")
+                    feature = gr.Slider(0.0, 1.0, value=0.2, step=0.05, label="Feature steps (U-Net; 0 on a DiT)",
+                                        elem_id="feature-replace")
+                with gr.Row():
+                    p2p_file = gr.File(label="Optional: a picture to edit (the prompt describes it)",
+                                       file_types=["image"], type="filepath", elem_id="p2p-image")
+                    p2p_view = gr.Image(label="Picture", interactive=False, height=200, elem_id="p2p-view")
+                p2p = gr.Button("Edit", variant="primary", elem_id="p2p")
             with gr.Tab("Model card", elem_id="tab-card"):
                 card = gr.Markdown(studio.card(first), elem_id="card")
                 plot = gr.Plot(studio.metrics_plot(first), label="Training metrics", elem_id="metrics")
@@ -140,9 +156,10 @@ def build_app(studio: Studio, queue_size: int = 16):
 
         running: dict[str, threading.Event] = {}  # a browser session's generation → its cancel flag
 
-        def stream(request: Request, progress: gr.Progress, session: gr.Request | None):
-            """Run the request in a worker thread; yield previews, then the gallery. Stop (from the
-            same session) sets the cancel flag: the worker stops at its next step."""
+        def stream(request: Request, progress: gr.Progress, session: gr.Request | None, edit: dict | None = None):
+            """Run the request (with ``edit``: a prompt-to-prompt edit, :meth:`Studio.edit`'s keywords)
+            in a worker thread; yield previews, then the gallery. Stop (from the same session) sets
+            the cancel flag: the worker stops at its next step."""
             events: queue.Queue = queue.Queue()
             cancel = threading.Event()
             key = getattr(session, "session_hash", None) or "?"
@@ -150,9 +167,10 @@ def build_app(studio: Studio, queue_size: int = 16):
 
             def work():
                 try:
-                    result = studio.generate(request, progress=lambda i, k: events.put(("progress", i, k)),
-                                             preview=lambda image, i, k: events.put(("preview", image, i, k)),
-                                             cancel=cancel)
+                    hooks = dict(progress=lambda i, k: events.put(("progress", i, k)),
+                                 preview=lambda image, i, k: events.put(("preview", image, i, k)), cancel=cancel)
+                    result = (studio.edit(request, **edit, **hooks) if edit is not None else
+                              studio.generate(request, **hooks))
                     events.put(("done", result))
                 except Exception as err:  # noqa: BLE001 - shown on the page, the server goes on
                     events.put(("error", err))
@@ -211,6 +229,19 @@ def build_app(studio: Studio, queue_size: int = 16):
                                  mask_blur=float(blur_))
             yield from stream(request, progress, session)
 
+        def on_p2p(m, p, q, c, s_, k, sp, g, r, sd, rs, n_, edit_text, cross_, self_value, feature_, image,
+                   session: gr.Request = None, progress=gr.Progress()):  # noqa: B008 - Gradio's way
+            picture = None
+            if image:
+                try:
+                    picture = read_upload(image, studio.max_upload_bytes, "the picture")
+                except UploadError as err:
+                    raise gr.Error(str(err)) from None
+            request = request_of([m, p, q, c, s_, k, sp, g, r, sd, rs, n_], image=picture)
+            edit = dict(edit_prompt=edit_text or "", cross_replace=float(cross_), self_replace=float(self_value),
+                        feature_replace=float(feature_))
+            yield from stream(request, progress, session, edit)
+
         def checked_upload(file):
             """An upload shown back once it passed the checks (else the page shows why not)."""
             if file is None:
@@ -221,6 +252,7 @@ def build_app(studio: Studio, queue_size: int = 16):
                 raise gr.Error(str(err)) from None
 
         init.upload(checked_upload, init, init_view, queue=False, api_name=False)
+        p2p_file.upload(checked_upload, p2p_file, p2p_view, queue=False, api_name=False)
 
         def to_editor(file):
             image = checked_upload(file)
@@ -238,6 +270,8 @@ def build_app(studio: Studio, queue_size: int = 16):
                       api_name="img2img")
         inpaint.click(on_inpaint, [*shared, editor, inpaint_original, mode, area, padding, blur], outputs,
                       concurrency_limit=1, concurrency_id="device", api_name="inpaint")
+        p2p.click(on_p2p, [*shared, edit_prompt, cross, self_, feature, p2p_file], outputs, concurrency_limit=1,
+                  concurrency_id="device", api_name="edit")
 
         def on_stop(session: gr.Request = None):  # Gradio fills it; the default keeps its argument check quiet
             cancel = running.get(getattr(session, "session_hash", None) or "?")
@@ -255,10 +289,10 @@ def build_app(studio: Studio, queue_size: int = 16):
                     gr.update(choices=[EVERY_CLASS, *f["classes"]], value=EVERY_CLASS, visible=bool(f["classes"])),
                     d["method"], d["steps"], AUTO_SPACING, d["guidance_scale"], gr.update(visible=f["img2img"]),
                     gr.update(choices=list(f["inpaint_modes"]), value="blend"), studio.card(name),
-                    studio.metrics_plot(name))
+                    studio.metrics_plot(name), gr.update(visible=f["text"]))
 
         model.change(on_model, model, [prompt, negative, label, method, steps, spacing, scale, img2img_tab, mode,
-                                       card, plot], queue=False, api_name="select_model")
+                                       card, plot, p2p_tab], queue=False, api_name="select_model")
 
         def on_png(file):
             if file is None:

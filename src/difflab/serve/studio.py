@@ -291,6 +291,67 @@ class Studio:
             seconds = time.perf_counter() - start
         return self._save(images, seconds)
 
+    def edit(self, request: Request, edit_prompt: str, *, cross_replace: float = 0.8, self_replace: float = 0.4,
+             feature_replace: float | None = None, progress: Callable[[int, int], None] | None = None,
+             preview: Callable[[Image.Image, int, int], None] | None = None, preview_every: int = 5,
+             cancel: threading.Event | None = None) -> Result:
+        """Prompt-to-prompt on a text run (docs/editing.md): ``request.n`` (source, edit) pairs from
+        the request's seeds, or, with ``request.image``, that picture null-text inverted under
+        ``request.prompt`` and edited with DDIM (whatever ``request.method``: the inversion tunes
+        DDIM's walk); the images alternate source, edit. Each PNG records its
+        prompt, seed and sampler and, under ``prompt_to_prompt``, the edit (the fields a PNG drop
+        restores make the source again, not the edit). Arguments as for :meth:`generate`."""
+        from ..pipelines.png_info import RECORD_KEY
+
+        features = self.features(request.model)
+        if not features["text"]:
+            raise ValueError(f"prompt-to-prompt changes words of a prompt, and {request.model} is not a text model")
+        if not (request.prompt or "").strip() or not (edit_prompt or "").strip():
+            raise ValueError("give the prompt (what the picture shows) and the edited prompt")
+        self.check(request)
+        pipe = self.pipeline(request.model)
+        from ..models.unet import UNet
+
+        if not isinstance(pipe.model.network, UNet):
+            feature_replace = 0.0  # the page's slider; a DiT has no decoder block to take features from
+        seed = random.randrange(2**31) if request.seed is None or request.seed < 0 else int(request.seed)
+        spacing = None if request.spacing == AUTO_SPACING else request.spacing
+        # an uploaded picture is null-text inverted, which tunes DDIM's walk: it is edited with DDIM
+        method = "ddim" if request.image is not None else request.method or "ddim"
+        kwargs = dict(method=method, steps=request.steps, spacing=spacing,
+                      guidance_scale=request.guidance_scale, cross_replace=cross_replace, self_replace=self_replace,
+                      feature_replace=feature_replace, output="tensor",
+                      callback=self._step_callback(pipe, progress, preview, preview_every, cancel))
+        if request.image is not None:
+            kwargs["image"] = request.image.convert("RGB")
+        else:
+            kwargs.update(n=request.n, seed=seed)
+        with self._lock:
+            start = time.perf_counter()
+            sources, edits = pipe.edit(request.prompt, edit_prompt, **kwargs)
+            seconds = time.perf_counter() - start
+        from ..images import to_pil
+        from ..pipelines import Guidance
+        from ..pipelines.generate import SamplerSettings
+        from ..pipelines.guidance_policy import guidance_scale
+
+        settings = SamplerSettings.resolve(pipe.model, method, request.steps, spacing)
+        scale = guidance_scale(pipe.model, Guidance(scale=request.guidance_scale))
+        edit_record = {"source_prompt": request.prompt, "edit_prompt": edit_prompt, "cross_replace": cross_replace,
+                       "self_replace": self_replace, "feature_replace": feature_replace,
+                       "real_image": request.image is not None}
+        images = []
+        for i, (source, edited) in enumerate(zip(sources, edits)):
+            for role, tensor, text in (("source", source, request.prompt), ("edit", edited, edit_prompt)):
+                record = {"checkpoint": str(pipe.model.path), "prompt": text, "seed": seed + i,
+                          "method": settings.method, "steps": settings.steps, "spacing": settings.spacing,
+                          "guidance_scale": scale, "size": list(tensor.shape),
+                          "prompt_to_prompt": {**edit_record, "role": role}}
+                image = to_pil(tensor)
+                image.info[RECORD_KEY] = json.dumps({k: v for k, v in record.items() if v is not None})
+                images.append(image)
+        return self._save(images, seconds)
+
     def _step_callback(self, pipe, progress, preview, every: int, cancel):
         def callback(step):
             if cancel is not None and cancel.is_set():
