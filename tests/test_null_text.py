@@ -119,6 +119,8 @@ def test_edit_command_on_real_images(minilm_run, tmp_path, capsys):
     assert cli(["edit", str(run), "--image", str(pictures), "--noise", str(out / "noise.npz"), "--prompt", PROMPT,
                 "--edit", EDIT, "--out", str(tmp_path / "x")]) != 0
     assert "drop --noise" in capsys.readouterr().err
+    assert cli(["edit", "--from-png", str(out / "edit" / "00000.png"), "--out", str(tmp_path / "y")]) != 0
+    assert "edit the picture again with `difflab edit --image`" in capsys.readouterr().err
 
 
 def test_null_text_edit_keeps_the_source_row(minilm_run):

@@ -122,6 +122,32 @@ def test_edit_command_writes_the_grid_and_the_images(text_model, tmp_path):
     assert sorted(p.name for p in (out / "edit").iterdir()) == ["00000.png", "00001.png"]
 
 
+def test_edit_pngs_carry_their_records_and_from_png_remakes_the_pair(text_model, tmp_path, capsys):
+    import json
+
+    run, _ = text_model
+    out = tmp_path / "first"
+    assert cli(["edit", str(run), "--prompt", PROMPT, "--edit", EDIT, "--n", "2", "--seed", "4", "--steps", "4",
+                "--cross-replace", "0.6", "--feature-replace", "0.5", "--reweight", "sandal=2", "--local-blend",
+                "sandal", "--guidance-scale", "2", "--out", str(out)]) == 0
+    record = json.loads(Image.open(out / "edit" / "00001.png").text["difflab"])
+    assert record["prompt"] == EDIT and record["seed"] == 5 and record["steps"] == 4
+    assert record["prompt_to_prompt"] == {"source_prompt": PROMPT, "edit_prompt": EDIT, "mode": "replace",
+                                          "reweight": {"sandal": 2.0}, "cross_replace": 0.6, "self_replace": 0.4,
+                                          "feature_replace": 0.5, "local_blend": ["sandal"], "blend_threshold": 0.3,
+                                          "role": "edit"}
+    assert json.loads(Image.open(out / "grid.png").text["difflab"])["seeds"] == [4, 5]
+    again = tmp_path / "again"
+    assert cli(["edit", "--from-png", str(out / "edit" / "00001.png"), "--out", str(again)]) == 0
+    for role in ("source", "edit"):
+        assert np.array_equal(np.array(Image.open(again / role / "00000.png")),
+                              np.array(Image.open(out / role / "00001.png")))
+    assert cli(["sample", str(run), "--prompt", PROMPT, "--n", "1", "--steps", "2", "--out", str(tmp_path / "s")]) == 0
+    capsys.readouterr()
+    assert cli(["edit", "--from-png", str(tmp_path / "s" / "images" / "00000.png"), "--out", str(tmp_path / "x")]) != 0
+    assert "records no prompt-to-prompt edit" in capsys.readouterr().err
+
+
 def test_the_controller_sees_every_attention_of_a_dit_with_cross_attention():
     from difflab.editing import PromptToPromptControl, TokenMap, attention_controller
     from difflab.models import build_model

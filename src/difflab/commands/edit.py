@@ -17,12 +17,17 @@ def register(subparsers) -> None:
         "image (--prompt) and its edit (--edit) share their noise, and the edit takes the source's attention maps "
         "for the first steps (and, on a U-Net, the source's features of one decoder block), so it keeps the layout "
         "and changes what the edited words say. Writes grid.png "
-        "(each row: source, edit), source/ and edit/ (one PNG per image). With --image and --instruction, an "
+        "(each row: source, edit), source/ and edit/ (one PNG per image, each carrying its record: --from-png "
+        "makes the pair again). With --image and --instruction, an "
         "instruct-pix2pix model (Brooks et al. 2023) edits the given images instead: OUT/images/ and OUT/pairs.png. "
         "See docs/editing.md and docs/image-conditioning.md.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("checkpoint", help="a run folder or its checkpoint/ folder (a text model)")
+    p.add_argument("checkpoint", nargs="?",
+                   help="a run folder or its checkpoint/ folder (a text model; optional with --from-png)")
+    p.add_argument("--from-png", metavar="IMAGE",
+                   help="make again the pair a source or edit PNG of `difflab edit` (or of the page) records: its "
+                        "prompts, edit settings, seed, sampler and guidance, bit for bit")
     p.add_argument("--prompt", metavar="TEXT", help="prompt-to-prompt: the source prompt")
     p.add_argument("--image", metavar="IMG_OR_DIR",
                    help="real image(s) to edit. With --prompt (their caption) and --edit: prompt-to-prompt from "
@@ -86,10 +91,16 @@ def run(args) -> int:
 
     from ..device import pick_device
     from ..editing import prompt_to_prompt
+    from ..editing.records import pair_records
     from ..images import check_output_folder, save_grid, save_images
     from ..pipelines import DiffusionModel, Guidance
+    from ..pipelines.png_info import png_text
     from .sample import read_inversion
 
+    if args.from_png:
+        apply_edit_record(args)
+    if not args.checkpoint:
+        raise ValueError("give the run to edit with (difflab edit RUN ...), or --from-png IMAGE")
     if args.instruction or (args.image and not args.prompt):
         return run_instruction(args)
     if not args.prompt:
@@ -107,19 +118,41 @@ def run(args) -> int:
         null_text = invert_for_editing(args, model, out)
         noise = null_text.noise
     n = len(noise) if noise is not None else args.n
-    sources, edits, _ = prompt_to_prompt(
+    sources, edits, control = prompt_to_prompt(
         model, args.prompt, args.edit, mode=args.mode, reweight=reweight, cross_replace=args.cross_replace,
         self_replace=args.self_replace, feature_replace=args.feature_replace, seed=args.seed, n=n,
         method=args.method, steps=args.steps, spacing=args.spacing, guidance=Guidance(scale=args.guidance_scale),
         noise=noise, blend_words=args.local_blend, blend_threshold=args.blend_threshold, null_text=null_text)
-    save_images(sources, out / "source")
-    save_images(edits, out / "edit")
+    records = pair_records(model, **control.run)  # each PNG carries its own
+    save_images(sources, out / "source", pnginfos=[png_text(record) for record in records[0::2]])
+    save_images(edits, out / "edit", pnginfos=[png_text(record) for record in records[1::2]])
     pairs = [image for pair in zip(sources, edits) for image in pair]
     import torch
 
-    grid = save_grid(torch.stack(pairs), out / "grid.png", nrow=2, upscale=max(1, 64 // sources.shape[-1]))
+    grid = save_grid(torch.stack(pairs), out / "grid.png", nrow=2, upscale=max(1, 64 // sources.shape[-1]),
+                     pnginfo=png_text({**records[1], "seeds": control.run["seeds"]}))
     print(f"difflab edit: {n} pairs ({args.mode}) in {out} (grid: {grid}; each row: source, edit)")
     return 0
+
+
+def apply_edit_record(args) -> None:
+    """``--from-png``: the record's prompts, edit settings, seed (one pair), sampler and guidance
+    replace the flags' (the run too, unless one is given)."""
+    from ..editing.records import edit_arguments
+    from ..pipelines.png_info import read_record
+
+    if args.image or args.noise or args.instruction:
+        raise ValueError("--from-png makes a recorded pair again from its seed: drop --image, --noise, --instruction")
+    record = edit_arguments(read_record(args.from_png), args.from_png)
+    args.checkpoint = args.checkpoint or record["checkpoint"]
+    args.prompt, args.edit, args.mode = record["prompt"], record["edit"], record["mode"]
+    args.reweight = [f"{word}={scale}" for word, scale in (record["reweight"] or {}).items()]
+    args.cross_replace, args.self_replace = record["cross_replace"], record["self_replace"]
+    args.feature_replace = record["feature_replace"]
+    args.local_blend, args.blend_threshold = record["blend_words"] or [], record["blend_threshold"]
+    args.seed, args.n = record["seeds"][0], 1
+    args.method, args.steps, args.spacing = record["method"], record["steps"], record["spacing"]
+    args.guidance_scale = record["guidance_scale"]
 
 
 def invert_for_editing(args, model, out):

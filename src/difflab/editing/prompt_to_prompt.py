@@ -65,7 +65,8 @@ def prompt_to_prompt(model: DiffusionModel, prompt: str, edit: str | None = None
                      noise: Tensor | None = None, blend_words: list[str] | None = None, blend_threshold: float = 0.3,
                      null_text: NullText | None = None, callback=None,
                      **options) -> tuple[Tensor, Tensor, PromptToPromptControl]:
-    """Sources and edits as uint8 (n, C, H, W) each, and the controller (its ``calls`` counts).
+    """Sources and edits as uint8 (n, C, H, W) each, and the controller (its ``calls`` counts; its
+    ``run``: the resolved settings, :func:`~difflab.editing.records.pair_records`'s arguments).
 
     Args:
         model: a text model with cross-attention (U-Net with ``context_dim``, DiT with cross-attention).
@@ -131,6 +132,11 @@ def prompt_to_prompt(model: DiffusionModel, prompt: str, edit: str | None = None
             raise ValueError(f"the noise must have shape {(n, *model.image_shape)} (one per pair), "
                              f"got {tuple(noise.shape)}")
         noise = torch.cat([noise, noise])
+    # what the pairs were made with: their PNG records (:func:`.records.pair_records`)
+    control.run = dict(prompt=prompt, edit=edit, seeds=seeds, method=settings.method, steps=settings.steps,
+                       spacing=settings.spacing, guidance_scale=job.scale, mode=mode, reweight=reweight,
+                       cross_replace=cross_replace, self_replace=self_replace, feature_replace=feature_replace,
+                       blend_words=blend_words, blend_threshold=blend_threshold, real_image=noise is not None)
     with attention_controller(model.network, control), feature_injection(model.network, control):
         images = torch.cat([images for _, images in batches(job, batch_size=2 * n, noise=noise,
                                                              callback=_on_step(callback, control.blend))])

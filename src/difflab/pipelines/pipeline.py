@@ -263,7 +263,8 @@ class Pipeline:
     def edit(self, prompt: str, edit: str | None = None, *, image=None, null_text=None,
              guidance_scale: float | None = None, output: str = "pil", **options):
         """Prompt-to-prompt (docs/editing.md): ``(sources, edits)``, each in the ``output`` form of
-        :meth:`__call__` (PIL images without generation records, a uint8 tensor or an array).
+        :meth:`__call__` (PIL images carrying their records, :func:`~difflab.editing.records.pair_records`;
+        a uint8 tensor; an array).
 
         ``image`` (any form :meth:`__call__` takes): edit real images, null-text inverted under
         ``prompt`` first; ``null_text``: an inversion made earlier (:meth:`invert`). ``options``
@@ -271,6 +272,7 @@ class Pipeline:
         ``self_replace``, ``feature_replace``, ``n``, ``seed``, ``seeds``, ``method``, ``steps``,
         ``spacing``, ``noise``, ``blend_words``, ``blend_threshold``."""
         from ..editing import prompt_to_prompt
+        from ..editing.records import pair_records
 
         if output not in OUTPUTS:
             raise ValueError(f"unknown output {output!r}; choose one of: {', '.join(OUTPUTS)}")
@@ -280,10 +282,11 @@ class Pipeline:
             null_text = self.invert(image, prompt=prompt, null_text=True, guidance_scale=guidance_scale,
                                     steps=options.get("steps"), spacing=options.get("spacing"))
         guidance = Guidance(scale=guidance_scale) if guidance_scale is not None else None
-        sources, edits, _ = prompt_to_prompt(self.model, prompt, edit, null_text=null_text, guidance=guidance,
-                                             **options)
-        return tuple(images if output == "tensor" else images.permute(0, 2, 3, 1).numpy() if output == "numpy"
-                     else [to_pil(image) for image in images] for images in (sources, edits))
+        sources, edits, control = prompt_to_prompt(self.model, prompt, edit, null_text=null_text, guidance=guidance,
+                                                   **options)
+        records = pair_records(self.model, **control.run)
+        return (self._as(Generated(sources, None, records[0::2]), output),
+                self._as(Generated(edits, None, records[1::2]), output))
 
     def from_png(self, path: str | Path, output: str = "pil"):
         """The image a difflab PNG records, made again (this pipeline's weights, its record's settings)."""

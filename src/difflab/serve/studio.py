@@ -300,27 +300,25 @@ class Studio:
         ``request.prompt`` and edited with DDIM (whatever ``request.method``: the inversion tunes
         DDIM's walk); the images alternate source, edit. Each PNG records its
         prompt, seed and sampler and, under ``prompt_to_prompt``, the edit (the fields a PNG drop
-        restores make the source again, not the edit). Arguments as for :meth:`generate`."""
-        from ..pipelines.png_info import RECORD_KEY
-
+        restores make the source again, not the edit; ``difflab edit --from-png`` makes the pair).
+        Arguments as for :meth:`generate`."""
         features = self.features(request.model)
         if not features["text"]:
             raise ValueError(f"prompt-to-prompt changes words of a prompt, and {request.model} is not a text model")
         if not (request.prompt or "").strip() or not (edit_prompt or "").strip():
             raise ValueError("give the prompt (what the picture shows) and the edited prompt")
-        self.check(request)
-        pipe = self.pipeline(request.model)
         from ..models.unet import UNet
 
+        self.check(request)
+        pipe = self.pipeline(request.model)
         if not isinstance(pipe.model.network, UNet):
             feature_replace = 0.0  # the page's slider; a DiT has no decoder block to take features from
         seed = random.randrange(2**31) if request.seed is None or request.seed < 0 else int(request.seed)
         spacing = None if request.spacing == AUTO_SPACING else request.spacing
         # an uploaded picture is null-text inverted, which tunes DDIM's walk: it is edited with DDIM
         method = "ddim" if request.image is not None else request.method or "ddim"
-        kwargs = dict(method=method, steps=request.steps, spacing=spacing,
-                      guidance_scale=request.guidance_scale, cross_replace=cross_replace, self_replace=self_replace,
-                      feature_replace=feature_replace, output="tensor",
+        kwargs = dict(method=method, steps=request.steps, spacing=spacing, guidance_scale=request.guidance_scale,
+                      cross_replace=cross_replace, self_replace=self_replace, feature_replace=feature_replace,
                       callback=self._step_callback(pipe, progress, preview, preview_every, cancel))
         if request.image is not None:
             kwargs["image"] = request.image.convert("RGB")
@@ -328,29 +326,9 @@ class Studio:
             kwargs.update(n=request.n, seed=seed)
         with self._lock:
             start = time.perf_counter()
-            sources, edits = pipe.edit(request.prompt, edit_prompt, **kwargs)
+            sources, edits = pipe.edit(request.prompt, edit_prompt, **kwargs)  # PIL images with their records
             seconds = time.perf_counter() - start
-        from ..images import to_pil
-        from ..pipelines import Guidance
-        from ..pipelines.generate import SamplerSettings
-        from ..pipelines.guidance_policy import guidance_scale
-
-        settings = SamplerSettings.resolve(pipe.model, method, request.steps, spacing)
-        scale = guidance_scale(pipe.model, Guidance(scale=request.guidance_scale))
-        edit_record = {"source_prompt": request.prompt, "edit_prompt": edit_prompt, "cross_replace": cross_replace,
-                       "self_replace": self_replace, "feature_replace": feature_replace,
-                       "real_image": request.image is not None}
-        images = []
-        for i, (source, edited) in enumerate(zip(sources, edits)):
-            for role, tensor, text in (("source", source, request.prompt), ("edit", edited, edit_prompt)):
-                record = {"checkpoint": str(pipe.model.path), "prompt": text, "seed": seed + i,
-                          "method": settings.method, "steps": settings.steps, "spacing": settings.spacing,
-                          "guidance_scale": scale, "size": list(tensor.shape),
-                          "prompt_to_prompt": {**edit_record, "role": role}}
-                image = to_pil(tensor)
-                image.info[RECORD_KEY] = json.dumps({k: v for k, v in record.items() if v is not None})
-                images.append(image)
-        return self._save(images, seconds)
+        return self._save([image for pair in zip(sources, edits) for image in pair], seconds)
 
     def _step_callback(self, pipe, progress, preview, every: int, cancel):
         def callback(step):
