@@ -272,3 +272,19 @@ def test_feature_injection_replaces_the_edit_rows_only():
     with pytest.raises(ValueError, match="feature_replace"):
         PromptToPromptControl(2, TokenMap(torch.arange(3), torch.ones(3), torch.ones(3)), steps=10,
                               feature_replace=1.5)
+
+
+def test_attention_maps_of_every_token(text_model, tmp_path):
+    """control.store: each token's average cross-attention map; at every pixel they sum to 1 over
+    the keys (softmax rows, averaged and resized linearly); `edit --attention-maps` draws them."""
+    run, model = text_model
+    _, _, control = prompt_to_prompt(model, PROMPT, EDIT, n=2, attention_maps=True, **sample_kwargs())
+    maps = control.store.maps()
+    assert maps.shape[:2] == (4, model.text_encoder["max_length"]) and maps.shape[2:] == model.image_shape[1:]
+    assert torch.allclose(maps.sum(1), torch.ones_like(maps[:, 0]), atol=1e-4)
+    _, _, plain = prompt_to_prompt(model, PROMPT, EDIT, n=2, **sample_kwargs())
+    assert plain.store is None
+    out = tmp_path / "maps"
+    assert cli(["edit", str(run), "--prompt", PROMPT, "--edit", EDIT, "--n", "1", "--steps", "3", "--attention-maps",
+                "--out", str(out)]) == 0
+    assert Image.open(out / "attention.png").size[0] > 64

@@ -56,6 +56,9 @@ def register(subparsers) -> None:
                         "(repeatable; e.g. --local-blend sneaker --local-blend sandal)")
     p.add_argument("--blend-threshold", type=float, default=0.3, metavar="T",
                    help="local blend: a pixel is in the words' region where their attention exceeds T x its maximum")
+    p.add_argument("--attention-maps", action="store_true",
+                   help="also write OUT/attention.png: every token's average cross-attention map for the first "
+                        "pair (rows: source, edit), to see where each word is drawn")
     p.add_argument("--n", type=int, default=4, help="number of source/edit pairs")
     p.add_argument("--seed", type=int, default=0, help="pair i uses noise seed SEED+i")
     p.add_argument("--noise", metavar="NPZ", help="start the pairs from this noise (from `difflab invert`) "
@@ -122,7 +125,8 @@ def run(args) -> int:
         model, args.prompt, args.edit, mode=args.mode, reweight=reweight, cross_replace=args.cross_replace,
         self_replace=args.self_replace, feature_replace=args.feature_replace, seed=args.seed, n=n,
         method=args.method, steps=args.steps, spacing=args.spacing, guidance=Guidance(scale=args.guidance_scale),
-        noise=noise, blend_words=args.local_blend, blend_threshold=args.blend_threshold, null_text=null_text)
+        noise=noise, blend_words=args.local_blend, blend_threshold=args.blend_threshold, null_text=null_text,
+        attention_maps=args.attention_maps)
     records = pair_records(model, **control.run)  # each PNG carries its own
     save_images(sources, out / "source", pnginfos=[png_text(record) for record in records[0::2]])
     save_images(edits, out / "edit", pnginfos=[png_text(record) for record in records[1::2]])
@@ -131,8 +135,24 @@ def run(args) -> int:
 
     grid = save_grid(torch.stack(pairs), out / "grid.png", nrow=2, upscale=max(1, 64 // sources.shape[-1]),
                      pnginfo=png_text({**records[1], "seeds": control.run["seeds"]}))
+    if args.attention_maps:
+        write_attention_maps(model, control, out / "attention.png")
     print(f"difflab edit: {n} pairs ({args.mode}) in {out} (grid: {grid}; each row: source, edit)")
     return 0
+
+
+def write_attention_maps(model, control, path) -> None:
+    """The first pair's token maps (:func:`~difflab.editing.attention_maps.attention_grid`) to ``path``."""
+    from ..conditioning import TextConditioning
+    from ..editing.attention_maps import attention_grid
+    from ..editing.tokens import prompt_tokens
+
+    text = TextConditioning(model.text_encoder)
+    n = len(control.run["seeds"])
+    tokens = [prompt_tokens(text, control.run["prompt"]), prompt_tokens(text, control.run["edit"])]
+    maps = control.store.maps()[[0, n]]
+    attention_grid(maps, tokens).save(path)
+    print(f"difflab edit: the tokens' cross-attention maps of the first pair in {path}")
 
 
 def apply_edit_record(args) -> None:

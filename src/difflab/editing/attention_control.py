@@ -49,6 +49,8 @@ class PromptToPromptControl:
             (``{"cross": k, "self": m, "features": f}``).
         blend: a :class:`~difflab.editing.local_blend.LocalBlend` that gets every cross-attention
             map before the edit (None: no local blend).
+        store: an :class:`~difflab.editing.attention_maps.AttentionStore` that gets them too
+            (None: none).
     """
 
     def __init__(self, pairs: int, tokens: TokenMap, steps: int, cross_replace: float = 0.8,
@@ -63,6 +65,7 @@ class PromptToPromptControl:
         self.step = 0
         self.calls = {"cross": 0, "self": 0, "features": 0}
         self.blend = None
+        self.store = None
 
     def cross_attention(self, probs: Tensor) -> Tensor:
         """The cross-attention maps (N, heads, Lq, Lk) with the edit rows' maps injected and reweighted."""
@@ -70,6 +73,8 @@ class PromptToPromptControl:
         n = self.pairs
         if self.blend is not None:
             self.blend.record(probs)
+        if self.store is not None:
+            self.store.record(probs)
         if self.step >= self.cross_steps or probs.shape[0] < 2 * n:
             return probs
         source, edit = probs[:n], probs[n : 2 * n]

@@ -22,6 +22,7 @@ from ..pipelines.guidance_policy import Guidance
 from ..pipelines.loading import DiffusionModel
 from ..pipelines.null_text import NullText, apply_null_text
 from .attention_control import PromptToPromptControl, attention_controller, has_cross_attention
+from .attention_maps import AttentionStore
 from .feature_injection import feature_injection
 from .local_blend import LocalBlend
 from .tokens import token_map, word_positions
@@ -63,7 +64,7 @@ def prompt_to_prompt(model: DiffusionModel, prompt: str, edit: str | None = None
                      method: str = "ddim",
                      steps: int | None = None, spacing: str | None = None, guidance: Guidance | None = None,
                      noise: Tensor | None = None, blend_words: list[str] | None = None, blend_threshold: float = 0.3,
-                     null_text: NullText | None = None, callback=None,
+                     null_text: NullText | None = None, callback=None, attention_maps: bool = False,
                      **options) -> tuple[Tensor, Tensor, PromptToPromptControl]:
     """Sources and edits as uint8 (n, C, H, W) each, and the controller (its ``calls`` counts; its
     ``run``: the resolved settings, :func:`~difflab.editing.records.pair_records`'s arguments).
@@ -88,6 +89,8 @@ def prompt_to_prompt(model: DiffusionModel, prompt: str, edit: str | None = None
             :func:`~difflab.pipelines.null_text.null_text_inversion` of them (with ``prompt``); its
             noise starts the pairs and both rows of pair i take image i's tuned unconditional
             contexts. Steps, spacing and guidance default to its own (DDIM).
+        attention_maps: keep every token's average cross-attention map (sources' and edits' rows)
+            in ``control.store`` (:mod:`.attention_maps`; ``control.store.maps()``).
         callback: ``callback(step)`` after each sampler step (progress, cancellation by raising),
             as for ``generate``; a returned tensor replaces the state (before local blend).
 
@@ -123,6 +126,8 @@ def prompt_to_prompt(model: DiffusionModel, prompt: str, edit: str | None = None
     if blend_words:
         control.blend = LocalBlend(n, word_positions(job.text, prompt, blend_words),
                                    word_positions(job.text, edit, blend_words), settings.steps, blend_threshold)
+    if attention_maps:
+        control.store = AttentionStore(2 * n, tuple(model.image_shape[-2:]))
     sigmas = settings.walk(model)
     denoiser = job.denoiser
     job = dataclasses.replace(job, denoiser=denoiser.with_model(_StepTracker(denoiser.model, denoiser.schedule,
