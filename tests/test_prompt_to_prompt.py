@@ -230,6 +230,12 @@ def test_feature_injection_takes_the_sources_decoder_features():
     perturb_head(net)
     # the second residual block of the decoder level at a quarter of the input's resolution (4×4, the coarsest)
     assert feature_layer(net) is net.decoder[1][0]
+    # Stable Diffusion's layout (64×64 latents, levels 64/32/16/8, two blocks a level): decoder block 4,
+    # the 16×16 level's second, where plug-and-play injects ("output_blocks.4", Tumanyan et al. 2023)
+    sd_like = build_model({"name": "unet", "image_size": 64, "in_channels": 4, "model_channels": 8,
+                           "channel_mult": [1, 2, 4, 4], "num_res_blocks": 2, "attention_resolutions": [],
+                           "num_heads": 1, "norm_groups": 4, "context_dim": 12})
+    assert feature_layer(sd_like) is sd_like.decoder[4][0]
     x, t = torch.randn(6, 1, 16, 16), torch.full((6,), 10.0)
     context = torch.randn(6, 5, 12)
     plain = net(x, t, context=context)
