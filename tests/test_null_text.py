@@ -197,3 +197,23 @@ def test_pipeline_invert_and_edit(minilm_run):
     assert len(pil_sources) == len(pil_edits) == 2 and pil_edits[0].size == (8, 8)
     with pytest.raises(ValueError, match="one of them"):
         pipe.edit(PROMPT, EDIT, image=images[:1], null_text=inverted)
+
+
+@pytest.mark.parametrize("kind", ["latent", "dit"])
+def test_null_text_on_a_latent_model_and_a_dit(kind, tmp_path):
+    """The inversion encodes a latent model's pictures and tunes the context a DiT's cross-attention
+    reads; untuned contexts stay plain guided sampling; the tuned ones return the images."""
+    from helpers import tiny_autoencoder
+
+    extra = ([f"data.autoencoder={tiny_autoencoder(tmp_path / 'ae')}", "data.hflip=false"] if kind == "latent" else
+             ["model.name=dit", "model.options={patch_size: 2, hidden_size: 16, depth: 2, num_heads: 2}"])
+    model = DiffusionModel.load(minilm_text_run(tmp_path, *extra))
+    perturb_head(model.network)
+    images, _ = generate(model, 2, method="ddim", steps=STEPS, prompts=[PROMPT], guidance=Guidance(scale=1.0))
+    inverted = null_text_inversion(model, images, PROMPT, guidance_scale=SCALE, steps=STEPS, inner_steps=20)
+    assert inverted.noise.shape == (2, *model.image_shape)  # latents for the latent model
+    back, _ = generate(model, 2, method="ddim", steps=STEPS, prompts=[PROMPT], guidance=Guidance(scale=SCALE),
+                       null_text=inverted)
+    plain, _ = generate(model, 2, method="ddim", steps=STEPS, prompts=[PROMPT], guidance=Guidance(scale=SCALE),
+                        noise=invert_images(model, images, steps=STEPS, prompt=PROMPT))
+    assert back.shape == images.shape and psnr(back, images) >= psnr(plain, images)
