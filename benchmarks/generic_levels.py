@@ -172,6 +172,8 @@ def main(argv=None) -> int:
     p.add_argument("--check", nargs="+", metavar="RUN", help="score the shipped levels on these trained runs instead")
     p.add_argument("--plot", metavar="PNG", help="draw the shipped 20-step levels beside the named spacings instead")
     args = p.parse_args(argv)
+    if args.mixtures < 1:
+        p.error(f"--mixtures must be at least 1 (the family's mixtures beside its 3 Gaussians), got {args.mixtures}")
     if args.plot:
         plot_levels(args.plot)
         return 0
