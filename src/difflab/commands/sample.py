@@ -540,6 +540,8 @@ def read_inversion(path: str):
     except (OSError, ValueError) as error:
         raise ValueError(f"--noise {path} is not a readable .npz ({error}): give the file `difflab invert` wrote") \
             from None
+    if not hasattr(npz, "files"):  # a bare .npy array
+        raise ValueError(f"--noise {path} is a single array, not the .npz `difflab invert` writes (array 'noise')")
     with npz:
         if "noise" not in npz.files:
             raise ValueError(f"{path} has no array 'noise': give an .npz written by `difflab invert`")
