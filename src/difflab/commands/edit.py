@@ -136,22 +136,17 @@ def run(args) -> int:
     grid = save_grid(torch.stack(pairs), out / "grid.png", nrow=2, upscale=max(1, 64 // sources.shape[-1]),
                      pnginfo=png_text({**records[1], "seeds": control.run["seeds"]}))
     if args.attention_maps:
-        write_attention_maps(model, control, out / "attention.png")
+        write_attention_maps(control, out / "attention.png")
     print(f"difflab edit: {n} pairs ({args.mode}) in {out} (grid: {grid}; each row: source, edit)")
     return 0
 
 
-def write_attention_maps(model, control, path) -> None:
+def write_attention_maps(control, path) -> None:
     """The first pair's token maps (:func:`~difflab.editing.attention_maps.attention_grid`) to ``path``."""
-    from ..conditioning import TextConditioning
     from ..editing.attention_maps import attention_grid
-    from ..editing.tokens import prompt_tokens
 
-    text = TextConditioning(model.text_encoder)
     n = len(control.run["seeds"])
-    tokens = [prompt_tokens(text, control.run["prompt"]), prompt_tokens(text, control.run["edit"])]
-    maps = control.store.maps()[[0, n]]
-    attention_grid(maps, tokens).save(path)
+    attention_grid(control.store.maps()[[0, n]], control.store.tokens).save(path)
     print(f"difflab edit: the tokens' cross-attention maps of the first pair in {path}")
 
 
@@ -178,8 +173,6 @@ def apply_edit_record(args) -> None:
 def invert_for_editing(args, model, out):
     """``--image`` with ``--prompt``: the null-text inversion of the images for the edit's
     guidance scale (written to OUT/noise.npz, which ``--noise`` reuses for other edits)."""
-    import numpy as np
-
     from ..pipelines import Guidance
     from ..pipelines.guidance_policy import guidance_scale
     from ..pipelines.img2img import load_init_images
@@ -190,7 +183,7 @@ def invert_for_editing(args, model, out):
     inverted = null_text_inversion(model, images, args.prompt, guidance_scale=scale, steps=args.steps,
                                    spacing=args.spacing, progress=True)
     out.mkdir(parents=True, exist_ok=True)
-    np.savez(out / "noise.npz", noise=inverted.noise.float().cpu().numpy(), **inverted.arrays())
+    inverted.save(out / "noise.npz")
     print(f"difflab edit: {len(images)} images null-text inverted under {args.prompt!r} to {out / 'noise.npz'}")
     return inverted
 

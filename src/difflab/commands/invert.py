@@ -75,12 +75,13 @@ def run(args) -> int:
         scale = guidance_scale(model, Guidance(scale=args.guidance_scale))
         inverted = null_text_inversion(model, images, args.prompt, guidance_scale=scale, steps=args.steps,
                                        spacing=args.spacing, inner_steps=args.inner_steps, progress=True)
-        noise, extra = inverted.noise, inverted.arrays()
+        out.mkdir(parents=True, exist_ok=True)
+        inverted.save(out / "noise.npz")
     else:
-        noise, extra = invert_images(model, images, steps=args.steps, spacing=args.spacing,
-                                     class_index=args.class_index, prompt=args.prompt), {}
-    out.mkdir(parents=True, exist_ok=True)
-    np.savez(out / "noise.npz", noise=noise.float().cpu().numpy(), **extra)
+        noise = invert_images(model, images, steps=args.steps, spacing=args.spacing, class_index=args.class_index,
+                              prompt=args.prompt)
+        out.mkdir(parents=True, exist_ok=True)
+        np.savez(out / "noise.npz", noise=noise.float().cpu().numpy())
     settings = model.record.sample_defaults
     steps = args.steps or settings.get("steps")
     spacing = args.spacing or settings.get("spacing")

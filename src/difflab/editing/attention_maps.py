@@ -18,10 +18,11 @@ from torch import Tensor
 
 
 class AttentionStore:
-    """Accumulates the token maps of ``rows`` rows (the sources and the edits: 2n) at ``size``."""
+    """Accumulates the token maps of ``rows`` rows (the sources and the edits: 2n) at ``size``;
+    ``tokens``: the source's and the edit's tokens, the labels of :func:`attention_grid`."""
 
-    def __init__(self, rows: int, size: tuple[int, int]):
-        self.rows, self.size = rows, size
+    def __init__(self, rows: int, size: tuple[int, int], tokens: list[list[str]] | None = None):
+        self.rows, self.size, self.tokens = rows, size, tokens
         self.total: Tensor | None = None  # (rows, Lk, H, W)
         self.count = 0
 

@@ -21,11 +21,12 @@ from ..pipelines.generate import SamplerSettings, batches, plan
 from ..pipelines.guidance_policy import Guidance
 from ..pipelines.loading import DiffusionModel
 from ..pipelines.null_text import NullText, apply_null_text
+from ..sampling.common import StepOfCall
 from .attention_control import PromptToPromptControl, attention_controller, has_cross_attention
 from .attention_maps import AttentionStore
 from .feature_injection import feature_injection
 from .local_blend import LocalBlend
-from .tokens import token_map, word_positions
+from .tokens import prompt_tokens, token_map, word_positions
 
 MODES = ("replace", "refine", "reweight")
 DEFAULT_FEATURE_REPLACE = 0.2  # τ_f on a U-Net: the edit's layout held, its class still drawn (docs/editing.md)
@@ -35,12 +36,10 @@ class _StepTracker:
     """The model function, telling the controller the solver step of each call's noise level."""
 
     def __init__(self, model, schedule, sigmas: Tensor, control: PromptToPromptControl):
-        self.model, self.schedule, self.control = model, schedule, control
-        self.levels = sigmas[:-1].double().cpu()  # the level each step starts from, decreasing
+        self.model, self.control, self.step_of = model, control, StepOfCall(schedule, sigmas)
 
     def __call__(self, x_t: Tensor, t: Tensor, **cond) -> Tensor:
-        sigma = float(self.schedule.sigma(t[:1].detach().double().cpu()))
-        self.control.step = int((self.levels > sigma * (1 + 1e-4)).sum())  # steps already behind
+        self.control.step = self.step_of(t)
         return self.model(x_t, t, **cond)
 
 
@@ -108,10 +107,7 @@ def prompt_to_prompt(model: DiffusionModel, prompt: str, edit: str | None = None
         raise ValueError(f"unknown prompt-to-prompt mode {mode!r}; choose one of: {', '.join(MODES)}")
     edit = prompt if edit is None else edit
     if null_text is not None:
-        noise = null_text.noise if noise is None else noise
-        steps, spacing = steps or null_text.steps, spacing or null_text.spacing
-        if guidance is None or guidance.scale is None:
-            guidance = dataclasses.replace(guidance or Guidance(), scale=null_text.guidance_scale)
+        method, steps, spacing, guidance, noise = null_text.fill(method, steps, spacing, guidance, noise)
     if seeds is None:
         seeds = list(range(seed, seed + (len(noise) if noise is not None else n)))
     n = len(seeds)
@@ -127,7 +123,8 @@ def prompt_to_prompt(model: DiffusionModel, prompt: str, edit: str | None = None
         control.blend = LocalBlend(n, word_positions(job.text, prompt, blend_words),
                                    word_positions(job.text, edit, blend_words), settings.steps, blend_threshold)
     if attention_maps:
-        control.store = AttentionStore(2 * n, tuple(model.image_shape[-2:]))
+        control.store = AttentionStore(2 * n, tuple(model.image_shape[-2:]),
+                                       [prompt_tokens(job.text, prompt), prompt_tokens(job.text, edit)])
     sigmas = settings.walk(model)
     denoiser = job.denoiser
     job = dataclasses.replace(job, denoiser=denoiser.with_model(_StepTracker(denoiser.model, denoiser.schedule,

@@ -584,13 +584,9 @@ def generate(
                prompts=prompts, threshold=threshold, precision=precision, compile=compile, edit=edit,
                cond_images=cond_images, aug_level=aug_level, controls=controls, force_controls=force_controls)
     if null_text is not None:
-        from .null_text import apply_null_text
+        from .null_text import sample_back
 
-        if n != len(null_text.noise):
-            raise ValueError(f"a null-text inversion of {len(null_text.noise)} images samples {len(null_text.noise)} "
-                             f"images, not {n}")
-        job, batch_size = apply_null_text(job, null_text, list(range(n))), n
-        noise = null_text.noise if noise is None else noise
+        job, batch_size, noise = sample_back(job, null_text), n, null_text.noise if noise is None else noise
     out = run(job, batch_size=batch_size, progress=progress, noise=noise, x_start=x_start, strength=strength,
               strength_mode=strength_mode, callback=callback)
     return out.images, out.labels

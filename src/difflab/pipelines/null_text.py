@@ -23,12 +23,14 @@ import copy
 import dataclasses
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from ..data import to_float
 from ..guidance import ClassifierFreeGuidance
 from ..sampling import invert
+from ..sampling.common import StepOfCall
 from .generate import GenerationPlan, SamplerSettings, plan
 from .guidance_policy import Guidance
 from .loading import DiffusionModel
@@ -52,14 +54,23 @@ class NullText:
     guidance_scale: float
     losses: Tensor
 
-    def arrays(self) -> dict:
-        """What ``difflab invert --null-text`` writes to its .npz besides ``noise``."""
-        return {"null_contexts": self.contexts.float().cpu().numpy(), "null_steps": self.steps,
-                "null_spacing": self.spacing, "null_guidance_scale": self.guidance_scale}
+    def save(self, path) -> None:
+        """Write the .npz ``difflab invert --null-text`` writes: ``noise`` (what a plain inversion's
+        file holds) and the tuned contexts with the walk and scale they were tuned for."""
+        np.savez(path, noise=self.noise.float().cpu().numpy(), null_contexts=self.contexts.float().cpu().numpy(),
+                 null_steps=self.steps, null_spacing=self.spacing, null_guidance_scale=self.guidance_scale)
+
+    def fill(self, method: str | None, steps: int | None, spacing: str | None, guidance: Guidance | None,
+             noise: Tensor | None) -> tuple[str, int, str, Guidance, Tensor]:
+        """Sampling arguments with its own walk (DDIM), guidance scale and noise where none was given."""
+        if guidance is None or guidance.scale is None:
+            guidance = dataclasses.replace(guidance or Guidance(), scale=self.guidance_scale)
+        return (method or "ddim", steps or self.steps, spacing or self.spacing, guidance,
+                self.noise if noise is None else noise)
 
     @classmethod
     def from_arrays(cls, npz, noise: Tensor) -> NullText | None:
-        """The inversion stored in an .npz by :meth:`arrays` (None when it has none)."""
+        """The inversion stored in an .npz by :meth:`save` (None when it has none)."""
         if "null_contexts" not in npz.files:
             return None
         contexts = torch.from_numpy(npz["null_contexts"])
@@ -79,13 +90,11 @@ class PerStepNull:
     """
 
     def __init__(self, model, schedule, sigmas: Tensor, contexts: Tensor | list[Tensor], rows: list[int]):
-        self.model, self.schedule, self.rows = model, schedule, list(rows)
-        self.levels = sigmas[:-1].double().cpu()  # the level each step starts from, decreasing
+        self.model, self.rows, self.step_of = model, list(rows), StepOfCall(schedule, sigmas)
         self.contexts = list(contexts)
 
     def step(self, t: Tensor) -> int:
-        sigma = float(self.schedule.sigma(t[:1].detach().double().cpu()))
-        return min(int((self.levels > sigma * (1 + 1e-4)).sum()), len(self.contexts) - 1)
+        return min(self.step_of(t), len(self.contexts) - 1)
 
     def __call__(self, x_t: Tensor, t: Tensor, **cond) -> Tensor:
         n = len(self.rows)
@@ -109,6 +118,18 @@ def apply_null_text(job: GenerationPlan, null_text: NullText, rows: list[int]) -
                          f"spacing and guidance scale {null_text.guidance_scale:g}; sample with exactly those "
                          f"(got {settings.method}, {settings.steps} steps, {settings.spacing}, guidance {job.scale:g})")
     return _install(job, null_text.contexts, rows)[0]
+
+
+def sample_back(job: GenerationPlan, null_text: NullText) -> GenerationPlan:
+    """``job``, whose n images are the n images of ``null_text`` (in one batch), with their contexts.
+
+    Raises:
+        ValueError: a plan of another number of images, or another walk (:func:`apply_null_text`).
+    """
+    n = len(job.seeds)
+    if n != len(null_text.noise):
+        raise ValueError(f"a null-text inversion of {len(null_text.noise)} images samples exactly those, not {n}")
+    return apply_null_text(job, null_text, list(range(n)))
 
 
 def _install(job: GenerationPlan, contexts, rows: list[int]) -> tuple[GenerationPlan, PerStepNull]:

@@ -16,7 +16,6 @@ inpainting), :meth:`Pipeline.invert` (DDIM or null-text inversion) and :meth:`Pi
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from collections.abc import Callable, Collection
 from pathlib import Path
@@ -37,7 +36,7 @@ from .inpaint_area import INPAINT_AREAS, MaskedArea
 from .inversion import invert_images
 from .loading import DiffusionModel, NoisyClassifierModel
 from .lora import add_lora
-from .null_text import apply_null_text, null_text_inversion
+from .null_text import null_text_inversion, sample_back
 from .png_info import RECORD_KEY, parameters_text, read_record
 from .super_resolution import load_cond_images
 from .tune import find_tuned
@@ -199,11 +198,8 @@ class Pipeline:
                             classifier_mode=classifier_mode, negative_prompt=negative_prompt,
                             image_scale=image_guidance)
         prompts = [prompt] if isinstance(prompt, str) else prompt
-        if null_text is not None:
-            method, steps, spacing = method or "ddim", steps or null_text.steps, spacing or null_text.spacing
-            guidance = dataclasses.replace(guidance, scale=null_text.guidance_scale) if guidance_scale is None \
-                else guidance
-            n, noise = n or len(null_text.noise), null_text.noise if noise is None else noise
+        if null_text is not None:  # its walk, scale and noise (n defaults to its count)
+            method, steps, spacing, guidance, noise = null_text.fill(method, steps, spacing, guidance, noise)
         settings = SamplerSettings.resolve(self.model, method, steps, spacing, sigmas, **options)
         if tuned and spacing is None and sigmas is None:
             found, _ = find_tuned(self.model, settings.method, settings.steps, guidance)
@@ -232,10 +228,7 @@ class Pipeline:
                    guidance=guidance, prompts=prompts, threshold=threshold, precision=precision, edit=edit,
                    cond_images=cond_images, aug_level=aug_level, controls=controls, force_controls=force)
         if null_text is not None:
-            if n != len(null_text.noise):
-                raise ValueError(f"a null-text inversion of {len(null_text.noise)} images samples exactly those, "
-                                 f"not n={n}")
-            job, batch_size = apply_null_text(job, null_text, list(range(n))), n
+            job, batch_size = sample_back(job, null_text), n
         out = run(job, batch_size=batch_size, progress=progress, noise=noise, x_start=x_start, strength=strength,
                   strength_mode=strength_mode, callback=callback)
         return self._as(out, output)

@@ -36,6 +36,25 @@ class Step:
 Callback = Callable[[Step], "Tensor | None"]
 
 
+class StepOfCall:
+    """Which step of a solver's walk a model call belongs to, read from the call's time input t.
+
+    ``sigmas``: the walk (decreasing, ending at 0). A call at level σ is in step k when k of the
+    walk's starting levels lie above σ (with a 1e-4 relative margin: the level a step starts from
+    counts as that step's); so every call of a multistep or multistage solver within one step
+    reads the same k, for any sampler, without touching the sampling path (prompt-to-prompt's
+    controller, null-text inversion's per-step contexts).
+    """
+
+    def __init__(self, schedule, sigmas: Tensor):
+        self.schedule = schedule
+        self.levels = sigmas[:-1].double().cpu()  # the level each step starts from, decreasing
+
+    def __call__(self, t: Tensor) -> int:
+        sigma = float(self.schedule.sigma(t[:1].detach().double().cpu()))
+        return int((self.levels > sigma * (1 + 1e-4)).sum())  # steps already behind
+
+
 class NoiseSource:
     """Standard normal noise for sampling, reproducible run to run.
 
