@@ -14,6 +14,8 @@ once (w is its input, Meng et al. 2023).
                      (`difflab tune-steps`'s search, difflab.pipelines.tune_steps)
     student          each --students run and the earlier rounds it keeps (OUT/rounds/*-steps),
                      DDIM at its own steps
+    adversarial      each --adversarial run (difflab distill --method adversarial: a progressive
+                     student refined against real images), DDIM at its own steps
     consistency      each --consistency run (difflab distill --method consistency) at each of
                      --consistency-steps, multistep consistency sampling
 
@@ -50,7 +52,8 @@ from difflab.pipelines.guidance_policy import guidance_scale
 from difflab.sampling.sample import SAMPLERS
 
 METRICS = ("fid", "kid", "precision", "recall", "classifier_score", "class_accuracy")
-FAMILIES = ("teacher", "teacher, tuned levels", "student", "consistency student")
+FAMILIES = ("teacher", "teacher, tuned levels", "student", "adversarial student", "consistency student")
+STUDENTS = ("student", "adversarial student", "consistency student")  # the families the acceptance compares
 TEACHER_POINTS = ("unipc_3:4", "dpmpp_2m:4", "ddim:4", "unipc_3:8", "unipc_3:16", "unipc_3:50", "dpmpp_2m:50",
                   "ddim:50", "unipc_3:2", "dpmpp_2m:2", "ddim:2", "unipc_3:25", "dpmpp_2m:25")
 
@@ -61,6 +64,8 @@ def parse_args(argv=None):
     p.add_argument("--teacher", required=True, help="the class-conditional teacher run")
     p.add_argument("--students", nargs="*", default=[], help="distilled runs (`difflab distill`); each one's "
                    "earlier rounds are measured too")
+    p.add_argument("--adversarial", nargs="*", default=[], metavar="RUN",
+                   help="progressive students refined adversarially (`difflab distill --method adversarial`)")
     p.add_argument("--consistency", nargs="*", default=[], metavar="RUN",
                    help="consistency-distilled runs (`difflab distill --method consistency`)")
     p.add_argument("--consistency-steps", type=int, nargs="*", default=[1, 2, 4, 8], metavar="STEPS",
@@ -103,6 +108,7 @@ def points(args) -> list[dict]:
              for s in args.tuned]
     todo += [{"family": "student", "run": str(run), "method": None, "steps": None}
              for run in student_runs(args.students)]
+    todo += [{"family": "adversarial student", "run": run, "method": None, "steps": None} for run in args.adversarial]
     todo += [{"family": "consistency student", "run": run, "method": "consistency", "steps": s}
              for run in args.consistency for s in args.consistency_steps]
     return todo
@@ -113,7 +119,7 @@ def load_runs(args) -> dict[str, DiffusionModel]:
     them), loaded before the first point, so a wrong path fails at once in one line, not an hour
     into the measurements."""
     models = {}
-    for run in [args.teacher, *map(str, student_runs(args.students)), *args.consistency]:
+    for run in [args.teacher, *map(str, student_runs(args.students)), *args.adversarial, *args.consistency]:
         try:
             models[run] = DiffusionModel.load(run, device=args.device)
         except (OSError, ValueError) as error:
@@ -125,7 +131,7 @@ def load_runs(args) -> dict[str, DiffusionModel]:
 
 def key(point: dict) -> tuple:
     """A point's identity: a student is its run (its method and steps are read from it)."""
-    if point["family"] == "student":
+    if point["family"] in ("student", "adversarial student"):
         return point["family"], point["run"]
     return point["family"], point["run"], point["method"], point["steps"]
 
@@ -134,7 +140,7 @@ def measure(point: dict, args, shared: dict) -> tuple[dict, torch.Tensor]:
     model = shared["models"][point["run"]]
     guidance = Guidance(scale=args.guidance_scale)
     sampler, extra = {"method": point["method"], "steps": point["steps"], "spacing": "trailing"}, {}
-    if point["family"] == "student":  # its own DDIM grid
+    if point["family"] in ("student", "adversarial student"):  # its own DDIM grid
         sampler = {}
     elif point["family"] == "consistency student":  # k of its training levels
         sampler = {"method": point["method"], "steps": point["steps"]}
@@ -160,6 +166,13 @@ def measure(point: dict, args, shared: dict) -> tuple[dict, torch.Tensor]:
     return row, images
 
 
+def grid_name(row: dict) -> str:
+    """The file of a point's 100 samples: family, method and steps, and the run for an adversarial
+    student (several refinements of one student share the rest)."""
+    run = f"-{Path(row['run']).name}" if row["family"] == "adversarial student" else ""
+    return f"{row['family'].replace(', ', '-').replace(' ', '-')}{run}-{row['method']}-{row['steps']}.png"
+
+
 def report(rows: list[dict], args) -> None:
     print(f"guidance scale {args.guidance_scale:g}, {rows[0]['n'] if rows else args.n} samples a point")
     print(f"{'family':<22} {'run':<34} {'method':<9} {'steps':>5} {'evals':>5} {'FID':>7} {'KID x1e3':>8} "
@@ -170,7 +183,7 @@ def report(rows: list[dict], args) -> None:
               f"{r['class_accuracy']:>5.3f} {r['images_per_s']:>7.0f}")
     for measure in ("steps", "network_evals"):
         best = best_points(rows, measure)
-        for family in ("student", "consistency student"):
+        for family in STUDENTS:
             if not (best[family] and best["teacher"] and best["teacher 4"]):
                 continue
             s, t50, t4 = best[family], best["teacher"], best["teacher 4"]
@@ -195,14 +208,13 @@ def best_points(rows: list[dict], measure: str = "steps") -> dict:
     """The points the acceptance compares, counting cost in ``measure`` ("steps", one guided
     denoiser call each, or "network_evals", two a guided teacher step and one a student step):
     the teacher's best at 50 ("teacher"), its best at 4 with any solver or tuned levels
-    ("teacher 4"), and the 4-step students ("student", "consistency student")."""
+    ("teacher 4"), and the 4-step students (:data:`STUDENTS`)."""
     def best(candidates):
         return min(candidates, key=lambda r: r["fid"], default=None)
 
     return {"teacher": best(r for r in rows if r["family"] == "teacher" and r[measure] == 50),
             "teacher 4": best(r for r in rows if r["family"].startswith("teacher") and r[measure] == 4),
-            "student": best(r for r in rows if r["family"] == "student" and r["steps"] == 4),
-            "consistency student": best(r for r in rows if r["family"] == "consistency student" and r["steps"] == 4)}
+            **{family: best(r for r in rows if r["family"] == family and r["steps"] == 4) for family in STUDENTS}}
 
 
 def fewest_steps(rows: list[dict], family: str, fid_limit: float) -> dict | None:
@@ -222,7 +234,7 @@ def figure(rows: list[dict], out: Path) -> None:
 
     teacher = {r["steps"]: r for r in rows if r["family"] == "teacher" and r["method"] == "unipc_3"}
     panels = [teacher.get(50), teacher.get(4)]
-    for family in ("student", "consistency student"):
+    for family in STUDENTS:
         panels += sorted((r for r in rows if r["family"] == family and r["steps"] <= 4), key=lambda r: -r["steps"])
     panels = [r for r in panels if r and (out / "grids" / r["grid"]).exists()]
     if not panels:
@@ -230,7 +242,8 @@ def figure(rows: list[dict], out: Path) -> None:
     fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 4.0))
     for ax, r in zip(axes if len(panels) > 1 else [axes], panels):
         ax.imshow(Image.open(out / "grids" / r["grid"]), cmap="gray")
-        who = {"teacher": "teacher, UniPC-3", "student": "student, DDIM"}.get(r["family"], "consistency")
+        who = {"teacher": "teacher, UniPC-3", "student": "student, DDIM",
+               "adversarial student": "adversarial, DDIM"}.get(r["family"], "consistency")
         ax.set_title(f"{who}, {r['steps']} step{'s' * (r['steps'] > 1)}\nFID {r['fid']:.1f}, "
                      f"accuracy {r['class_accuracy']:.2f}", fontsize=9)
         ax.axis("off")
@@ -260,7 +273,7 @@ def main(argv=None) -> int:
             if key(point) in done:
                 continue
             row, images = measure(point, args, shared)
-            row["grid"] = f"{row['family'].replace(', ', '-').replace(' ', '-')}-{row['method']}-{row['steps']}.png"
+            row["grid"] = grid_name(row)
             save_grid(images[:100], args.out / "grids" / row["grid"], nrow=10, upscale=2)
             rows = [r for r in rows if key(r) != key(point)] + [row]
             results.write_text(json.dumps(rows, indent=1) + "\n")

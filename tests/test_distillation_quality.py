@@ -19,7 +19,7 @@ ROWS = [point("teacher", 50, 20.0), point("teacher", 50, 18.0, "ddim"), point("t
         point("student", 8, 21.0, "ddim"), point("student", 4, 24.0, "ddim"), point("student", 1, 40.0, "ddim"),
         point("teacher", 25, 19.0), point("teacher", 2, 150.0), point("teacher, tuned levels", 2, 120.0),
         point("consistency student", 4, 23.0, "consistency"), point("consistency student", 2, 3.0, "consistency"),
-        point("consistency student", 1, 35.0, "consistency")]
+        point("consistency student", 1, 35.0, "consistency"), point("adversarial student", 4, 12.0, "ddim")]
 
 
 def test_best_points_are_the_teachers_best_50_and_4_step_fids_and_the_4_step_student():
@@ -27,6 +27,7 @@ def test_best_points_are_the_teachers_best_50_and_4_step_fids_and_the_4_step_stu
     assert (best["teacher"]["method"], best["teacher"]["fid"]) == ("ddim", 18.0)
     assert (best["teacher 4"]["family"], best["teacher 4"]["fid"]) == ("teacher, tuned levels", 60.0)
     assert best["student"]["fid"] == 24.0 and best["consistency student"]["fid"] == 23.0
+    assert best["adversarial student"]["fid"] == 12.0  # its own family: it does not hide the progressive student
     assert best_points([])["teacher"] is None
     by_evals = best_points(ROWS, "network_evals")  # 50 and 4 network evaluations: 25 and 2 guided teacher steps
     assert (by_evals["teacher"]["steps"], by_evals["teacher"]["fid"]) == (25, 19.0)
@@ -52,3 +53,5 @@ def test_students_come_with_their_rounds_most_steps_first(tmp_path):
     # a student is identified by its run alone: its method and steps are read from it
     assert key({"family": "student", "run": "x", "method": None, "steps": None}) == \
         key({"family": "student", "run": "x", "method": "ddim", "steps": 4})
+    assert key({"family": "adversarial student", "run": "x", "method": None, "steps": None}) == \
+        key({"family": "adversarial student", "run": "x", "method": "ddim", "steps": 4})

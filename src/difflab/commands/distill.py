@@ -1,10 +1,11 @@
 """``difflab distill RUN --steps N --out OUT``: progressive distillation (Salimans & Ho 2022) of a
-trained run into a student that samples in N DDIM steps, or consistency distillation (Song et al.
-2023, ``--method consistency``) into one that samples in any of 1 … ``--levels`` steps.
+trained run into a student that samples in N DDIM steps, consistency distillation (Song et al.
+2023, ``--method consistency``) into one that samples in any of 1 … ``--levels`` steps, or
+adversarial refinement of a progressive student against real images (``--method adversarial``).
 
-    difflab distill RUN --steps N --out OUT [--method progressive|consistency] [--start-steps 64]
-        [--levels 40] [--target-ema 0.95] [--iterations-per-round K] [--lr LR] [--batch-size B]
-        [--guidance-range LO,HI | none] [--spacing S] [--seconds BUDGET] [--resume]
+    difflab distill RUN --steps N --out OUT [--method progressive|consistency|adversarial] [--start-steps 64]
+        [--levels 40] [--target-ema 0.95] [--adversarial-weight 0.1] [--iterations-per-round K] [--lr LR]
+        [--batch-size B] [--guidance-range LO,HI | none] [--spacing S] [--seconds BUDGET] [--resume]
         [--set KEY=VALUE]... [--no-progress]
 
 Each round halves the steps: a student of 32 steps learns RUN's 64-step DDIM sampler, a student of
@@ -14,8 +15,9 @@ budget, and the paper's learning rate decaying linearly to 0 within the round); 
 writes OUT/checkpoint, the earlier ones OUT/rounds/<steps>-steps/checkpoint, each a normal run
 that samples with its own step count. The rounds train on RUN's training config (data, seed, ...)
 with the flags and ``--set`` applied. Consistency distillation is one round of
-:class:`~difflab.training.objectives.ConsistencyDistillationObjective` writing OUT/checkpoint.
-docs/distillation.md.
+:class:`~difflab.training.objectives.ConsistencyDistillationObjective` writing OUT/checkpoint, and
+adversarial refinement one round of :class:`~difflab.training.objectives.AdversarialDistillationObjective`
+(RUN a progressive student, OUT a student of the same grid). docs/distillation.md.
 """
 
 from __future__ import annotations
@@ -26,7 +28,9 @@ from pathlib import Path
 
 DEFAULT_GUIDANCE_RANGE = (1.0, 5.0)
 DEFAULT_START = 64
-DEFAULT_ITERATIONS = {"progressive": 2000, "consistency": 8000}
+DEFAULT_ITERATIONS = {"progressive": 2000, "consistency": 8000, "adversarial": 2400}
+# adversarial refinement starts from a trained student: a small learning rate and GAN-style Adam moments
+ADVERSARIAL_LR, ADVERSARIAL_BETAS = 5e-5, (0.0, 0.99)  # measured: docs/benchmarks.md
 
 
 def register(subparsers) -> None:
@@ -35,21 +39,25 @@ def register(subparsers) -> None:
     defaults = DistillSection()
     p = subparsers.add_parser(
         "distill",
-        help="distil a trained run into a few-step sampler (progressive or consistency distillation)",
+        help="distil a trained run into a few-step sampler (progressive, consistency or adversarial distillation)",
         description="Progressive distillation (Salimans & Ho 2022): a student learns to take two of its teacher's "
         "DDIM steps in one, round after round (64 -> 32 -> ... -> --steps). Consistency distillation (Song et al. "
         "2023, --method consistency): in one round a student learns to map any point of the teacher's ODE trajectory "
         "to its origin, and samples in any of 1 ... --levels steps. A class-conditional run trained with label "
         "dropout is distilled with classifier-free guidance: the student takes the guidance scale w as an input "
-        "(Meng et al. 2023). The result OUT is a normal run: `difflab sample OUT --steps N` (docs/distillation.md).",
+        "(Meng et al. 2023). Adversarial distillation (--method adversarial, RUN a progressive student): the student "
+        "samples its N steps with gradients, a discriminator compares the samples with real images, and a "
+        "regression to RUN's own samples of the same noise keeps it on RUN's map (ADD, DMD2). The result OUT is a "
+        "normal run: `difflab sample OUT --steps N` (docs/distillation.md).",
     )
     p.add_argument("run", metavar="RUN", help="the teacher: a difflab diffusion run (U-Net or DiT, unconditional or "
                    "class-conditional), or a distilled run to halve further")
     p.add_argument("--steps", type=int, required=True, help="the DDIM steps of the final student (consistency: its "
                    "default sampling steps; it samples with any of 1 ... --levels)")
-    p.add_argument("--method", choices=["progressive", "consistency"], default="progressive",
-                   help="progressive (halve the steps per round; default) or consistency distillation (one round, "
-                   "pseudo-Huber loss, an EMA target network)")
+    p.add_argument("--method", choices=["progressive", "consistency", "adversarial"], default="progressive",
+                   help="progressive (halve the steps per round; default), consistency distillation (one round, "
+                   "pseudo-Huber loss, an EMA target network), or adversarial: refine a progressive student RUN "
+                   "against real images with a discriminator (one round, the same steps)")
     p.add_argument("--out", required=True, metavar="DIR", help="the final student's run folder (earlier rounds go to "
                    "DIR/rounds/<steps>-steps)")
     p.add_argument("--start-steps", type=int, metavar="N0", help="the teacher's DDIM steps in the first round: "
@@ -60,11 +68,15 @@ def register(subparsers) -> None:
     p.add_argument("--target-ema", type=float, default=defaults.target_ema, metavar="MU",
                    help=f"consistency: the EMA rate of the target network (default {defaults.target_ema:g}, the "
                    "paper's)")
+    p.add_argument("--adversarial-weight", type=float, default=defaults.adversarial_weight, metavar="LAMBDA",
+                   help="adversarial: the weight of the discriminator's term beside the regression to RUN's own "
+                   f"samples (default {defaults.adversarial_weight:g}; 0 keeps RUN)")
     p.add_argument("--iterations-per-round", type=int, metavar="K",
                    help=f"optimizer steps per round (default {DEFAULT_ITERATIONS['progressive']}; consistency: of its "
-                   f"one round, default {DEFAULT_ITERATIONS['consistency']}; the papers: 50k-800k at 32x32)")
+                   f"one round, default {DEFAULT_ITERATIONS['consistency']}; adversarial: default "
+                   f"{DEFAULT_ITERATIONS['adversarial']}; the papers: 50k-800k at 32x32)")
     p.add_argument("--lr", type=float, help="the learning rate at the start of each round, decaying linearly to 0 "
-                   "(default: RUN's optim.lr)")
+                   f"(default: RUN's optim.lr; adversarial: {ADVERSARIAL_LR:g})")
     p.add_argument("--batch-size", type=int, metavar="B",
                    help="images per optimizer step (default: RUN's optim.batch_size)")
     p.add_argument("--guidance-range", metavar="LO,HI", help="the guidance scales w the student learns, drawn "
@@ -145,16 +157,19 @@ def round_config(args, base: dict, teacher: str, n: int, folder: Path, bounds, b
 
     raw = copy.deepcopy(base)
     iterations = args.iterations_per_round
-    consistency = args.method == "consistency"
+    consistency, adversarial = args.method == "consistency", args.method == "adversarial"
+    lr = args.lr if args.lr is not None else ADVERSARIAL_LR if adversarial else None
     sample = raw.setdefault("sample", {})
     scale = sample.get("guidance_scale", 1.0)
     settings = {
         "distill": {"teacher": str(teacher), "method": args.method, "steps": n, "spacing": args.spacing,
                     "levels": args.levels, "target_ema": args.target_ema,
+                    "adversarial_weight": args.adversarial_weight,
                     "guidance_range": list(bounds) if bounds else None},
         "diffusion": {"cond_drop_prob": 0.0},  # the student learns the conditional sampler (guided by its w input)
         "optim": {"lr_schedule": "linear", "warmup_steps": 0, "min_lr_fraction": 0.0,
-                  **({"lr": args.lr} if args.lr is not None else {}),
+                  **({"lr": lr} if lr is not None else {}),
+                  **({"betas": list(ADVERSARIAL_BETAS)} if adversarial else {}),
                   **({"batch_size": args.batch_size} if args.batch_size is not None else {})},
         "train": {"steps": iterations, "out_dir": str(folder), "max_seconds": budget, "sample_every": iterations,
                   "checkpoint_every": min(raw.get("train", {}).get("checkpoint_every", iterations), iterations)},
@@ -170,7 +185,20 @@ def round_config(args, base: dict, teacher: str, n: int, folder: Path, bounds, b
 
 def rounds(args, record) -> list[int]:
     """The students' step counts, one per round: the halvings of progressive distillation, or the one
-    round of consistency distillation (its default sampling steps)."""
+    round of consistency distillation (its default sampling steps) or of adversarial refinement (RUN's)."""
+    if args.method == "adversarial":
+        if record.distilled and record.distilled.get("method") != "ddim":
+            raise ValueError(f"{args.run} is a {record.distilled.get('method')} student: adversarial distillation "
+                             "refines a progressive one (`difflab distill TEACHER --steps N --out STUDENT`)")
+        if not record.distilled:
+            raise ValueError(f"{args.run} is not a progressive student: adversarial distillation refines one "
+                             f"(make it with `difflab distill {args.run} --steps {args.steps} --out STUDENT`)")
+        if args.steps != record.distilled["steps"]:
+            raise ValueError(f"{args.run} samples in {record.distilled['steps']} steps and adversarial distillation "
+                             f"keeps its grid: give --steps {record.distilled['steps']}")
+        if args.start_steps is not None:
+            raise ValueError("--start-steps belongs to progressive distillation: drop it")
+        return [args.steps]
     if args.method == "consistency":
         if record.distilled:
             raise ValueError(f"{args.run} is a distilled student; consistency distillation needs the diffusion run it "
@@ -190,7 +218,11 @@ def rounds(args, record) -> list[int]:
 
 def run(args) -> int:
     from ..checkpoint import ModelRecord, load_state
-    from ..training.objectives import ConsistencyDistillationObjective, DistillationObjective
+    from ..training.objectives import (
+        AdversarialDistillationObjective,
+        ConsistencyDistillationObjective,
+        DistillationObjective,
+    )
     from ..training.trainer import train
 
     config, _, _ = load_state(args.run, groups=[], with_extra=False)
@@ -218,12 +250,14 @@ def run(args) -> int:
         if budget is not None and budget <= 0:
             return _out_of_time(n, folder, done[n], iterations)
         what = (f"consistency along {args.levels} steps of the teacher's ODE" if consistency
+                else f"adversarial refinement of the {n}-step student" if args.method == "adversarial"
                 else f"round {k}/{len(steps)}: {2 * n} -> {n} steps")
         print(f"difflab distill: {what}, teacher {teacher}, student {folder}"
               + (f", guidance scales {bounds[0]:g}..{bounds[1]:g} as an input" if bounds else ""))
         config = round_config(args, record.train_config, teacher, n, folder, bounds, budget)
         train(config, resume=folder if done[n] is not None else None, progress=not args.no_progress,
-              objective=ConsistencyDistillationObjective if consistency else DistillationObjective)
+              objective={"progressive": DistillationObjective, "consistency": ConsistencyDistillationObjective,
+                         "adversarial": AdversarialDistillationObjective}[args.method])
         done[n] = recorded_step(folder)
         if done[n] is None or done[n] < iterations:
             return _out_of_time(n, folder, done[n], iterations)

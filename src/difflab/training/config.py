@@ -232,6 +232,13 @@ class DistillSection:
     # the guidance weights w the student learns as an input, drawn uniformly (a class-conditional teacher
     # trained with label dropout; null: distil the unguided sampler)
     guidance_range: tuple | None = (1.0, 5.0)
+    # adversarial (a progressive student refined against real images; training/objectives/adversarial.py)
+    adversarial_weight: float = 0.1  # λ of the generator's adversarial term, beside the regression to the student
+    # weight of the auxiliary classifier's cross-entropy on generated images, times (w − 1): the guidance tilt
+    classifier_weight: float = 0.1
+    instance_noise: float = 0.0  # std of the noise added to the discriminator's real and generated inputs
+    discriminator_channels: int = 64  # the projection discriminator's first width (it doubles, up to 4x)
+    discriminator_lr: float = 2e-4  # its Adam learning rate (β = (0, 0.99))
 
 
 @dataclass
@@ -423,7 +430,13 @@ RULES: dict[str, tuple[Callable[[object], bool], str]] = {
                      "a list of module-name patterns, e.g. ['*.attn.qkv', '*.cross.kv']"),
     "controlnet.control_scale": (_number, "a finite number"),
     "distill.steps": (_at_least(1), "an integer >= 1"),
-    "distill.method": (lambda v: v in ("progressive", "consistency"), "progressive or consistency"),
+    "distill.method": (lambda v: v in ("progressive", "consistency", "adversarial"),
+                       "progressive, consistency or adversarial"),
+    "distill.adversarial_weight": (_between(0, math.inf, open_high=True), "a number >= 0"),
+    "distill.instance_noise": (_between(0, math.inf, open_high=True), "a number >= 0"),
+    "distill.classifier_weight": (_between(0, math.inf, open_high=True), "a number >= 0"),
+    "distill.discriminator_channels": (_at_least(1), "an integer >= 1"),
+    "distill.discriminator_lr": (_between(0, math.inf, open_low=True, open_high=True), "a number > 0"),
     "distill.levels": (_at_least(2), "an integer >= 2"),
     "distill.target_ema": (_between(0, 1, open_high=True), "in [0, 1)"),
     "distill.huber_c": (_optional(_between(0, math.inf, open_low=True, open_high=True)), "null or a number > 0"),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from ...models import AUTOENCODERS
 from ..config import Config
+from .adversarial import AdversarialDistillationObjective
 from .autoencoder import (
     AutoencoderObjective,
     autoencoder_loss,
@@ -44,8 +45,8 @@ def objective_for(config: Config) -> type[Objective]:
 
 
 __all__ = [
-    "OBJECTIVES", "AutoencoderObjective", "ConsistencyDistillationObjective", "ControlNetObjective",
-    "DreamBoothLoraObjective",
+    "OBJECTIVES", "AdversarialDistillationObjective", "AutoencoderObjective", "ConsistencyDistillationObjective",
+    "ControlNetObjective", "DreamBoothLoraObjective",
     "DreamBoothObjective", "LoraObjective", "TextualInversionObjective",
     "DiffusionObjective", "DistillationObjective", "Inputs", "NoisyClassifierObjective", "Objective",
     "StepLoss", "TrainingData", "autoencoder_loss", "autoencoder_spec", "check_random_crop", "evaluate",

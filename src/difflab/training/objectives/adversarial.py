@@ -1,0 +1,176 @@
+"""Adversarial distillation: a progressively distilled student sharpened by a discriminator that
+sees real images, so that a few-step sampler can end closer to the data than its teacher does.
+
+Distillation copies its teacher, errors included: a student can at best sample the teacher's
+distribution. A discriminator trained on the *data* removes that ceiling, as in Adversarial
+Diffusion Distillation (Sauer et al. 2023, "ADD") and DMD2 (Yin et al. 2024, "Improved
+Distribution Matching Distillation for Fast Image Synthesis", whose one- and four-step students
+beat their teachers' FID). Here the generator G starts as a progressive student S (``difflab
+distill``, method ddim), S stays frozen beside it, and each step, for real images x with classes
+y, fresh noise ε and a guidance scale w drawn from the student's range:
+
+    x̂   = G_N(ε, y, w)        G's own N DDIM steps from noise, with gradients through all of
+                              them (DMD2's "backward simulation": G learns from the inputs it
+                              meets when it samples, not from noised real images)
+    x̂ˢ  = S_N(ε, y, w)        the frozen student's sample of the same noise
+
+    L_D = E[max(0, 1 − D(x + s·η, y))] + E[max(0, 1 + D(x̂ + s·η′, y))]       hinge loss
+    L_G = λ · E[softplus(−D(x̂ + s·η′, y))] + E‖x̂ − x̂ˢ‖²                     (mean over pixels)
+
+G's adversarial term is the non-saturating loss (Goodfellow et al. 2014), which stays ≥ 0, so the
+trainer's divergence guard can judge L_G as it judges any loss. D is a
+:class:`~difflab.models.discriminator.ProjectionDiscriminator` trained from scratch with
+its own Adam optimizer (β = (0, 0.99), as GANs train; ``distill.discriminator_lr``); η, η′ are
+instance noise of std s (``distill.instance_noise``), which lets the real and generated
+distributions overlap early on. The second term of L_G is DMD's regression loss (Yin et al. 2024a,
+§3.3) with S's samples as the paired targets and the squared error in place of LPIPS: it keeps G
+on S's map from noise to image, so the w input keeps its meaning and the adversarial term
+(weight λ, ``distill.adversarial_weight``) only corrects what S gets wrong.
+
+D takes one optimizer step per micro-batch, before G's loss is formed (none when the trainer
+re-scores a step without gradients, before a checkpoint); its weights and optimizer state are
+part of the checkpoint's objective state, so ``--resume`` continues the game where it stopped.
+The result is a normal distilled run: the same DDIM grid and w input as S.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ...models.discriminator import ProjectionDiscriminator
+from ..config import Config, ConfigError
+from .base import Inputs, StepLoss, TrainingData
+from .distill import DistillationObjective, ddim_step, with_guidance_scale
+
+WEIGHTS_PREFIX, OPTIMIZER_PREFIX = "discriminator.", "discriminator_optimizer."
+
+
+def ddim_sample(denoise, x: Tensor, sigmas: Tensor, cond: dict) -> Tensor:
+    """DDIM (η = 0) from x at σ₀ down the levels ``sigmas`` (ending in 0), differentiable: the
+    student's sampler with the autograd graph kept (:func:`difflab.sampling.ddim.ddim` keeps none)."""
+    for sigma, sigma_next in zip(sigmas[:-1].tolist(), sigmas[1:].tolist(), strict=True):
+        denoised = denoise(x, sigma, **cond)
+        x = ddim_step(x, denoised, torch.tensor([sigma]), torch.tensor([sigma_next]))
+    return x
+
+
+def hinge_losses(d_real: Tensor, d_fake: Tensor) -> Tensor:
+    """The discriminator's hinge loss E[max(0, 1 − D(real))] + E[max(0, 1 + D(fake))] (Lim & Ye 2017;
+    Miyato et al. 2018)."""
+    return F.relu(1 - d_real).mean() + F.relu(1 + d_fake).mean()
+
+
+class AdversarialDistillationObjective(DistillationObjective):
+    """Adversarial refinement of a progressive student (``difflab distill RUN --method adversarial``)."""
+
+    def __init__(self, config: Config, data: TrainingData):
+        super().__init__(config, data)
+        d = config.distill
+        if torch.distributed.is_available() and torch.distributed.is_initialized() \
+                and torch.distributed.get_world_size() > 1:
+            raise ConfigError("adversarial distillation runs in one process (its discriminator is not synchronised "
+                              "across processes): run it without torchrun")
+        channels, size = data.shape[0], data.shape[-1]
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.train.seed)
+            self.discriminator = ProjectionDiscriminator(channels, size, self.teacher.num_classes,
+                                                         d.discriminator_channels).to(data.device)
+        self.d_optimizer = torch.optim.Adam(self.discriminator.parameters(), lr=d.discriminator_lr, betas=(0.0, 0.99))
+
+    def grids(self, record, d) -> tuple[Tensor, Tensor]:
+        """The progressive student's own grid, for it and for G."""
+        distilled = record.distilled
+        if distilled is None or distilled.get("method") != "ddim":
+            raise ConfigError(f"distill.teacher ({d.teacher}) must be a progressive student (difflab distill RUN "
+                              "--steps N): adversarial distillation refines one on its own grid")
+        if distilled["steps"] != d.steps:
+            raise ConfigError(f"distill.teacher samples in {distilled['steps']} steps: set distill.steps="
+                              f"{distilled['steps']} (adversarial distillation keeps the grid)")
+        sigmas = torch.tensor(distilled["sigmas"], dtype=torch.float64)
+        return sigmas, sigmas
+
+    def draw(self, x0: Tensor, idx: Tensor, step: int, generator: torch.Generator,
+             pixels: Tensor | None = None) -> Inputs:
+        """Progressive distillation's draws (noise, classes, w) and the two instance noises."""
+        inputs = super().draw(x0, idx, step, generator, pixels)
+        inputs["real_noise"] = torch.randn(x0.shape, generator=generator, device=x0.device)
+        inputs["fake_noise"] = torch.randn(x0.shape, generator=generator, device=x0.device)
+        return inputs
+
+    def samples(self, net, inputs: Inputs) -> tuple[Tensor, Tensor]:
+        """(x̂, x̂ˢ): G's and the frozen student's samples of the rows' noise, with gradients through G's."""
+        noise, w = inputs["noise"], inputs.get("w")
+        cond = with_guidance_scale(inputs["cond"], w, noise)
+        start = noise * float(self.schedule.prior_std(self.sigmas[0]))
+        frozen = self.teacher.denoiser()
+        with torch.no_grad():
+            anchor = ddim_sample(frozen, start, self.sigmas, cond)
+        return ddim_sample(frozen.with_model(net), start, self.sigmas, cond), anchor
+
+    def loss(self, net, inputs: Inputs) -> StepLoss:
+        """One discriminator step on this micro-batch, then G's loss L_G (module docstring)."""
+        d, labels, w = self.config.distill, inputs["cond"].get("class_labels"), inputs.get("w")
+        disc = self.discriminator
+        fake, anchor = self.samples(net, inputs)
+        s = d.instance_noise
+        real_in, fake_in = inputs["x0"] + s * inputs["real_noise"], fake + s * inputs["fake_noise"]
+        classify = disc.classifier is not None and d.classifier_weight > 0
+
+        learning = torch.is_grad_enabled()  # not so when the trainer re-scores a step: then no state changes
+        disc.train(learning)  # (eval mode: spectral norm's power iteration stands still)
+        disc.requires_grad_(learning)
+        h_real = disc.features(real_in)
+        d_real, d_fake = disc.logits(h_real, labels), disc(fake_in.detach(), labels)
+        d_loss = hinge_losses(d_real, d_fake)
+        if classify:  # the auxiliary classifier learns the classes of real images only
+            d_loss = d_loss + F.cross_entropy(disc.classifier(h_real).float(), labels)
+        if learning:
+            self.d_optimizer.zero_grad(set_to_none=True)
+            d_loss.backward()
+            self.d_optimizer.step()
+
+        disc.requires_grad_(False)  # G's loss reaches G only
+        h_fake = disc.features(fake_in)
+        adversarial = F.softplus(-disc.logits(h_fake, labels).float()).mean()
+        regression = (fake - anchor).float().square().mean()
+        disc.train()
+        metrics = {"d_loss": d_loss.detach(), "d_real": d_real.detach().mean(), "d_fake": d_fake.detach().mean(),
+                   "adversarial": adversarial.detach(), "regression": regression.detach()}
+        loss = d.adversarial_weight * adversarial + regression
+        if classify and w is not None:  # the guidance tilt p(y | x)^(w − 1) of classifier-free guidance
+            tilt = (w - 1).to(device=fake.device, dtype=torch.float32)
+            cross_entropy = F.cross_entropy(disc.classifier(h_fake).float(), labels, reduction="none")
+            metrics["class_loss"] = cross_entropy.detach().mean()
+            loss = loss + d.classifier_weight * (tilt * cross_entropy).mean()
+        return StepLoss(loss, metrics)
+
+    def state_dict(self) -> dict[str, Tensor]:
+        """D's weights and its optimizer's moments, flattened to tensors."""
+        state = {WEIGHTS_PREFIX + k: v for k, v in self.discriminator.state_dict().items()}
+        for index, moments in self.d_optimizer.state_dict()["state"].items():
+            state.update({f"{OPTIMIZER_PREFIX}{index}.{k}": torch.as_tensor(v) for k, v in moments.items()})
+        return state
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        weights = {k[len(WEIGHTS_PREFIX):]: v for k, v in state.items() if k.startswith(WEIGHTS_PREFIX)}
+        if not weights:
+            raise ValueError("the checkpoint holds no discriminator: resume it with the objective that wrote it "
+                             "(difflab distill --method progressive?)")
+        self.discriminator.load_state_dict(weights)
+        moments: dict[int, dict] = {}
+        for key, value in state.items():
+            if key.startswith(OPTIMIZER_PREFIX):
+                index, name = key[len(OPTIMIZER_PREFIX):].split(".", 1)
+                moments.setdefault(int(index), {})[name] = value
+        saved = self.d_optimizer.state_dict()
+        self.d_optimizer.load_state_dict({"state": moments, "param_groups": saved["param_groups"]})
+
+    def distilled_record(self) -> dict:
+        """The progressive student's record (its grid, w range and teacher), with what refined it."""
+        d, student = self.config.distill, self.teacher
+        return {**student.record.distilled,
+                "adversarial": {"path": str(student.path.parent.resolve()) if student.path else None,
+                                "step": student.record.step, "weight": d.adversarial_weight,
+                                "instance_noise": d.instance_noise}}

@@ -1,0 +1,171 @@
+"""Adversarial distillation (``difflab distill RUN --method adversarial``,
+training/objectives/adversarial.py): the differentiable sampler is the student's DDIM sampler, the
+discriminator learns, a zero adversarial weight keeps the student, the game resumes where it stopped,
+and the result samples like any distilled run."""
+
+import numpy as np
+import pytest
+import torch
+
+from difflab import Pipeline
+from difflab.checkpoint import load_state
+from difflab.cli import main as cli
+from difflab.data.load import load_dataset
+from difflab.models.discriminator import ProjectionDiscriminator
+from difflab.sampling.ddim import ddim
+from difflab.training.objectives import AdversarialDistillationObjective, TrainingData
+from difflab.training.objectives.adversarial import ddim_sample, hinge_losses
+from difflab.training.trainer import train
+from helpers import tiny_config
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def student(tmp_path_factory):
+    """A 2-step progressive student of a tiny class-conditional teacher trained with label dropout."""
+    root = tmp_path_factory.mktemp("adversarial")
+    train(tiny_config(root / "teacher", "train.steps=3", "diffusion.cond_drop_prob=0.2"), progress=False)
+    assert cli(["distill", str(root / "teacher"), "--steps", "2", "--start-steps", "4", "--iterations-per-round", "3",
+                "--batch-size", "8", "--out", str(root / "student"), "--no-progress"]) == 0
+    return root / "student"
+
+
+def objective(student, tmp_path, *extra):
+    config = tiny_config(tmp_path, "diffusion.cond_drop_prob=0.0", f"distill.teacher={student}", "distill.steps=2",
+                         "distill.method=adversarial", *extra)
+    dataset = load_dataset("digits")
+    return AdversarialDistillationObjective(config, TrainingData(dataset, dataset.images, None, torch.device("cpu")))
+
+
+def refine(student, out, *flags):
+    return cli(["distill", str(student), "--method", "adversarial", "--steps", "2", "--batch-size", "8",
+                "--out", str(out), "--no-progress", *flags])
+
+
+def test_the_differentiable_sampler_is_the_students_ddim(student, tmp_path):
+    obj = objective(student, tmp_path)
+    noise, labels = torch.randn(3, 1, 8, 8, generator=torch.Generator().manual_seed(0)), torch.tensor([0, 4, 9])
+    cond = {"class_labels": labels, "guidance_scale": torch.full((3,), 2.0)}
+    start = noise * float(obj.schedule.prior_std(obj.sigmas[0]))
+    mine = ddim_sample(obj.teacher.denoiser(), start, obj.sigmas, cond)
+    theirs = ddim(obj.teacher.denoiser().bind(**cond), start, obj.sigmas)
+    torch.testing.assert_close(mine, theirs)
+    net = obj.teacher.network
+    x = start.clone().requires_grad_(True)
+    ddim_sample(obj.teacher.denoiser().with_model(net), x, obj.sigmas, cond).sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0  # gradients pass through every step
+
+
+def test_the_discriminator_learns_to_tell_real_from_generated(student, tmp_path):
+    obj = objective(student, tmp_path, "distill.discriminator_lr=1e-3")
+    g = torch.Generator().manual_seed(1)
+    real = obj.data.images[:16].float() / 127.5 - 1
+    fake = torch.rand(real.shape, generator=g) * 2 - 1  # noise: easy to tell apart
+    labels = torch.arange(16) % 10
+    losses, class_losses = [], []
+    for _ in range(30):
+        loss = hinge_losses(obj.discriminator(real, labels), obj.discriminator(fake, labels))
+        class_loss = torch.nn.functional.cross_entropy(obj.discriminator.classifier(obj.discriminator.features(real)),
+                                                       labels)
+        obj.d_optimizer.zero_grad()
+        (loss + class_loss).backward()
+        obj.d_optimizer.step()
+        losses.append(loss.item())
+        class_losses.append(class_loss.item())
+    assert losses[-1] < 0.5 * losses[0], losses
+    assert class_losses[-1] < 0.5 * class_losses[0], class_losses  # and the auxiliary classifier the classes
+
+
+def test_the_class_term_is_the_guidance_tilt_zero_at_w_1(student, tmp_path):
+    """L_G's classifier term is weighted by w − 1: nothing at w = 1 (the data's p(x | y), which the
+    adversarial term matches), more as the guidance scale grows."""
+    with_term, without = (objective(student, tmp_path, f"distill.classifier_weight={c}") for c in (0.5, 0.0))
+    without.discriminator.load_state_dict(with_term.discriminator.state_dict())
+    x0 = with_term.data.images[:6].float() / 127.5 - 1
+    inputs = with_term.draw(x0, torch.arange(6), 0, torch.Generator().manual_seed(2))
+    net = with_term.teacher.network
+    with torch.no_grad():  # as the trainer re-scores a step: the discriminator does not move
+        for w, same in ((1.0, True), (3.0, False)):
+            inputs["w"] = torch.full((6,), w, dtype=torch.float64)
+            a, b = with_term.loss(net, inputs), without.loss(net, inputs)
+            assert torch.equal(a.loss, b.loss) == same, (w, a.loss, b.loss)
+            assert ("class_loss" in a.metrics) and "class_loss" not in b.metrics
+    assert a.loss > b.loss  # w = 3: 0.5 · 2 · (cross-entropy > 0) more
+
+
+def test_every_discriminator_layer_is_spectrally_normalised():
+    disc = ProjectionDiscriminator(3, 32, 5, channels=8)
+    for _ in range(20):  # the power iteration converges while training
+        disc(torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 3]))
+    disc.eval()
+    convs = [m for m in disc.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert len(convs) == 5  # 3x3 in, 32 -> 16 -> 8 -> 4, 3x3 out
+    for conv in convs:
+        top = torch.linalg.matrix_norm(conv.weight.detach().flatten(1), ord=2).item()
+        assert top == pytest.approx(1.0, rel=0.05)
+    with pytest.raises(ValueError, match="pass class_labels"):
+        disc(torch.randn(1, 3, 32, 32))
+
+
+def test_zero_adversarial_and_classifier_weights_keep_the_student(student, tmp_path):
+    assert refine(student, tmp_path / "zero", "--adversarial-weight", "0", "--set", "distill.classifier_weight=0",
+                  "--iterations-per-round", "3") == 0
+    assert refine(student, tmp_path / "some", "--adversarial-weight", "1", "--iterations-per-round", "3",
+                  "--lr", "1e-3") == 0
+    base = load_state(student)[1]["ema"]
+    zero, some = load_state(tmp_path / "zero")[1]["ema"], load_state(tmp_path / "some")[1]["ema"]
+    assert all(torch.equal(zero[k], base[k]) for k in base)  # the regression's gradient is 0 at the student
+    assert any(not torch.equal(some[k], base[k]) for k in base)
+    a = Pipeline.load(tmp_path / "zero", device="cpu")(class_label=3, n=2, seed=4, guidance_scale=2.0)
+    b = Pipeline.load(student, device="cpu")(class_label=3, n=2, seed=4, guidance_scale=2.0)
+    assert all(np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(a, b, strict=True))
+
+
+def test_a_stopped_refinement_resumes_to_the_same_weights_and_discriminator(student, tmp_path, capsys):
+    flags = ["--iterations-per-round", "4", "--lr", "1e-3", "--set", "train.checkpoint_every=2"]
+    assert refine(student, tmp_path / "whole", *flags) == 0
+    assert refine(student, tmp_path / "parts", *flags, "--seconds", "1e-3") == 0
+    assert "time budget reached" in capsys.readouterr().out
+    assert load_state(tmp_path / "parts", groups=[], with_extra=False)[0]["step"] < 4
+    assert refine(student, tmp_path / "parts", *flags, "--resume") == 0
+    (cw, tw, xw), (cp, tp, xp) = load_state(tmp_path / "whole"), load_state(tmp_path / "parts")
+    assert cw["step"] == cp["step"] == 4
+    for group in ("model", "ema"):
+        for key, value in tw[group].items():
+            torch.testing.assert_close(tp[group][key], value, rtol=0, atol=0)
+    dw, dp = xw["objective"], xp["objective"]
+    assert any(k.startswith("discriminator.") for k in dw) and any(k.startswith("discriminator_optimizer.") for k in dw)
+    assert dw.keys() == dp.keys() and all(torch.equal(dw[k], dp[k]) for k in dw)
+
+    config = cw["distilled"]
+    student_record = load_state(student, groups=[], with_extra=False)[0]["distilled"]
+    assert config["sigmas"] == student_record["sigmas"] and config["method"] == "ddim"
+    assert config["adversarial"]["path"] == str(student.resolve()) and config["adversarial"]["weight"] == 0.1
+    # a normal distilled run: the CLI samples it with guidance, and refuses other grids in one line
+    assert cli(["sample", str(tmp_path / "whole"), "--n", "2", "--class", "1", "--guidance-scale", "3",
+                "--out", str(tmp_path / "s")]) == 0
+    capsys.readouterr()
+    assert cli(["sample", str(tmp_path / "whole"), "--n", "1", "--steps", "4", "--out", str(tmp_path / "bad")]) == 2
+    assert "distilled for DDIM with 2 steps" in capsys.readouterr().err
+
+
+def test_what_cannot_be_refined_is_one_line(student, tmp_path, capsys):
+    teacher = student.parent / "teacher"
+    assert cli(["distill", str(teacher), "--method", "adversarial", "--steps", "2", "--out", str(tmp_path / "a")]) == 2
+    err = capsys.readouterr().err
+    assert "is not a progressive student" in err and len(err.strip().splitlines()) == 1
+    assert refine(student, tmp_path / "b", "--steps", "1") == 2  # argparse keeps the last --steps
+    err = capsys.readouterr().err
+    assert "samples in 2 steps" in err and "--steps 2" in err
+    assert cli(["distill", str(teacher), "--method", "consistency", "--steps", "2", "--levels", "4",
+                "--iterations-per-round", "1", "--batch-size", "4", "--out", str(tmp_path / "cm"),
+                "--no-progress"]) == 0
+    capsys.readouterr()
+    assert cli(["distill", str(tmp_path / "cm"), "--method", "adversarial", "--steps", "2", "--out",
+                str(tmp_path / "c")]) == 2
+    assert "is a consistency student: adversarial distillation refines a progressive one" in capsys.readouterr().err
+    assert refine(student, tmp_path / "d", "--adversarial-weight", "-1") == 2
+    assert "'distill.adversarial_weight' must be a number >= 0" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="must be a progressive student"):
+        objective(teacher, tmp_path)
