@@ -14,8 +14,8 @@ y, fresh noise ε and a guidance scale w drawn from the student's range:
                               meets when it samples, not from noised real images)
     x̂ˢ  = S_N(ε, y, w)        the frozen student's sample of the same noise
 
-    L_D = E[max(0, 1 − D(x + s·η, y))] + E[max(0, 1 + D(x̂ + s·η′, y))]       hinge loss
-    L_G = λ · E[softplus(−D(x̂ + s·η′, y))] + E‖x̂ − x̂ˢ‖²                     (mean over pixels)
+    L_D = E[max(0, 1 − D(x + s·η, y))] + E[max(0, 1 + D(x̂ + s·η′, y))] + CE(C(x + s·η), y)
+    L_G = λ · E[softplus(−D(x̂ + s·η′, y))] + E‖x̂ − x̂ˢ‖² + λ_c · E[(w − 1) · CE(C(x̂ + s·η′), y)]
 
 G's adversarial term is the non-saturating loss (Goodfellow et al. 2014), which stays ≥ 0, so the
 trainer's divergence guard can judge L_G as it judges any loss. D is a
@@ -26,6 +26,12 @@ distributions overlap early on. The second term of L_G is DMD's regression loss 
 §3.3) with S's samples as the paired targets and the squared error in place of LPIPS: it keeps G
 on S's map from noise to image, so the w input keeps its meaning and the adversarial term
 (weight λ, ``distill.adversarial_weight``) only corrects what S gets wrong.
+
+**The guidance tilt.** A GAN on real images pulls every w towards the data, p(x | y), and so undoes
+classifier-free guidance, which samples p(x | y)·p(y | x)^(w − 1). C is AC-GAN's auxiliary
+classifier on D's features (Odena et al. 2017), trained on real images only; G pays (w − 1) times
+its cross-entropy on the samples (weight λ_c, ``distill.classifier_weight``): nothing at w = 1,
+where the adversarial term alone is right, more as w grows. For an unguided student the term is off.
 
 D takes one optimizer step per micro-batch, before G's loss is formed (none when the trainer
 re-scores a step without gradients, before a checkpoint); its weights and optimizer state are
