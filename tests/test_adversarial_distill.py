@@ -122,8 +122,10 @@ def test_zero_adversarial_and_classifier_weights_keep_the_student(student, tmp_p
     assert all(np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(a, b, strict=True))
 
 
-def test_a_stopped_refinement_resumes_to_the_same_weights_and_discriminator(student, tmp_path, capsys):
-    flags = ["--iterations-per-round", "4", "--lr", "1e-3", "--set", "train.checkpoint_every=2"]
+@pytest.mark.parametrize("discriminator", ["pixel", "teacher"])
+def test_a_stopped_refinement_resumes_to_the_same_weights_and_discriminator(student, tmp_path, capsys, discriminator):
+    flags = ["--iterations-per-round", "4", "--lr", "1e-3", "--set", "train.checkpoint_every=2",
+             "--discriminator", discriminator]
     assert refine(student, tmp_path / "whole", *flags) == 0
     assert refine(student, tmp_path / "parts", *flags, "--seconds", "1e-3") == 0
     assert "time budget reached" in capsys.readouterr().out
@@ -135,13 +137,14 @@ def test_a_stopped_refinement_resumes_to_the_same_weights_and_discriminator(stud
         for key, value in tw[group].items():
             torch.testing.assert_close(tp[group][key], value, rtol=0, atol=0)
     dw, dp = xw["objective"], xp["objective"]
-    assert any(k.startswith("discriminator.") for k in dw) and any(k.startswith("discriminator_optimizer.") for k in dw)
+    assert {k.split(".")[0] for k in dw} == {"discriminator", "discriminator_optimizer"}
     assert dw.keys() == dp.keys() and all(torch.equal(dw[k], dp[k]) for k in dw)
 
     config = cw["distilled"]
     student_record = load_state(student, groups=[], with_extra=False)[0]["distilled"]
     assert config["sigmas"] == student_record["sigmas"] and config["method"] == "ddim"
     assert config["adversarial"]["path"] == str(student.resolve()) and config["adversarial"]["weight"] == 0.1
+    assert config["adversarial"]["discriminator"] == discriminator
     # a normal distilled run: the CLI samples it with guidance, and refuses other grids in one line
     assert cli(["sample", str(tmp_path / "whole"), "--n", "2", "--class", "1", "--guidance-scale", "3",
                 "--out", str(tmp_path / "s")]) == 0
@@ -167,5 +170,68 @@ def test_what_cannot_be_refined_is_one_line(student, tmp_path, capsys):
     assert "is a consistency student: adversarial distillation refines a progressive one" in capsys.readouterr().err
     assert refine(student, tmp_path / "d", "--adversarial-weight", "-1") == 2
     assert "'distill.adversarial_weight' must be a number >= 0" in capsys.readouterr().err
+    assert refine(student, tmp_path / "e", "--set", "distill.discriminator=dino") == 2
+    assert "'distill.discriminator' must be pixel or teacher" in capsys.readouterr().err
     with pytest.raises(ValueError, match="must be a progressive student"):
         objective(teacher, tmp_path)
+
+
+def test_encoder_features_are_what_the_unets_forward_pass_computes():
+    """The taps are the encoder's last output per resolution and the middle block's, as the
+    network's own forward pass computes them (hooks on the same call)."""
+    from difflab.models.unet import UNet, UNetConfig
+
+    torch.manual_seed(0)
+    net = UNet(UNetConfig(in_channels=1, image_size=16, model_channels=8, channel_mult=(1, 2, 2), num_res_blocks=2,
+                          attention_resolutions=(4,), num_head_channels=8, num_classes=3, norm_groups=4)).eval()
+    x, t, labels = torch.randn(2, 1, 16, 16), torch.tensor([10.0, 500.0]), torch.tensor([0, 2])
+    seen = {}
+    for name in ("encoder.1", "encoder.4", "encoder.7", "middle"):  # levels of 2 blocks and a downsampling
+        net.get_submodule(name).register_forward_hook(lambda m, i, out, name=name: seen.setdefault(name, out))
+    with torch.no_grad():
+        net(x, t, labels)
+        taps = net.encoder_features(x, t, labels)
+    assert [tuple(h.shape[1:]) for h in taps] == [(8, 16, 16), (16, 8, 8), (16, 4, 4), (16, 4, 4)]
+    assert [h.shape[1] for h in taps] == net.encoder_feature_channels()
+    for tap, name in zip(taps, ("encoder.1", "encoder.4", "encoder.7", "middle"), strict=True):
+        torch.testing.assert_close(tap, seen[name])
+
+
+def test_the_teacher_feature_discriminator_learns_heads_only_and_passes_gradients_to_g(student, tmp_path):
+    """``distill.discriminator=teacher`` (LADD): heads on the frozen student's encoder. D's state is
+    its heads alone, they learn to tell real from generated, the frozen network never changes, and
+    G's loss reaches G through it."""
+    import copy
+
+    obj = objective(student, tmp_path, "distill.discriminator=teacher", "distill.discriminator_lr=3e-3")
+    disc, frozen = obj.discriminator, obj.teacher.network
+    assert all(k.split(".")[0] in ("convs", "outs", "class_embeds", "classifier") for k in disc.state_dict())
+    before = {k: v.clone() for k, v in frozen.state_dict().items()}
+
+    g = torch.Generator().manual_seed(1)
+    real = obj.data.images[:16].float() / 127.5 - 1
+    fake = torch.rand(real.shape, generator=g) * 2 - 1
+    inputs = obj.draw(real, torch.arange(16), 0, g)
+    labels = inputs["cond"]["class_labels"]
+    assert (inputs["real_sigma"] > 0).all() and inputs["real_sigma"].shape == (16,)
+    losses, class_losses = [], []
+    for _ in range(30):
+        h_real, h_fake = obj.judge(real, inputs, "real"), obj.judge(fake, inputs, "fake")
+        loss = hinge_losses(disc.logits(h_real, labels), disc.logits(h_fake, labels))
+        class_loss = torch.nn.functional.cross_entropy(disc.class_logits(h_real), labels)
+        obj.d_optimizer.zero_grad()
+        (loss + class_loss).backward()
+        obj.d_optimizer.step()
+        losses.append(loss.item())
+        class_losses.append(class_loss.item())
+    assert losses[-1] < 0.75 * losses[0], losses  # (slower than a pixel trunk: the heads are all it learns)
+    assert class_losses[-1] < class_losses[0], class_losses
+    assert all(p.grad is None for p in frozen.parameters())
+    assert all(torch.equal(v, before[k]) for k, v in frozen.state_dict().items())
+
+    generator = copy.deepcopy(frozen).requires_grad_(True)
+    step = obj.loss(generator, obj.draw(real, torch.arange(16), 1, g))
+    step.loss.backward()
+    assert step.metrics["adversarial"] > 0 and step.metrics["regression"] == 0  # G starts as the student
+    assert sum(p.grad.abs().sum() for p in generator.parameters() if p.grad is not None) > 0
+    assert all(p.grad is None for p in frozen.parameters())

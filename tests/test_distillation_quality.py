@@ -9,9 +9,10 @@ sys.path.insert(0, str(Path(__file__).parent.parent / "benchmarks"))
 from distillation_quality import best_points, fewest_steps, key, student_runs  # noqa: E402
 
 
-def point(family, steps, fid, method="unipc_3"):
+def point(family, steps, fid, method="unipc_3", accuracy=0.97):
     evals = steps if "student" in family else 2 * steps  # a guided teacher step evaluates the network twice
-    return {"family": family, "run": "r", "method": method, "steps": steps, "network_evals": evals, "fid": fid}
+    return {"family": family, "run": "r", "method": method, "steps": steps, "network_evals": evals, "fid": fid,
+            "class_accuracy": accuracy}
 
 
 ROWS = [point("teacher", 50, 20.0), point("teacher", 50, 18.0, "ddim"), point("teacher", 4, 90.0),
@@ -29,6 +30,11 @@ def test_best_points_are_the_teachers_best_50_and_4_step_fids_and_the_4_step_stu
     assert best["student"]["fid"] == 24.0 and best["consistency student"]["fid"] == 23.0
     assert best["adversarial student"]["fid"] == 12.0  # its own family: it does not hide the progressive student
     assert best_points([])["teacher"] is None
+    # of several refinements, the best FID that keeps the class-accuracy goal; the best FID if none does
+    unchecked = point("adversarial student", 4, 11.0, "ddim", accuracy=0.92)
+    assert best_points([*ROWS, unchecked])["adversarial student"]["fid"] == 12.0
+    assert best_points([r for r in ROWS if r["family"] != "adversarial student"] + [unchecked]
+                       )["adversarial student"]["fid"] == 11.0
     by_evals = best_points(ROWS, "network_evals")  # 50 and 4 network evaluations: 25 and 2 guided teacher steps
     assert (by_evals["teacher"]["steps"], by_evals["teacher"]["fid"]) == (25, 19.0)
     assert (by_evals["teacher 4"]["steps"], by_evals["teacher 4"]["fid"]) == (2, 120.0)

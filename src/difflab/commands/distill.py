@@ -4,8 +4,9 @@ trained run into a student that samples in N DDIM steps, consistency distillatio
 adversarial refinement of a progressive student against real images (``--method adversarial``).
 
     difflab distill RUN --steps N --out OUT [--method progressive|consistency|adversarial] [--start-steps 64]
-        [--levels 40] [--target-ema 0.95] [--adversarial-weight 0.1] [--iterations-per-round K] [--lr LR]
-        [--batch-size B] [--guidance-range LO,HI | none] [--spacing S] [--seconds BUDGET] [--resume]
+        [--levels 40] [--target-ema 0.95] [--adversarial-weight 0.1] [--discriminator pixel|teacher]
+        [--iterations-per-round K] [--lr LR] [--batch-size B] [--guidance-range LO,HI | none] [--spacing S]
+        [--seconds BUDGET] [--resume]
         [--set KEY=VALUE]... [--no-progress]
 
 Each round halves the steps: a student of 32 steps learns RUN's 64-step DDIM sampler, a student of
@@ -71,6 +72,10 @@ def register(subparsers) -> None:
     p.add_argument("--adversarial-weight", type=float, default=defaults.adversarial_weight, metavar="LAMBDA",
                    help="adversarial: the weight of the discriminator's term beside the regression to RUN's own "
                    f"samples (default {defaults.adversarial_weight:g}; 0 keeps RUN)")
+    p.add_argument("--discriminator", choices=["pixel", "teacher"], default=defaults.discriminator,
+                   help="adversarial: pixel, a projection discriminator trained from scratch on the images, or "
+                   "teacher, projection heads on RUN's own frozen encoder at a random noise level (LADD, Sauer et al. "
+                   f"2024) (default {defaults.discriminator})")
     p.add_argument("--iterations-per-round", type=int, metavar="K",
                    help=f"optimizer steps per round (default {DEFAULT_ITERATIONS['progressive']}; consistency: of its "
                    f"one round, default {DEFAULT_ITERATIONS['consistency']}; adversarial: default "
@@ -164,7 +169,7 @@ def round_config(args, base: dict, teacher: str, n: int, folder: Path, bounds, b
     settings = {
         "distill": {"teacher": str(teacher), "method": args.method, "steps": n, "spacing": args.spacing,
                     "levels": args.levels, "target_ema": args.target_ema,
-                    "adversarial_weight": args.adversarial_weight,
+                    "adversarial_weight": args.adversarial_weight, "discriminator": args.discriminator,
                     "guidance_range": list(bounds) if bounds else None},
         "diffusion": {"cond_drop_prob": 0.0},  # the student learns the conditional sampler (guided by its w input)
         "optim": {"lr_schedule": "linear", "warmup_steps": 0, "min_lr_fraction": 0.0,

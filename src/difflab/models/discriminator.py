@@ -15,12 +15,18 @@ resolution with stride-2 convolutions until it is 4×4 or smaller, doubling the 
 A class-conditional discriminator also carries AC-GAN's auxiliary classifier (Odena et al. 2017),
 a linear layer on the same features h giving class logits, for the objective that wants one.
 It judges images in the diffusion model's own space (pixels in [−1, 1], or latents).
+
+:class:`FeatureDiscriminator` is the other kind, latent adversarial distillation's (Sauer et al.
+2024, "LADD"): it learns no trunk of its own but reads a frozen diffusion network's encoder at a
+noise level σ, with a small projection head on each of its resolutions.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.parametrizations import spectral_norm
@@ -61,8 +67,65 @@ class ProjectionDiscriminator(nn.Module):
             logits = logits + (self.class_embed(class_labels) * h).sum(1)
         return logits
 
+    def class_logits(self, h: Tensor) -> Tensor:
+        """The auxiliary classifier's class logits (N, num_classes) from :meth:`features`."""
+        return self.classifier(h)
+
     def forward(self, x: Tensor, class_labels: Tensor | None = None) -> Tensor:
         return self.logits(self.features(x), class_labels)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+class FeatureDiscriminator(nn.Module):
+    """Projection heads on a frozen diffusion network's features (LADD, Sauer et al. 2024).
+
+    ``extract(x, class_labels, noise, sigma)`` noises the images to level σ, runs the frozen
+    network's encoder and returns its feature maps (e.g. :meth:`UNet.encoder_features
+    <difflab.models.unet.UNet.encoder_features>`); the network is not part of this module, so
+    neither its weights nor its gradients are D's. On each map h_k (C_k channels) a head gives
+    per-position logits, a projection discriminator's (Miyato & Koyama 2018) applied at every
+    position as in Projected GANs (Sauer et al. 2021):
+
+        g_k = LeakyReLU(conv₃ₓ₃(h_k)),   D_k(x, y)[p] = ψ_k(g_k[p]) + ⟨e_{k,y}, g_k[p]⟩
+
+    and D(x, y) is the mean of every head's mean over positions. The noise level is what LADD adds
+    to a feature network: at high σ the encoder sees only layout, at low σ detail, so drawing σ
+    per sample spreads D's attention over both. Heads are spectrally normalised; the auxiliary
+    classifier reads the spatially averaged last map.
+    """
+
+    def __init__(self, extract: Callable[..., list[Tensor]], feature_channels: Sequence[int],
+                 num_classes: int = 0, channels: int = 64):
+        super().__init__()
+        self.extract = extract  # a plain callable: its network stays outside this module's state
+        self.convs = nn.ModuleList(spectral_norm(nn.Conv2d(c, channels, 3, padding=1)) for c in feature_channels)
+        self.outs = nn.ModuleList(spectral_norm(nn.Conv2d(channels, 1, 1)) for _ in feature_channels)
+        self.class_embeds = (nn.ModuleList(spectral_norm(nn.Embedding(num_classes, channels)) for _ in feature_channels)
+                             if num_classes else None)
+        self.classifier = nn.Linear(feature_channels[-1], num_classes) if num_classes else None
+
+    def features(self, x: Tensor, class_labels: Tensor | None, noise: Tensor, sigma: Tensor) -> list[Tensor]:
+        """The frozen network's feature maps of x noised to σ (N,) with the given noise."""
+        return self.extract(x, class_labels, noise, sigma)
+
+    def logits(self, h: list[Tensor], class_labels: Tensor | None = None) -> Tensor:
+        """D's real/generated logits (N,) from :meth:`features`."""
+        if self.class_embeds is not None and class_labels is None:
+            raise ValueError("this discriminator is class-conditional: pass class_labels")
+        total = 0
+        for k, (conv, out) in enumerate(zip(self.convs, self.outs, strict=True)):
+            g = F.leaky_relu(conv(h[k].float()), 0.2)  # (N, channels, H_k, W_k)
+            logit = out(g).squeeze(1)  # (N, H_k, W_k)
+            if self.class_embeds is not None:
+                logit = logit + torch.einsum("nchw,nc->nhw", g, self.class_embeds[k](class_labels))
+            total = total + logit.mean((1, 2))
+        return total / len(self.convs)
+
+    def class_logits(self, h: list[Tensor]) -> Tensor:
+        """The auxiliary classifier's class logits (N, num_classes) from :meth:`features`."""
+        return self.classifier(h[-1].float().mean((2, 3)))
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

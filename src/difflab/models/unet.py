@@ -461,6 +461,24 @@ class UNet(nn.Module):
         emb = add_aug_level_embedding(self, emb, aug_level)  # + the conditioning image's noise level's
         return add_guidance_embedding(self, emb, guidance_scale)  # + a guidance-distilled network's w's
 
+    def encoder_features(self, x: Tensor, t: Tensor, class_labels: Tensor | None = None,
+                         guidance_scale: Tensor | None = None) -> list[Tensor]:
+        """The encoder's last output at each resolution, finest first, then the middle block's: the
+        features a latent adversarial discriminator reads (:class:`~.discriminator.FeatureDiscriminator`).
+        Class- or unconditional networks only (no context, no concatenated image)."""
+        cfg = self.config
+        if cfg.context_dim or cfg.text_encoder or cfg.concat_channels or cfg.aug_level:
+            raise ValueError("encoder features are for class- or unconditional U-Nets (no text, no concatenated image)")
+        emb = self.embed(t, class_labels, None, guidance_scale)
+        h, skips = run_encoder(self, x, emb)
+        per_level = cfg.num_res_blocks + 1  # a level's blocks and its downsampling
+        return [skips[level * per_level + cfg.num_res_blocks] for level in range(len(cfg.channel_mult))] + [h]
+
+    def encoder_feature_channels(self) -> list[int]:
+        """The channels of :meth:`encoder_features`' maps."""
+        widths = [self.config.model_channels * m for m in self.config.channel_mult]
+        return widths + widths[-1:]
+
     def num_parameters(self) -> int:
         """The number of parameters."""
         return sum(p.numel() for p in self.parameters())

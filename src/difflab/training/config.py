@@ -237,7 +237,10 @@ class DistillSection:
     # weight of the auxiliary classifier's cross-entropy on generated images, times (w − 1): the guidance tilt
     classifier_weight: float = 0.1
     instance_noise: float = 0.0  # std of the noise added to the discriminator's real and generated inputs
-    discriminator_channels: int = 64  # the projection discriminator's first width (it doubles, up to 4x)
+    # pixel: a projection discriminator trained from scratch on the images; teacher: projection heads on the
+    # frozen student's encoder features at a random noise level (LADD, Sauer et al. 2024)
+    discriminator: str = "pixel"
+    discriminator_channels: int = 64  # pixel: its first width (it doubles, up to 4x); teacher: its heads' width
     discriminator_lr: float = 2e-4  # its Adam learning rate (β = (0, 0.99))
 
 
@@ -435,6 +438,7 @@ RULES: dict[str, tuple[Callable[[object], bool], str]] = {
     "distill.adversarial_weight": (_between(0, math.inf, open_high=True), "a number >= 0"),
     "distill.instance_noise": (_between(0, math.inf, open_high=True), "a number >= 0"),
     "distill.classifier_weight": (_between(0, math.inf, open_high=True), "a number >= 0"),
+    "distill.discriminator": (lambda v: v in ("pixel", "teacher"), "pixel or teacher"),
     "distill.discriminator_channels": (_at_least(1), "an integer >= 1"),
     "distill.discriminator_lr": (_between(0, math.inf, open_low=True, open_high=True), "a number > 0"),
     "distill.levels": (_at_least(2), "an integer >= 2"),

@@ -33,6 +33,13 @@ classifier on D's features (Odena et al. 2017), trained on real images only; G p
 its cross-entropy on the samples (weight λ_c, ``distill.classifier_weight``): nothing at w = 1,
 where the adversarial term alone is right, more as w grows. For an unguided student the term is off.
 
+**Which discriminator** (``distill.discriminator``). ``pixel``: the projection discriminator above.
+``teacher``: latent adversarial distillation's (Sauer et al. 2024, "LADD"), a
+:class:`~difflab.models.discriminator.FeatureDiscriminator` whose features are the frozen student's
+own encoder (:meth:`~difflab.models.unet.UNet.encoder_features`, at w = 1) on the images noised to
+a level σ drawn per image, ln σ ~ N(−1.2, 1.2²) (EDM's training distribution, Karras et al. 2022);
+only its heads learn, and the tilt uses its classifier on the last map.
+
 D takes one optimizer step per micro-batch, before G's loss is formed (none when the trainer
 re-scores a step without gradients, before a checkpoint); its weights and optimizer state are
 part of the checkpoint's objective state, so ``--resume`` continues the game where it stopped.
@@ -45,12 +52,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ...models.discriminator import ProjectionDiscriminator
+from ...models.discriminator import FeatureDiscriminator, ProjectionDiscriminator
+from ...models.unet import UNet
 from ..config import Config, ConfigError
 from .base import Inputs, StepLoss, TrainingData
 from .distill import DistillationObjective, ddim_step, with_guidance_scale
 
 WEIGHTS_PREFIX, OPTIMIZER_PREFIX = "discriminator.", "discriminator_optimizer."
+# the feature discriminator's noise levels: ln σ ~ N(−1.2, 1.2²), EDM's training distribution (Karras et al. 2022)
+FEATURE_LOG_SIGMA_MEAN, FEATURE_LOG_SIGMA_STD = -1.2, 1.2
 
 
 def ddim_sample(denoise, x: Tensor, sigmas: Tensor, cond: dict) -> Tensor:
@@ -78,12 +88,33 @@ class AdversarialDistillationObjective(DistillationObjective):
                 and torch.distributed.get_world_size() > 1:
             raise ConfigError("adversarial distillation runs in one process (its discriminator is not synchronised "
                               "across processes): run it without torchrun")
-        channels, size = data.shape[0], data.shape[-1]
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.train.seed)
-            self.discriminator = ProjectionDiscriminator(channels, size, self.teacher.num_classes,
-                                                         d.discriminator_channels).to(data.device)
+            self.discriminator = self.build_discriminator(d, data).to(data.device)
         self.d_optimizer = torch.optim.Adam(self.discriminator.parameters(), lr=d.discriminator_lr, betas=(0.0, 0.99))
+
+    def build_discriminator(self, d, data: TrainingData) -> ProjectionDiscriminator | FeatureDiscriminator:
+        """``distill.discriminator``: a pixel-space projection discriminator trained from scratch, or
+        heads on the frozen student's own encoder (LADD's teacher features)."""
+        classes = self.teacher.num_classes
+        if d.discriminator == "pixel":
+            return ProjectionDiscriminator(data.shape[0], data.shape[-1], classes, d.discriminator_channels)
+        network = self.teacher.network
+        if not isinstance(network, UNet) or network.config.context_dim or network.config.concat_channels:
+            raise ConfigError(f"distill.discriminator={d.discriminator} reads a class- or unconditional U-Net's "
+                              f"encoder; {d.teacher} is not one: use distill.discriminator=pixel")
+        network.requires_grad_(False)
+        denoiser, guided = self.teacher.denoiser(), self.teacher.record.takes_guidance_scale
+
+        def extract(x: Tensor, labels: Tensor | None, noise: Tensor, sigma: Tensor) -> list[Tensor]:
+            sigma = sigma.to(device="cpu", dtype=torch.float64)
+            scale, _ = self.schedule.scale_std_at_sigma(sigma)
+            scale, t = torch.stack([scale, denoiser.model_time(sigma)]).to(device=x.device, dtype=x.dtype)
+            noisy = scale.view(-1, 1, 1, 1) * (x + sigma.to(x).view(-1, 1, 1, 1) * noise)
+            w = torch.ones_like(t) if guided else None  # the student's unguided features
+            return network.encoder_features(noisy, t, labels, guidance_scale=w)
+
+        return FeatureDiscriminator(extract, network.encoder_feature_channels(), classes, d.discriminator_channels)
 
     def grids(self, record, d) -> tuple[Tensor, Tensor]:
         """The progressive student's own grid, for it and for G."""
@@ -99,11 +130,27 @@ class AdversarialDistillationObjective(DistillationObjective):
 
     def draw(self, x0: Tensor, idx: Tensor, step: int, generator: torch.Generator,
              pixels: Tensor | None = None) -> Inputs:
-        """Progressive distillation's draws (noise, classes, w) and the two instance noises."""
+        """Progressive distillation's draws (noise, classes, w), the discriminator's noises for the real
+        and the generated images and, for the feature discriminator, their noise levels."""
         inputs = super().draw(x0, idx, step, generator, pixels)
         inputs["real_noise"] = torch.randn(x0.shape, generator=generator, device=x0.device)
         inputs["fake_noise"] = torch.randn(x0.shape, generator=generator, device=x0.device)
+        if isinstance(self.discriminator, FeatureDiscriminator):
+            sigma_min, sigma_max = self.schedule.sigma_min, self.schedule.sigma_max
+            for key in ("real_sigma", "fake_sigma"):
+                log_sigma = torch.randn(x0.shape[0], generator=generator, device=x0.device, dtype=torch.float64)
+                inputs[key] = (FEATURE_LOG_SIGMA_MEAN + FEATURE_LOG_SIGMA_STD * log_sigma).exp().clamp(sigma_min,
+                                                                                                        sigma_max)
         return inputs
+
+    def judge(self, x: Tensor, inputs: Inputs, kind: str):
+        """D's features of real or generated images (``kind``), with their noise; a frozen feature
+        network keeps no graph unless x needs a gradient (G's term)."""
+        noise, disc = inputs[f"{kind}_noise"], self.discriminator
+        if isinstance(disc, FeatureDiscriminator):
+            with torch.set_grad_enabled(torch.is_grad_enabled() and x.requires_grad):
+                return disc.features(x, inputs["cond"].get("class_labels"), noise, inputs[f"{kind}_sigma"])
+        return disc.features(x + self.config.distill.instance_noise * noise)
 
     def samples(self, net, inputs: Inputs) -> tuple[Tensor, Tensor]:
         """(x̂, x̂ˢ): G's and the frozen student's samples of the rows' noise, with gradients through G's."""
@@ -120,25 +167,23 @@ class AdversarialDistillationObjective(DistillationObjective):
         d, labels, w = self.config.distill, inputs["cond"].get("class_labels"), inputs.get("w")
         disc = self.discriminator
         fake, anchor = self.samples(net, inputs)
-        s = d.instance_noise
-        real_in, fake_in = inputs["x0"] + s * inputs["real_noise"], fake + s * inputs["fake_noise"]
         classify = disc.classifier is not None and d.classifier_weight > 0
 
         learning = torch.is_grad_enabled()  # not so when the trainer re-scores a step: then no state changes
         disc.train(learning)  # (eval mode: spectral norm's power iteration stands still)
         disc.requires_grad_(learning)
-        h_real = disc.features(real_in)
-        d_real, d_fake = disc.logits(h_real, labels), disc(fake_in.detach(), labels)
+        h_real = self.judge(inputs["x0"], inputs, "real")
+        d_real, d_fake = disc.logits(h_real, labels), disc.logits(self.judge(fake.detach(), inputs, "fake"), labels)
         d_loss = hinge_losses(d_real, d_fake)
         if classify:  # the auxiliary classifier learns the classes of real images only
-            d_loss = d_loss + F.cross_entropy(disc.classifier(h_real).float(), labels)
+            d_loss = d_loss + F.cross_entropy(disc.class_logits(h_real).float(), labels)
         if learning:
             self.d_optimizer.zero_grad(set_to_none=True)
             d_loss.backward()
             self.d_optimizer.step()
 
         disc.requires_grad_(False)  # G's loss reaches G only
-        h_fake = disc.features(fake_in)
+        h_fake = self.judge(fake, inputs, "fake")
         adversarial = F.softplus(-disc.logits(h_fake, labels).float()).mean()
         regression = (fake - anchor).float().square().mean()
         disc.train()
@@ -147,7 +192,7 @@ class AdversarialDistillationObjective(DistillationObjective):
         loss = d.adversarial_weight * adversarial + regression
         if classify and w is not None:  # the guidance tilt p(y | x)^(w − 1) of classifier-free guidance
             tilt = (w - 1).to(device=fake.device, dtype=torch.float32)
-            cross_entropy = F.cross_entropy(disc.classifier(h_fake).float(), labels, reduction="none")
+            cross_entropy = F.cross_entropy(disc.class_logits(h_fake).float(), labels, reduction="none")
             metrics["class_loss"] = cross_entropy.detach().mean()
             loss = loss + d.classifier_weight * (tilt * cross_entropy).mean()
         return StepLoss(loss, metrics)
@@ -179,4 +224,4 @@ class AdversarialDistillationObjective(DistillationObjective):
         return {**student.record.distilled,
                 "adversarial": {"path": str(student.path.parent.resolve()) if student.path else None,
                                 "step": student.record.step, "weight": d.adversarial_weight,
-                                "instance_noise": d.instance_noise}}
+                                "discriminator": d.discriminator, "instance_noise": d.instance_noise}}
