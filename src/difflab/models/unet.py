@@ -461,13 +461,19 @@ class UNet(nn.Module):
         emb = add_aug_level_embedding(self, emb, aug_level)  # + the conditioning image's noise level's
         return add_guidance_embedding(self, emb, guidance_scale)  # + a guidance-distilled network's w's
 
+    @property
+    def is_class_or_unconditional(self) -> bool:
+        """No text context and no concatenated image: the inputs are x, t, a class label (and w)."""
+        cfg = self.config
+        return not (cfg.context_dim or cfg.text_encoder or cfg.concat_channels or cfg.aug_level)
+
     def encoder_features(self, x: Tensor, t: Tensor, class_labels: Tensor | None = None,
                          guidance_scale: Tensor | None = None) -> list[Tensor]:
         """The encoder's last output at each resolution, finest first, then the middle block's: the
         features a latent adversarial discriminator reads (:class:`~.discriminator.FeatureDiscriminator`).
         Class- or unconditional networks only (no context, no concatenated image)."""
         cfg = self.config
-        if cfg.context_dim or cfg.text_encoder or cfg.concat_channels or cfg.aug_level:
+        if not self.is_class_or_unconditional:
             raise ValueError("encoder features are for class- or unconditional U-Nets (no text, no concatenated image)")
         emb = self.embed(t, class_labels, None, guidance_scale)
         h, skips = run_encoder(self, x, emb)

@@ -52,6 +52,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ... import process
 from ...models.discriminator import FeatureDiscriminator, ProjectionDiscriminator
 from ...models.unet import UNet
 from ..config import Config, ConfigError
@@ -100,7 +101,7 @@ class AdversarialDistillationObjective(DistillationObjective):
         if d.discriminator == "pixel":
             return ProjectionDiscriminator(data.shape[0], data.shape[-1], classes, d.discriminator_channels)
         network = self.teacher.network
-        if not isinstance(network, UNet) or network.config.context_dim or network.config.concat_channels:
+        if not (isinstance(network, UNet) and network.is_class_or_unconditional):
             raise ConfigError(f"distill.discriminator={d.discriminator} reads a class- or unconditional U-Net's "
                               f"encoder; {d.teacher} is not one: use distill.discriminator=pixel")
         network.requires_grad_(False)
@@ -108,9 +109,9 @@ class AdversarialDistillationObjective(DistillationObjective):
 
         def extract(x: Tensor, labels: Tensor | None, noise: Tensor, sigma: Tensor) -> list[Tensor]:
             sigma = sigma.to(device="cpu", dtype=torch.float64)
-            scale, _ = self.schedule.scale_std_at_sigma(sigma)
-            scale, t = torch.stack([scale, denoiser.model_time(sigma)]).to(device=x.device, dtype=x.dtype)
-            noisy = scale.view(-1, 1, 1, 1) * (x + sigma.to(x).view(-1, 1, 1, 1) * noise)
+            scale, std = self.schedule.scale_std_at_sigma(sigma)  # xₜ = s·x₀ + d·ε, as q_sample at level σ
+            noisy = process.broadcast_to(scale, x) * x + process.broadcast_to(std, x) * noise
+            t = denoiser.model_time(sigma).to(device=x.device, dtype=x.dtype)
             w = torch.ones_like(t) if guided else None  # the student's unguided features
             return network.encoder_features(noisy, t, labels, guidance_scale=w)
 
