@@ -205,22 +205,25 @@ def report(rows: list[dict], args) -> None:
             print(f"  FID <= {limit:6.2f} ({factor:g}x best 50-step): " + "; ".join(cells))
 
 
+def best_student(rows: list[dict], family: str, steps: int) -> dict | None:
+    """Of several runs of one student family at ``steps``, the best FID among those that keep the
+    class-accuracy goal, if any does (else the best FID)."""
+    candidates = [r for r in rows if r["family"] == family and r["steps"] == steps]
+    kept = [r for r in candidates if r["class_accuracy"] >= CLASS_ACCURACY_GOAL]
+    return min(kept or candidates, key=lambda r: r["fid"], default=None)
+
+
 def best_points(rows: list[dict], measure: str = "steps") -> dict:
     """The points the acceptance compares, counting cost in ``measure`` ("steps", one guided
     denoiser call each, or "network_evals", two a guided teacher step and one a student step):
     the teacher's best at 50 ("teacher"), its best at 4 with any solver or tuned levels
-    ("teacher 4"), and the 4-step students (:data:`STUDENTS`): of several runs of one family, the best
-    FID among those that keep the class-accuracy goal, if any does."""
+    ("teacher 4"), and each family's 4-step student (:data:`STUDENTS`, :func:`best_student`)."""
     def best(candidates):
         return min(candidates, key=lambda r: r["fid"], default=None)
 
-    def best_student(family):
-        candidates = [r for r in rows if r["family"] == family and r["steps"] == 4]
-        return best([r for r in candidates if r["class_accuracy"] >= CLASS_ACCURACY_GOAL] or candidates)
-
     return {"teacher": best(r for r in rows if r["family"] == "teacher" and r[measure] == 50),
             "teacher 4": best(r for r in rows if r["family"].startswith("teacher") and r[measure] == 4),
-            **{family: best_student(family) for family in STUDENTS}}
+            **{family: best_student(rows, family, 4) for family in STUDENTS}}
 
 
 def fewest_steps(rows: list[dict], family: str, fid_limit: float) -> dict | None:
@@ -231,7 +234,8 @@ def fewest_steps(rows: list[dict], family: str, fid_limit: float) -> dict | None
 
 
 def figure(rows: list[dict], out: Path) -> None:
-    """The teacher at 50 and 4 steps beside the students, 100 samples each (10 per class)."""
+    """The teacher at 50 and 4 steps beside the students at 4 steps and fewer (of several runs of a
+    family, the :func:`best_student` at each step count), 100 samples each (10 per class)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -241,7 +245,8 @@ def figure(rows: list[dict], out: Path) -> None:
     teacher = {r["steps"]: r for r in rows if r["family"] == "teacher" and r["method"] == "unipc_3"}
     panels = [teacher.get(50), teacher.get(4)]
     for family in STUDENTS:
-        panels += sorted((r for r in rows if r["family"] == family and r["steps"] <= 4), key=lambda r: -r["steps"])
+        steps = sorted({r["steps"] for r in rows if r["family"] == family and r["steps"] <= 4}, reverse=True)
+        panels += [best_student(rows, family, n) for n in steps]
     panels = [r for r in panels if r and (out / "grids" / r["grid"]).exists()]
     if not panels:
         return

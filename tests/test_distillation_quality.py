@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent.parent / "benchmarks"))
-from distillation_quality import best_points, fewest_steps, key, student_runs  # noqa: E402
+from distillation_quality import best_points, best_student, fewest_steps, key, student_runs  # noqa: E402
 
 
 def point(family, steps, fid, method="unipc_3", accuracy=0.97):
@@ -39,6 +39,13 @@ def test_best_points_are_the_teachers_best_50_and_4_step_fids_and_the_4_step_stu
     assert (by_evals["teacher"]["steps"], by_evals["teacher"]["fid"]) == (25, 19.0)
     assert (by_evals["teacher 4"]["steps"], by_evals["teacher 4"]["fid"]) == (2, 120.0)
     assert by_evals["student"]["fid"] == 24.0
+
+
+def test_the_figure_shows_each_familys_best_student_at_each_step_count():
+    rows = [*ROWS, point("adversarial student", 1, 14.0, "ddim"), point("adversarial student", 1, 13.0, "ddim", 0.9)]
+    assert best_student(rows, "adversarial student", 1)["fid"] == 14.0  # 13.0 misses the class-accuracy goal
+    assert best_student(rows, "adversarial student", 4)["fid"] == 12.0
+    assert best_student(rows, "student", 2) is None
 
 
 def test_fewest_steps_to_an_fid_per_family():
