@@ -1,9 +1,12 @@
 """The distillation benchmark reads issue 25's acceptance off its points correctly
 (benchmarks/distillation_quality.py): which points are compared, and the fewest steps that reach
-an FID."""
+an FID; and the guidance-scale plot (benchmarks/distillation_guidance_plot.py) groups its curves."""
 
+import json
 import sys
 from pathlib import Path
+
+import pytest
 
 sys.path.insert(0, str(Path(__file__).parent.parent / "benchmarks"))
 from distillation_quality import best_points, best_student, fewest_steps, key, student_runs  # noqa: E402
@@ -68,3 +71,22 @@ def test_students_come_with_their_rounds_most_steps_first(tmp_path):
         key({"family": "student", "run": "x", "method": "ddim", "steps": 4})
     assert key({"family": "adversarial student", "run": "x", "method": None, "steps": None}) == \
         key({"family": "adversarial student", "run": "x", "method": "ddim", "steps": 4})
+
+
+def test_the_guidance_plot_draws_one_curve_per_model_in_order_of_w(tmp_path):
+    from distillation_guidance_plot import curves, main
+
+    for w, fid in ((3.0, 16.0), (1.0, 20.0), (2.0, 15.0)):
+        folder = tmp_path / f"w{w:g}"
+        folder.mkdir()
+        rows = [{**point("adversarial student", 4, fid, "ddim"), "guidance_scale": w},
+                {**point("teacher", 50, fid - 1), "guidance_scale": w}]
+        (folder / "points.json").write_text(json.dumps(rows))
+    grouped = curves(sorted(tmp_path.glob("w*")))
+    assert len(grouped) == 2
+    student = grouped[("adversarial student", "r", "ddim", 4)]
+    assert [r["guidance_scale"] for r in student] == [1.0, 2.0, 3.0] and [r["fid"] for r in student] == [20, 15, 16]
+    assert main([str(p) for p in tmp_path.glob("w*")] + ["--out", str(tmp_path / "plot.png")]) == 0
+    assert (tmp_path / "plot.png").stat().st_size > 0
+    with pytest.raises(SystemExit, match="give distillation_quality.py output folders"):
+        main([str(tmp_path / "nothing"), "--out", str(tmp_path / "x.png")])
