@@ -35,7 +35,7 @@ ADVERSARIAL_LR, ADVERSARIAL_BETAS = 5e-5, (0.0, 0.99)  # measured: docs/benchmar
 
 
 def register(subparsers) -> None:
-    from ..training.config import DistillSection
+    from ..training.config import DISCRIMINATORS, DISTILL_METHODS, DistillSection
 
     defaults = DistillSection()
     p = subparsers.add_parser(
@@ -55,7 +55,7 @@ def register(subparsers) -> None:
                    "class-conditional), or a distilled run to halve further")
     p.add_argument("--steps", type=int, required=True, help="the DDIM steps of the final student (consistency: its "
                    "default sampling steps; it samples with any of 1 ... --levels)")
-    p.add_argument("--method", choices=["progressive", "consistency", "adversarial"], default="progressive",
+    p.add_argument("--method", choices=DISTILL_METHODS, default="progressive",
                    help="progressive (halve the steps per round; default), consistency distillation (one round, "
                    "pseudo-Huber loss, an EMA target network), or adversarial: refine a progressive student RUN "
                    "against real images with a discriminator (one round, the same steps)")
@@ -72,7 +72,7 @@ def register(subparsers) -> None:
     p.add_argument("--adversarial-weight", type=float, default=defaults.adversarial_weight, metavar="LAMBDA",
                    help="adversarial: the weight of the discriminator's term beside the regression to RUN's own "
                    f"samples (default {defaults.adversarial_weight:g}; 0 keeps RUN)")
-    p.add_argument("--discriminator", choices=["pixel", "teacher"], default=defaults.discriminator,
+    p.add_argument("--discriminator", choices=DISCRIMINATORS, default=defaults.discriminator,
                    help="adversarial: pixel, a projection discriminator trained from scratch on the images, or "
                    "teacher, projection heads on RUN's own frozen encoder at a random noise level (LADD, Sauer et al. "
                    f"2024) (default {defaults.discriminator})")

@@ -126,6 +126,3 @@ class FeatureDiscriminator(nn.Module):
     def class_logits(self, h: list[Tensor]) -> Tensor:
         """The auxiliary classifier's class logits (N, num_classes) from :meth:`features`."""
         return self.classifier(h[-1].float().mean((2, 3)))
-
-    def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.parameters())

@@ -215,6 +215,10 @@ class EmbeddingSection:
     num_vectors: int = 1  # vectors (tokens) the new word stands for
 
 
+DISTILL_METHODS = ("progressive", "consistency", "adversarial")  # distill.method, and difflab distill --method
+DISCRIMINATORS = ("pixel", "teacher")  # distill.discriminator, and difflab distill --discriminator
+
+
 @dataclass
 class DistillSection:
     """One round of progressive distillation, or consistency distillation (``difflab distill RUN
@@ -433,12 +437,11 @@ RULES: dict[str, tuple[Callable[[object], bool], str]] = {
                      "a list of module-name patterns, e.g. ['*.attn.qkv', '*.cross.kv']"),
     "controlnet.control_scale": (_number, "a finite number"),
     "distill.steps": (_at_least(1), "an integer >= 1"),
-    "distill.method": (lambda v: v in ("progressive", "consistency", "adversarial"),
-                       "progressive, consistency or adversarial"),
+    "distill.method": (lambda v: v in DISTILL_METHODS, "progressive, consistency or adversarial"),
     "distill.adversarial_weight": (_between(0, math.inf, open_high=True), "a number >= 0"),
     "distill.instance_noise": (_between(0, math.inf, open_high=True), "a number >= 0"),
     "distill.classifier_weight": (_between(0, math.inf, open_high=True), "a number >= 0"),
-    "distill.discriminator": (lambda v: v in ("pixel", "teacher"), "pixel or teacher"),
+    "distill.discriminator": (lambda v: v in DISCRIMINATORS, "pixel or teacher"),
     "distill.discriminator_channels": (_at_least(1), "an integer >= 1"),
     "distill.discriminator_lr": (_between(0, math.inf, open_low=True, open_high=True), "a number > 0"),
     "distill.levels": (_at_least(2), "an integer >= 2"),
