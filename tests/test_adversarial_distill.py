@@ -153,6 +153,26 @@ def test_a_stopped_refinement_resumes_to_the_same_weights_and_discriminator(stud
     assert "distilled for DDIM with 2 steps" in capsys.readouterr().err
 
 
+def test_a_refinement_on_a_narrower_guidance_range_records_it_and_refuses_the_rest(student, tmp_path, capsys):
+    """G is refined on the w it draws; outside them it has only drifted from S, so the run's record
+    holds the refinement's range, not the student's, and sampling outside it is one line."""
+    taught = load_state(student, groups=[], with_extra=False)[0]["distilled"]["guidance_range"]
+    assert refine(student, tmp_path / "all", "--iterations-per-round", "2") == 0
+    assert refine(student, tmp_path / "narrow", "--iterations-per-round", "2", "--guidance-range", "1.5,3") == 0
+    record = load_state(tmp_path / "all", groups=[], with_extra=False)[0]["distilled"]
+    assert record["guidance_range"] == taught == [1.0, 5.0]
+    assert load_state(tmp_path / "narrow", groups=[], with_extra=False)[0]["distilled"]["guidance_range"] == [1.5, 3.0]
+    assert cli(["sample", str(tmp_path / "narrow"), "--n", "1", "--class", "2", "--guidance-scale", "2",
+                "--out", str(tmp_path / "ok")]) == 0
+    capsys.readouterr()
+    assert cli(["sample", str(tmp_path / "narrow"), "--n", "1", "--guidance-scale", "4",
+                "--out", str(tmp_path / "no")]) == 2
+    err = capsys.readouterr().err
+    assert "distilled for guidance scales in [1.5, 3]" in err and len(err.strip().splitlines()) == 1
+    assert refine(student, tmp_path / "wide", "--guidance-range", "0.5,3") == 2
+    assert "within it" in capsys.readouterr().err
+
+
 def test_what_cannot_be_refined_is_one_line(student, tmp_path, capsys):
     teacher = student.parent / "teacher"
     assert cli(["distill", str(teacher), "--method", "adversarial", "--steps", "2", "--out", str(tmp_path / "a")]) == 2

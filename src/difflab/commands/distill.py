@@ -86,8 +86,9 @@ def register(subparsers) -> None:
                    help="images per optimizer step (default: RUN's optim.batch_size)")
     p.add_argument("--guidance-range", metavar="LO,HI", help="the guidance scales w the student learns, drawn "
                    f"uniformly per image (a class-conditional RUN with label dropout; default "
-                   f"{DEFAULT_GUIDANCE_RANGE[0]:g},{DEFAULT_GUIDANCE_RANGE[1]:g}, a distilled RUN's own); 'none' "
-                   "distils the unguided sampler")
+                   f"{DEFAULT_GUIDANCE_RANGE[0]:g},{DEFAULT_GUIDANCE_RANGE[1]:g}; a distilled RUN's own, or a "
+                   "range within it); 'none' distils the unguided sampler. Adversarial: the scales G is refined on, "
+                   "and the only ones the result samples")
     p.add_argument("--spacing", default="trailing", help="the first teacher's step spacing, or the spacing of "
                    "consistency's levels (default trailing: it starts at pure noise, where the student starts)")
     p.add_argument("--seconds", type=float, metavar="BUDGET", help="stop after this much training time over all "

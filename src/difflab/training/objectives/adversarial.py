@@ -223,6 +223,8 @@ class AdversarialDistillationObjective(DistillationObjective):
         """The progressive student's record (its grid, w range and teacher), with what refined it."""
         d, student = self.config.distill, self.teacher
         return {**student.record.distilled,
+                # the w range G was refined on: outside it G has only drifted from S, so sampling refuses it
+                "guidance_range": list(self.guidance_range) if self.guidance_range is not None else None,
                 "adversarial": {"path": str(student.path.parent.resolve()) if student.path else None,
                                 "step": student.record.step, "weight": d.adversarial_weight,
                                 "discriminator": d.discriminator, "instance_noise": d.instance_noise}}
