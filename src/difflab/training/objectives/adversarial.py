@@ -7,7 +7,8 @@ Diffusion Distillation (Sauer et al. 2023, "ADD") and DMD2 (Yin et al. 2024, "Im
 Distribution Matching Distillation for Fast Image Synthesis", whose one- and four-step students
 beat their teachers' FID). Here the generator G starts as a progressive student S (``difflab
 distill``, method ddim), S stays frozen beside it, and each step, for real images x with classes
-y, fresh noise ε and a guidance scale w drawn from the student's range:
+y, fresh noise ε and a guidance scale w drawn from ``distill.guidance_range`` (S's range or a part
+of it, which the result then records as its own):
 
     x̂   = G_N(ε, y, w)        G's own N DDIM steps from noise, with gradients through all of
                               them (DMD2's "backward simulation": G learns from the inputs it
