@@ -74,9 +74,6 @@ class ProjectionDiscriminator(nn.Module):
     def forward(self, x: Tensor, class_labels: Tensor | None = None) -> Tensor:
         return self.logits(self.features(x), class_labels)
 
-    def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.parameters())
-
 
 class FeatureDiscriminator(nn.Module):
     """Projection heads on a frozen diffusion network's features (LADD, Sauer et al. 2024).
