@@ -210,7 +210,12 @@ def best_student(rows: list[dict], family: str, steps: int) -> dict | None:
     class-accuracy goal, if any does (else the best FID)."""
     candidates = [r for r in rows if r["family"] == family and r["steps"] == steps]
     kept = [r for r in candidates if r["class_accuracy"] >= CLASS_ACCURACY_GOAL]
-    return min(kept or candidates, key=lambda r: r["fid"], default=None)
+    return lowest_fid(kept or candidates)
+
+
+def lowest_fid(rows) -> dict | None:
+    """The row with the lowest FID, or None when there is none."""
+    return min(rows, key=lambda r: r["fid"], default=None)
 
 
 def best_points(rows: list[dict], measure: str = "steps") -> dict:
@@ -218,11 +223,8 @@ def best_points(rows: list[dict], measure: str = "steps") -> dict:
     denoiser call each, or "network_evals", two a guided teacher step and one a student step):
     the teacher's best at 50 ("teacher"), its best at 4 with any solver or tuned levels
     ("teacher 4"), and each family's 4-step student (:data:`STUDENTS`, :func:`best_student`)."""
-    def best(candidates):
-        return min(candidates, key=lambda r: r["fid"], default=None)
-
-    return {"teacher": best(r for r in rows if r["family"] == "teacher" and r[measure] == 50),
-            "teacher 4": best(r for r in rows if r["family"].startswith("teacher") and r[measure] == 4),
+    return {"teacher": lowest_fid(r for r in rows if r["family"] == "teacher" and r[measure] == 50),
+            "teacher 4": lowest_fid(r for r in rows if r["family"].startswith("teacher") and r[measure] == 4),
             **{family: best_student(rows, family, 4) for family in STUDENTS}}
 
 
