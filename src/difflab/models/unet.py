@@ -150,6 +150,11 @@ class UNetConfig:
         """The side length of the feature maps at each level: image_size, image_size/2, …"""
         return level_resolutions(self.image_size, self.channel_mult)
 
+    @property
+    def widths(self) -> list[int]:
+        """The channels at each level: model_channels · channel_mult[i]."""
+        return [self.model_channels * m for m in self.channel_mult]
+
     def validate(self) -> None:
         """Raise ``ValueError`` naming the field and the fix for an inconsistent configuration."""
         check_positive(self, ("in_channels", "out_channels", "transformer_depth"))
@@ -280,7 +285,7 @@ class UNetBlocks:
     def __init__(self, cfg: UNetConfig, emb_dim: int):
         self.cfg, self.emb_dim = cfg, emb_dim
         self.residual_scale = 1 / math.sqrt(2) if cfg.rescale_skip else 1.0
-        self.widths = [cfg.model_channels * m for m in cfg.channel_mult]
+        self.widths = cfg.widths
 
     def res_block(self, c_in: int, c_out: int, resample: str = "none") -> ResBlock:
         cfg = self.cfg
@@ -482,7 +487,7 @@ class UNet(nn.Module):
 
     def encoder_feature_channels(self) -> list[int]:
         """The channels of :meth:`encoder_features`' maps."""
-        widths = [self.config.model_channels * m for m in self.config.channel_mult]
+        widths = self.config.widths
         return widths + widths[-1:]
 
     def num_parameters(self) -> int:
@@ -492,7 +497,7 @@ class UNet(nn.Module):
     def summary(self) -> str:
         """One line describing the network, for the trainer's log."""
         cfg = self.config
-        widths = "-".join(str(cfg.model_channels * m) for m in cfg.channel_mult)
+        widths = "-".join(map(str, cfg.widths))
         attention = ",".join(map(str, cfg.attention_resolutions)) or "middle only"
         heads = f"{cfg.num_head_channels} ch/head" if cfg.num_head_channels != -1 else f"{cfg.num_heads} heads"
         extras = [
