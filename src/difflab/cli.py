@@ -24,6 +24,7 @@ COMMANDS = [
     "difflab.commands.edit",
     "difflab.commands.cascade",
     "difflab.commands.tune_steps",
+    "difflab.commands.posthoc_ema",
     "difflab.commands.eval",
     "difflab.commands.bpd",
     "difflab.commands.train_classifier",

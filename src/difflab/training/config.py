@@ -133,6 +133,11 @@ class TrainConfig:
     seed: int = 0
     ema_decay: float = 0.9999
     ema_warmup: bool = True  # decay min(ema_decay, (1 + step)/(10 + step))
+    # post-hoc EMA (Karras et al. 2024; training/posthoc_ema.py): every this many steps, save
+    # power-function averages of these relative widths, from which `difflab posthoc-ema` makes the
+    # average of any other width afterwards. 0: off
+    posthoc_ema_every: int = 0
+    posthoc_ema_sigma_rels: tuple = (0.05, 0.10)
     bf16: bool = True  # bf16 autocast on GPU
     bf16_cpu: bool = False  # bf16 autocast on CPU too (~1.3x faster with avx512_bf16 or AMX, slower without)
     compile: bool = False  # torch.compile the model
@@ -410,6 +415,10 @@ RULES: dict[str, tuple[Callable[[object], bool], str]] = {
                           "a finite number > 0, or null (no time budget)"),
     "train.seed": (lambda v: _at_least(0)(v) and v < 2**32, "an integer in [0, 2**32)"),
     "train.ema_decay": (_between(0, 1, open_high=True), "in [0, 1)"),
+    "train.posthoc_ema_every": (_at_least(0), "an integer >= 0 (0: no post-hoc EMA snapshots)"),
+    "train.posthoc_ema_sigma_rels": (lambda v: len(v) >= 1 and all(_between(0, 12 ** -0.5, open_low=True,
+                                                                             open_high=True)(s) for s in v),
+                                     "a list of relative widths in (0, 0.289), e.g. [0.05, 0.10]"),
     "train.log_every": (_at_least(1), "an integer >= 1"),
     "train.sample_every": (_at_least(0), "an integer >= 0 (0: no previews)"),
     "train.checkpoint_every": (_at_least(1), "an integer >= 1"),

@@ -28,12 +28,13 @@ from .config import Config, ConfigError, OptimConfig
 
 # What a resumed run cannot change: the network and its inputs (the weights would not fit, or would
 # mean something else), the noise process it learned, and the order of the batches (the global batch
-# and the seed choose it; gradient accumulation does not, so optim.grad_accum may change).
+# and the seed choose it; gradient accumulation does not, so optim.grad_accum may change), and the
+# widths of the post-hoc averages the checkpoint carries.
 FIXED_ON_RESUME = (
     "data.dataset", "data.split", "data.resolution", "data.channels", "data.random_crop", "data.class_conditional",
     "data.text_conditional", "data.autoencoder", "model.name", "model.preset", "model.options",
     "model.text_encoder", "diffusion.schedule", "diffusion.schedule_options", "diffusion.prediction",
-    "diffusion.learned_variance", "optim.batch_size", "train.seed",
+    "diffusion.learned_variance", "optim.batch_size", "train.seed", "train.posthoc_ema_sigma_rels",
 )
 
 

@@ -43,6 +43,7 @@ from .fast_paths import clip_gradients, make_optimizer, match_optimizer_state_la
 from .init_from import load_initial_weights, state_dict_mismatch
 from .lr_schedule import lr_lambda
 from .objectives import Objective, TrainingData, objective_for, take_rows
+from .posthoc_ema import PowerEMA, remove_snapshots_after
 from .state import apply_optimizer_settings, check_resume_config, save_training_state
 
 __all__ = ["CheckpointNotWritten", "TrainingDiverged", "batch_indices", "train"]
@@ -235,6 +236,7 @@ def _train(cfg: Config, rt: distributed.Runtime, out: Path, resume, init_from, o
     model = memory_format(model, cfg.train.channels_last)  # before the EMA copy and the optimizer
     objective.attach(model)
     ema = EMA(model, cfg.train.ema_decay, cfg.train.ema_warmup)
+    power_ema = PowerEMA(model, cfg.train.posthoc_ema_sigma_rels) if cfg.train.posthoc_ema_every else None
     optimizer = make_optimizer(model.parameters(), device, cfg.optim.lr, cfg.optim.betas, cfg.optim.weight_decay)
     schedule_lr = lr_lambda(cfg.optim.warmup_steps, cfg.train.steps, cfg.optim.lr_schedule, cfg.optim.min_lr_fraction)
     start, provenance = 0, None  # provenance: where a fine-tuned run's first weights came from
@@ -246,6 +248,8 @@ def _train(cfg: Config, rt: distributed.Runtime, out: Path, resume, init_from, o
                               "with the run's own model and data settings")
         model.load_state_dict(tensors["model"])
         ema.load_state_dict(tensors["ema"])
+        if power_ema is not None:
+            _resume_power_ema(power_ema, tensors, resume, out, int(extra["step"]), rt.is_main)
         optimizer.load_state_dict(extra["optimizer"])
         match_optimizer_state_layout(optimizer)  # the moments in the parameters' layout
         apply_optimizer_settings(optimizer, cfg.optim)  # this config's lr, betas, weight decay: not the saved ones
@@ -353,6 +357,8 @@ def _train(cfg: Config, rt: distributed.Runtime, out: Path, resume, init_from, o
         optimizer.zero_grad(set_to_none=True)
         lr_scheduler.step()
         ema.update(model, step)
+        if power_ema is not None:
+            power_ema.update(model, step + 1)
         window_steps += 1
         done = step + 1
         if clock_start is None:
@@ -390,10 +396,12 @@ def _train(cfg: Config, rt: distributed.Runtime, out: Path, resume, init_from, o
                 before, after = (distributed.maximum(v, device) for v in (before, after))
             if guard.before_save(done, all_finite(model, ema.shadow), before, after, final):
                 _save_checkpoint(rt, guard, objective, ckpt_path, ckpt_config, model, ema, latent, optimizer,
-                                 lr_scheduler, done, final, resume_hint=out)
+                                 lr_scheduler, done, final, resume_hint=out, power_ema=power_ema)
             elif rt.is_main:
                 print(f"difflab train: no checkpoint at step {done}: the loss is far above its median "
                       "(docs/training.md, Reliability); the last good one is kept")
+        if power_ema is not None and rt.is_main and (done % cfg.train.posthoc_ema_every == 0 or final):
+            _save_power_ema_snapshot(power_ema, out, done)
         if cfg.train.sample_every and (done % cfg.train.sample_every == 0 or final):
             if not all_finite(ema.shadow):  # every process: the weights are the same everywhere
                 raise guard.diverged(f"the weights became NaN or inf by step {done}")
@@ -447,8 +455,35 @@ def _ship_tuned_levels(cfg: Config, objective: Objective, checkpoint: Path, trai
         print(f"difflab train: tuned levels: {line}")
 
 
+def _resume_power_ema(power_ema: PowerEMA, tensors: dict, resume, out: Path, step: int, is_main: bool) -> None:
+    """Restore the post-hoc averages of a resumed run, and drop the snapshots its killed process
+    wrote after the checkpoint (those steps run again)."""
+    try:
+        power_ema.load(tensors)
+    except ValueError:
+        raise ConfigError(f"cannot resume {resume} with train.posthoc_ema_every: the run was trained without post-hoc "
+                          "EMA, so its checkpoint has no averages to continue; resume with train.posthoc_ema_every=0, "
+                          "or start a new run (--init-from keeps the weights)") from None
+    if is_main:
+        remove_snapshots_after(out, step)
+
+
+def _save_power_ema_snapshot(power_ema: PowerEMA, out: Path, step: int) -> None:
+    """``train.posthoc_ema_every``: one snapshot of the averages; a failed write costs that snapshot
+    only (post-hoc reconstruction uses the others), never the run."""
+    if not all(torch.isfinite(v).all() for average in power_ema.averages for v in average.values()
+               if v.is_floating_point()):
+        print(f"difflab train: no post-hoc EMA snapshot at step {step}: the averages are not finite")
+        return
+    try:
+        power_ema.save_snapshot(out, step)
+    except OSError as err:
+        print(f"difflab train: post-hoc EMA snapshot of step {step} not written ({err}); training goes on")
+
+
 def _save_checkpoint(rt, guard: DivergenceGuard, objective: Objective, path: Path, ckpt_config: dict, model, ema,
-                     latent, optimizer, lr_scheduler, step: int, final: bool, resume_hint: Path) -> None:
+                     latent, optimizer, lr_scheduler, step: int, final: bool, resume_hint: Path,
+                     power_ema: PowerEMA | None = None) -> None:
     """Write the checkpoint of ``step`` (main process); a full disk or a read-only folder stops the
     run with one :class:`CheckpointNotWritten` that says what is kept."""
     failure = None
@@ -457,7 +492,8 @@ def _save_checkpoint(rt, guard: DivergenceGuard, objective: Objective, path: Pat
             ckpt_config.update(objective.finalize(ema.shadow))
         try:
             save_training_state(path, kind=objective.kind, config=ckpt_config, model=model, ema=ema.shadow,
-                                extra_tensors={"autoencoder": latent.autoencoder.state_dict()} if latent else None,
+                                extra_tensors={**({"autoencoder": latent.autoencoder.state_dict()} if latent else {}),
+                                               **(power_ema.tensors() if power_ema is not None else {})} or None,
                                 optimizer=optimizer, lr_scheduler=lr_scheduler, step=step,
                                 objective_state=objective.state_dict())
         except OSError as err:
