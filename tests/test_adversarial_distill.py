@@ -153,6 +153,22 @@ def test_a_stopped_refinement_resumes_to_the_same_weights_and_discriminator(stud
     assert "distilled for DDIM with 2 steps" in capsys.readouterr().err
 
 
+def test_a_refinement_with_post_hoc_ema_makes_a_distilled_run_of_any_width(student, tmp_path, capsys):
+    """Snapshots of the refinement's power averages; `posthoc-ema` makes a run that keeps the
+    student's grid and guidance range (its record), and samples only as the refinement does."""
+    assert refine(student, tmp_path / "g", "--iterations-per-round", "4", "--guidance-range", "1.5,3",
+                  "--set", "train.posthoc_ema_every=2") == 0
+    assert sorted(p.name for p in (tmp_path / "g" / "posthoc-ema").iterdir()) == ["step-0000002", "step-0000004"]
+    assert cli(["posthoc-ema", str(tmp_path / "g"), "--sigma-rel", "0.08", "--out", str(tmp_path / "p")]) == 0
+    made, refined = (load_state(tmp_path / f, groups=[], with_extra=False)[0] for f in ("p", "g"))
+    assert made["distilled"] == refined["distilled"] and made["posthoc_ema"]["snapshots"] == 2
+    assert cli(["sample", str(tmp_path / "p"), "--n", "2", "--class", "1", "--guidance-scale", "2",
+                "--out", str(tmp_path / "s")]) == 0
+    capsys.readouterr()
+    assert cli(["sample", str(tmp_path / "p"), "--n", "1", "--steps", "4", "--out", str(tmp_path / "bad")]) == 2
+    assert "distilled for DDIM with 2 steps" in capsys.readouterr().err
+
+
 def test_a_refinement_on_a_narrower_guidance_range_records_it_and_refuses_the_rest(student, tmp_path, capsys):
     """G is refined on the w it draws; outside them it has only drifted from S, so the run's record
     holds the refinement's range, not the student's, and sampling outside it is one line."""
