@@ -90,3 +90,25 @@ def test_the_guidance_plot_draws_one_curve_per_model_in_order_of_w(tmp_path):
     assert (tmp_path / "plot.png").stat().st_size > 0
     with pytest.raises(SystemExit, match="give distillation_quality.py output folders"):
         main([str(tmp_path / "nothing"), "--out", str(tmp_path / "x.png")])
+
+
+def test_the_posthoc_ema_plot_finds_the_runs_made_from_one_source_by_width(tmp_path):
+    from posthoc_ema_plot import main, sweep
+
+    source, rows = tmp_path / "adv", []
+    for sigma_rel, fid in ((0.15, 14.0), (0.05, 15.0), (0.10, 13.5)):
+        run = tmp_path / f"sigma-{sigma_rel:.3f}"
+        (run / "checkpoint").mkdir(parents=True)
+        (run / "checkpoint" / "config.json").write_text(json.dumps({"posthoc_ema": {"sigma_rel": sigma_rel,
+                                                                                   "source": str(source)}}))
+        rows.append({**point("adversarial student", 4, fid, "ddim"), "run": str(run), "guidance_scale": 2.0})
+    rows.append({**point("adversarial student", 4, 14.5, "ddim"), "run": str(source), "guidance_scale": 2.0})
+    rows.append({**point("teacher", 4, 27.0), "run": str(tmp_path / "teacher"), "guidance_scale": 2.0})
+    (tmp_path / "points.json").write_text(json.dumps(rows))
+    made, own = sweep(tmp_path, str(source))
+    assert [s for s, _ in made] == [0.05, 0.10, 0.15] and [r["fid"] for _, r in made] == [15.0, 13.5, 14.0]
+    assert own["fid"] == 14.5
+    assert main([str(tmp_path), "--source", str(source), "--out", str(tmp_path / "plot.png")]) == 0
+    assert (tmp_path / "plot.png").stat().st_size > 0
+    with pytest.raises(SystemExit, match="no run made by"):
+        main([str(tmp_path), "--source", str(tmp_path / "other"), "--out", str(tmp_path / "x.png")])
