@@ -51,14 +51,20 @@ def main(argv=None) -> int:
 
     fig, (ax_fid, ax_acc) = plt.subplots(1, 2, figsize=(9, 3.6))
     widths = [s for s, _ in made]
-    for ax, key, label in ((ax_fid, "fid", "FID (2,000 samples)"), (ax_acc, "class_accuracy", "class accuracy")):
-        ax.plot(widths, [point[key] for _, point in made], "o-", label="post-hoc EMA")
+    # each axis spans at least a difference worth reading (1 FID, 0.05 accuracy), so noise does not look like a trend
+    for ax, key, label, span in ((ax_fid, "fid", "FID (2,000 samples)", 1.0),
+                                 (ax_acc, "class_accuracy", "class accuracy", 0.05)):
+        values = [point[key] for _, point in made] + ([own[key]] if own is not None else [])
+        ax.plot(widths, values[:len(made)], "o-", label="post-hoc EMA")
         if own is not None:
             ax.axhline(own[key], color="gray", linestyle="--", linewidth=1, label="the trainer's EMA")
+        middle, half = (max(values) + min(values)) / 2, max(span, max(values) - min(values)) / 2
+        ax.set_ylim(middle - 1.2 * half, middle + 1.2 * half)
         ax.set_xlabel("σ_rel (the EMA's width / the steps so far)")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
-    ax_acc.axhline(0.95, color="gray", linestyle=":", linewidth=1)
+    ax_acc.axhline(0.95, color="gray", linestyle=":", linewidth=1)  # issue 25's floor
+    ax_acc.set_ylim(min(ax_acc.get_ylim()[0], 0.94), min(ax_acc.get_ylim()[1], 1.0))
     ax_fid.legend(fontsize=8)
     fig.suptitle(f"{Path(args.source).name}: {made[0][1]['steps']} steps, w = {made[0][1]['guidance_scale']:g}",
                  fontsize=10)
