@@ -37,16 +37,15 @@ def run(args) -> int:
 
     from ..checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
     from ..images import check_output_folder
-    from ..training.posthoc_ema import list_snapshots, reconstruct, scan_widths
+    from ..training.posthoc_ema import Snapshots, scan_widths
 
     run_folder = Path(args.run)
     if not run_folder.is_dir():
         raise FileNotFoundError(f"{run_folder} is not a run folder: give the folder `difflab train --out` wrote")
     if args.list:
-        snapshots = list_snapshots(run_folder)
         for line in scan_widths(run_folder, SCAN, args.step):
             print(line)
-        return 0 if snapshots else 1
+        return 0
     if not args.sigma_rel or not args.out:
         raise ValueError("give --sigma-rel S and --out NEW (or --list to see what the run's snapshots allow)")
     if args.step is not None and args.step < 1:
@@ -59,8 +58,9 @@ def run(args) -> int:
             raise FileExistsError(f"{folder} already holds a checkpoint: give another --out")
     config, tensors, _ = load_checkpoint(find_checkpoint(run_folder), with_extra=False)
     kept = {group: values for group, values in tensors.items() if not group.startswith("posthoc_ema_")}
+    snapshots = Snapshots(run_folder, args.step)  # read once for every width
     for sigma_rel, folder in targets.items():
-        state, record = reconstruct(run_folder, sigma_rel, args.step)
+        state, record = snapshots.average(sigma_rel)
         if state.keys() != kept["ema"].keys():
             raise ValueError(f"the post-hoc EMA snapshots of {run_folder} do not hold this run's model (another "
                              "model's weights): they cannot make its EMA")

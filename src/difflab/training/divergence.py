@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 import statistics
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
@@ -42,9 +43,14 @@ class TrainingDiverged(FloatingPointError):
 
 @torch.no_grad()
 def all_finite(*modules: torch.nn.Module) -> bool:
-    """Whether every floating-point parameter and buffer of ``modules`` is finite: one fused
-    max-abs per tensor list (NaN propagates through it), one host sync."""
-    tensors = [t for m in modules for t in (*m.parameters(), *m.buffers()) if t.is_floating_point() and t.numel()]
+    """Whether every floating-point parameter and buffer of ``modules`` is finite."""
+    return tensors_finite(t for m in modules for t in (*m.parameters(), *m.buffers()))
+
+
+def tensors_finite(tensors: Iterable[torch.Tensor]) -> bool:
+    """Whether every floating-point tensor among ``tensors`` is finite: one fused max-abs per
+    tensor list (NaN propagates through it), one host sync."""
+    tensors = [t for t in tensors if t.is_floating_point() and t.numel()]
     if not tensors:
         return True
     return bool(torch.stack(torch._foreach_norm(tensors, math.inf)).isfinite().all())

@@ -73,6 +73,8 @@ class PowerEMA:
         self.gammas = tuple(sigma_rel_to_gamma(s) for s in self.sigma_rels)
         self.averages = [{name: value.detach().clone() for name, value in model.state_dict().items()}
                          for _ in self.gammas]
+        self.float_names = [name for name, value in self.averages[0].items() if value.is_floating_point()]
+        self.other_names = [name for name, value in self.averages[0].items() if not value.is_floating_point()]
 
     @torch.no_grad()
     def update(self, model: nn.Module, t: int) -> None:
@@ -81,11 +83,10 @@ class PowerEMA:
         current = model.state_dict()
         for gamma, average in zip(self.gammas, self.averages):
             beta = (1.0 - 1.0 / t) ** (gamma + 1.0)
-            floats = [name for name, v in average.items() if v.is_floating_point()]
-            torch._foreach_lerp_([average[n] for n in floats], [current[n].detach() for n in floats], 1.0 - beta)
-            for name, value in average.items():  # integer buffers (e.g. counters) are copied, not averaged
-                if not value.is_floating_point():
-                    value.copy_(current[name])
+            torch._foreach_lerp_([average[n] for n in self.float_names],
+                                 [current[n].detach() for n in self.float_names], 1.0 - beta)
+            for name in self.other_names:  # integer buffers (e.g. counters) are copied, not averaged
+                average[name].copy_(current[name])
 
     def tensors(self) -> dict[str, dict[str, torch.Tensor]]:
         """The averages as checkpoint tensor groups ``posthoc_ema_0``, ``posthoc_ema_1``, …"""
@@ -140,16 +141,13 @@ def list_snapshots(run_folder: str | Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
-def remove_snapshots_after(run_folder: str | Path, step: int) -> list[int]:
-    """Delete the snapshots of steps after ``step`` (a resumed run redoes those steps); their steps."""
+def remove_snapshots_after(run_folder: str | Path, step: int) -> None:
+    """Delete the snapshots of steps after ``step`` (a resumed run redoes those steps)."""
     import shutil
 
-    removed = []
     for snap_step, folder in list_snapshots(run_folder):
         if snap_step > step:
             shutil.rmtree(folder)
-            removed.append(snap_step)
-    return removed
 
 
 def _snapshots_up_to(run_folder: str | Path, step: int | None) -> tuple[int, list[tuple[int, Path]]]:
@@ -175,8 +173,8 @@ def _gammas(folder: Path) -> list[float]:
 def scan_widths(run_folder: str | Path, sigma_rels: Sequence[float], step: int | None = None) -> list[str]:
     """Lines for ``difflab posthoc-ema --list``: the snapshots, and how closely each width can be made."""
     step, used = _snapshots_up_to(run_folder, step)
-    gammas = _gammas(used[-1][1])
     profiles = [(float(s), g) for s, folder in used for g in _gammas(folder)]
+    gammas = [g for s, g in profiles if s == used[-1][0]]
     lines = [f"{len(used)} snapshots of steps {used[0][0]} ... {used[-1][0]}, averages of sigma_rel "
              + ", ".join(f"{gamma_to_sigma_rel(g):.3f}" for g in gammas) + f"; made at step {step}:"]
     for sigma_rel in sigma_rels:
@@ -185,29 +183,45 @@ def scan_widths(run_folder: str | Path, sigma_rels: Sequence[float], step: int |
     return lines
 
 
+class Snapshots:
+    """A run's snapshots up to ``step`` (default: the last one's), read once; :meth:`average` makes
+    the EMA of any width from them."""
+
+    def __init__(self, run_folder: str | Path, step: int | None = None):
+        self.step, used = _snapshots_up_to(run_folder, step)
+        self.count = len(used)
+        self.profiles: list[tuple[float, float]] = []  # (t_i, γ_i) of each average below
+        self.averages: list[dict[str, torch.Tensor]] = []
+        for s, folder in used:
+            config, tensors, _ = load_checkpoint(folder, kind=SNAPSHOT_KIND, with_extra=False)
+            for k, gamma in enumerate(config["gammas"]):
+                self.profiles.append((float(s), float(gamma)))
+                self.averages.append(tensors[f"posthoc_ema_{k}"])
+
+    def average(self, sigma_rel: float) -> tuple[dict[str, torch.Tensor], dict]:
+        """The EMA of relative width ``sigma_rel`` at the step → (state dict, a record of the fit:
+        σ_rel, γ, step, the number of snapshots used and the profile's relative L² error)."""
+        gamma_r = sigma_rel_to_gamma(sigma_rel)
+        x, error = coefficients(self.profiles, (float(self.step), gamma_r))
+        state = combine(self.averages, x.tolist())
+        record = {"sigma_rel": sigma_rel, "gamma": gamma_r, "step": self.step, "snapshots": self.count,
+                  "profile_error": error}
+        return state, record
+
+
+def combine(averages: Sequence[dict[str, torch.Tensor]], weights: Sequence[float]) -> dict[str, torch.Tensor]:
+    """Σ_i weights_i·averages_i, summed in float64 and returned in the averages' dtypes; integer
+    buffers are the last average's."""
+    state: dict[str, torch.Tensor] = {}
+    for weight, average in zip(weights, averages):
+        for name, value in average.items():
+            state[name] = state.get(name, 0) + value.double() * weight if value.is_floating_point() else value
+    last = averages[-1]
+    return {name: value.to(last[name].dtype) for name, value in state.items()}
+
+
 def reconstruct(run_folder: str | Path, sigma_rel: float, step: int | None = None,
                 ) -> tuple[dict[str, torch.Tensor], dict]:
     """The EMA of relative width ``sigma_rel`` at ``step`` (default: the last snapshot's) from the
-    run's snapshots up to that step → (state dict, a record of the fit: σ_rel, γ, step, the number
-    of snapshots used and the profile's relative L² error)."""
-    gamma_r = sigma_rel_to_gamma(sigma_rel)
-    step, used = _snapshots_up_to(run_folder, step)
-    profiles, averages = [], []
-    for s, folder in used:
-        config, tensors, _ = load_checkpoint(folder, kind=SNAPSHOT_KIND, with_extra=False)
-        for k, gamma in enumerate(config["gammas"]):
-            profiles.append((float(s), float(gamma)))
-            averages.append(tensors[f"posthoc_ema_{k}"])
-    x, error = coefficients(profiles, (float(step), gamma_r))
-    state: dict[str, torch.Tensor] = {}
-    for weight, average in zip(x.tolist(), averages):
-        for name, value in average.items():
-            if value.is_floating_point():  # summed in float64; integer buffers: the last snapshot's
-                state[name] = state.get(name, 0) + value.double() * weight
-            else:
-                state[name] = value
-    last = averages[-1]
-    state = {name: value.to(last[name].dtype) for name, value in state.items()}
-    record = {"sigma_rel": sigma_rel, "gamma": gamma_r, "step": step, "snapshots": len(used),
-              "profile_error": error}
-    return state, record
+    run's snapshots up to that step; see :meth:`Snapshots.average`."""
+    return Snapshots(run_folder, step).average(sigma_rel)

@@ -37,7 +37,7 @@ from ..models import build_model
 from ..run_lock import RunLock
 from . import distributed
 from .config import Config, ConfigError, validate
-from .divergence import DivergenceGuard, TrainingDiverged, all_finite
+from .divergence import DivergenceGuard, TrainingDiverged, all_finite, tensors_finite
 from .ema import EMA
 from .fast_paths import clip_gradients, make_optimizer, match_optimizer_state_layout
 from .init_from import load_initial_weights, state_dict_mismatch
@@ -471,8 +471,7 @@ def _resume_power_ema(power_ema: PowerEMA, tensors: dict, resume, out: Path, ste
 def _save_power_ema_snapshot(power_ema: PowerEMA, out: Path, step: int) -> None:
     """``train.posthoc_ema_every``: one snapshot of the averages; a failed write costs that snapshot
     only (post-hoc reconstruction uses the others), never the run."""
-    if not all(torch.isfinite(v).all() for average in power_ema.averages for v in average.values()
-               if v.is_floating_point()):
+    if not tensors_finite(v for average in power_ema.averages for v in average.values()):
         print(f"difflab train: no post-hoc EMA snapshot at step {step}: the averages are not finite")
         return
     try:
