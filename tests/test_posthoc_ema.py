@@ -153,5 +153,9 @@ def test_clear_errors(tmp_path, capsys):
     train(tiny_config(run, "train.steps=2", "train.posthoc_ema_every=1"), progress=False)
     assert "sigma_rel" in one_line_error(str(run), "--sigma-rel", "0.3", "--out", str(tmp_path / "z"))
     assert "at least 1" in one_line_error(str(run), "--sigma-rel", "0.1", "--step", "0", "--out", str(tmp_path / "z"))
+    assert "last post-hoc EMA snapshot is of step 2" in one_line_error(str(run), "--sigma-rel", "0.1", "--step", "9",
+                                                                        "--out", str(tmp_path / "z"))
+    assert "sigma_rel" in one_line_error(str(run), "--sigma-rel", "0.1", "0.4", "--out", str(tmp_path / "w"))
+    assert not (tmp_path / "w").exists()  # the good width is not written beside the bad one
     assert cli(["posthoc-ema", str(run), "--sigma-rel", "0.1", "--out", str(tmp_path / "z")]) == 0
     assert "already holds" in one_line_error(str(run), "--sigma-rel", "0.1", "--out", str(tmp_path / "z"))

@@ -37,7 +37,7 @@ def run(args) -> int:
 
     from ..checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
     from ..images import check_output_folder
-    from ..training.posthoc_ema import Snapshots, scan_widths
+    from ..training.posthoc_ema import Snapshots, scan_widths, sigma_rel_to_gamma
 
     run_folder = Path(args.run)
     if not run_folder.is_dir():
@@ -50,6 +50,8 @@ def run(args) -> int:
         raise ValueError("give --sigma-rel S and --out NEW (or --list to see what the run's snapshots allow)")
     if args.step is not None and args.step < 1:
         raise ValueError(f"--step must be at least 1, got {args.step}")
+    for sigma_rel in args.sigma_rel:  # every width checked before anything is read or written
+        sigma_rel_to_gamma(sigma_rel)
     out = Path(args.out)
     targets = {s: out if len(args.sigma_rel) == 1 else out / f"sigma-{s:.3f}" for s in args.sigma_rel}
     for folder in targets.values():

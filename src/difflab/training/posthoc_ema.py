@@ -158,6 +158,9 @@ def _snapshots_up_to(run_folder: str | Path, step: int | None) -> tuple[int, lis
                                 "train.posthoc_ema_every set to a number of steps, e.g. --set "
                                 "train.posthoc_ema_every=100")
     step = found[-1][0] if step is None else step
+    if step > found[-1][0]:
+        raise ValueError(f"{run_folder}'s last post-hoc EMA snapshot is of step {found[-1][0]}: an average at step "
+                         f"{step} is not there to make; give --step {found[-1][0]} or less")
     used = [(s, folder) for s, folder in found if s <= step]
     if not used:
         raise ValueError(f"{run_folder} has no post-hoc EMA snapshot at or before step {step} (the first is at step "
