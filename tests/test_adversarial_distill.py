@@ -3,6 +3,8 @@ training/objectives/adversarial.py): the differentiable sampler is the student's
 discriminator learns, a zero adversarial weight keeps the student, the game resumes where it stopped,
 and the result samples like any distilled run."""
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -14,7 +16,7 @@ from difflab.data.load import load_dataset
 from difflab.models.discriminator import ProjectionDiscriminator
 from difflab.sampling.ddim import ddim
 from difflab.training.objectives import AdversarialDistillationObjective, TrainingData
-from difflab.training.objectives.adversarial import ddim_sample, hinge_losses
+from difflab.training.objectives.adversarial import ddim_sample, distribution_matching_loss, hinge_losses
 from difflab.training.trainer import train
 from helpers import tiny_config
 
@@ -271,3 +273,71 @@ def test_the_teacher_feature_discriminator_learns_heads_only_and_passes_gradient
     assert step.metrics["adversarial"] > 0 and step.metrics["regression"] == 0  # G starts as the student
     assert sum(p.grad.abs().sum() for p in generator.parameters() if p.grad is not None) > 0
     assert all(p.grad is None for p in frozen.parameters())
+
+
+def test_distribution_matching_descends_towards_the_real_distribution():
+    """For Gaussians x₀ ~ N(μ, I), E[x₀ | x₀ + σε] = μ + (x − μ)/(1 + σ²) (Tweedie), so the fake denoiser
+    minus the real one is (μ_f − μ_r)·σ²/(1 + σ²) at every x: L_DM's gradient moves every sample from the
+    generated mean towards the real one, by exactly g/dims (DMD, Yin et al. 2024a, eq. 7-8)."""
+    g = torch.Generator().manual_seed(3)
+    mu_real, mu_fake, sigma = torch.randn(1, 2, 4, 4, generator=g), torch.randn(1, 2, 4, 4, generator=g), 0.7
+    x = (mu_fake + torch.randn(5, 2, 4, 4, generator=g)).requires_grad_(True)
+    noisy = x.detach() + sigma * torch.randn(x.shape, generator=g)
+
+    def posterior_mean(mu):
+        return mu + (noisy - mu) / (1 + sigma**2)
+
+    real_x0, fake_x0 = posterior_mean(mu_real), posterior_mean(mu_fake)
+    distribution_matching_loss(x, real_x0, fake_x0).backward()
+    scale = (x.detach() - real_x0).abs().flatten(1).mean(1).view(-1, 1, 1, 1)
+    expected = (mu_fake - mu_real) * sigma**2 / (1 + sigma**2) / scale / x.numel()
+    torch.testing.assert_close(x.grad, expected.expand_as(x))
+    assert ((-x.grad) * (mu_real - mu_fake)).sum() > 0  # a descent step heads for the real mean
+
+
+def test_dmd_starts_with_the_fake_denoiser_at_the_teacher_and_zero_matching_at_w_1(student, tmp_path):
+    """F starts as the root teacher T (zero w embedding), so at w = 1 (T unguided) the two denoisers
+    agree and L_DM is 0 (to rounding: guidance at w = 1 is u + 1·(c − u)); at w = 3 guidance separates
+    them. The regression is off (DMD2)."""
+    obj = objective(student, tmp_path, "distill.distribution_weight=1.0", "distill.regression_weight=0",
+                    "distill.adversarial_weight=0", "distill.classifier_weight=0")
+    net = obj.teacher.network
+    obj.attach(copy.deepcopy(net))
+    assert str(obj.real.path.parent.resolve()).endswith("teacher")
+    x0 = obj.data.images[:6].float() / 127.5 - 1
+    inputs = obj.draw(x0, torch.arange(6), 0, torch.Generator().manual_seed(2))
+    with torch.no_grad():  # as the trainer re-scores a step: F does not move
+        inputs["w"] = torch.ones(6, dtype=torch.float64)
+        at_one = obj.loss(net, inputs)
+        inputs["w"] = torch.full((6,), 3.0, dtype=torch.float64)
+        at_three = obj.loss(net, inputs)
+    assert at_one.metrics["distribution_matching"] < 1e-12 and "regression" not in at_one.metrics
+    assert at_three.metrics["distribution_matching"] > 1e-9
+    ramped = objective(student, tmp_path, "distill.distribution_weight=1.0", "distill.distribution_warmup=4")
+    ramp = [ramped.draw(x0, torch.arange(6), step, torch.Generator())["dm_ramp"] for step in (0, 2, 3, 9)]
+    assert [float(r[0]) for r in ramp] == [0.25, 0.75, 1.0, 1.0]  # the term's weight rises over the warm-up
+
+
+def test_a_dmd_refinement_trains_its_fake_denoiser_and_resumes_it(student, tmp_path, capsys):
+    flags = ["--iterations-per-round", "4", "--lr", "1e-3", "--set", "train.checkpoint_every=2",
+             "--regression-weight", "0", "--distribution-weight", "1", "--set", "distill.fake_score_steps=2"]
+    assert refine(student, tmp_path / "whole", *flags) == 0
+    assert refine(student, tmp_path / "parts", *flags, "--seconds", "1e-3") == 0
+    assert refine(student, tmp_path / "parts", *flags, "--resume") == 0
+    (cw, tw, xw), (cp, tp, xp) = load_state(tmp_path / "whole"), load_state(tmp_path / "parts")
+    assert cw["step"] == cp["step"] == 4
+    for key, value in tw["ema"].items():
+        torch.testing.assert_close(tp["ema"][key], value, rtol=0, atol=0)
+    fake = {k[len("fake_score."):]: v for k, v in xw["objective"].items() if k.startswith("fake_score.")}
+    assert fake and all(torch.equal(v, xp["objective"]["fake_score." + k]) for k, v in fake.items())
+    teacher = load_state(student.parent / "teacher")[1]["ema"]
+    assert any(not torch.equal(fake[k], v) for k, v in teacher.items())  # F learned, from T
+    record = cw["distilled"]["adversarial"]
+    assert record["distribution_weight"] == 1 and record["regression_weight"] == 0
+    # a run refined without F cannot resume with it: one line
+    assert refine(student, tmp_path / "plain", "--iterations-per-round", "4", "--set", "train.checkpoint_every=2",
+                  "--seconds", "1e-3") == 0
+    capsys.readouterr()
+    assert refine(student, tmp_path / "plain", *flags, "--resume") == 2
+    err = capsys.readouterr().err
+    assert "no fake score" in err and "--distribution-weight 0" in err and "Traceback" not in err

@@ -72,6 +72,13 @@ def register(subparsers) -> None:
     p.add_argument("--adversarial-weight", type=float, default=defaults.adversarial_weight, metavar="LAMBDA",
                    help="adversarial: the weight of the discriminator's term beside the regression to RUN's own "
                    f"samples (default {defaults.adversarial_weight:g}; 0 keeps RUN)")
+    p.add_argument("--regression-weight", type=float, default=defaults.regression_weight, metavar="W",
+                   help="adversarial: the weight of the regression to RUN's own samples of the same noise (default "
+                   f"{defaults.regression_weight:g}; 0 with --distribution-weight is DMD2's recipe)")
+    p.add_argument("--distribution-weight", type=float, default=defaults.distribution_weight, metavar="W",
+                   help="adversarial: the weight of DMD's distribution-matching term, the teacher's guided denoiser "
+                   "against a denoiser trained online on the student's samples (Yin et al. 2024; default "
+                   f"{defaults.distribution_weight:g}: off; its teacher is the run RUN was distilled from)")
     p.add_argument("--discriminator", choices=DISCRIMINATORS, default=defaults.discriminator,
                    help="adversarial: pixel, a projection discriminator trained from scratch on the images, or "
                    "teacher, projection heads on RUN's own frozen encoder at a random noise level (LADD, Sauer et al. "
@@ -171,6 +178,7 @@ def round_config(args, base: dict, teacher: str, n: int, folder: Path, bounds, b
         "distill": {"teacher": str(teacher), "method": args.method, "steps": n, "spacing": args.spacing,
                     "levels": args.levels, "target_ema": args.target_ema,
                     "adversarial_weight": args.adversarial_weight, "discriminator": args.discriminator,
+                    "regression_weight": args.regression_weight, "distribution_weight": args.distribution_weight,
                     "guidance_range": list(bounds) if bounds else None},
         "diffusion": {"cond_drop_prob": 0.0},  # the student learns the conditional sampler (guided by its w input)
         "optim": {"lr_schedule": "linear", "warmup_steps": 0, "min_lr_fraction": 0.0,

@@ -251,6 +251,13 @@ class DistillSection:
     discriminator: str = "pixel"
     discriminator_channels: int = 64  # pixel: its first width (it doubles, up to 4x); teacher: its heads' width
     discriminator_lr: float = 2e-4  # its Adam learning rate (β = (0, 0.99))
+    regression_weight: float = 1.0  # of the regression to the frozen student's samples (0: DMD2, no regression)
+    # of DMD's distribution-matching term (Yin et al. 2024): the teacher's guided denoiser against a "fake"
+    # denoiser trained online on the generator's samples (0: off)
+    distribution_weight: float = 0.0
+    fake_score_lr: float = 1e-4  # the fake denoiser's Adam learning rate
+    fake_score_steps: int = 1  # its optimizer steps per generator step (DMD2's two time-scale rule: 5)
+    distribution_warmup: int = 0  # iterations over which the DM term's weight rises linearly from 0 (F catches up)
 
 
 @dataclass
@@ -453,6 +460,11 @@ RULES: dict[str, tuple[Callable[[object], bool], str]] = {
     "distill.discriminator": (lambda v: v in DISCRIMINATORS, "pixel or teacher"),
     "distill.discriminator_channels": (_at_least(1), "an integer >= 1"),
     "distill.discriminator_lr": (_between(0, math.inf, open_low=True, open_high=True), "a number > 0"),
+    "distill.regression_weight": (_between(0, math.inf, open_high=True), "a number >= 0"),
+    "distill.distribution_weight": (_between(0, math.inf, open_high=True), "a number >= 0"),
+    "distill.fake_score_lr": (_between(0, math.inf, open_low=True, open_high=True), "a number > 0"),
+    "distill.fake_score_steps": (_at_least(1), "an integer >= 1"),
+    "distill.distribution_warmup": (_at_least(0), "an integer >= 0"),
     "distill.levels": (_at_least(2), "an integer >= 2"),
     "distill.target_ema": (_between(0, 1, open_high=True), "in [0, 1)"),
     "distill.huber_c": (_optional(_between(0, math.inf, open_low=True, open_high=True)), "null or a number > 0"),
