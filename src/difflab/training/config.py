@@ -257,7 +257,7 @@ class DistillSection:
     distribution_weight: float = 0.0
     fake_score_lr: float = 1e-4  # the fake denoiser's Adam learning rate
     fake_score_steps: int = 1  # its optimizer steps per generator step (DMD2's two time-scale rule: 5)
-    distribution_warmup: int = 0  # iterations over which the DM term's weight rises linearly from 0 (F catches up)
+    distribution_warmup: int = 0  # F's own steps on G's samples before G's first step (F starts at the teacher)
 
 
 @dataclass

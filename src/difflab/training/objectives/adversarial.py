@@ -48,10 +48,11 @@ rule) to denoise G's samples with T's own loss::
     L_DM = ½ · E‖x̂ − sg(x̂ − g)‖²                                         (∂L_DM/∂x̂ = g/dims)
 
 F − T_w is σ² times the difference of the two distributions' scores (Tweedie), so descending g
-moves x̂ up log p_T,w − log p_G. ``distill.distribution_weight`` weighs it, rising linearly from 0
-over the first ``distill.distribution_warmup`` iterations while F, which starts at T, learns G's
-distribution; with ``distill.regression_weight`` (λ_r) 0, S's samples are not made (DMD2's recipe:
-DM plus GAN).
+moves x̂ up log p_T,w − log p_G. ``distill.distribution_weight`` weighs it. F starts at T, not at
+G's distribution, and unguided, so before G's first step it takes ``distill.distribution_warmup``
+steps of its own on G's samples (random classes and w), lest its first gradients push G towards
+what F has not learned yet. With ``distill.regression_weight`` (λ_r) 0, S's samples are not made
+(DMD2's recipe: DM plus GAN).
 
 **Which discriminator** (``distill.discriminator``). ``pixel``: the projection discriminator above.
 ``teacher``: latent adversarial distillation's (Sauer et al. 2024, "LADD"), a
@@ -157,7 +158,7 @@ class AdversarialDistillationObjective(DistillationObjective):
         # DMD's frozen guided teacher; its fake denoiser is built in attach(), once G's spec is known
         self.real = None if d.distribution_weight == 0 else load_base(
             root_teacher(self.teacher.record, d.teacher), "distill.teacher's teacher", "RUN", data)
-        self.fake_score, self.fake_optimizer = None, None
+        self.fake_score, self.fake_optimizer, self.fake_warmed = None, None, False
 
     def attach(self, model) -> None:
         """G starts as S; DMD's fake denoiser F as the root teacher T (G's network, a zero w embedding)."""
@@ -223,8 +224,7 @@ class AdversarialDistillationObjective(DistillationObjective):
             t = t_min + (t_max - t_min) * torch.rand(n, generator=g, dtype=torch.float64)
             inputs["dm_t"] = t.round() if self.schedule.is_discrete else t
             inputs["dm_noise"] = torch.randn(x0.shape, generator=generator, device=x0.device)
-            warmup, k = self.config.distill.distribution_warmup, self.config.distill.fake_score_steps
-            inputs["dm_ramp"] = torch.full((n,), min(1.0, (step + 1) / warmup) if warmup else 1.0)
+            k = self.config.distill.fake_score_steps
             # F's k steps, as (rows, k, ...) so that a micro-batch takes its rows' draws
             inputs["fake_score_t"] = torch.stack([losses.sample_training_t(self.schedule, n, g) for _ in range(k)], 1)
             inputs["fake_score_noise"] = torch.randn((n, k, *x0.shape[1:]), generator=generator, device=x0.device)
@@ -254,6 +254,29 @@ class AdversarialDistillationObjective(DistillationObjective):
             out.loss.backward()
             self.fake_optimizer.step()
         return out.loss.detach()
+
+    def warm_up_fake_score(self, net, inputs: Inputs) -> None:
+        """``distill.distribution_warmup`` steps of F alone on G's samples (no gradients to G) of fresh
+        noise, classes and w, so that F knows G's distribution before its gradients reach G."""
+        self.fake_warmed = True
+        steps = self.config.distill.distribution_warmup
+        if steps == 0:
+            return
+        x0, g = inputs["x0"], torch.Generator().manual_seed(self.config.train.seed + 7)
+        n, k, device = x0.shape[0], self.config.distill.fake_score_steps, x0.device
+        print(f"difflab distill: {steps} warm-up steps of the fake denoiser on the student's samples", flush=True)
+        for _ in range(steps):
+            draws = {"noise": torch.randn(x0.shape, generator=g).to(device), "cond": {}}
+            if "class_labels" in inputs["cond"]:
+                draws["cond"]["class_labels"] = torch.randint(self.teacher.num_classes, (n,), generator=g).to(device)
+            if self.guidance_range is not None:
+                lo, hi = self.guidance_range
+                draws["w"] = lo + (hi - lo) * torch.rand(n, generator=g, dtype=torch.float64)
+            draws["fake_score_t"] = torch.stack([losses.sample_training_t(self.schedule, n, g) for _ in range(k)], 1)
+            draws["fake_score_noise"] = torch.randn((n, k, *x0.shape[1:]), generator=g).to(device)
+            with torch.no_grad():
+                sample = self.samples(net, {**draws, "skip_anchor": True})[0]
+            self.fake_score_step(sample, draws, with_guidance_scale(draws["cond"], draws.get("w"), sample))
 
     def distribution_matching(self, fake: Tensor, inputs: Inputs, cond: dict) -> Tensor:
         """L_DM of G's samples (module docstring): T guided at each row's w against F."""
@@ -287,7 +310,7 @@ class AdversarialDistillationObjective(DistillationObjective):
         cond = with_guidance_scale(inputs["cond"], w, noise)
         start = noise * float(self.schedule.prior_std(self.sigmas[0]))
         frozen, anchor = self.teacher.denoiser(), None
-        if self.config.distill.regression_weight > 0:
+        if self.config.distill.regression_weight > 0 and not inputs.get("skip_anchor"):
             with torch.no_grad():
                 anchor = ddim_sample(frozen, start, self.sigmas, cond)
         return ddim_sample(frozen.with_model(net), start, self.sigmas, cond), anchor
@@ -326,10 +349,12 @@ class AdversarialDistillationObjective(DistillationObjective):
         if self.real is not None:
             cond = with_guidance_scale(inputs["cond"], w, fake)
             if learning:
+                if not self.fake_warmed:
+                    self.warm_up_fake_score(net, inputs)
                 metrics["fake_score_loss"] = self.fake_score_step(fake, inputs, cond)
             matching = self.distribution_matching(fake, inputs, cond)
             metrics["distribution_matching"] = matching.detach()
-            loss = loss + float(inputs["dm_ramp"][0]) * d.distribution_weight * matching
+            loss = loss + d.distribution_weight * matching
         if classify and w is not None:  # the guidance tilt p(y | x)^(w − 1) of classifier-free guidance
             tilt = (w - 1).to(device=fake.device, dtype=torch.float32)
             cross_entropy = F.cross_entropy(disc.class_logits(h_fake).float(), labels, reduction="none")
@@ -361,6 +386,7 @@ class AdversarialDistillationObjective(DistillationObjective):
             if not weights:
                 raise ValueError(MISSING_STATE[name])
             module.load_state_dict(weights)
+            self.fake_warmed = True  # a resumed F has had its warm-up
             moments: dict[int, dict] = {}
             for key, value in state.items():
                 if key.startswith(optimizer_prefix):
