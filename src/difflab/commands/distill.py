@@ -5,6 +5,7 @@ adversarial refinement of a progressive student against real images (``--method 
 
     difflab distill RUN --steps N --out OUT [--method progressive|consistency|adversarial] [--start-steps 64]
         [--levels 40] [--target-ema 0.95] [--adversarial-weight 0.1] [--discriminator pixel|teacher]
+        [--regression-weight 1] [--distribution-weight 0]
         [--iterations-per-round K] [--lr LR] [--batch-size B] [--guidance-range LO,HI | none] [--spacing S]
         [--seconds BUDGET] [--resume]
         [--set KEY=VALUE]... [--no-progress]
