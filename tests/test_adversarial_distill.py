@@ -341,3 +341,18 @@ def test_a_dmd_refinement_trains_its_fake_denoiser_and_resumes_it(student, tmp_p
     assert refine(student, tmp_path / "plain", *flags, "--resume") == 2
     err = capsys.readouterr().err
     assert "no fake score" in err and "--distribution-weight 0" in err and "Traceback" not in err
+
+
+def test_dmd_finds_the_root_teacher_or_says_in_one_line_why_not(student, tmp_path):
+    from types import SimpleNamespace
+
+    from difflab.training.config import ConfigError
+    from difflab.training.objectives.adversarial import root_teacher
+
+    record = load_state(student, groups=[], with_extra=False)[0]
+    teacher = str((student.parent / "teacher").resolve())
+    assert root_teacher(SimpleNamespace(distilled=record["distilled"]), "S") == teacher
+    with pytest.raises(ConfigError, match="does not name the run it was distilled from"):
+        root_teacher(SimpleNamespace(distilled={"teacher": {}}), "S")
+    with pytest.raises(ConfigError, match="cannot be read"):
+        root_teacher(SimpleNamespace(distilled={"teacher": {"path": str(tmp_path / "gone")}}), "S")
