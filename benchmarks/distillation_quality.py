@@ -12,6 +12,9 @@ once (w is its input, Meng et al. 2023).
     teacher          METHOD:STEPS points (--teacher-points), spacing trailing
     teacher, tuned   UniPC-3 at the --tuned step counts on levels fitted for this guidance scale
                      (`difflab tune-steps`'s search, difflab.pipelines.tune_steps)
+    teacher, guidance interval
+                     the teacher points again, guided only inside --guidance-interval
+                     (Kynkäänniemi et al. 2024), conditional with one evaluation elsewhere
     student          each --students run and the earlier rounds it keeps (OUT/rounds/*-steps),
                      DDIM at its own steps
     adversarial      each --adversarial run (difflab distill --method adversarial: a progressive
@@ -50,9 +53,11 @@ from difflab.pipelines import DiffusionModel, Guidance, generate, tune_steps
 from difflab.pipelines.generate import SamplerSettings
 from difflab.pipelines.guidance_policy import guidance_scale
 from difflab.sampling.sample import SAMPLERS
+from difflab.sampling.spacing import get_sigmas
 
 METRICS = ("fid", "kid", "precision", "recall", "classifier_score", "class_accuracy")
-FAMILIES = ("teacher", "teacher, tuned levels", "student", "adversarial student", "consistency student")
+FAMILIES = ("teacher", "teacher, tuned levels", "teacher, guidance interval", "student", "adversarial student",
+            "consistency student")
 STUDENTS = ("student", "adversarial student", "consistency student")  # the families the acceptance compares
 CLASS_ACCURACY_GOAL = 0.95  # the acceptance's class accuracy under guidance at 4 steps
 TEACHER_POINTS = ("unipc_3:4", "dpmpp_2m:4", "ddim:4", "unipc_3:8", "unipc_3:16", "unipc_3:50", "dpmpp_2m:50",
@@ -74,6 +79,10 @@ def parse_args(argv=None):
     p.add_argument("--eval-classifier", required=True, help="independent classifier trained on real images")
     p.add_argument("--guidance-scale", type=float, default=2.0, help="classifier-free guidance w, every point")
     p.add_argument("--teacher-points", nargs="*", default=list(TEACHER_POINTS), metavar="METHOD:STEPS")
+    p.add_argument("--guidance-interval", type=float, nargs=2, metavar=("SIGMA_LO", "SIGMA_HI"),
+                   help="also measure every teacher point guided only where SIGMA_LO < sigma <= SIGMA_HI "
+                        "(Kynkaanniemi et al. 2024; `difflab sample --guidance-interval`), elsewhere conditional "
+                        "with one network evaluation; e.g. 0 10 leaves a trailing grid's first step unguided")
     p.add_argument("--tuned", type=int, nargs="*", default=[4, 8, 2], metavar="STEPS",
                    help="UniPC-3 step counts to tune the teacher's levels for")
     p.add_argument("--tune-seconds", type=float, default=300.0, help="search budget of each tuning")
@@ -105,6 +114,9 @@ def points(args) -> list[dict]:
             raise SystemExit(f"distillation_quality: a teacher point is METHOD:STEPS with METHOD one of "
                              f"{', '.join(SAMPLERS)}, e.g. unipc_3:4; got {p!r}")
         todo.append({"family": "teacher", "run": args.teacher, "method": method, "steps": int(steps)})
+        if args.guidance_interval:
+            todo.append({"family": "teacher, guidance interval", "run": args.teacher, "method": method,
+                         "steps": int(steps), "interval": list(args.guidance_interval)})
     todo += [{"family": "teacher, tuned levels", "run": args.teacher, "method": "unipc_3", "steps": s}
              for s in args.tuned]
     todo += [{"family": "student", "run": str(run), "method": None, "steps": None}
@@ -134,12 +146,13 @@ def key(point: dict) -> tuple:
     """A point's identity: a student is its run (its method and steps are read from it)."""
     if point["family"] in ("student", "adversarial student"):
         return point["family"], point["run"]
-    return point["family"], point["run"], point["method"], point["steps"]
+    return point["family"], point["run"], point["method"], point["steps"], tuple(point.get("interval") or ())
 
 
 def measure(point: dict, args, shared: dict) -> tuple[dict, torch.Tensor]:
     model = shared["models"][point["run"]]
-    guidance = Guidance(scale=args.guidance_scale)
+    interval = tuple(point["interval"]) if point.get("interval") else None
+    guidance = Guidance(scale=args.guidance_scale, interval=interval)
     sampler, extra = {"method": point["method"], "steps": point["steps"], "spacing": "trailing"}, {}
     if point["family"] in ("student", "adversarial student"):  # its own DDIM grid
         sampler = {}
@@ -159,12 +172,24 @@ def measure(point: dict, args, shared: dict) -> tuple[dict, torch.Tensor]:
     samples = ImageDataset(images=images, labels=labels, class_names=model.class_names, name=point["run"])
     scores = evaluate(samples, shared["reference"], shared["inception"], shared["classifier"], EvalOptions())
     # a guided step evaluates the network twice (conditional and unconditional), a distilled student's once
-    guided_twice = model.record.distilled is None and guidance_scale(model, guidance) != 1.0
     row = {**point, "method": settings.method, "steps": settings.steps,
-           "network_evals": settings.steps * (2 if guided_twice else 1), "guidance_scale": args.guidance_scale,
+           "network_evals": network_evals(model, settings, guidance), "guidance_scale": args.guidance_scale,
            "n": args.n, "sample_seconds": seconds, "images_per_s": args.n / seconds, **extra,
            **{m: scores.get(m) for m in METRICS}}
     return row, images
+
+
+def network_evals(model: DiffusionModel, settings: SamplerSettings, guidance: Guidance) -> int:
+    """Network evaluations an image: one a step, two a guided step of a teacher (conditional and
+    unconditional; a distilled student takes w as an input), and under a guidance interval two
+    only at the levels it guides."""
+    if model.record.distilled is not None or guidance_scale(model, guidance) == 1.0:
+        return settings.steps
+    if guidance.interval is None:
+        return 2 * settings.steps
+    low, high = guidance.interval
+    levels = get_sigmas(model.schedule, settings.steps, settings.spacing)[:-1]
+    return settings.steps + int(((levels > low) & (levels <= high)).sum())
 
 
 def grid_name(row: dict) -> str:
@@ -176,10 +201,10 @@ def grid_name(row: dict) -> str:
 
 def report(rows: list[dict], args) -> None:
     print(f"guidance scale {args.guidance_scale:g}, {rows[0]['n'] if rows else args.n} samples a point")
-    print(f"{'family':<22} {'run':<34} {'method':<9} {'steps':>5} {'evals':>5} {'FID':>7} {'KID x1e3':>8} "
+    print(f"{'family':<26} {'run':<34} {'method':<9} {'steps':>5} {'evals':>5} {'FID':>7} {'KID x1e3':>8} "
           f"{'prec':>5} {'rec':>5} {'acc':>5} {'img/s':>7}")
     for r in sorted(rows, key=lambda r: (r["family"], -r["steps"], r["method"])):
-        print(f"{r['family']:<22} {r['run'][-34:]:<34} {r['method']:<9} {r['steps']:>5} {r['network_evals']:>5} "
+        print(f"{r['family']:<26} {r['run'][-34:]:<34} {r['method']:<9} {r['steps']:>5} {r['network_evals']:>5} "
               f"{r['fid']:>7.2f} {1000 * r['kid']:>8.2f} {r['precision']:>5.3f} {r['recall']:>5.3f} "
               f"{r['class_accuracy']:>5.3f} {r['images_per_s']:>7.0f}")
     for measure in ("steps", "network_evals"):
@@ -221,9 +246,9 @@ def lowest_fid(rows) -> dict | None:
 def best_points(rows: list[dict], measure: str = "steps") -> dict:
     """The points the acceptance compares, counting cost in ``measure`` ("steps", one guided
     denoiser call each, or "network_evals", two a guided teacher step and one a student step):
-    the teacher's best at 50 ("teacher"), its best at 4 with any solver or tuned levels
-    ("teacher 4"), and each family's 4-step student (:data:`STUDENTS`, :func:`best_student`)."""
-    return {"teacher": lowest_fid(r for r in rows if r["family"] == "teacher" and r[measure] == 50),
+    the teacher's best at 50 ("teacher") and at 4 ("teacher 4"), with any solver, tuned levels or
+    guidance interval, and each family's 4-step student (:data:`STUDENTS`, :func:`best_student`)."""
+    return {"teacher": lowest_fid(r for r in rows if r["family"].startswith("teacher") and r[measure] == 50),
             "teacher 4": lowest_fid(r for r in rows if r["family"].startswith("teacher") and r[measure] == 4),
             **{family: best_student(rows, family, 4) for family in STUDENTS}}
 

@@ -9,7 +9,16 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent.parent / "benchmarks"))
-from distillation_quality import best_points, best_student, fewest_steps, key, student_runs  # noqa: E402
+from distillation_quality import (  # noqa: E402
+    best_points,
+    best_student,
+    fewest_steps,
+    key,
+    network_evals,
+    parse_args,
+    points,
+    student_runs,
+)
 
 
 def point(family, steps, fid, method="unipc_3", accuracy=0.97):
@@ -112,3 +121,38 @@ def test_the_posthoc_ema_plot_finds_the_runs_made_from_one_source_by_width(tmp_p
     assert (tmp_path / "plot.png").stat().st_size > 0
     with pytest.raises(SystemExit, match="no run made by"):
         main([str(tmp_path), "--source", str(tmp_path / "other"), "--out", str(tmp_path / "x.png")])
+
+
+def test_a_guidance_interval_point_is_a_teacher_point_that_evaluates_twice_only_inside_it():
+    from types import SimpleNamespace
+
+    from difflab import schedules
+    from difflab.pipelines import Guidance
+    from difflab.pipelines.generate import SamplerSettings
+    from difflab.sampling.spacing import get_sigmas
+
+    record = SimpleNamespace(distilled=None, takes_guidance_scale=False, conditional=True,
+                             trained_with_label_dropout=True, sample_defaults={})
+    teacher = SimpleNamespace(record=record, schedule=schedules.cosine())
+    settings = SamplerSettings(method="unipc_3", steps=4, spacing="trailing", sigmas=None, options={})
+    levels = get_sigmas(teacher.schedule, 4, "trailing")  # σ_max (~2e4), then 2.4, 1.0, 0.42, 0
+    assert levels[0] > 1e3 and 1 < levels[1] < 10
+    assert network_evals(teacher, settings, Guidance(scale=2.0)) == 8
+    assert network_evals(teacher, settings, Guidance(scale=2.0, interval=(0.0, 10.0))) == 7  # first step unguided
+    assert network_evals(teacher, settings, Guidance(scale=2.0, interval=(0.5, 10.0))) == 6
+    assert network_evals(teacher, settings, Guidance(scale=2.0, interval=(0.0, 1e9))) == 8
+    assert network_evals(teacher, settings, Guidance(scale=1.0, interval=(0.0, 10.0))) == 4
+    student = SimpleNamespace(record=SimpleNamespace(**{**vars(record), "distilled": {"steps": 4}}),
+                              schedule=teacher.schedule)
+    assert network_evals(student, settings, Guidance(scale=2.0)) == 4  # w is the student's input
+
+    args = parse_args(["--teacher", "t", "--eval-classifier", "c", "--teacher-points", "unipc_3:4",
+                       "--guidance-interval", "0", "10", "--tuned"])
+    todo = points(args)
+    assert [p["family"] for p in todo] == ["teacher", "teacher, guidance interval"]
+    assert key(todo[0]) != key(todo[1]) and todo[1]["interval"] == [0.0, 10.0]
+    # the acceptance's "teacher's best 4-call FID" counts it: any teacher family at 4 steps
+    assert best_points([*ROWS, {**point("teacher, guidance interval", 4, 50.0), "interval": [0.0, 10.0]}]
+                       )["teacher 4"]["fid"] == 50.0
+    assert best_points([*ROWS, {**point("teacher, guidance interval", 50, 17.0), "interval": [0.0, 10.0]}]
+                       )["teacher"]["fid"] == 17.0  # and its best 50-call FID (18.0 without it)
