@@ -51,7 +51,7 @@ from difflab.images import save_grid
 from difflab.metrics import EvalOptions, InceptionFeatures, Reference, evaluate, load_classifier
 from difflab.pipelines import DiffusionModel, Guidance, generate, tune_steps
 from difflab.pipelines.generate import SamplerSettings
-from difflab.pipelines.guidance_policy import guidance_scale
+from difflab.pipelines.guidance_policy import check_guidance, guidance_scale
 from difflab.sampling.sample import SAMPLERS
 from difflab.sampling.spacing import get_sigmas
 
@@ -107,6 +107,11 @@ def student_runs(students: list[str]) -> list[Path]:
 
 def points(args) -> list[dict]:
     """What to measure: the teacher's solvers, its tuned levels, every student."""
+    try:  # the sampling policy's check of the scale and the interval, before an hour of measurements
+        check_guidance(Guidance(interval=args.guidance_interval and tuple(args.guidance_interval)),
+                       args.guidance_scale)
+    except ValueError as error:
+        raise SystemExit(f"distillation_quality: {error}") from None
     todo = []
     for p in args.teacher_points:
         method, _, steps = p.partition(":")

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import time
 from pathlib import Path
 
@@ -32,6 +33,7 @@ from difflab.data import load_dataset, parse_spec
 from difflab.data.dataset import ImageDataset
 from difflab.metrics import EvalOptions, InceptionFeatures, Reference, evaluate, load_classifier
 from difflab.pipelines import DiffusionModel, Guidance, generate
+from difflab.pipelines.guidance_policy import guided_denoiser
 
 
 class PerStepGuidance(torch.nn.Module):
@@ -74,32 +76,48 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
+def weight_schedules(specs: list[str]) -> list[list[float]]:
+    """``--ws`` as lists of finite weights, or one line saying which one is not."""
+    try:
+        schedules = [[float(w) for w in spec.split(",")] for spec in specs]
+    except ValueError:
+        raise SystemExit(f"step_guidance: --ws takes comma lists of numbers, one a step (e.g. 1,2,2,2); "
+                         f"got {' '.join(specs)}") from None
+    if not all(math.isfinite(w) for ws in schedules for w in ws):
+        raise SystemExit(f"step_guidance: the weights must be finite numbers, got {' '.join(specs)}")
+    return schedules
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
+    schedules = weight_schedules(args.ws)
     try:
         model = DiffusionModel.load(args.run)
+        if args.student != (model.record.distilled is not None):
+            raise ValueError(f"{args.run} is {'not ' * args.student}a distilled run: "
+                             f"{'drop' if args.student else 'add'} --student")
+        if args.student:  # each weight inside the range the student was trained on (the sampling policy's check)
+            for w in {w for ws in schedules for w in ws}:
+                guided_denoiser(model, Guidance(scale=w), "ddim")
         classifier = load_classifier(args.classifier, "cpu") if args.classifier else None
         inception = InceptionFeatures(None, "cpu")
+        name, split = parse_spec(args.ref, default_split="test")
+        ref = load_dataset(name, split, resolution=model.image_shape[-1], channels=model.image_shape[0])
     except (OSError, ValueError) as error:
         raise SystemExit(f"step_guidance: {error}") from None
-    if args.student != (model.record.distilled is not None):
-        raise SystemExit(f"step_guidance: {args.run} is {'not ' * args.student}a distilled run: "
-                         f"{'drop' if args.student else 'add'} --student")
-    name, split = parse_spec(args.ref, default_split="test")
-    ref = load_dataset(name, split, resolution=model.image_shape[-1], channels=model.image_shape[0])
     reference = Reference(name=args.ref, dataset=ref.subset(slice(0, 2000)))
     network = model.network
-    for spec in args.ws:
-        ws = [float(w) for w in spec.split(",")]
+    batches = -(-args.n // 500)
+    for spec, ws in zip(args.ws, schedules):
         model.network = wrapper = PerStepGuidance(network, ws, model.num_classes, args.student)
         sampler = {} if args.student else {"method": args.method, "steps": args.steps, "spacing": "trailing"}
         guidance = Guidance(scale=2.0 if args.student else 1.0)  # a student's w is overridden a step at a time
         start = time.perf_counter()
         images, labels = generate(model, args.n, guidance=guidance, batch_size=500, seed=args.seed, **sampler)
         seconds = time.perf_counter() - start
-        if wrapper.calls != -(-args.n // 500) * len(ws):
+        if wrapper.calls != batches * len(ws):
             raise SystemExit(f"step_guidance: {spec} has {len(ws)} weights, but the sampler called the network "
-                             f"{wrapper.calls // -(-args.n // 500)} times a batch: give one weight a step")
+                             f"{wrapper.calls // batches} times a batch: give one weight a step")
         samples = ImageDataset(images=images, labels=labels, class_names=model.class_names, name=args.run)
         scores = evaluate(samples, reference, inception, classifier, EvalOptions())
         row = {"run": args.run, "ws": ws, "seed": args.seed, "n": args.n, "seconds": seconds,
