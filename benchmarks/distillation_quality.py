@@ -47,11 +47,12 @@ import torch
 
 from difflab.data import load_dataset, parse_spec
 from difflab.data.dataset import ImageDataset
+from difflab.guidance import in_interval
 from difflab.images import save_grid
 from difflab.metrics import EvalOptions, InceptionFeatures, Reference, evaluate, load_classifier
 from difflab.pipelines import DiffusionModel, Guidance, generate, tune_steps
 from difflab.pipelines.generate import SamplerSettings
-from difflab.pipelines.guidance_policy import check_guidance, guidance_scale
+from difflab.pipelines.guidance_policy import check_guidance, guidance_interval, guidance_scale
 from difflab.sampling.sample import SAMPLERS
 from difflab.sampling.spacing import get_sigmas
 
@@ -177,7 +178,10 @@ def measure(point: dict, args, shared: dict) -> tuple[dict, torch.Tensor]:
     samples = ImageDataset(images=images, labels=labels, class_names=model.class_names, name=point["run"])
     scores = evaluate(samples, shared["reference"], shared["inception"], shared["classifier"], EvalOptions())
     # a guided step evaluates the network twice (conditional and unconditional), a distilled student's once
+    # a student refined with a guidance interval samples with it (its record's), as `difflab sample` does
+    interval = guidance_interval(model, guidance)
     row = {**point, "method": settings.method, "steps": settings.steps,
+           **({"interval": list(interval)} if interval else {}),
            "network_evals": network_evals(model, settings, guidance), "guidance_scale": args.guidance_scale,
            "n": args.n, "sample_seconds": seconds, "images_per_s": args.n / seconds, **extra,
            **{m: scores.get(m) for m in METRICS}}
@@ -192,9 +196,8 @@ def network_evals(model: DiffusionModel, settings: SamplerSettings, guidance: Gu
         return settings.steps
     if guidance.interval is None:
         return 2 * settings.steps
-    low, high = guidance.interval
     levels = get_sigmas(model.schedule, settings.steps, settings.spacing)[:-1]
-    return settings.steps + int(((levels > low) & (levels <= high)).sum())
+    return settings.steps + int(in_interval(levels, guidance.interval).sum())
 
 
 def grid_name(row: dict) -> str:

@@ -1,7 +1,7 @@
 """docs/guidance_interval_4steps.png: the teacher's 4 steps guided everywhere and with the first
-step unguided, beside the refined 4-step student, from the grids and points.json that
-benchmarks/distillation_quality.py wrote (run with --guidance-interval; docs/benchmarks.md,
-"Guidance at few steps").
+step unguided, beside refined 4-step students (a student refined with a guidance interval is
+labelled so), from the grids and points.json that benchmarks/distillation_quality.py wrote (run
+with --guidance-interval; docs/benchmarks.md, "Guidance at few steps").
 
     python benchmarks/guidance_interval_figure.py benchmarks/results/distillation_fm16_t10k \\
         --student runs/t10k-adv-e --out docs/guidance_interval_4steps.png
@@ -17,7 +17,7 @@ from pathlib import Path
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("results", type=Path, help="distillation_quality.py's output folder")
-    p.add_argument("--student", required=True, help="the adversarial student run to show")
+    p.add_argument("--student", required=True, nargs="+", help="the adversarial student runs to show")
     p.add_argument("--steps", type=int, default=4, help="the teacher's steps")
     p.add_argument("--out", type=Path, default=Path("docs/guidance_interval_4steps.png"))
     args = p.parse_args(argv)
@@ -31,17 +31,18 @@ def main(argv=None) -> int:
 
     panels = [(find("teacher", method="unipc_3", steps=args.steps), "all guided"),
               (find("teacher, guidance interval", method="unipc_3", steps=args.steps), "first step unguided"),
-              (find("adversarial student", run=args.student), "refined student")]
+              *[(find("adversarial student", run=run), "refined student" + ", first level unguided" * bool(
+                  find("adversarial student", run=run).get("interval"))) for run in args.student]]
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from PIL import Image
 
-    fig, axes = plt.subplots(1, len(panels), figsize=(11, 4.3))
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.7 * len(panels), 4.3))
     for ax, (r, what) in zip(axes, panels):
         ax.imshow(Image.open(args.results / "grids" / r["grid"]), cmap="gray")
-        ax.set_title(f"{what}, {r['steps']} steps, w = {r['guidance_scale']:g} ({r['network_evals']} evaluations)\n"
+        ax.set_title(f"{what}\n{r['steps']} steps, w = {r['guidance_scale']:g} ({r['network_evals']} evaluations)\n"
                      f"FID {r['fid']:.2f}, recall {r['recall']:.2f}, accuracy {r['class_accuracy']:.3f}", fontsize=8.5)
         ax.axis("off")
     fig.tight_layout()

@@ -10,7 +10,8 @@ so the interval becomes one weight per step: step k of the sampler evaluates
 
 ``--ws 1,2,2,2`` is a 4-step teacher unguided at its first level and guided at w = 2 after it,
 what ``difflab sample --guidance-interval 0 SIGMA`` does with SIGMA between the first two levels
-(teacher only: a student refuses intervals, and is screened here inside its trained w range).
+(for a student too: its w input is 1 outside the interval). A student is screened here inside its
+trained w range, and its ``--ws`` replace any interval its refinement recorded.
 Each schedule draws N samples (every class in turn, seeds SEED...) and scores them against the
 first 2,000 Fashion-MNIST test images: Inception FID and KID, precision / recall (k = 3), the
 independent classifier's class accuracy. A row a schedule is appended to OUT (JSON lines).

@@ -13,7 +13,9 @@ from difflab import Pipeline
 from difflab.checkpoint import load_state
 from difflab.cli import main as cli
 from difflab.data.load import load_dataset
+from difflab.models.conditioning import GUIDANCE_EMBED
 from difflab.models.discriminator import ProjectionDiscriminator
+from difflab.pipelines.png_info import read_record
 from difflab.sampling.ddim import ddim
 from difflab.training.objectives import AdversarialDistillationObjective, TrainingData
 from difflab.training.objectives.adversarial import ddim_sample, distribution_matching_loss, hinge_losses
@@ -191,6 +193,77 @@ def test_a_refinement_on_a_narrower_guidance_range_records_it_and_refuses_the_re
     assert "within it" in capsys.readouterr().err
 
 
+def per_step_ddim(denoiser, start, sigmas, cond, interval):
+    """DDIM with the w input per step by hand: w inside (σ_lo, σ_hi], 1 outside (the definition)."""
+    x, w = start, cond["guidance_scale"]
+    for sigma, sigma_next in zip(sigmas[:-1].tolist(), sigmas[1:].tolist(), strict=True):
+        w_step = w if interval[0] < sigma <= interval[1] else torch.ones_like(w)
+        x = ddim(denoiser.bind(**{**cond, "guidance_scale": w_step}), x, torch.tensor([sigma, sigma_next]))
+    return x
+
+
+def test_a_guidance_interval_refines_and_anchors_on_the_first_level_unguided(student, tmp_path):
+    """With distill.guidance_interval, G and the frozen student both sample with their w input 1 at
+    the levels outside it: the refinement learns the trajectory the run will sample."""
+    sigmas = torch.tensor(load_state(student, groups=[], with_extra=False)[0]["distilled"]["sigmas"])
+    interval = (0.0, float((sigmas[0] * sigmas[1]).sqrt()))  # every level but the first
+    obj = objective(student, tmp_path, f"distill.guidance_interval=[0, {interval[1]}]")
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():  # a w embedding far from its zero start, so that w visibly matters
+        for name, p in obj.teacher.network.named_parameters():
+            if name.startswith(GUIDANCE_EMBED):
+                p.copy_(torch.randn(p.shape, generator=g))
+    inputs = {"noise": torch.randn(3, 1, 8, 8, generator=g), "cond": {"class_labels": torch.tensor([1, 5, 7])},
+              "w": torch.tensor([2.0, 3.0, 4.0], dtype=torch.float64)}
+    with torch.no_grad():
+        fake, anchor = obj.samples(obj.teacher.network, inputs)
+    cond = {"class_labels": inputs["cond"]["class_labels"], "guidance_scale": inputs["w"].float()}
+    start = inputs["noise"] * float(obj.schedule.prior_std(obj.sigmas[0]))
+    expected = per_step_ddim(obj.teacher.denoiser(), start, obj.sigmas, cond, interval)
+    torch.testing.assert_close(anchor, expected)
+    torch.testing.assert_close(fake, expected)  # G starts as S
+    everywhere = ddim(obj.teacher.denoiser().bind(**cond), start, obj.sigmas)
+    assert (everywhere - expected).abs().max() > 1e-4  # the first level's w matters
+    assert obj.distilled_record()["guidance_interval"] == [0.0, interval[1]]
+
+
+def test_a_run_refined_with_an_interval_samples_with_it_by_default(student, tmp_path, capsys):
+    """The record's interval is the run's default: the CLI and the Pipeline sample with it, the PNG
+    says so, an explicit interval overrides it; a student that never learned w = 1 refuses one."""
+    sigmas = load_state(student, groups=[], with_extra=False)[0]["distilled"]["sigmas"]
+    hi = (sigmas[0] * sigmas[1]) ** 0.5
+    assert refine(student, tmp_path / "iv", "--iterations-per-round", "2", "--guidance-range", "1.5,3",
+                  "--guidance-interval", "0", str(hi)) == 0
+    record = load_state(tmp_path / "iv", groups=[], with_extra=False)[0]["distilled"]
+    assert record["guidance_interval"] == [0.0, hi] and record["guidance_range"] == [1.5, 3.0]
+    assert cli(["sample", str(tmp_path / "iv"), "--n", "2", "--class", "3", "--guidance-scale", "2",
+                "--out", str(tmp_path / "s")]) == 0
+    png = sorted((tmp_path / "s").glob("*.png"))[0]
+    assert read_record(png)["guidance_interval"] == [0.0, hi]
+    pipe = Pipeline.load(tmp_path / "iv", device="cpu")
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # a w embedding far from its zero start, so that w visibly matters
+        for name, p in pipe.model.network.named_parameters():
+            if name.startswith(GUIDANCE_EMBED):
+                p.copy_(torch.randn(p.shape, generator=g))
+    noise = torch.randn(2, 1, 8, 8, generator=g)
+    default = pipe(class_label=3, guidance_scale=2, noise=noise, output="tensor")
+    model, walk = pipe.model, torch.tensor(sigmas, dtype=torch.float64)
+    cond = {"class_labels": torch.tensor([3, 3]), "guidance_scale": torch.full((2,), 2.0)}
+    by_hand = per_step_ddim(model.denoiser(), noise * float(model.schedule.prior_std(walk[0])), walk, cond, (0.0, hi))
+    assert (default.float() - ((by_hand.clamp(-1, 1) + 1) * 127.5)).abs().max() <= 1.0
+    everywhere = pipe(class_label=3, guidance_scale=2, noise=noise, output="tensor", guidance_interval=(0.0, 1e9))
+    assert not torch.equal(default, everywhere)  # an explicit interval overrides the run's
+    capsys.readouterr()
+    assert refine(student, tmp_path / "narrow", "--iterations-per-round", "1", "--guidance-range", "1.5,3") == 0
+    assert cli(["sample", str(tmp_path / "narrow"), "--n", "1", "--guidance-scale", "2", "--guidance-interval", "0",
+                "1", "--out", str(tmp_path / "no")]) == 2
+    err = capsys.readouterr().err
+    assert "learned w in [1.5, 3] only" in err and len(err.strip().splitlines()) == 1
+    assert cli(["sample", str(student), "--n", "1", "--guidance-scale", "2", "--guidance-interval", "0", "1",
+                "--out", str(tmp_path / "yes")]) == 0  # a progressive student learned w = 1 at every level
+
+
 def test_what_cannot_be_refined_is_one_line(student, tmp_path, capsys):
     teacher = student.parent / "teacher"
     assert cli(["distill", str(teacher), "--method", "adversarial", "--steps", "2", "--out", str(tmp_path / "a")]) == 2
@@ -210,6 +283,13 @@ def test_what_cannot_be_refined_is_one_line(student, tmp_path, capsys):
     assert "'distill.adversarial_weight' must be a number >= 0" in capsys.readouterr().err
     assert refine(student, tmp_path / "e", "--set", "distill.discriminator=dino") == 2
     assert "'distill.discriminator' must be pixel or teacher" in capsys.readouterr().err
+    assert refine(student, tmp_path / "f", "--guidance-interval", "5", "1") == 2
+    assert "'distill.guidance_interval' must be null or two noise levels 0 <= sigma_lo < sigma_hi" \
+        in capsys.readouterr().err
+    assert cli(["distill", str(teacher), "--steps", "2", "--start-steps", "4", "--guidance-interval", "0", "1",
+                "--out", str(tmp_path / "g")]) == 2
+    err = capsys.readouterr().err
+    assert "--guidance-interval refines whole trajectories (--method adversarial)" in err, err
     with pytest.raises(ValueError, match="must be a progressive student"):
         objective(teacher, tmp_path)
 

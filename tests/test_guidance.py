@@ -11,6 +11,7 @@ from difflab.denoiser import Denoiser
 from difflab.guidance import (
     ClassifierFreeGuidance,
     ClassifierGuidance,
+    GuidanceInputInterval,
     classifier_log_prob_gradient,
     guide,
     null_class_labels,
@@ -116,6 +117,31 @@ def test_cfg_interval_guides_only_inside_the_noise_range():
     torch.testing.assert_close(out[[0, 3]], cond_out[[0, 3]])
     with pytest.raises(ValueError, match="needs the model's schedule"):
         ClassifierFreeGuidance(model, 4.0, null_class_labels(NUM_CLASSES), interval=interval)
+
+
+def test_a_students_interval_sets_its_w_input_to_one_outside_and_keeps_it_inside():
+    """A guidance-distilled student's interval: the w input it receives is w where σ_lo < σ ≤ σ_hi
+    (the same rule as classifier-free guidance's interval) and 1, its unguided mode, elsewhere."""
+    schedule = get_schedule("linear")
+    seen = []
+
+    def student(x_t, t, class_labels=None, guidance_scale=None):
+        seen.append(guidance_scale)
+        return x_t
+
+    t = torch.tensor([50.0, 400.0, 700.0, 950.0])
+    sigma = schedule.sigma(t.double())
+    interval = (float(sigma[1]) * 0.99, float(sigma[2]) * 1.01)
+    wrapped = GuidanceInputInterval(student, interval, schedule)
+    x, w = torch.zeros(4, 1, 2, 2), torch.tensor([2.0, 2.5, 3.0, 4.0])
+    wrapped(x, t, guidance_scale=w)
+    torch.testing.assert_close(seen[-1], torch.tensor([1.0, 2.5, 3.0, 1.0]))
+    wrapped(x, t[1:3], guidance_scale=w[1:3])  # every level inside: w untouched
+    assert seen[-1] is not None and torch.equal(seen[-1], w[1:3])
+    wrapped(x, t, class_labels=torch.zeros(4, dtype=torch.long))  # no w input: nothing to switch
+    assert seen[-1] is None
+    with pytest.raises(ValueError, match="0 <= lo < hi"):
+        GuidanceInputInterval(student, (3.0, 1.0), schedule)
 
 
 def test_cfg_with_learned_variance_guides_the_mean_and_keeps_the_conditional_variance():

@@ -498,7 +498,9 @@ class ModelRecord:
             "guidance_range" ([lo, hi] of the w input, or None), "teacher": {"path", "step",
             "steps"}, "start_steps"}``; a consistency-distilled one (``--method consistency``):
             ``{"method": "consistency", "steps" (its default), "sigmas" (that default's levels),
-            "levels" (the N + 1 it was trained on), "spacing", "guidance_range", "teacher"}``; None
+            "levels" (the N + 1 it was trained on), "spacing", "guidance_range", "teacher"}``; an
+            adversarially refined one adds ``"adversarial"`` (what refined it) and
+            ``"guidance_interval"`` ([σ_lo, σ_hi] it was refined and samples with, or None); None
             for any other run. Sampling uses exactly that grid (a consistency run: k of its levels).
         other: keys this version does not know, kept so that a rewrite loses nothing.
     """

@@ -17,7 +17,9 @@ forward pass over a doubled batch. Options:
   of the conditional one, x_rescaled = x_cfg · std(x_cond)/std(x_cfg) per sample, and use
   φ · x_rescaled + (1 − φ) · x_cfg; it counters the over-exposure of large w;
 * a *guidance interval* (Kynkäänniemi et al. 2024): guide only for noise levels σ in
-  (σ_lo, σ_hi] and use the conditional model elsewhere.
+  (σ_lo, σ_hi] and use the conditional model elsewhere. A guidance-distilled student (``difflab
+  distill``, whose w is an input) takes the same interval through :class:`GuidanceInputInterval`:
+  its w input is 1 outside it.
 
 **Classifier guidance** (Dhariwal & Nichol 2021, "Diffusion Models Beat GANs", §4): a classifier
 p_φ(y | xₜ, t) trained on noisy images steers sampling with the gradient g = ∇ₓₜ log p_φ(y | xₜ):
@@ -58,6 +60,20 @@ def null_class_labels(num_classes: int) -> Callable[[dict], dict]:
         return {**cond, "class_labels": torch.full_like(cond["class_labels"], num_classes)}
 
     return uncond
+
+
+def in_interval(sigma: Tensor, interval: tuple[float, float]) -> Tensor:
+    """Which noise levels a guidance interval (σ_lo, σ_hi) guides: σ_lo < σ ≤ σ_hi (Kynkäänniemi et
+    al. 2024), elementwise."""
+    low, high = interval
+    return (sigma > low) & (sigma <= high)
+
+
+def check_interval(interval: tuple[float, float]) -> None:
+    """One clear error for an interval that guides nothing or is not a pair of numbers 0 ≤ lo < hi."""
+    low, high = interval
+    if not 0 <= low < high:
+        raise ValueError(f"the guidance interval (sigma_lo, sigma_hi) must have 0 <= lo < hi, got {interval}")
 
 
 def _cat_cond(cond: dict, uncond: dict, n: int, rows: int | None = None) -> dict:
@@ -105,9 +121,7 @@ class ClassifierFreeGuidance:
         if interval is not None:
             if schedule is None:
                 raise ValueError("a guidance interval needs the model's schedule (to know σ at each t)")
-            low, high = interval
-            if not 0 <= low < high:
-                raise ValueError(f"the guidance interval (sigma_lo, sigma_hi) must have 0 <= lo < hi, got {interval}")
+            check_interval(interval)
         self.model, self.uncond = model, uncond
         self.scale = scale if isinstance(scale, Tensor) else float(scale)
         self.rescale, self.interval, self.schedule = rescale, interval, schedule
@@ -115,9 +129,7 @@ class ClassifierFreeGuidance:
 
     def _active(self, t: Tensor) -> Tensor:
         """Which samples the interval guides at time t, as a CPU bool tensor (N,)."""
-        sigma = self.schedule.sigma(t.detach().double().cpu())
-        low, high = self.interval
-        return (sigma > low) & (sigma <= high)
+        return in_interval(self.schedule.sigma(t.detach().double().cpu()), self.interval)
 
     def __call__(self, x_t: Tensor, t: Tensor, **cond) -> Tensor:
         # Without an interval nothing here reads a value back from the device (no host sync).
@@ -187,6 +199,31 @@ def classifier_log_prob_gradient(classifier, x_t: Tensor, t: Tensor, labels: Ten
         log_p = F.log_softmax(logits.float(), dim=-1).gather(1, labels.reshape(-1, 1)).sum()
         (gradient,) = torch.autograd.grad(log_p, x_in)
     return gradient.to(x_t.dtype)
+
+
+
+class GuidanceInputInterval:
+    """A guidance interval for a guidance-distilled student (Meng et al. 2023: w is the network's
+    ``guidance_scale`` input, not two passes): ``model(x_t, t, **cond)`` with that input set to 1,
+    the student's unguided mode, wherever σ(t) lies outside (σ_lo, σ_hi].
+
+    A teacher's interval switches classifier-free guidance off at the noise levels where it costs
+    diversity and buys little (Kynkäänniemi et al. 2024); a student's w input is read afresh at each
+    of its steps, so the same interval is one weight per step: w inside, 1 outside. A student
+    refined with an interval (``distill.guidance_interval``) learned its trajectories this way.
+    """
+
+    def __init__(self, model, interval: tuple[float, float], schedule):
+        check_interval(interval)
+        self.model, self.interval, self.schedule = model, interval, schedule
+
+    def __call__(self, x_t: Tensor, t: Tensor, **cond) -> Tensor:
+        w = cond.get("guidance_scale")
+        if w is not None:
+            active = in_interval(self.schedule.sigma(t.detach().double().cpu()), self.interval)
+            if not bool(active.all()):
+                cond = {**cond, "guidance_scale": torch.where(active.to(w.device), w, torch.ones_like(w))}
+        return self.model(x_t, t, **cond)
 
 
 class ClassifierGuidance:

@@ -7,7 +7,7 @@ adversarial refinement of a progressive student against real images (``--method 
         [--levels 40] [--target-ema 0.95] [--adversarial-weight 0.1] [--discriminator pixel|teacher]
         [--regression-weight 1] [--distribution-weight 0]
         [--iterations-per-round K] [--lr LR] [--batch-size B] [--guidance-range LO,HI | none] [--spacing S]
-        [--seconds BUDGET] [--resume]
+        [--guidance-interval SIGMA_LO SIGMA_HI] [--seconds BUDGET] [--resume]
         [--set KEY=VALUE]... [--no-progress]
 
 Each round halves the steps: a student of 32 steps learns RUN's 64-step DDIM sampler, a student of
@@ -97,6 +97,11 @@ def register(subparsers) -> None:
                    f"{DEFAULT_GUIDANCE_RANGE[0]:g},{DEFAULT_GUIDANCE_RANGE[1]:g}; a distilled RUN's own, or a "
                    "range within it); 'none' distils the unguided sampler. Adversarial: the scales G is refined on, "
                    "and the only ones the result samples")
+    p.add_argument("--guidance-interval", type=float, nargs=2, metavar=("SIGMA_LO", "SIGMA_HI"),
+                   help="adversarial: refine the student to sample with its guidance on only at noise levels "
+                   "SIGMA_LO < sigma <= SIGMA_HI (its w input 1 elsewhere; Kynkaanniemi et al. 2024); the result "
+                   "samples so by default. E.g. 0 10 leaves a 4-step student's first level, pure noise, unguided "
+                   "(docs/distillation.md)")
     p.add_argument("--spacing", default="trailing", help="the first teacher's step spacing, or the spacing of "
                    "consistency's levels (default trailing: it starts at pure noise, where the student starts)")
     p.add_argument("--seconds", type=float, metavar="BUDGET", help="stop after this much training time over all "
@@ -180,7 +185,8 @@ def round_config(args, base: dict, teacher: str, n: int, folder: Path, bounds, b
                     "levels": args.levels, "target_ema": args.target_ema,
                     "adversarial_weight": args.adversarial_weight, "discriminator": args.discriminator,
                     "regression_weight": args.regression_weight, "distribution_weight": args.distribution_weight,
-                    "guidance_range": list(bounds) if bounds else None},
+                    "guidance_range": list(bounds) if bounds else None,
+                    "guidance_interval": list(args.guidance_interval) if args.guidance_interval else None},
         "diffusion": {"cond_drop_prob": 0.0},  # the student learns the conditional sampler (guided by its w input)
         "optim": {"lr_schedule": "linear", "warmup_steps": 0, "min_lr_fraction": 0.0,
                   **({"lr": lr} if lr is not None else {}),
@@ -248,6 +254,9 @@ def run(args) -> int:
     if args.iterations_per_round < 1:
         raise ValueError(f"--iterations-per-round must be at least 1, got {args.iterations_per_round}")
     bounds = guidance_range(args, record)
+    if args.guidance_interval is not None and args.method != "adversarial":
+        raise ValueError(f"--guidance-interval refines whole trajectories (--method adversarial); a {args.method} "
+                         "student takes an interval when it samples: `difflab sample OUT --guidance-interval LO HI`")
     out = Path(args.out)
     folders = {n: out if n == args.steps else out / "rounds" / f"{n}-steps" for n in steps}
     done = {n: recorded_step(folder) for n, folder in folders.items()}

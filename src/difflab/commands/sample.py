@@ -275,7 +275,10 @@ def add_guidance_arguments(p, classifier_flag: str = "--classifier") -> None:
     p.add_argument("--guidance-rescale", type=float, default=0.0, metavar="PHI",
                    help="Lin et al.'s guidance rescale in [0, 1] against over-saturation at large w (0 = off)")
     p.add_argument("--guidance-interval", type=float, nargs=2, metavar=("SIGMA_LO", "SIGMA_HI"),
-                   help="apply classifier-free guidance only at noise levels SIGMA_LO < sigma <= SIGMA_HI")
+                   help="apply classifier-free guidance only at noise levels SIGMA_LO < sigma <= SIGMA_HI "
+                   "(a guidance-distilled student: its w input is 1 elsewhere; a student refined with an interval "
+                   "uses that one by default, and 0 1e9 guides every level). At few steps, 0 10 leaves the first, "
+                   "pure-noise level unguided")
     p.add_argument(classifier_flag, dest="guidance_classifier", metavar="CKPT",
                    help="a noisy classifier from `difflab train-classifier --noisy` for classifier guidance "
                         "(ADM); works with unconditional and class-conditional models")

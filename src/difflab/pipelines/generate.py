@@ -50,6 +50,7 @@ from .guidance_policy import (
     Guidance,
     class_labels_for,
     class_names_of,
+    guidance_interval,
     guidance_scale,
     guided_denoiser,
     unconditional_text,
@@ -305,6 +306,7 @@ def plan(model: DiffusionModel, n: int, settings: SamplerSettings, *, seed: int 
     if n < 1:
         raise ValueError(f"the number of images must be at least 1, got {n}")
     guidance = guidance or Guidance()
+    guidance = dataclasses.replace(guidance, interval=guidance_interval(model, guidance))
     seeds = list(seeds) if seeds is not None else list(range(seed, seed + n))
     if len(seeds) != n:
         raise ValueError(f"got {len(seeds)} seeds for {n} images: give one seed per image")

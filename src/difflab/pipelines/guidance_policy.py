@@ -14,7 +14,7 @@ import torch
 
 from ..conditioning import TextConditioning
 from ..denoiser import Denoiser
-from ..guidance import InstructPix2PixGuidance, guide, null_class_labels
+from ..guidance import GuidanceInputInterval, InstructPix2PixGuidance, guide, null_class_labels
 from .loading import DiffusionModel, NoisyClassifierModel
 
 
@@ -25,7 +25,9 @@ class Guidance:
     Attributes:
         scale: classifier-free guidance weight w (1 = none; None = the checkpoint's default).
         rescale: Lin et al.'s guidance rescale φ (0 = off).
-        interval: (σ_lo, σ_hi): apply CFG only at noise levels in this range.
+        interval: (σ_lo, σ_hi): apply CFG only at noise levels in this range (a guidance-distilled
+            student: its w input is 1 outside it); None = the run's default (a student refined
+            with an interval samples with it, every other run guides at every level).
         classifier: a noisy classifier for classifier guidance.
         classifier_scale: its gradient scale s (0 = none).
         classifier_mode: ``"epsilon"`` (ADM Algorithm 2) or ``"mean"`` (Algorithm 1, ddpm only);
@@ -85,6 +87,15 @@ def guidance_scale(model: DiffusionModel, guidance: Guidance) -> float:
     if record.takes_guidance_scale or (record.conditional and record.trained_with_label_dropout):
         return model.record.sample_defaults.get("guidance_scale", 1.0)
     return 1.0
+
+
+def guidance_interval(model: DiffusionModel, guidance: Guidance) -> tuple[float, float] | None:
+    """The guidance interval sampling uses: ``guidance.interval``, or the one a distilled student was
+    refined with (``distill.guidance_interval``, recorded in its checkpoint)."""
+    if guidance.interval is not None:
+        return tuple(guidance.interval)
+    recorded = (model.record.distilled or {}).get("guidance_interval")
+    return tuple(recorded) if recorded is not None else None
 
 
 def unconditional_text(text: TextConditioning | None, guidance: Guidance, scale: float) -> dict | None:
@@ -165,18 +176,31 @@ def distilled_denoiser(model: DiffusionModel, guidance: Guidance, scale: float,
                        threshold: float | None = None) -> Denoiser:
     """A distilled student's denoiser (``difflab distill``): no guidance wrapper. A student distilled
     for guided sampling takes w as an input (:meth:`~.generate.GenerationPlan.cond` passes it), in
-    the range it was trained on; one distilled without guidance samples at w = 1."""
-    if guidance.classifier is not None or guidance.rescale or guidance.interval:
-        raise ValueError("a distilled run learned one guidance rule (its w input): drop --classifier, "
-                         "--guidance-rescale and --guidance-interval")
-    bounds = model.record.distilled.get("guidance_range")
+    the range it was trained on; one distilled without guidance samples at w = 1. A guidance
+    interval sets the w input to 1 outside it (:class:`~difflab.guidance.GuidanceInputInterval`),
+    where the student has learned w = 1: its range holds 1, or it was refined with an interval."""
+    if guidance.classifier is not None or guidance.rescale:
+        raise ValueError("a distilled run learned one guidance rule (its w input): drop --classifier and "
+                         "--guidance-rescale")
+    distilled = model.record.distilled
+    bounds = distilled.get("guidance_range")
     if bounds is None and scale != 1.0:
         raise ValueError(f"this run was distilled without guidance (difflab distill without a guidance range): "
                          f"sample it at --guidance-scale 1, got {scale:g}")
     if bounds is not None and not bounds[0] <= scale <= bounds[1]:
         raise ValueError(f"this run was distilled for guidance scales in [{bounds[0]:g}, {bounds[1]:g}] (its w "
                          f"input): pick --guidance-scale in that range, got {scale:g}")
-    return model.denoiser(threshold=threshold)
+    denoiser = model.denoiser(threshold=threshold)
+    if guidance.interval is None:
+        return denoiser
+    if bounds is None:
+        raise ValueError("this run was distilled without guidance, so it has none to switch off: drop "
+                         "--guidance-interval")
+    if bounds[0] > 1 and distilled.get("guidance_interval") is None:
+        raise ValueError(f"a guidance interval samples this student at w = 1 outside it, and it learned w in "
+                         f"[{bounds[0]:g}, {bounds[1]:g}] only: drop --guidance-interval, or refine it with one "
+                         "(difflab distill --method adversarial --guidance-interval SIGMA_LO SIGMA_HI)")
+    return denoiser.with_model(GuidanceInputInterval(denoiser.model, guidance.interval, denoiser.schedule))
 
 
 def instruct_pix2pix_denoiser(model: DiffusionModel, guidance: Guidance, text_scale: float, text_uncond: dict | None,

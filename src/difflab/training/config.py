@@ -241,6 +241,9 @@ class DistillSection:
     # the guidance weights w the student learns as an input, drawn uniformly (a class-conditional teacher
     # trained with label dropout; null: distil the unguided sampler)
     guidance_range: tuple | None = (1.0, 5.0)
+    # adversarial: the student's w input is 1 outside these noise levels (sigma_lo, sigma_hi] as it samples
+    # with gradients (a guidance interval, Kynkäänniemi et al. 2024), and the result samples so by default
+    guidance_interval: tuple | None = None
     # adversarial (a progressive student refined against real images; training/objectives/adversarial.py)
     adversarial_weight: float = 0.1  # λ of the generator's adversarial term, beside the regression to the student
     # weight of the auxiliary classifier's cross-entropy on generated images, times (w − 1): the guidance tilt
@@ -471,6 +474,9 @@ RULES: dict[str, tuple[Callable[[object], bool], str]] = {
     "distill.spacing": (lambda v: v in SPACINGS, "a step spacing: " + ", ".join(SPACINGS)),
     "distill.guidance_range": (lambda v: v is None or (len(v) == 2 and all(_number(w) for w in v) and v[0] <= v[1]),
                                "null or two numbers lo <= hi, e.g. [1, 5]"),
+    "distill.guidance_interval": (lambda v: v is None or (len(v) == 2 and all(_number(s) for s in v)
+                                                          and 0 <= v[0] < v[1]),
+                                  "null or two noise levels 0 <= sigma_lo < sigma_hi, e.g. [0, 10]"),
 }
 
 
@@ -508,6 +514,10 @@ def validate(config: Config) -> Config:
     if config.data.random_placement and config.data.autoencoder and config.data.latent_cache:
         raise ConfigError("data.random_placement moves pixels, and data.latent_cache encodes them once: set "
                           "data.latent_cache: false to place a latent model's images (encoded every step)")
+    if config.distill.guidance_interval is not None and config.distill.method != "adversarial":
+        raise ConfigError(f"config key 'distill.guidance_interval' trains whole trajectories, which only the "
+                          f"adversarial refinement samples (distill.method: adversarial); a {config.distill.method} "
+                          "student takes an interval at sampling time (difflab sample --guidance-interval)")
     d = config.diffusion
     try:
         schedule = get_schedule(d.schedule, **d.schedule_options)

@@ -34,6 +34,15 @@ classifier on D's features (Odena et al. 2017), trained on real images only; G p
 its cross-entropy on the samples (weight λ_c, ``distill.classifier_weight``): nothing at w = 1,
 where the adversarial term alone is right, more as w grows. For an unguided student the term is off.
 
+**A guidance interval** (``distill.guidance_interval`` = (σ_lo, σ_hi)). Guiding at pure noise pulls
+each class towards a template and costs diversity (Kynkäänniemi et al. 2024); on the Fashion-MNIST
+teacher at 4 steps, leaving the first level unguided cut FID by 17 % (docs/benchmarks.md). A
+student refined with one w for all its steps has not learned that trajectory, so with an interval G
+(and S, for the anchor) samples with its w input 1 at the levels outside it
+(:class:`~difflab.guidance.GuidanceInputInterval`), the adversarial and tilt terms judge those
+samples, and the result records the interval as the one it samples with. DMD's teacher is guided
+within the same interval.
+
 **Distribution matching instead of regression** (DMD2, Yin et al. 2024b). The regression holds G
 to S's map, whose samples are worse than the teacher's. DMD's term (Yin et al. 2024a, eq. 7-8)
 holds G's *distribution* to the teacher's guided one instead, through the difference of two
@@ -76,7 +85,7 @@ from torch import Tensor
 from ... import losses, process
 from ...checkpoint import load_state
 from ...denoiser import Denoiser
-from ...guidance import ClassifierFreeGuidance, null_class_labels
+from ...guidance import ClassifierFreeGuidance, GuidanceInputInterval, null_class_labels
 from ...models import build_model
 from ...models.conditioning import ZERO_INIT_MODULES
 from ...models.discriminator import FeatureDiscriminator, ProjectionDiscriminator
@@ -159,6 +168,10 @@ class AdversarialDistillationObjective(DistillationObjective):
         self.real = None if d.distribution_weight == 0 else load_base(
             root_teacher(self.teacher.record, d.teacher), "distill.teacher's teacher", "RUN", data)
         self.fake_score, self.fake_optimizer, self.fake_warmed = None, None, False
+        self.interval = tuple(d.guidance_interval) if d.guidance_interval is not None else None
+        if self.interval is not None and self.guidance_range is None:
+            raise ConfigError("distill.guidance_interval switches the student's guidance off at some levels, and it "
+                              "is distilled without guidance: set distill.guidance_range or drop the interval")
 
     def attach(self, model) -> None:
         """G starts as S; DMD's fake denoiser F as the root teacher T (G's network, a zero w embedding)."""
@@ -287,6 +300,7 @@ class AdversarialDistillationObjective(DistillationObjective):
         w = inputs.get("w")
         if w is not None:
             real = real.with_model(ClassifierFreeGuidance(real.model, w, null_class_labels(self.real.num_classes),
+                                                          interval=self.interval, schedule=self.schedule,
                                                           learned_variance=self.real.learned_variance))
         fake_denoiser = real.with_model(self.fake_score)
         with torch.no_grad():
@@ -303,6 +317,10 @@ class AdversarialDistillationObjective(DistillationObjective):
                 return disc.features(x, inputs["cond"].get("class_labels"), noise, inputs[f"{kind}_sigma"])
         return disc.features(x + self.config.distill.instance_noise * noise)
 
+    def sampler_model(self, net):
+        """``net`` as G and S sample: its w input 1 outside ``distill.guidance_interval`` when one is set."""
+        return net if self.interval is None else GuidanceInputInterval(net, self.interval, self.schedule)
+
     def samples(self, net, inputs: Inputs) -> tuple[Tensor, Tensor | None]:
         """(x̂, x̂ˢ): G's and the frozen student's samples of the rows' noise, with gradients through G's
         (x̂ˢ None without the regression)."""
@@ -312,8 +330,8 @@ class AdversarialDistillationObjective(DistillationObjective):
         frozen, anchor = self.teacher.denoiser(), None
         if self.config.distill.regression_weight > 0 and not inputs.get("skip_anchor"):
             with torch.no_grad():
-                anchor = ddim_sample(frozen, start, self.sigmas, cond)
-        return ddim_sample(frozen.with_model(net), start, self.sigmas, cond), anchor
+                anchor = ddim_sample(frozen.with_model(self.sampler_model(frozen.model)), start, self.sigmas, cond)
+        return ddim_sample(frozen.with_model(self.sampler_model(net)), start, self.sigmas, cond), anchor
 
     def loss(self, net, inputs: Inputs) -> StepLoss:
         """One discriminator step on this micro-batch, then G's loss L_G (module docstring)."""
@@ -401,6 +419,8 @@ class AdversarialDistillationObjective(DistillationObjective):
         return {**student.record.distilled,
                 # the w range G was refined on: outside it G has only drifted from S, so sampling refuses it
                 "guidance_range": list(self.guidance_range) if self.guidance_range is not None else None,
+                # the interval G was refined with, and the one it samples with unless told otherwise
+                "guidance_interval": list(self.interval) if self.interval is not None else None,
                 "adversarial": {"path": str(student.path.parent.resolve()) if student.path else None,
                                 "step": student.record.step, "weight": d.adversarial_weight,
                                 "discriminator": d.discriminator, "instance_noise": d.instance_noise,
