@@ -46,7 +46,7 @@ def main(argv=None) -> int:
                      f"FID {r['fid']:.2f}, recall {r['recall']:.2f}, accuracy {r['class_accuracy']:.3f}", fontsize=8.5)
         ax.axis("off")
     fig.tight_layout()
-    fig.savefig(args.out, dpi=100)
+    fig.savefig(args.out, dpi=100, bbox_inches="tight")
     plt.close(fig)
     return 0
 
