@@ -188,9 +188,9 @@ def test_train_ships_tuned_levels_that_sample_and_the_pipeline_use(tmp_path, cap
     from helpers import tiny_config
 
     run = tmp_path / "run"
-    train(tiny_config(run, "train.steps=3", "train.tune_steps=[3]", "train.tune_seconds=4"), progress=False)
+    train(tiny_config(run, "train.steps=3", "train.tune_steps=[3]", "train.tune_seconds=8"), progress=False)
     out = capsys.readouterr().out
-    assert "tuning the sampler's levels at 3 steps for up to 4 s" in out
+    assert "tuning the sampler's levels at 3 steps for up to 8 s" in out
     assert "tuned levels: unipc_3, 3 steps (" in out  # sample.method of the tiny config, its spacing as the start
     tuned_file = run / "checkpoint" / "tuned-steps" / "unipc_3-3.json"
     assert ("written to" in out) == tuned_file.exists()
