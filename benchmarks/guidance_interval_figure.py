@@ -29,10 +29,10 @@ def main(argv=None) -> int:
             raise SystemExit(f"guidance_interval_figure: no {family} point {match} in {args.results}/points.json")
         return found[-1]
 
+    students = [find("adversarial student", run=run) for run in args.student]
     panels = [(find("teacher", method="unipc_3", steps=args.steps), "all guided"),
               (find("teacher, guidance interval", method="unipc_3", steps=args.steps), "first step unguided"),
-              *[(find("adversarial student", run=run), "refined student" + ", first level unguided" * bool(
-                  find("adversarial student", run=run).get("interval"))) for run in args.student]]
+              *[(r, "refined student" + ", first level unguided" * bool(r.get("interval"))) for r in students]]
     import matplotlib
 
     matplotlib.use("Agg")

@@ -69,6 +69,12 @@ def in_interval(sigma: Tensor, interval: tuple[float, float]) -> Tensor:
     return (sigma > low) & (sigma <= high)
 
 
+def active_at(t: Tensor, interval: tuple[float, float], schedule) -> Tensor:
+    """Which rows of model times t an interval guides, read through the schedule's σ(t), as a CPU
+    bool tensor (a host sync: callers skip it when no interval is set)."""
+    return in_interval(schedule.sigma(t.detach().double().cpu()), interval)
+
+
 def check_interval(interval: tuple[float, float]) -> None:
     """One clear error for an interval that guides nothing or is not a pair of numbers 0 ≤ lo < hi."""
     low, high = interval
@@ -127,13 +133,9 @@ class ClassifierFreeGuidance:
         self.rescale, self.interval, self.schedule = rescale, interval, schedule
         self.learned_variance = learned_variance
 
-    def _active(self, t: Tensor) -> Tensor:
-        """Which samples the interval guides at time t, as a CPU bool tensor (N,)."""
-        return in_interval(self.schedule.sigma(t.detach().double().cpu()), self.interval)
-
     def __call__(self, x_t: Tensor, t: Tensor, **cond) -> Tensor:
         # Without an interval nothing here reads a value back from the device (no host sync).
-        active = None if self.interval is None else self._active(t)
+        active = None if self.interval is None else active_at(t, self.interval, self.schedule)
         unguided = not isinstance(self.scale, Tensor) and self.scale == 1.0
         if unguided or (active is not None and not bool(active.any())):
             return self.model(x_t, t, **cond)
@@ -201,7 +203,6 @@ def classifier_log_prob_gradient(classifier, x_t: Tensor, t: Tensor, labels: Ten
     return gradient.to(x_t.dtype)
 
 
-
 class GuidanceInputInterval:
     """A guidance interval for a guidance-distilled student (Meng et al. 2023: w is the network's
     ``guidance_scale`` input, not two passes): ``model(x_t, t, **cond)`` with that input set to 1,
@@ -220,7 +221,7 @@ class GuidanceInputInterval:
     def __call__(self, x_t: Tensor, t: Tensor, **cond) -> Tensor:
         w = cond.get("guidance_scale")
         if w is not None:
-            active = in_interval(self.schedule.sigma(t.detach().double().cpu()), self.interval)
+            active = active_at(t, self.interval, self.schedule)
             if not bool(active.all()):
                 cond = {**cond, "guidance_scale": torch.where(active.to(w.device), w, torch.ones_like(w))}
         return self.model(x_t, t, **cond)
