@@ -56,7 +56,7 @@ from difflab.pipelines.guidance_policy import check_guidance, guidance_interval,
 from difflab.sampling.sample import SAMPLERS
 from difflab.sampling.spacing import get_sigmas
 
-METRICS = ("fid", "kid", "precision", "recall", "classifier_score", "class_accuracy")
+METRICS = ("fid", "fid_infinity", "kid", "precision", "recall", "classifier_score", "class_accuracy")
 FAMILIES = ("teacher", "teacher, tuned levels", "teacher, guidance interval", "student", "adversarial student",
             "consistency student")
 STUDENTS = ("student", "adversarial student", "consistency student")  # the families the acceptance compares
@@ -84,6 +84,12 @@ def parse_args(argv=None):
                    help="also measure every teacher point guided only where SIGMA_LO < sigma <= SIGMA_HI "
                         "(Kynkaanniemi et al. 2024; `difflab sample --guidance-interval`), elsewhere conditional "
                         "with one network evaluation; e.g. 0 10 leaves a trailing grid's first step unguided")
+    p.add_argument("--interval-only", action="store_true",
+                   help="with --guidance-interval: measure the teacher points with the interval only (a 50-step "
+                        "point at 10,000 samples costs a quarter of an hour on 2 CPU cores)")
+    p.add_argument("--fid-infinity", action="store_true",
+                   help="also score FID-infinity (Chong & Forsyth 2020; `difflab eval --fid-infinity`), FID "
+                        "without its finite-sample bias, and read the acceptance off it as well")
     p.add_argument("--tuned", type=int, nargs="*", default=[4, 8, 2], metavar="STEPS",
                    help="UniPC-3 step counts to tune the teacher's levels for")
     p.add_argument("--tune-seconds", type=float, default=300.0, help="search budget of each tuning")
@@ -119,7 +125,8 @@ def points(args) -> list[dict]:
         if method not in SAMPLERS or not steps.isdigit() or int(steps) < 1:
             raise SystemExit(f"distillation_quality: a teacher point is METHOD:STEPS with METHOD one of "
                              f"{', '.join(SAMPLERS)}, e.g. unipc_3:4; got {p!r}")
-        todo.append({"family": "teacher", "run": args.teacher, "method": method, "steps": int(steps)})
+        if not (args.interval_only and args.guidance_interval):
+            todo.append({"family": "teacher", "run": args.teacher, "method": method, "steps": int(steps)})
         if args.guidance_interval:
             todo.append({"family": "teacher, guidance interval", "run": args.teacher, "method": method,
                          "steps": int(steps), "interval": list(args.guidance_interval)})
@@ -176,7 +183,8 @@ def measure(point: dict, args, shared: dict) -> tuple[dict, torch.Tensor]:
     images, labels = generate(model, args.n, guidance=guidance, batch_size=500, **sampler)
     seconds = time.perf_counter() - start
     samples = ImageDataset(images=images, labels=labels, class_names=model.class_names, name=point["run"])
-    scores = evaluate(samples, shared["reference"], shared["inception"], shared["classifier"], EvalOptions())
+    scores = evaluate(samples, shared["reference"], shared["inception"], shared["classifier"],
+                      EvalOptions(fid_infinity=args.fid_infinity))
     # a guided step evaluates the network twice (conditional and unconditional), a distilled student's once
     # a student refined with a guidance interval samples with it (its record's), as `difflab sample` does
     interval = guidance_interval(model, guidance)
@@ -184,7 +192,8 @@ def measure(point: dict, args, shared: dict) -> tuple[dict, torch.Tensor]:
            **({"interval": list(interval)} if interval else {}),
            "network_evals": network_evals(model, settings, guidance), "guidance_scale": args.guidance_scale,
            "n": args.n, "sample_seconds": seconds, "images_per_s": args.n / seconds, **extra,
-           **{m: scores.get(m) for m in METRICS}}
+           **{m: scores[m] for m in METRICS if m in scores},
+           **{k: scores[k] for k in ("fid_infinity_sizes", "fid_infinity_fids") if k in scores}}
     return row, images
 
 
@@ -215,16 +224,18 @@ def report(rows: list[dict], args) -> None:
         print(f"{r['family']:<26} {r['run'][-34:]:<34} {r['method']:<9} {r['steps']:>5} {r['network_evals']:>5} "
               f"{r['fid']:>7.2f} {1000 * r['kid']:>8.2f} {r['precision']:>5.3f} {r['recall']:>5.3f} "
               f"{r['class_accuracy']:>5.3f} {r['images_per_s']:>7.0f}")
-    for measure in ("steps", "network_evals"):
-        best = best_points(rows, measure)
+    scored = [m for m in ("fid", "fid_infinity") if rows and all(r.get(m) is not None for r in rows)]
+    for metric, measure in ((m, u) for m in scored for u in ("steps", "network_evals")):
+        best = best_points(rows, measure, metric)
+        name = {"fid": "FID", "fid_infinity": "FID-infinity"}[metric]
         for family in STUDENTS:
             if not (best[family] and best["teacher"] and best["teacher 4"]):
                 continue
             s, t50, t4 = best[family], best["teacher"], best["teacher 4"]
             unit = "steps" if measure == "steps" else "network evaluations"
-            print(f"by {unit}: the 4-step {family}'s FID {s['fid']:.2f} is {s['fid'] / t50['fid']:.2f}x the "
-                  f"teacher's best at 50 {unit} ({t50['method']}, {t50['fid']:.2f}; goal <= 1.5x) and "
-                  f"{s['fid'] / t4['fid']:.2f}x its best at 4 ({t4['family']}, {t4['method']}, {t4['fid']:.2f}; "
+            print(f"by {unit}: the 4-step {family}'s {name} {s[metric]:.2f} is {s[metric] / t50[metric]:.2f}x the "
+                  f"teacher's best at 50 {unit} ({t50['method']}, {t50[metric]:.2f}; goal <= 1.5x) and "
+                  f"{s[metric] / t4[metric]:.2f}x its best at 4 ({t4['family']}, {t4['method']}, {t4[metric]:.2f}; "
                   f"goal <= 0.5x); class accuracy {s['class_accuracy']:.3f} (goal >= {CLASS_ACCURACY_GOAL})")
     best = best_points(rows, "steps")
     if best["teacher"]:
@@ -238,27 +249,29 @@ def report(rows: list[dict], args) -> None:
             print(f"  FID <= {limit:6.2f} ({factor:g}x best 50-step): " + "; ".join(cells))
 
 
-def best_student(rows: list[dict], family: str, steps: int) -> dict | None:
-    """Of several runs of one student family at ``steps``, the best FID among those that keep the
-    class-accuracy goal, if any does (else the best FID)."""
+def best_student(rows: list[dict], family: str, steps: int, metric: str = "fid") -> dict | None:
+    """Of several runs of one student family at ``steps``, the best ``metric`` among those that
+    keep the class-accuracy goal, if any does (else the best)."""
     candidates = [r for r in rows if r["family"] == family and r["steps"] == steps]
     kept = [r for r in candidates if r["class_accuracy"] >= CLASS_ACCURACY_GOAL]
-    return lowest_fid(kept or candidates)
+    return lowest_fid(kept or candidates, metric)
 
 
-def lowest_fid(rows) -> dict | None:
-    """The row with the lowest FID, or None when there is none."""
-    return min(rows, key=lambda r: r["fid"], default=None)
+def lowest_fid(rows, metric: str = "fid") -> dict | None:
+    """The row with the lowest FID (or ``metric``: "fid_infinity"), or None when there is none."""
+    return min(rows, key=lambda r: r[metric], default=None)
 
 
-def best_points(rows: list[dict], measure: str = "steps") -> dict:
+def best_points(rows: list[dict], measure: str = "steps", metric: str = "fid") -> dict:
     """The points the acceptance compares, counting cost in ``measure`` ("steps", one guided
     denoiser call each, or "network_evals", two a guided teacher step and one a student step):
     the teacher's best at 50 ("teacher") and at 4 ("teacher 4"), with any solver, tuned levels or
-    guidance interval, and each family's 4-step student (:data:`STUDENTS`, :func:`best_student`)."""
-    return {"teacher": lowest_fid(r for r in rows if r["family"].startswith("teacher") and r[measure] == 50),
-            "teacher 4": lowest_fid(r for r in rows if r["family"].startswith("teacher") and r[measure] == 4),
-            **{family: best_student(rows, family, 4) for family in STUDENTS}}
+    guidance interval, and each family's 4-step student (:data:`STUDENTS`, :func:`best_student`),
+    each the best by ``metric``."""
+    teacher = [r for r in rows if r["family"].startswith("teacher")]
+    return {"teacher": lowest_fid((r for r in teacher if r[measure] == 50), metric),
+            "teacher 4": lowest_fid((r for r in teacher if r[measure] == 4), metric),
+            **{family: best_student(rows, family, 4, metric) for family in STUDENTS}}
 
 
 def fewest_steps(rows: list[dict], family: str, fid_limit: float) -> dict | None:

@@ -156,3 +156,36 @@ def test_a_guidance_interval_point_is_a_teacher_point_that_evaluates_twice_only_
                        )["teacher 4"]["fid"] == 50.0
     assert best_points([*ROWS, {**point("teacher, guidance interval", 50, 17.0), "interval": [0.0, 10.0]}]
                        )["teacher"]["fid"] == 17.0  # and its best 50-call FID (18.0 without it)
+    only = points(parse_args(["--teacher", "t", "--eval-classifier", "c", "--teacher-points", "unipc_3:50",
+                              "--guidance-interval", "0", "10", "--interval-only", "--tuned"]))
+    assert [p["family"] for p in only] == ["teacher, guidance interval"]
+
+
+def test_the_acceptance_can_be_read_off_fid_infinity():
+    """With --fid-infinity every comparison is made again on FID∞, each point the best by it."""
+    rows = [{**r, "fid_infinity": r["fid"] / 2} for r in ROWS]
+    rows.append({**point("teacher", 4, 95.0), "fid_infinity": 30.0})  # worse FID, better FID∞
+    assert best_points(rows)["teacher 4"]["fid"] == 60.0
+    best = best_points(rows, metric="fid_infinity")
+    assert best["teacher 4"]["fid_infinity"] == 30.0 and best["teacher"]["fid_infinity"] == 9.0
+    assert best["adversarial student"]["fid_infinity"] == 6.0
+
+
+def test_the_fid_infinity_plot_draws_a_line_per_point_and_the_real_floor(tmp_path):
+    from fid_infinity_plot import lines, main
+
+    sizes = [2000, 4000, 6000, 8000, 10000]
+    rows = [{**point("teacher", 4, 22.0), "n": 10000, "fid_infinity": 14.0, "fid_infinity_sizes": sizes,
+             "fid_infinity_fids": [14.0 + 16000 / n for n in sizes]},
+            {**point("adversarial student", 4, 8.0, "ddim"), "n": 10000, "fid_infinity": 5.0,
+             "fid_infinity_sizes": sizes, "fid_infinity_fids": [5.0 + 30000 / n for n in sizes]},
+            point("teacher", 50, 9.0)]  # scored without --fid-infinity: no line
+    (tmp_path / "points.json").write_text(json.dumps(rows))
+    real = [{"n": 2000, "fid": 9.5, "fid_infinity": 1.0, "fid_infinity_sizes": sizes[:2],
+             "fid_infinity_fids": [9.0, 5.0]}]
+    (tmp_path / "real.json").write_text(json.dumps(real))
+    assert [r["fid_infinity"] for r in lines(rows + real)] == [5.0, 14.0, 1.0]
+    assert main([str(tmp_path), "--real", str(tmp_path / "real.json"), "--out", str(tmp_path / "plot.png")]) == 0
+    assert (tmp_path / "plot.png").stat().st_size > 0
+    with pytest.raises(SystemExit, match="give distillation_quality.py output folders"):
+        main([str(tmp_path / "missing")])

@@ -142,6 +142,25 @@ def test_eval_cli_end_to_end(tmp_path, monkeypatch, capsys, digits):
     assert list((tmp_path / "cache" / "features").glob("*.npy"))
 
 
+@requires_weights
+def test_eval_cli_fid_infinity(tmp_path, monkeypatch, capsys):
+    """`difflab eval --fid-infinity` on real digits against other real digits: the extrapolated FID
+    is below the FID of the 100 samples (whose bias FID∞ removes) and is printed in the table."""
+    import difflab.cli as cli
+
+    monkeypatch.setenv("DIFFLAB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(cli, "COMMANDS", ["difflab.commands.eval"])
+    test = load_dataset("digits", "test")
+    np.savez(tmp_path / "samples.npz", samples=test.images[200:300].permute(0, 2, 3, 1).numpy())
+    argv = ["eval", str(tmp_path / "samples.npz"), "--ref", "digits:test", "--max-ref", "100", "--kid-subsets", "3",
+            "--fid-infinity", "--json", str(tmp_path / "out.json")]
+    assert cli.main(argv) == 0
+    report = json.loads((tmp_path / "out.json").read_text())
+    assert report["fid_infinity"] < report["fid"] and report["fid_infinity_slope"] > 0
+    assert report["fid_infinity_sizes"] == [20, 29, 38, 47, 56, 64, 73, 82, 91, 100]
+    assert "FID∞" in capsys.readouterr().out
+
+
 def test_eval_cli_input_errors(tmp_path, monkeypatch, capsys):
     import difflab.cli as cli
 
@@ -154,6 +173,9 @@ def test_eval_cli_input_errors(tmp_path, monkeypatch, capsys):
     assert "does not exist" in capsys.readouterr().err
     assert cli.main(["eval", str(tmp_path / "ckpt"), "--ref", "digits:test", "--batch-size", "0"]) == 2
     assert "--batch-size must be at least 1" in capsys.readouterr().err
+    assert cli.main(["eval", str(tmp_path / "missing.npz"), "--ref", "digits:test", "--fid-infinity",
+                     "--max-samples", "50"]) == 2
+    assert "--fid-infinity fits FID on subsets of the samples and needs at least 100" in capsys.readouterr().err
 
 
 def test_eval_notes_samples_and_reference_of_different_sizes():

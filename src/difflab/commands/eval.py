@@ -77,6 +77,11 @@ def register(subparsers) -> None:
                         help="points per KID subset, capped at the smaller set (default: 1000)")
     parser.add_argument("--kid-subsets", type=int, default=100, metavar="S",
                         help="number of random KID subsets averaged (default: 100)")
+    parser.add_argument("--fid-infinity", action="store_true",
+                        help="also report FID-infinity (Chong & Forsyth 2020): FID on random subsets of 20-100%% "
+                             "of the samples, extrapolated linearly in 1/N to infinitely many samples, which removes "
+                             "FID's bias toward higher values with few samples (that bias differs between models); "
+                             "needs at least 100 samples, and a few seconds per subset with 2,048 features")
     parser.add_argument("--confidence", type=float, default=0.5, metavar="P",
                         help="threshold for the classifier's confident fraction (default: 0.5)")
     parser.add_argument("--preprocess", choices=["tf", "pytorch-fid"], default="tf",
@@ -155,6 +160,7 @@ def run(args: argparse.Namespace) -> int:
     if args.sr:
         return run_super_resolution(args)
     # everything that can be wrong with the flags fails before a checkpoint's samples are drawn
+    check_fid_infinity(args)
     reference = load_reference(args.ref, args.max_ref, not args.no_cache)
     if args.save_ref_stats and reference.dataset is None:
         raise UserError("--save-ref-stats needs reference images, but --ref is a statistics file")
@@ -166,7 +172,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"difflab eval: note: {note}")
     options = EvalOptions(batch_size=args.batch_size, k=args.k, kid_subset_size=args.kid_subset_size,
                           kid_subsets=args.kid_subsets, confidence=args.confidence,
-                          use_cache=not args.no_cache)
+                          use_cache=not args.no_cache, fid_infinity=args.fid_infinity)
     report = evaluate(samples, reference, extractor, classifier, options)
     print(format_table(report))
     if args.save_ref_stats:
@@ -174,6 +180,20 @@ def run(args: argparse.Namespace) -> int:
         print(f"reference statistics written to {args.save_ref_stats}")
     write_json(args.json, report)
     return 0
+
+
+def check_fid_infinity(args) -> None:
+    """``--fid-infinity`` with too few samples fails before a checkpoint's samples are drawn."""
+    from difflab.metrics.fid_infinity import MIN_SAMPLES
+    from difflab.pipelines import is_diffusion_checkpoint
+
+    if not args.fid_infinity:
+        return
+    n = args.n if is_diffusion_checkpoint(Path(args.samples)) else None
+    n = min(x for x in (n, args.max_samples) if x is not None) if (n or args.max_samples) else None
+    if n is not None and n < MIN_SAMPLES:
+        raise UserError(f"--fid-infinity fits FID on subsets of the samples and needs at least {MIN_SAMPLES}, "
+                        f"but {n} would be scored: raise --n or --max-samples, or drop --fid-infinity")
 
 
 def size_mismatch(samples, reference) -> str | None:

@@ -10,6 +10,7 @@ from difflab.data.dataset import ImageDataset
 from difflab.metrics.classifier import Classifier, matched_labels
 from difflab.metrics.classifier_score import class_accuracy, classifier_score, confident_fraction
 from difflab.metrics.features import cached_features, extract_features
+from difflab.metrics.fid_infinity import MIN_SAMPLES, fid_infinity
 from difflab.metrics.frechet import feature_statistics, frechet_distance, frechet_distance_of_features
 from difflab.metrics.inception import InceptionFeatures
 from difflab.metrics.kid import kernel_inception_distance
@@ -34,6 +35,7 @@ class EvalOptions:
     kid_subsets: int = 100
     confidence: float = 0.5
     use_cache: bool = True
+    fid_infinity: bool = False  # also FID∞, FID without its finite-sample bias (metrics/fid_infinity.py)
 
 
 def _classifier_metrics(samples: ImageDataset, classifier: Classifier, options: EvalOptions) -> dict:
@@ -73,6 +75,13 @@ def evaluate(samples: ImageDataset, reference: Reference, extractor: InceptionFe
         report["fid"] = frechet_distance_of_features(fake.values, real.values)
     else:
         report["fid"] = frechet_distance(*feature_statistics(fake.values), reference.mu, reference.sigma)
+    if options.fid_infinity:
+        if len(fake.values) < MIN_SAMPLES:
+            raise ValueError(f"FID-infinity needs at least {MIN_SAMPLES} samples, got {len(fake.values)}: "
+                             "generate more, or drop the FID-infinity option")
+        extrapolated = fid_infinity(fake.values, reference.mu, reference.sigma)
+        report["fid_infinity"], report["fid_infinity_slope"] = extrapolated.value, extrapolated.slope
+        report["fid_infinity_sizes"], report["fid_infinity_fids"] = list(extrapolated.sizes), list(extrapolated.fids)
     if classifier is not None:
         report.update(_classifier_metrics(samples, classifier, options))
     return report
@@ -80,6 +89,7 @@ def evaluate(samples: ImageDataset, reference: Reference, extractor: InceptionFe
 
 _ROWS = [
     ("fid", "FID (Inception-v3 pool3)", "{:.3f}"),
+    ("fid_infinity", "FID∞ (bias-free, Chong & Forsyth)", "{:.3f}"),
     ("precision", "precision (Kynkäänniemi, k={k})", "{:.4f}"),
     ("recall", "recall (Kynkäänniemi, k={k})", "{:.4f}"),
     ("kid", "KID (x1000, ± std)", None),
