@@ -2,7 +2,7 @@
 and Inception Score and where to find them", CVPR, §3).
 
 FID computed from N generated samples overestimates the FID of the generator, and by how much
-depends on the generator as well as on N. To first order in 1/N (the paper's eq. 6, from a
+depends on the generator as well as on N. To first order in 1/N (from a
 Taylor expansion of the estimate around the true covariance),
 
     E[FID_N] = FID∞ + k / N,
@@ -12,11 +12,11 @@ sizes N₁ < … < N_m, each against the same reference statistics, lie on a lin
 intercept is FID∞ and its slope k. The paper draws 15 sizes from 5,000 to 50,000; here the
 sizes are spread evenly from a fifth of the samples to all of them.
 
-Why it matters: the bias compresses ratios of FIDs. Two generators whose true FIDs are 4 and 12
-score about 13.5 and 21.5 at 2,000 samples against 2,000 images of Fashion-MNIST, where two
-halves of the real data already differ by ~9.5: a 0.33× ratio reads as 0.63×. The reference's
-own sampling error is not removed (its statistics are held fixed): compare FID∞ values made
-against the same reference images only.
+Why it matters: the bias compresses ratios of FIDs toward 1. At 2,000 samples against 2,000
+Fashion-MNIST 16×16 test images, 2,000 real training images already score 9.5, so a generator
+twice as good as another by FID∞ is far less than twice as good by FID_2000 (docs/benchmarks.md).
+The reference's own sampling error is not removed (its statistics are held fixed): compare FID∞
+values made against the same reference images only.
 """
 
 from __future__ import annotations
