@@ -189,8 +189,10 @@ def check_fid_infinity(args) -> None:
 
     if not args.fid_infinity:
         return
-    n = args.n if is_diffusion_checkpoint(Path(args.samples)) else None
-    n = min(x for x in (n, args.max_samples) if x is not None) if (n or args.max_samples) else None
+    counts = [args.max_samples] if args.max_samples is not None else []
+    if is_diffusion_checkpoint(Path(args.samples)):
+        counts.append(args.n)
+    n = min(counts, default=None)  # None: an image set, counted only once it is loaded
     if n is not None and n < MIN_SAMPLES:
         raise UserError(f"--fid-infinity fits FID on subsets of the samples and needs at least {MIN_SAMPLES}, "
                         f"but {n} would be scored: raise --n or --max-samples, or drop --fid-infinity")

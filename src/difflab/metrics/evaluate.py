@@ -10,7 +10,7 @@ from difflab.data.dataset import ImageDataset
 from difflab.metrics.classifier import Classifier, matched_labels
 from difflab.metrics.classifier_score import class_accuracy, classifier_score, confident_fraction
 from difflab.metrics.features import cached_features, extract_features
-from difflab.metrics.fid_infinity import MIN_SAMPLES, fid_infinity
+from difflab.metrics.fid_infinity import fid_infinity
 from difflab.metrics.frechet import feature_statistics, frechet_distance, frechet_distance_of_features
 from difflab.metrics.inception import InceptionFeatures
 from difflab.metrics.kid import kernel_inception_distance
@@ -76,9 +76,6 @@ def evaluate(samples: ImageDataset, reference: Reference, extractor: InceptionFe
     else:
         report["fid"] = frechet_distance(*feature_statistics(fake.values), reference.mu, reference.sigma)
     if options.fid_infinity:
-        if len(fake.values) < MIN_SAMPLES:
-            raise ValueError(f"FID-infinity needs at least {MIN_SAMPLES} samples, got {len(fake.values)}: "
-                             "generate more, or drop the FID-infinity option")
         extrapolated = fid_infinity(fake.values, reference.mu, reference.sigma)
         report["fid_infinity"], report["fid_infinity_slope"] = extrapolated.value, extrapolated.slope
         report["fid_infinity_sizes"], report["fid_infinity_fids"] = list(extrapolated.sizes), list(extrapolated.fids)

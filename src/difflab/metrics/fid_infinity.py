@@ -83,7 +83,8 @@ class ReferenceFrechet:
 def subset_sizes(n: int, points: int = POINTS, smallest: float = SMALLEST) -> list[int]:
     """``points`` sizes spread evenly from ``smallest``·n to n (distinct, ascending)."""
     if n < MIN_SAMPLES:
-        raise ValueError(f"FID-infinity needs at least {MIN_SAMPLES} samples, got {n}")
+        raise ValueError(f"FID-infinity needs at least {MIN_SAMPLES} samples, got {n}: generate more, or drop "
+                         "the FID-infinity option")
     return sorted({int(round(s)) for s in np.linspace(smallest * n, n, points)})
 
 
