@@ -119,13 +119,16 @@ def points(args) -> list[dict]:
                        args.guidance_scale)
     except ValueError as error:
         raise SystemExit(f"distillation_quality: {error}") from None
+    if args.interval_only and not args.guidance_interval:
+        raise SystemExit("distillation_quality: --interval-only measures the teacher with --guidance-interval only: "
+                         "give --guidance-interval SIGMA_LO SIGMA_HI too")
     todo = []
     for p in args.teacher_points:
         method, _, steps = p.partition(":")
         if method not in SAMPLERS or not steps.isdigit() or int(steps) < 1:
             raise SystemExit(f"distillation_quality: a teacher point is METHOD:STEPS with METHOD one of "
                              f"{', '.join(SAMPLERS)}, e.g. unipc_3:4; got {p!r}")
-        if not (args.interval_only and args.guidance_interval):
+        if not args.interval_only:
             todo.append({"family": "teacher", "run": args.teacher, "method": method, "steps": int(steps)})
         if args.guidance_interval:
             todo.append({"family": "teacher, guidance interval", "run": args.teacher, "method": method,

@@ -44,6 +44,8 @@ def main(argv=None) -> int:
                              "folders")
         rows += json.loads((folder / "points.json").read_text())
     if args.real:
+        if not args.real.is_file():
+            raise SystemExit(f"fid_infinity_plot: --real {args.real} does not exist: give fid_floor.py's --out file")
         rows += json.loads(args.real.read_text())
     shown = lines(rows)
     if not shown:

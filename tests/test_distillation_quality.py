@@ -159,6 +159,8 @@ def test_a_guidance_interval_point_is_a_teacher_point_that_evaluates_twice_only_
     only = points(parse_args(["--teacher", "t", "--eval-classifier", "c", "--teacher-points", "unipc_3:50",
                               "--guidance-interval", "0", "10", "--interval-only", "--tuned"]))
     assert [p["family"] for p in only] == ["teacher, guidance interval"]
+    with pytest.raises(SystemExit, match="give --guidance-interval SIGMA_LO SIGMA_HI too"):
+        points(parse_args(["--teacher", "t", "--eval-classifier", "c", "--interval-only", "--tuned"]))
 
 
 def test_the_acceptance_can_be_read_off_fid_infinity():
@@ -189,3 +191,5 @@ def test_the_fid_infinity_plot_draws_a_line_per_point_and_the_real_floor(tmp_pat
     assert (tmp_path / "plot.png").stat().st_size > 0
     with pytest.raises(SystemExit, match="give distillation_quality.py output folders"):
         main([str(tmp_path / "missing")])
+    with pytest.raises(SystemExit, match="give fid_floor.py's --out file"):
+        main([str(tmp_path), "--real", str(tmp_path / "missing.json")])
